@@ -1,0 +1,240 @@
+"""The rollout domain as frozen values, and the one place rule documents are parsed.
+
+A rule document is JSON (or a mapping decoded from TOML). ``parse_rollout`` decodes it strictly
+(unknown fields are refused, so a typo never silently means "default") and then checks what
+types cannot say: names refer to declared versions, percent has 0.01 resolution, two versions
+never share a collection without a payload filter telling their points apart. Every failure is a
+``RuleError`` that names the field, so an operator can fix the document without reading code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from rollout_rules.errors import RuleError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+PayloadValue = str | int | bool
+
+# 100% is 10,000 basis points: the proxy's buckets have the same resolution (0.01%).
+BASIS_POINTS = 10_000
+
+
+class State(StrEnum):
+    RAMPING = "ramping"
+    PAUSED = "paused"
+    ROLLED_BACK = "rolled_back"
+    PROMOTED = "promoted"
+
+
+class _Frozen(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base for document parts: immutable, keyword-only, strict about unknown fields."""
+
+
+class Target(_Frozen):
+    """Where a version's vectors live: a collection, optionally a named vector and a payload match."""
+
+    collection: Name
+    vector_name: str | None = None
+    payload_match: dict[str, PayloadValue] = msgspec.field(default_factory=dict)
+
+
+class Version(_Frozen):
+    """The envelope of one embedding model version and the target it searches."""
+
+    name: Name
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    target: Target
+    dimensions: Annotated[int, msgspec.Meta(gt=0, le=65536)]
+    revision: str = ""
+    normalized: bool = True
+    metric: Literal["cosine", "dot", "euclid", "manhattan"] = "cosine"
+    quantization: Literal["none", "int8"] = "none"
+    query_prefix: str = ""
+
+
+class CoverageStep(_Frozen):
+    """At or above ``min_coverage`` of the corpus re-encoded, at most ``max_percent`` of users."""
+
+    min_coverage: Fraction
+    max_percent: Percent
+
+
+DEFAULT_STEPS = (
+    CoverageStep(min_coverage=0.0, max_percent=5.0),
+    CoverageStep(min_coverage=0.5, max_percent=25.0),
+    CoverageStep(min_coverage=0.8, max_percent=50.0),
+    CoverageStep(min_coverage=0.95, max_percent=100.0),
+)
+
+
+class CoverageGate(_Frozen):
+    """Caps the candidate's share by how much of the corpus it has re-encoded."""
+
+    enabled: bool = True
+    steps: tuple[CoverageStep, ...] = DEFAULT_STEPS
+
+
+class Overrides(_Frozen):
+    """Named users and tenants pinned to a version, and whether a request may choose one."""
+
+    users: dict[str, Name] = msgspec.field(default_factory=dict)
+    tenants: dict[str, Name] = msgspec.field(default_factory=dict)
+    allow_request: bool = True
+
+
+class GuardPolicy(_Frozen):
+    """When the proxy rolls the candidate back by itself (read by the guard)."""
+
+    enabled: bool = True
+    max_error_rate: Fraction = 0.05
+    max_p99_ms: Annotated[float, msgspec.Meta(gt=0)] = 250.0
+    min_requests: Annotated[int, msgspec.Meta(ge=1)] = 50
+    window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+
+class Rollout(_Frozen):
+    """One alias's rule: which version is stable, which is the candidate, and how far it goes."""
+
+    alias: Name
+    versions: tuple[Version, ...]
+    stable: Name
+    candidate: Name | None = None
+    percent: Percent = 0.0
+    state: State = State.RAMPING
+    salt: str = ""
+    stickiness: Annotated[str, msgspec.Meta(min_length=1)] = "default"
+    coverage_gate: CoverageGate = msgspec.field(default_factory=CoverageGate)
+    overrides: Overrides = msgspec.field(default_factory=Overrides)
+    guard: GuardPolicy = msgspec.field(default_factory=GuardPolicy)
+    previous_stable: Name | None = None
+    revision: Annotated[int, msgspec.Meta(ge=0)] = 0
+    updated_by: str = ""
+    updated_at: str = ""
+    reason: str = ""
+
+    @property
+    def group(self) -> str:
+        """The bucketing group: the salt, or the alias when none is set (as Unleash's groupId)."""
+        return self.salt or self.alias
+
+    @property
+    def percent_bp(self) -> int:
+        return round(self.percent * 100)
+
+    def version(self, name: str) -> Version:
+        for version in self.versions:
+            if version.name == name:
+                return version
+        raise RuleError("versions", f"no version named {name!r} (declared: {self.version_names})")
+
+    @property
+    def version_names(self) -> str:
+        return ", ".join(v.name for v in self.versions)
+
+    def has_version(self, name: str) -> bool:
+        return any(v.name == name for v in self.versions)
+
+
+def parse_rollout(document: bytes | str | Mapping[str, Any]) -> Rollout:
+    """Decode and check a rule document; raise RuleError naming the field on any fault."""
+    try:
+        if isinstance(document, (bytes, str)):
+            rollout = msgspec.json.decode(document, type=Rollout)
+        else:
+            rollout = msgspec.convert(document, type=Rollout)
+    except msgspec.ValidationError as exc:
+        raise _rule_error(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise RuleError("document", f"not valid JSON ({exc})") from exc
+    return check_rollout(rollout)
+
+
+def dump_rollout(rollout: Rollout) -> bytes:
+    return msgspec.json.encode(rollout)
+
+
+def to_builtins(rollout: Rollout) -> dict[str, Any]:
+    built: dict[str, Any] = msgspec.to_builtins(rollout)
+    return built
+
+
+def check_rollout(rollout: Rollout) -> Rollout:
+    """The checks types cannot express; returns the rollout so it can be chained."""
+    _check_versions(rollout)
+    _check_references(rollout)
+    _check_percent(rollout)
+    _check_steps(rollout.coverage_gate)
+    return rollout
+
+
+def _check_versions(rollout: Rollout) -> None:
+    if not rollout.versions:
+        raise RuleError("versions", "declare at least one version")
+    names = [v.name for v in rollout.versions]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise RuleError("versions", f"names must be unique, repeated: {', '.join(duplicates)}")
+    targets = [(v.target.collection, tuple(sorted(v.target.payload_match.items()))) for v in
+               rollout.versions]
+    for i, target in enumerate(targets):
+        if target in targets[:i]:
+            raise RuleError(
+                f"versions[{i}].target",
+                f"version {names[i]!r} shares collection {target[0]!r} with another version "
+                "and no payload_match tells their points apart: their vectors would mix",
+            )
+
+
+def _check_references(rollout: Rollout) -> None:
+    declared = {v.name for v in rollout.versions}
+    references = [("stable", rollout.stable), ("candidate", rollout.candidate),
+                  ("previous_stable", rollout.previous_stable)]
+    references += [(f"overrides.users.{u}", v) for u, v in rollout.overrides.users.items()]
+    references += [(f"overrides.tenants.{t}", v) for t, v in rollout.overrides.tenants.items()]
+    for field, name in references:
+        if name is not None and name not in declared:
+            raise RuleError(field, f"{name!r} is not a declared version ({rollout.version_names})")
+    if rollout.candidate is not None and rollout.candidate == rollout.stable:
+        raise RuleError("candidate", "must differ from stable")
+
+
+def _check_percent(rollout: Rollout) -> None:
+    if abs(rollout.percent * 100 - rollout.percent_bp) > 1e-6:
+        raise RuleError("percent", f"{rollout.percent} has finer resolution than 0.01")
+    if rollout.candidate is None and rollout.percent > 0:
+        raise RuleError("percent", "must be 0 when there is no candidate")
+
+
+def _check_steps(gate: CoverageGate) -> None:
+    for i, (low, high) in enumerate(zip(gate.steps, gate.steps[1:], strict=False)):
+        if high.min_coverage <= low.min_coverage or high.max_percent < low.max_percent:
+            raise RuleError(
+                f"coverage_gate.steps[{i + 1}]",
+                "steps must rise: min_coverage strictly, max_percent never falling",
+            )
+
+
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+
+
+def _rule_error(text: str) -> RuleError:
+    """Turn msgspec's "Expected `int` - at `$.versions[0].dimensions`" into a RuleError."""
+    match = _PATH.match(text)
+    if match is None:
+        return RuleError("document", text)
+    path, message = match["path"].lstrip("."), match["message"]
+    unknown = _UNKNOWN.search(message)
+    if unknown is not None:
+        path = f"{path}.{unknown[1]}".lstrip(".")
+        message = "unknown field (a typo? unknown fields are refused, not ignored)"
+    return RuleError(path or "document", message)

@@ -1,0 +1,82 @@
+"""Operator actions as pure transitions: rollout in, rollout out, or a TransitionError saying why not.
+
+The store stamps revision, author, time and reason; these functions only decide what the rule
+becomes. An action that changes nothing (rolling back what is already rolled back) returns the
+rollout unchanged, so repeated alerts are harmless.
+"""
+
+from __future__ import annotations
+
+from msgspec.structs import replace
+
+from rollout_rules.coverage import full_coverage
+from rollout_rules.errors import TransitionError
+from rollout_rules.model import Rollout, State, check_rollout
+
+
+def set_percent(rollout: Rollout, percent: float) -> Rollout:
+    """Ramp the candidate to ``percent``; restarts a rolled-back candidate."""
+    _require_candidate(rollout, "ramp")
+    if rollout.state is State.PAUSED:
+        raise TransitionError(f"{rollout.alias}: rollout is paused; 'resume' it before ramping")
+    return check_rollout(replace(rollout, percent=percent, state=State.RAMPING))
+
+
+def pause(rollout: Rollout) -> Rollout:
+    """Send everyone to stable but keep the percent, so 'resume' brings back the same users."""
+    _require_candidate(rollout, "pause")
+    if rollout.state is State.PAUSED:
+        return rollout
+    if rollout.state is not State.RAMPING:
+        raise TransitionError(f"{rollout.alias}: only a ramping rollout can be paused "
+                              f"(it is {rollout.state})")
+    return replace(rollout, state=State.PAUSED)
+
+
+def resume(rollout: Rollout) -> Rollout:
+    _require_candidate(rollout, "resume")
+    if rollout.state is State.RAMPING:
+        return rollout
+    if rollout.state is not State.PAUSED:
+        raise TransitionError(f"{rollout.alias}: only a paused rollout can be resumed "
+                              f"(it is {rollout.state}; use 'set' to ramp again)")
+    return replace(rollout, state=State.RAMPING)
+
+
+def rollback(rollout: Rollout) -> Rollout:
+    """Candidate traffic to zero. After a promotion, restore the previous stable version."""
+    if rollout.state is State.ROLLED_BACK:
+        return rollout
+    if rollout.candidate is None:
+        if rollout.previous_stable is None:
+            raise TransitionError(f"{rollout.alias}: nothing to roll back (no candidate, "
+                                  "no previous stable version)")
+        return replace(rollout, stable=rollout.previous_stable, candidate=rollout.stable,
+                       previous_stable=None, percent=0.0, state=State.ROLLED_BACK)
+    return replace(rollout, percent=0.0, state=State.ROLLED_BACK)
+
+
+def promote(rollout: Rollout, coverage: float | None, force: bool = False) -> Rollout:
+    """Make the candidate the stable version for everyone; the old stable is kept for rollback."""
+    candidate = _require_candidate(rollout, "promote")
+    if rollout.state is State.ROLLED_BACK:
+        raise TransitionError(f"{rollout.alias}: {candidate} was rolled back; ramp it again "
+                              "before promoting")
+    needed = full_coverage(rollout.coverage_gate)
+    if rollout.coverage_gate.enabled and not force and (coverage or 0.0) < max(needed, 1e-9):
+        raise TransitionError(
+            f"{rollout.alias}: {candidate} covers {_fraction(coverage)} of the corpus, promotion "
+            f"needs {_fraction(needed)} (finish the backfill, or --force)")
+    return replace(rollout, stable=candidate, candidate=None, previous_stable=rollout.stable,
+                   percent=0.0, state=State.PROMOTED)
+
+
+def _require_candidate(rollout: Rollout, action: str) -> str:
+    if rollout.candidate is None:
+        raise TransitionError(f"{rollout.alias}: no candidate version to {action} "
+                              f"(stable is {rollout.stable})")
+    return rollout.candidate
+
+
+def _fraction(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1%}"
