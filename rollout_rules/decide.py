@@ -57,7 +57,7 @@ class Decision(msgspec.Struct, frozen=True):
 _STATE_REASONS = {State.ROLLED_BACK: Reason.ROLLED_BACK, State.PAUSED: Reason.PAUSED}
 
 
-def decide(
+def decide(  # noqa: PLR0911 - a decision table reads best as one return per rule
     rollout: Rollout, context: Context, coverage: float | None, override: str | None = None
 ) -> Decision:
     """Route one request."""

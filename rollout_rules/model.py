@@ -39,15 +39,15 @@ class _Frozen(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """Base for document parts: immutable, keyword-only, strict about unknown fields."""
 
 
-class Target(_Frozen):
-    """Where a version's vectors live: a collection, optionally a named vector and a payload match."""
+class Target(_Frozen, frozen=True):
+    """Where a version's vectors live: a collection, maybe a named vector and a payload match."""
 
     collection: Name
     vector_name: str | None = None
     payload_match: dict[str, PayloadValue] = msgspec.field(default_factory=dict)
 
 
-class Version(_Frozen):
+class Version(_Frozen, frozen=True):
     """The envelope of one embedding model version and the target it searches."""
 
     name: Name
@@ -61,7 +61,7 @@ class Version(_Frozen):
     query_prefix: str = ""
 
 
-class CoverageStep(_Frozen):
+class CoverageStep(_Frozen, frozen=True):
     """At or above ``min_coverage`` of the corpus re-encoded, at most ``max_percent`` of users."""
 
     min_coverage: Fraction
@@ -76,14 +76,14 @@ DEFAULT_STEPS = (
 )
 
 
-class CoverageGate(_Frozen):
+class CoverageGate(_Frozen, frozen=True):
     """Caps the candidate's share by how much of the corpus it has re-encoded."""
 
     enabled: bool = True
     steps: tuple[CoverageStep, ...] = DEFAULT_STEPS
 
 
-class Overrides(_Frozen):
+class Overrides(_Frozen, frozen=True):
     """Named users and tenants pinned to a version, and whether a request may choose one."""
 
     users: dict[str, Name] = msgspec.field(default_factory=dict)
@@ -91,7 +91,7 @@ class Overrides(_Frozen):
     allow_request: bool = True
 
 
-class GuardPolicy(_Frozen):
+class GuardPolicy(_Frozen, frozen=True):
     """When the proxy rolls the candidate back by itself (read by the guard)."""
 
     enabled: bool = True
@@ -101,7 +101,7 @@ class GuardPolicy(_Frozen):
     window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
-class Rollout(_Frozen):
+class Rollout(_Frozen, frozen=True):
     """One alias's rule: which version is stable, which is the candidate, and how far it goes."""
 
     alias: Name
@@ -155,7 +155,11 @@ def parse_rollout(document: bytes | str | Mapping[str, Any]) -> Rollout:
         raise _rule_error(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise RuleError("document", f"not valid JSON ({exc})") from exc
-    return check_rollout(rollout)
+    _check_versions(rollout)
+    _check_references(rollout)
+    _check_percent(rollout)
+    _check_steps(rollout.coverage_gate)
+    return rollout
 
 
 def dump_rollout(rollout: Rollout) -> bytes:
@@ -168,12 +172,9 @@ def to_builtins(rollout: Rollout) -> dict[str, Any]:
 
 
 def check_rollout(rollout: Rollout) -> Rollout:
-    """The checks types cannot express; returns the rollout so it can be chained."""
-    _check_versions(rollout)
-    _check_references(rollout)
-    _check_percent(rollout)
-    _check_steps(rollout.coverage_gate)
-    return rollout
+    """Every check ``parse_rollout`` makes, for a rollout built in code (msgspec checks field
+    constraints only when decoding, so a value built by ``replace`` goes round once)."""
+    return parse_rollout(to_builtins(rollout))
 
 
 def _check_versions(rollout: Rollout) -> None:
@@ -230,9 +231,7 @@ _PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 def _rule_error(text: str) -> RuleError:
     """Turn msgspec's "Expected `int` - at `$.versions[0].dimensions`" into a RuleError."""
     match = _PATH.match(text)
-    if match is None:
-        return RuleError("document", text)
-    path, message = match["path"].lstrip("."), match["message"]
+    path, message = (match["path"].lstrip("."), match["message"]) if match else ("", text)
     unknown = _UNKNOWN.search(message)
     if unknown is not None:
         path = f"{path}.{unknown[1]}".lstrip(".")

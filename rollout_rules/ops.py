@@ -1,4 +1,4 @@
-"""Operator actions as pure transitions: rollout in, rollout out, or a TransitionError saying why not.
+"""Operator actions as pure transitions: rollout in, rollout out, or a TransitionError saying why.
 
 The store stamps revision, author, time and reason; these functions only decide what the rule
 becomes. An action that changes nothing (rolling back what is already rolled back) returns the
@@ -80,3 +80,22 @@ def _require_candidate(rollout: Rollout, action: str) -> str:
 
 def _fraction(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.1%}"
+
+
+def summarize_change(before: Rollout | None, after: Rollout) -> str:
+    """One line saying what an audit entry changed, for humans: "percent 5 -> 10"."""
+    if before is None:
+        return (f"declared: stable {after.stable}, candidate {after.candidate or '-'}, "
+                f"{after.percent:g}%")
+    fields = ("stable", "candidate", "state", "percent", "salt", "stickiness", "previous_stable")
+    parts = [f"{name} {_show(getattr(before, name))} -> {_show(getattr(after, name))}"
+             for name in fields if getattr(before, name) != getattr(after, name)]
+    other = ("versions", "coverage_gate", "overrides", "guard")
+    parts += [f"{name} changed" for name in other if getattr(before, name) != getattr(after, name)]
+    return ", ".join(parts) or "no rule change"
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,95 @@
+"""Settings: frozen, built from an optional TOML file and an environment mapping passed in.
+
+No module reads ``os.environ`` itself; the entry point hands its environment here, tests hand a
+dict. The environment wins over the file. Names, file key on the left, variable on the right:
+
+    data_dir            EMBEDSHIFT_DATA_DIR        embedded Redis and models (.embedshift)
+    redis_url           REDIS_URL                  unset: start the embedded redis-server
+    redis_prefix        EMBEDSHIFT_REDIS_PREFIX    key namespace, so proxies can share one Redis
+    redis_tls_ca_file   REDIS_TLS_CA_FILE          CA bundle for rediss:// URLs
+    redis_tls_cert_file REDIS_TLS_CERT_FILE        client certificate for mutual TLS
+    redis_tls_key_file  REDIS_TLS_KEY_FILE         its key
+    admin_token         EMBEDSHIFT_ADMIN_TOKEN     required by the admin API and alert webhook
+    refresh_interval_s  EMBEDSHIFT_REFRESH_S       periodic re-read of rules (covers lost messages)
+    actor               EMBEDSHIFT_ACTOR           who operator commands are recorded as
+    config file:        EMBEDSHIFT_CONFIG
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from rollout_rules.errors import RuleError
+
+_ENV = {
+    "data_dir": "EMBEDSHIFT_DATA_DIR",
+    "redis_url": "REDIS_URL",
+    "redis_prefix": "EMBEDSHIFT_REDIS_PREFIX",
+    "redis_tls_ca_file": "REDIS_TLS_CA_FILE",
+    "redis_tls_cert_file": "REDIS_TLS_CERT_FILE",
+    "redis_tls_key_file": "REDIS_TLS_KEY_FILE",
+    "admin_token": "EMBEDSHIFT_ADMIN_TOKEN",
+    "refresh_interval_s": "EMBEDSHIFT_REFRESH_S",
+    "actor": "EMBEDSHIFT_ACTOR",
+}
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    data_dir: str = ".embedshift"
+    redis_url: str | None = None
+    redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")] = "embedshift"
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    admin_token: str | None = None
+    refresh_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    actor: str | None = None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        token = "***" if self.admin_token else None
+        return (f"Settings(data_dir={self.data_dir!r}, redis_url={redact_url(self.redis_url)!r}, "
+                f"redis_prefix={self.redis_prefix!r}, admin_token={token!r})")
+
+
+def load_settings(environ: Mapping[str, str],
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """File (``EMBEDSHIFT_CONFIG``), then environment, then explicit overrides (CLI flags)."""
+    values: dict[str, Any] = {}
+    config_file = environ.get("EMBEDSHIFT_CONFIG")
+    if config_file:
+        values.update(_read_file(Path(config_file)))
+    values.update({key: environ[var] for key, var in _ENV.items() if environ.get(var)})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return msgspec.convert(values, type=Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise RuleError("settings", str(exc)) from exc
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RuleError("settings", f"cannot read config file {path}: {exc}") from exc
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced, fit for logs and error messages."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
