@@ -141,8 +141,8 @@ class RedisRuleStore:
                           updated_at=_now(), reason=reason)
         document = dump_rollout(stamped)
         keys = [self._key(rollout.alias, "rules"), self._key(rollout.alias, "audit")]
-        argv: list[str | int | bytes] = [expected_revision, document, self.channel, actor, reason, stamped.updated_at,
-                _AUDIT_MAXLEN, rollout.alias]
+        argv: list[str | int | bytes] = [expected_revision, document, self.channel, actor,
+                                         reason, stamped.updated_at, _AUDIT_MAXLEN, rollout.alias]
         async with _unavailable_on_error(self.client):
             ok, revision = await self._cas(keys=keys, args=argv)
             if ok:
@@ -218,9 +218,9 @@ class RedisRuleStore:
 
     async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]:
         async with _unavailable_on_error(self.client):
-            rows: list[tuple[bytes, float]] = await self.client.zrevrange(
-                self._key(alias, "popularity"), 0, count - 1, withscores=True)
-        return [(_text(doc_id), float(score)) for doc_id, score in rows]
+            rows = await self.client.zrevrange(self._key(alias, "popularity"), 0, count - 1,
+                                               withscores=True)
+        return [(_text(row[0]), float(row[1])) for row in rows]
 
     # -- notifications -------------------------------------------------------------------------
 
