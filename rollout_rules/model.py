@@ -9,6 +9,7 @@ never share a collection without a payload filter telling their points apart. Ev
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from enum import StrEnum
@@ -216,7 +217,7 @@ def _check_percent(rollout: Rollout) -> None:
 
 
 def _check_steps(gate: CoverageGate) -> None:
-    for i, (low, high) in enumerate(zip(gate.steps, gate.steps[1:], strict=False)):
+    for i, (low, high) in enumerate(itertools.pairwise(gate.steps)):
         if high.min_coverage <= low.min_coverage or high.max_percent < low.max_percent:
             raise RuleError(
                 f"coverage_gate.steps[{i + 1}]",

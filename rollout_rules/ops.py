@@ -65,8 +65,8 @@ def promote(rollout: Rollout, coverage: float | None, force: bool = False) -> Ro
     needed = full_coverage(rollout.coverage_gate)
     if rollout.coverage_gate.enabled and not force and (coverage or 0.0) < max(needed, 1e-9):
         raise TransitionError(
-            f"{rollout.alias}: {candidate} covers {_fraction(coverage)} of the corpus, promotion "
-            f"needs {_fraction(needed)} (finish the backfill, or --force)")
+            f"{rollout.alias}: {candidate}'s backfill coverage is {_fraction(coverage)}, promotion "
+            f"needs {_fraction(needed)} (finish the backfill, or force it)")
     return replace(rollout, stable=candidate, candidate=None, previous_stable=rollout.stable,
                    percent=0.0, state=State.PROMOTED)
 

@@ -1,0 +1,39 @@
+"""Session-wide fixtures: a real redis-server started by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.config import Settings
+from proxy.redis_server import EmbeddedRedis
+from proxy.rulestore import RedisRuleStore, connect
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), os.environ)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key namespace of its own for each test, so tests share one server without meeting."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def store(redis_server: EmbeddedRedis, prefix: str) -> AsyncIterator[RedisRuleStore]:
+    rule_store = RedisRuleStore(connect(Settings(), redis_server.url), prefix)
+    yield rule_store
+    await rule_store.aclose()
+
+
+def make_server(directory: Path, password: str | None = None) -> EmbeddedRedis:
+    return EmbeddedRedis(directory, os.environ, password=password)
