@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                                            "data_dir": args.data_dir, "actor": args.actor})
         if args.command == "redis":
             return _redis_command(args, settings, environ)
+        if args.command == "serve":
+            return _serve(settings, environ)
         payload, text = asyncio.run(_run(args.handler, args, settings, environ))
     except EmbedshiftError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -192,7 +194,16 @@ def render_explanation(explanation: Explanation) -> str:
     ])
 
 
-# -- the embedded server -----------------------------------------------------------------------
+# -- long-running and server commands ---------------------------------------------------------
+
+def _serve(settings: Settings, environ: Mapping[str, str]) -> int:
+    from proxy import serve  # the serve module imports this one: a leaf must not be imported back
+    from proxy.telemetry import configure_logging
+
+    configure_logging(json=False)
+    serve.run(settings, environ)
+    return 0
+
 
 def _redis_command(args: argparse.Namespace, settings: Settings,
                    environ: Mapping[str, str]) -> int:
@@ -291,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?")
     p.add_argument("covered", nargs="?", type=int)
     p.add_argument("total", nargs="?", type=int)
+    command("serve", None, "run on embedded defaults: Redis, the demo alias, live rules")
     p = command("redis", None, "start, stop or check the embedded redis-server")
     p.add_argument("action", choices=["start", "stop", "status"])
     return parser
