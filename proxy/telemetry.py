@@ -10,8 +10,9 @@ import structlog
 
 def configure_logging(json: bool = True, level: int = logging.INFO) -> None:
     """structlog to stderr: JSON lines for machines, aligned key=value for a terminal."""
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: structlog.typing.Processor = structlog.processors.JSONRenderer()
+    if not json:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso", utc=True),
