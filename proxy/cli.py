@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from proxy import cli_models
 from proxy.config import Settings, load_settings
 from proxy.defaults import default_rollout
 from proxy.operator import Explanation, Operator, Status
@@ -31,7 +32,7 @@ from rollout_rules.errors import (
     StoreUnavailable,
     TransitionError,
 )
-from rollout_rules.model import Rollout, parse_rollout
+from rollout_rules.model import Rollout, Version, parse_rollout
 from rollout_rules.ops import summarize_change
 
 # argparse itself exits 2 on bad usage.
@@ -57,7 +58,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return _redis_command(args, settings, environ)
         if args.command == "serve":
             return _serve(settings, environ)
-        payload, text = asyncio.run(_run(args.handler, args, settings, environ))
+        if args.handler is None:
+            payload, text = _model_command(args, settings, environ)
+        else:
+            payload, text = asyncio.run(_run(args.handler, args, settings, environ))
     except EmbedshiftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CODES.get(type(exc), 1)
@@ -196,6 +200,29 @@ def render_explanation(explanation: Explanation) -> str:
 
 # -- long-running and server commands ---------------------------------------------------------
 
+def _model_command(args: argparse.Namespace, settings: Settings,
+                   environ: Mapping[str, str]) -> Result:
+    if args.command == "models" and args.action == "build":
+        return cli_models.build_models(settings.models_path, args.int8)
+    if args.command == "models":
+        return cli_models.list_models(settings.models_path)
+    versions = cli_models.default_versions()
+    if args.alias:
+        versions = asyncio.run(_alias_versions(args.alias, settings, environ))
+    return cli_models.run_eval(args, settings.models_path, versions)
+
+
+async def _alias_versions(alias: str, settings: Settings, environ: Mapping[str, str]
+                          ) -> list[Version]:
+    store = open_store(settings, environ)
+    try:
+        rollout = await store.get(alias)
+    finally:
+        await store.aclose()
+    names = [rollout.stable] + ([rollout.candidate] if rollout.candidate else [])
+    return [rollout.version(name) for name in names]
+
+
 def _serve(settings: Settings, environ: Mapping[str, str]) -> int:
     from proxy import serve  # the serve module imports this one: a leaf must not be imported back
     from proxy.telemetry import configure_logging
@@ -303,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("covered", nargs="?", type=int)
     p.add_argument("total", nargs="?", type=int)
     command("serve", None, "run on embedded defaults: Redis, the demo alias, live rules")
+    cli_models.add_parsers(command)
     p = command("redis", None, "start, stop or check the embedded redis-server")
     p.add_argument("action", choices=["start", "stop", "status"])
     return parser

@@ -55,6 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
 
+    @property
+    def models_path(self) -> Path:
+        return self.data_path / "models"
+
     def __repr__(self) -> str:
         token = "***" if self.admin_token else None
         return (f"Settings(data_dir={self.data_dir!r}, redis_url={redact_url(self.redis_url)!r}, "

@@ -5,8 +5,11 @@
     ├── TransitionError             an operator action does not apply in the rollout's state
     ├── ConflictError               compare-and-set lost: the rule moved since it was read
     ├── NotFoundError               no rule document for that alias
-    └── StoreUnavailable            the rule store (Redis) cannot be reached; raised by adapters
-                                    in ``proxy`` with ``raise ... from exc``
+    ├── StoreUnavailable            the rule store (Redis) cannot be reached; raised by adapters
+    │                               in ``proxy`` with ``raise ... from exc``
+    ├── ModelError                  a model folder is missing a file, has a wrong hash, or its
+    │                               parts disagree (dimensions, outputs)
+    └── EncoderInputError           a text an encoder cannot take: empty, too long, not UTF-8
 
 The pure core raises the first four; I/O adapters convert third-party errors into these so
 callers (CLI, admin API) map each to one exit code or HTTP status in one place.
@@ -55,3 +58,11 @@ class NotFoundError(EmbedshiftError):
 
 class StoreUnavailable(EmbedshiftError):
     """The rule store could not be reached."""
+
+
+class ModelError(EmbedshiftError):
+    """A model cannot be built or loaded as it stands."""
+
+
+class EncoderInputError(EmbedshiftError):
+    """A text the encoder refuses; the message says what is wrong with it."""

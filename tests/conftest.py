@@ -37,3 +37,15 @@ async def store(redis_server: EmbeddedRedis, prefix: str) -> AsyncIterator[Redis
 
 def make_server(directory: Path, password: str | None = None) -> EmbeddedRedis:
     return EmbeddedRedis(directory, os.environ, password=password)
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The default models, built once (from the pinned packages) and reused across runs."""
+    from proxy.models import L3_ID, L6_ID, build_model
+
+    directory = Path(os.environ.get("EMBEDSHIFT_TEST_MODELS",
+                                    Path(__file__).resolve().parents[1] / ".embedshift" / "models"))
+    for model_id, quantization in ((L3_ID, "none"), (L6_ID, "none"), (L6_ID, "int8")):
+        build_model(model_id, quantization, directory)
+    return directory
