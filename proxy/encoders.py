@@ -79,7 +79,9 @@ class OnnxModel:
             raise ModelError(f"{folder / 'model.onnx'} lacks inputs {sorted(missing)}")
         self.output = self.manifest.output or self._token_output()
         self.dimensions = self.manifest.dimensions
-        produced = self.embed(["dimension check"]).shape[1]
+        probe = self.tokenizer.encode("dimension check")
+        produced = self._run(np.array([probe.ids], dtype=np.int64),
+                             np.array([probe.attention_mask], dtype=np.int64)).shape[1]
         if produced != self.dimensions:
             raise ModelError(f"{folder}: model.onnx produces {produced} dimensions, the "
                              f"manifest says {self.dimensions}")
@@ -89,10 +91,23 @@ class OnnxModel:
         return self.manifest.model_id
 
     def embed(self, texts: Sequence[str]) -> Vector:
-        """One ONNX run over ``texts``; returns (len(texts), dimensions) float32."""
+        """(len(texts), dimensions) float32, in as few ONNX runs as keep padding small.
+
+        The model is compute-bound, so padding is pure waste: texts are ordered by length and cut
+        into runs whose padded size stays within ``PADDING_BUDGET`` of their real tokens.
+        """
         encodings = self.tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        lengths = [sum(e.attention_mask) for e in encodings]
+        result = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for group in padding_groups(lengths):
+            longest = lengths[group[-1]]
+            ids = np.array([encodings[i].ids[:longest] for i in group], dtype=np.int64)
+            mask = np.array([encodings[i].attention_mask[:longest] for i in group],
+                            dtype=np.int64)
+            result[group] = self._run(ids, mask)
+        return result
+
+    def _run(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Vector:
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(ids)
@@ -103,7 +118,7 @@ class OnnxModel:
         return self._finish(np.asarray(out, dtype=np.float32), mask)
 
     def embed_many(self, texts: Sequence[str], batch_size: int = 32) -> Vector:
-        """Many texts (a corpus): batched by similar length so little padding is computed."""
+        """Many texts (a corpus), ``batch_size`` at a time in length order."""
         lengths = [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
         order = np.argsort(lengths, kind="stable")
         result = np.empty((len(texts), self.dimensions), dtype=np.float32)
@@ -129,6 +144,27 @@ class OnnxModel:
                 return str(output.name)
         raise ModelError(f"{self.folder / 'model.onnx'} has no (batch, tokens, dims) output "
                          "to pool")
+
+
+PADDING_BUDGET = 0.15
+
+
+def padding_groups(lengths: Sequence[int], budget: float = PADDING_BUDGET) -> list[list[int]]:
+    """Indices grouped in length order so that each group's padded tokens (members x longest)
+    exceed its real tokens by at most ``budget``."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    real = 0
+    for index in order:
+        group = groups[-1] if groups else None
+        if group is not None and (len(group) + 1) * lengths[index] <= \
+                (real + lengths[index]) * (1 + budget):
+            group.append(index)
+            real += lengths[index]
+        else:
+            groups.append([index])
+            real = lengths[index]
+    return groups
 
 
 class QueryEncoder:

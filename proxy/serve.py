@@ -1,6 +1,7 @@
 """``embedshift serve``: run on embedded defaults.
 
-It starts (or finds) the embedded redis-server, declares the demo alias if it is missing, and keeps
+It starts (or finds) the embedded redis-server, declares the demo alias if it is missing, builds
+its versions' models if they are not built yet (from PyPI packages, see ``proxy.models``), and keeps
 a live rules snapshot exactly as every proxy instance will, logging each change as it arrives.
 The HTTP search path is built on top of this (see the proxy issue); until then this is what runs.
 """
@@ -16,6 +17,7 @@ import structlog
 from proxy.cli import actor_of, open_store, render_status
 from proxy.config import Settings
 from proxy.defaults import default_rollout
+from proxy.models import resolve
 from proxy.operator import Operator, status_of
 from proxy.rules import RuleWatcher
 from rollout_rules.errors import NotFoundError
@@ -40,6 +42,10 @@ async def serve(settings: Settings, environ: Mapping[str, str]) -> None:
                      change=summarize_change(before, after), by=after.updated_by,
                      reason=after.reason)
 
+    rollout = await operator.store.get(DEMO_ALIAS)
+    for version in rollout.versions:
+        folder = await asyncio.to_thread(resolve, version, settings.models_path)
+        print(f"model {version.name}: {version.model} ready in {folder}")
     watcher = RuleWatcher(store, settings.refresh_interval_s, on_change=on_change)
     await watcher.start()
     print(render_status(status_of(watcher.rollouts[DEMO_ALIAS],

@@ -141,3 +141,25 @@ def test_the_console_script_runs_on_the_embedded_redis(tmp_path: Path) -> None:
     finally:
         assert run("redis", "stop").returncode == 0
     assert "not running" in run("redis", "status").stdout
+
+
+def test_eval_compares_versions_side_by_side(models_dir: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "tiny"
+    (data / "qrels").mkdir(parents=True)
+    docs = {"d1": "Cats are small domesticated felines.", "d2": "The stock market fell today.",
+            "d3": "Photosynthesis turns light into chemical energy in plants.",
+            "d4": "Volcanoes erupt molten rock."}
+    (data / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items()))
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "how do plants make "
+                                                    "energy from sunlight"}) + "\n")
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
+    environ = {"EMBEDSHIFT_DATA_DIR": str(models_dir.parent)}
+    assert main(["eval", "--dataset", str(data), "--json"], environ) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert results["v2"]["ndcg_at_10"] == 1.0 and results["v1"]["documents"] == 4
+    assert main(["eval", "--dataset", str(data)], environ) == 0
+    table = capsys.readouterr().out
+    assert "v1 paraphrase-MiniLM-L3-v2" in table and "delta" in table
+    assert main(["eval", "--dataset", str(tmp_path)], environ) == 3
