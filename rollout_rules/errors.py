@@ -1,7 +1,8 @@
 """The one exception tree of embedshift.
 
     EmbedshiftError                 base: every error we raise on purpose
-    ├── RuleError                   a rule document or value is invalid; names the field
+    ├── RuleError                   a rule document, request field or other value a caller gave
+    │                               is invalid; names the field
     ├── TransitionError             an operator action does not apply in the rollout's state
     ├── ConflictError               compare-and-set lost: the rule moved since it was read
     ├── NotFoundError               no rule document for that alias
@@ -9,7 +10,9 @@
     │                               in ``proxy`` with ``raise ... from exc``
     ├── ModelError                  a model folder is missing a file, has a wrong hash, or its
     │                               parts disagree (dimensions, outputs)
-    └── EncoderInputError           a text an encoder cannot take: empty, too long, not UTF-8
+    ├── EncoderInputError           a text an encoder cannot take: empty, too long, not UTF-8
+    └── BackendError                a vector store failed a request (unreachable, missing
+                                    collection, engine error)
 
 The pure core raises the first four; I/O adapters convert third-party errors into these so
 callers (CLI, admin API) map each to one exit code or HTTP status in one place.
@@ -66,3 +69,7 @@ class ModelError(EmbedshiftError):
 
 class EncoderInputError(EmbedshiftError):
     """A text the encoder refuses; the message says what is wrong with it."""
+
+
+class BackendError(EmbedshiftError):
+    """A vector store failed a request; the search path falls back or answers 503."""

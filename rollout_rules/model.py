@@ -153,7 +153,7 @@ def parse_rollout(document: bytes | str | Mapping[str, Any]) -> Rollout:
         else:
             rollout = msgspec.convert(document, type=Rollout)
     except msgspec.ValidationError as exc:
-        raise _rule_error(str(exc)) from exc
+        raise rule_error(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise RuleError("document", f"not valid JSON ({exc})") from exc
     _check_versions(rollout)
@@ -229,7 +229,7 @@ _UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 _PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 
 
-def _rule_error(text: str) -> RuleError:
+def rule_error(text: str) -> RuleError:
     """Turn msgspec's "Expected `int` - at `$.versions[0].dimensions`" into a RuleError."""
     match = _PATH.match(text)
     path, message = (match["path"].lstrip("."), match["message"]) if match else ("", text)

@@ -1,0 +1,1 @@
+"""HTTP <-> domain only: parse and validate a request, call the domain, render JSON."""

@@ -1,0 +1,173 @@
+"""The request path, knowing nothing of HTTP: decide, encode, search, answer, and say why.
+
+    request -> rules snapshot (memory) -> decide() -> encoder[version] -> store.search(target)
+            -> hits + model_version + rollout{bucket, reason, revision, effective_percent}
+
+If the candidate's encoder or store fails, the same query is answered from stable with reason
+``fallback``: the user never pays for the candidate's failure. A failure of stable itself is a
+BackendError (503). Bad input (text, filter, version) is the caller's and never falls back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any, Protocol
+
+import msgspec
+import structlog
+from msgspec.structs import replace
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Tracer
+
+from proxy.encoders import Encoder, clean_text
+from proxy.telemetry import Attr, Metrics
+from proxy.vectorstore import Hit, VectorStore, parse_filter
+from rollout_rules.decide import Context, Decision, Reason, decide, override_allowed
+from rollout_rules.errors import BackendError, ModelError, NotFoundError, RuleError
+from rollout_rules.model import Rollout, Version
+
+log = structlog.get_logger("embedshift.search")
+MAX_LIMIT = 100
+
+
+class SearchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /v1/aliases/{alias}/search``."""
+
+    query: str
+    user_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    session_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    tenant: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    properties: dict[str, str] = msgspec.field(default_factory=dict)
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = 10
+    filter: dict[str, Any] | None = None
+    with_payload: bool = True
+    version: str | None = None
+
+
+class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    bucket: int | None
+    reason: str
+    revision: int
+    effective_percent: float
+
+
+class SearchResponse(msgspec.Struct, frozen=True, kw_only=True):
+    hits: list[Hit]
+    model_version: str
+    model: str
+    collection: str
+    rollout: RolloutInfo
+    trace_id: str
+
+
+class Rules(Protocol):
+    """The snapshot the request path reads (the RuleWatcher, or a fake in unit tests)."""
+
+    rollouts: dict[str, Rollout]
+    coverage: dict[str, dict[str, float]]
+
+
+def encoder_key(version: Version) -> tuple[str, str, str]:
+    """Versions that share a model, quantisation and prefix share one encoder (and cache)."""
+    return version.model, version.quantization, version.query_prefix
+
+
+class Searcher:
+    def __init__(self, rules: Rules, encoders: Mapping[tuple[str, str, str], Encoder], *,
+                 store: VectorStore, metrics: Metrics, tracer: Tracer,
+                 log_queries: bool = False) -> None:
+        self.rules, self.encoders, self.store = rules, encoders, store
+        self.metrics, self.tracer, self.log_queries = metrics, tracer, log_queries
+
+    async def search(self, alias: str, request: SearchRequest, random_key: str) -> SearchResponse:
+        started = time.perf_counter()
+        rollout = self.rules.rollouts.get(alias)
+        if rollout is None:
+            raise NotFoundError(alias)
+        text = clean_text(request.query)  # bad text is the caller's: refuse before deciding
+        query_filter = parse_filter(request.filter)
+        if request.version is not None and not override_allowed(rollout, request.version):
+            allowed = "allowed" if rollout.overrides.allow_request else "off"
+            raise RuleError("version", f"{request.version!r} cannot be requested for {alias} "
+                                       f"(declared: {rollout.version_names}; overrides "
+                                       f"{allowed})")
+        context = Context(user_id=request.user_id, session_id=request.session_id,
+                          tenant=request.tenant, properties=request.properties,
+                          random_key=random_key)
+        coverage = self.rules.coverage.get(alias, {})
+        decision = decide(rollout, context, coverage.get(rollout.candidate or ""), request.version)
+        span = trace.get_current_span()
+        try:
+            hits = await self._search_version(alias, rollout.version(decision.version), text,
+                                              request, query_filter)
+        except (BackendError, ModelError) as exc:
+            if decision.version == rollout.stable:
+                self.metrics.errors.labels(alias, decision.version, "stable_failed").inc()
+                raise
+            self.metrics.fallbacks.labels(alias, decision.version).inc()
+            span.set_attribute(Attr.FALLBACK_FROM, decision.version)
+            log.warning("candidate_failed", alias=alias, version=decision.version,
+                        error=str(exc), answered_by=rollout.stable)
+            decision = replace(decision, version=rollout.stable, reason=Reason.FALLBACK)
+            hits = await self._search_version(alias, rollout.version(rollout.stable), text,
+                                              request, query_filter)
+        return self._answer(alias, rollout, decision, hits, started=started, span=span,
+                            text=text)
+
+    async def _search_version(self, alias: str, version: Version, text: str,
+                              request: SearchRequest, query_filter: Any) -> list[Hit]:
+        encoder = self.encoders.get(encoder_key(version))
+        if encoder is None:
+            raise ModelError(f"no encoder loaded for {version.name} ({version.model})")
+        labels = (alias, version.name)
+        with self.tracer.start_as_current_span("encode", kind=SpanKind.INTERNAL) as span:
+            started = time.perf_counter()
+            vector, cache_hit = await encoder.encode(text)
+            self.metrics.encode_latency.labels(*labels).observe(time.perf_counter() - started)
+            self.metrics.cache.labels(*labels, "hit" if cache_hit else "miss").inc()
+            span.set_attributes({Attr.VERSION: version.name, Attr.MODEL_ID: version.model,
+                                 Attr.CACHE_HIT: cache_hit})
+        with self.tracer.start_as_current_span(f"search {version.target.collection}",
+                                               kind=SpanKind.CLIENT) as span:
+            span.set_attributes({Attr.DB_SYSTEM: "qdrant", Attr.DB_OPERATION: "query",
+                                 Attr.DB_COLLECTION: version.target.collection,
+                                 Attr.VERSION: version.name})
+            started = time.perf_counter()
+            try:
+                hits = await self.store.search(version.target, vector, request.limit,
+                                               query_filter, request.with_payload)
+            except BackendError:
+                self.metrics.errors.labels(*labels, "search").inc()
+                raise
+            self.metrics.search_latency.labels(*labels).observe(time.perf_counter() - started)
+            span.set_attribute(Attr.HIT_COUNT, len(hits))
+        return hits
+
+    def _answer(self, alias: str, rollout: Rollout, decision: Decision, hits: list[Hit], *,
+                started: float, span: trace.Span, text: str) -> SearchResponse:
+        version = rollout.version(decision.version)
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(alias, version.name, decision.reason).inc()
+        self.metrics.latency.labels(alias, version.name).observe(elapsed)
+        self.metrics.effective_percent.labels(alias).set(decision.effective_percent)
+        attributes: dict[str, str | int | float | bool] = {
+            Attr.ALIAS: alias, Attr.VERSION: version.name, Attr.MODEL_ID: version.model,
+            Attr.REASON: str(decision.reason), Attr.RULE_REVISION: str(decision.revision),
+            Attr.BUCKET: decision.bucket if decision.bucket is not None else -1,
+            Attr.EFFECTIVE_PERCENT: decision.effective_percent,
+            Attr.DB_COLLECTION: version.target.collection, Attr.HIT_COUNT: len(hits),
+            Attr.PROVIDER: "embedshift"}
+        span.set_attributes(attributes)
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        extra = {"query": text} if self.log_queries else {}
+        log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),
+                 bucket=decision.bucket, revision=decision.revision, hits=len(hits),
+                 latency_ms=round(elapsed * 1000, 2), trace_id=trace_id, **extra)
+        return SearchResponse(
+            hits=hits, model_version=version.name, model=version.model,
+            collection=version.target.collection, trace_id=trace_id,
+            rollout=RolloutInfo(alias=alias, bucket=decision.bucket, reason=decision.reason,
+                                revision=decision.revision,
+                                effective_percent=decision.effective_percent))
