@@ -79,7 +79,7 @@ def parse_filter(raw: object) -> models.Filter | None:
         first = exc.errors()[0]
         # pydantic's location names union members and classes too; keep the JSON path only
         where = ".".join(str(p) for p in first["loc"] if isinstance(p, int) or
-                         str(p).replace("_", "").isalpha() and str(p).islower())
+                         (str(p).replace("_", "").isalpha() and str(p).islower()))
         raise RuleError(f"filter.{where}" if where else "filter",
                         f"{first['msg']} (a Qdrant filter)") from exc
 
