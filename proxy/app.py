@@ -77,7 +77,7 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
         await watcher.stop()
         await loader.close()
         executor.shutdown(wait=False, cancel_futures=True)
-        deps.tracer_provider.force_flush()
+        await asyncio.to_thread(deps.tracer_provider.force_flush)  # never block the loop
 
     app.cleanup_ctx.append(lifecycle)
     return app

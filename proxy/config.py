@@ -17,6 +17,7 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     qdrant_api_key      QDRANT_API_KEY             for a Qdrant server
     cache_size          EMBEDSHIFT_CACHE_SIZE      query vectors cached per model (10000)
     log_queries         EMBEDSHIFT_LOG_QUERIES     put query text in logs (off)
+    request_timeout_s   EMBEDSHIFT_TIMEOUT_S       a search answers 503 past this (10)
     config file:        EMBEDSHIFT_CONFIG
 """
 
@@ -48,6 +49,7 @@ _ENV = {
     "qdrant_api_key": "QDRANT_API_KEY",
     "cache_size": "EMBEDSHIFT_CACHE_SIZE",
     "log_queries": "EMBEDSHIFT_LOG_QUERIES",
+    "request_timeout_s": "EMBEDSHIFT_TIMEOUT_S",
 }
 
 
@@ -67,6 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     qdrant_api_key: str | None = None
     cache_size: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     log_queries: bool = False
+    request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
     @property
     def data_path(self) -> Path:

@@ -13,7 +13,6 @@ from typing import Any
 import structlog
 
 from proxy.encoders import OnnxModel
-from proxy.rulestore import RedisRuleStore
 from proxy.vectorstore import EdgeStore, PointIn, VectorStore
 from rollout_rules.model import Rollout
 
@@ -80,10 +79,12 @@ def demo_documents() -> list[dict[str, Any]]:
     return documents
 
 
-async def load_demo(rollout: Rollout, models: dict[str, OnnxModel], store: VectorStore,
-                    rules: RedisRuleStore) -> None:
-    """Encode the catalogue into each version's collection (v2 partly); idempotent."""
+async def load_demo(rollout: Rollout, models: dict[str, OnnxModel], store: VectorStore
+                    ) -> dict[str, tuple[int, int]]:
+    """Encode the catalogue into each version's collection (v2 partly); idempotent.
+    Returns each version's (covered, total) for the coverage gate."""
     documents = demo_documents()
+    coverage = {}
     for version in rollout.versions:
         share = 1.0 if version.name == rollout.stable else V2_SHARE
         chosen = documents[: round(len(documents) * share)]
@@ -101,4 +102,5 @@ async def load_demo(rollout: Rollout, models: dict[str, OnnxModel], store: Vecto
                 await store.optimize(version.target)
             log.info("demo_loaded", version=version.name, collection=version.target.collection,
                      documents=len(points))
-        await rules.set_coverage(rollout.alias, version.name, len(chosen), len(documents))
+        coverage[version.name] = (len(chosen), len(documents))
+    return coverage

@@ -63,7 +63,8 @@ async def prepare_demo(settings: Settings, rules: RedisRuleStore, vectors: Vecto
         folder = await asyncio.to_thread(resolve, version, settings.models_path)
         models[version.name] = await asyncio.to_thread(OnnxModel, folder, 2)
         print(f"model {version.name}: {version.model} ready in {folder}", flush=True)
-    await load_demo(rollout, models, vectors, rules)
+    for name, (covered, total) in (await load_demo(rollout, models, vectors)).items():
+        await rules.set_coverage(DEMO_ALIAS, name, covered, total)
 
 
 def run(settings: Settings, environ: Mapping[str, str]) -> None:

@@ -13,12 +13,22 @@ import logging
 import sys
 from collections.abc import Mapping
 from enum import StrEnum
+from urllib.parse import unquote
 
 import structlog
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from rollout_rules.errors import RuleError
 
 
 class Attr(StrEnum):
@@ -40,18 +50,54 @@ class Attr(StrEnum):
 
 def tracer_provider(environ: Mapping[str, str], extra: SpanProcessor | None = None
                     ) -> TracerProvider:
-    """A provider exporting by OTLP/HTTP when an endpoint is configured (the exporter reads the
-    standard OTEL_EXPORTER_OTLP_* variables itself), plus ``extra`` (tests use an in-memory one)."""
+    """A provider exporting by OTLP/HTTP when the standard variables name an endpoint, plus
+    ``extra`` (tests use an in-memory one). The variables are read from ``environ``, not from
+    the process environment, so what configures the proxy is what was passed in."""
     service = environ.get("OTEL_SERVICE_NAME", "embedshift")
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or \
-            environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    provider = TracerProvider(resource=Resource.create({"service.name": service}),
+                              sampler=sampler(environ))
+    endpoint = otlp_traces_endpoint(environ)
+    if endpoint is not None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        headers = dict(_pair(item) for item in
+                       environ.get("OTEL_EXPORTER_OTLP_HEADERS", "").split(",") if "=" in item)
+        exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     if extra is not None:
         provider.add_span_processor(extra)
     return provider
+
+
+def sampler(environ: Mapping[str, str]) -> Sampler:
+    """OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, as the specification names them
+    (default: parentbased_always_on); an unknown name is an error, not a silent default."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+    try:
+        ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    except ValueError as exc:
+        raise RuleError("OTEL_TRACES_SAMPLER_ARG", "must be a number from 0 to 1") from exc
+    samplers: dict[str, Sampler] = {
+        "always_on": ALWAYS_ON, "always_off": ALWAYS_OFF, "traceidratio": TraceIdRatioBased(ratio),
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio))}
+    if name not in samplers:
+        raise RuleError("OTEL_TRACES_SAMPLER", f"{name!r} is not one of {', '.join(samplers)}")
+    return samplers[name]
+
+
+def otlp_traces_endpoint(environ: Mapping[str, str]) -> str | None:
+    """Where traces go: the traces endpoint as given, or the base endpoint + /v1/traces."""
+    if environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return f"{base.rstrip('/')}/v1/traces" if base else None
+
+
+def _pair(item: str) -> tuple[str, str]:
+    key, _, value = item.partition("=")
+    return unquote(key.strip()), unquote(value.strip())
 
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,

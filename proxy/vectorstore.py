@@ -247,7 +247,13 @@ def to_edge_filter(query_filter: models.Filter | None) -> edge.Filter | None:
     """qdrant-client's Filter as the embedded engine's; RuleError for what it cannot express."""
     if query_filter is None:
         return None
+    try:
+        return _edge_filter(query_filter)
+    except (ValueError, TypeError) as exc:  # the engine's own checks (e.g. a bad key path)
+        raise RuleError("filter", f"the embedded engine refused it: {exc}") from exc
 
+
+def _edge_filter(query_filter: models.Filter) -> edge.Filter:
     def conditions(items: Any) -> list[Any] | None:
         if items is None:
             return None
@@ -260,7 +266,7 @@ def to_edge_filter(query_filter: models.Filter | None) -> edge.Filter | None:
 
 def _edge_condition(condition: Any) -> Any:
     if isinstance(condition, models.Filter):
-        return to_edge_filter(condition)
+        return _edge_filter(condition)
     if isinstance(condition, models.HasIdCondition):
         return edge.HasIdCondition(set(condition.has_id))
     if isinstance(condition, models.IsEmptyCondition):

@@ -1,0 +1,242 @@
+"""The proxy over loopback against its own parts, in one run:
+
+    uv run python -m loadtest.bench_proxy [--rate 200] [--seconds 10] [--connections 32]
+
+(a) the full path: ``embedshift serve`` on embedded defaults (Redis, Qdrant engine, ONNX), run as
+    its own process, queried over HTTP with warm caches (a fixed set of queries, repeated);
+(b) the same queries sent directly to the store in-process with precomputed vectors: search
+    alone, so (a) - (b) is the proxy's own overhead (routing, HTTP, JSON, cache lookup);
+(c) a bare aiohttp JSON endpoint in its own process: the HTTP ceiling.
+
+Latency is measured open loop at a fixed rate, well below capacity; throughput closed loop
+with ``wrk`` when it is installed (Debian package ``wrk``), else with a Python client (which
+then may be the bottleneck, and says so).
+Every phase is bounded in time and sends traffic only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import msgspec
+import numpy as np
+from aiohttp import web
+
+QUERIES = ["warm jacket for winter", "tent for two people", "water filter for hiking",
+           "light for night hikes", "boots for rocky trails", "stove that boils fast",
+           "kids backpack", "recycled fleece", "helmet for cycling", "snow goggles"]
+BODY = {"query": QUERIES[0], "user_id": "bench-user", "limit": 10}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the servers (run as subprocesses of this benchmark) ---------------------------------------
+
+def serve_bare(port: int) -> None:
+    encoder = msgspec.json.Encoder()
+    answer = {"hits": [{"id": i, "score": 0.5, "payload": {"title": "x" * 30}} for i in range(10)],
+              "model_version": "v1", "collection": "c", "rollout": {"bucket": 1}}
+
+    async def search(request: web.Request) -> web.Response:
+        msgspec.json.decode(await request.read())
+        return web.Response(body=encoder.encode(answer), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/aliases/products/search", search)
+    app.router.add_get("/readyz", lambda _: asyncio.sleep(0, web.json_response({})))
+    import uvloop
+
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None,
+                loop=uvloop.new_event_loop())
+
+
+def serve_full(port: int, data_dir: str) -> None:
+    from proxy.config import load_settings
+    from proxy.serve import run
+
+    otel = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+    run(load_settings({"EMBEDSHIFT_DATA_DIR": data_dir, "EMBEDSHIFT_PORT": str(port)}), otel)
+
+
+# -- load ------------------------------------------------------------------------------------
+
+async def fixed_rate(send: Callable[[int], Awaitable[None]], rate: float, seconds: float
+                     ) -> tuple[float, float, float]:
+    """p50 ms, p99 ms, achieved requests/s. Latency runs from the send: at these rates nothing
+    queues, and timing from the due time would add the generator's own timer lateness (about
+    a millisecond on asyncio) to every row alike."""
+    latencies: list[float] = []
+    start = time.perf_counter()
+    total = int(rate * seconds)
+
+    async def one(i: int) -> None:
+        due = start + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        sent = time.perf_counter()
+        await send(i)
+        latencies.append(time.perf_counter() - sent)
+
+    await asyncio.gather(*(one(i) for i in range(total)))
+    elapsed = time.perf_counter() - start
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+    return float(p50), float(p99), total / elapsed
+
+
+def wrk_throughput(url: str, seconds: int, connections: int) -> tuple[float, str]:
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(json.dumps(BODY))}\n")
+    output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s",
+                             str(script), url], capture_output=True, text=True, check=True,
+                            timeout=seconds + 30).stdout
+    script.unlink()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return rps, f"{errors[1]} non-2xx" if errors else "all 2xx"
+
+
+async def python_throughput(url: str, seconds: float, connections: int) -> tuple[float, str]:
+    count = 0
+    deadline = time.perf_counter() + seconds
+    async with aiohttp.ClientSession() as session:
+        async def worker() -> None:
+            nonlocal count
+            while time.perf_counter() < deadline:
+                async with session.post(url, json=BODY) as response:
+                    await response.read()
+                count += 1
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    return count / seconds, "python client (may be the bottleneck)"
+
+
+async def http_phase(url: str, rate: float, seconds: float) -> tuple[float, float, float]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        async def send(i: int) -> None:
+            body = {**BODY, "query": QUERIES[i % len(QUERIES)], "user_id": f"u{i % 50}"}
+            async with session.post(url, json=body) as response:
+                assert response.status == 200, await response.text()
+                await response.read()
+
+        for i in range(len(QUERIES) * 5):  # warm the caches and connections
+            await send(i)
+        return await fixed_rate(send, rate, seconds)
+
+
+def start(args: list[str], ready_url: str, timeout_s: float = 300) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen([sys.executable, "-m", "loadtest.bench_proxy", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(ready_url, timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise SystemExit(f"server {args[0]} did not become ready in {timeout_s:.0f}s")
+
+
+async def store_phase(data_dir: str, rate: float, seconds: float) -> tuple[float, float, float]:
+    from proxy.defaults import default_rollout
+    from proxy.encoders import OnnxModel
+    from proxy.models import resolve
+    from proxy.vectorstore import EdgeStore
+
+    version = default_rollout("products").version("v1")
+    model = OnnxModel(resolve(version, Path(data_dir) / "models"))
+    vectors = model.embed(QUERIES)
+    store = EdgeStore(Path(data_dir) / "qdrant")
+
+    async def send(i: int) -> None:
+        await store.search(version.target, vectors[i % len(QUERIES)], 10, None, True)
+
+    for i in range(50):
+        await send(i)
+    try:
+        return await fixed_rate(send, rate, seconds)
+    finally:
+        await store.close()
+
+
+def measure(args: argparse.Namespace) -> None:
+    data_dir = tempfile.mkdtemp(prefix="embedshift-bench-")
+    rows: dict[str, tuple[float, float, float]] = {}
+    ceilings: dict[str, tuple[float, str]] = {}
+    use_wrk = shutil.which("wrk") is not None
+    for name, server_args in (("bare", ["serve-bare"]), ("full", ["serve-full", data_dir])):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/v1/aliases/products/search"
+        process = start([*server_args[:1], str(port), *server_args[1:]],
+                        f"http://127.0.0.1:{port}/readyz")
+        try:
+            rows[name] = asyncio.run(http_phase(url, args.rate, args.seconds))
+            ceilings[name] = (wrk_throughput(url, int(args.seconds), args.connections) if use_wrk
+                              else asyncio.run(python_throughput(url, args.seconds,
+                                                                 args.connections)))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    from proxy.redis_server import EmbeddedRedis
+
+    EmbeddedRedis(Path(data_dir), os.environ).stop()
+    rows["store"] = asyncio.run(store_phase(data_dir, args.rate, args.seconds))
+    shutil.rmtree(data_dir, ignore_errors=True)
+    report(rows, ceilings, args)
+
+
+def report(rows: dict[str, tuple[float, float, float]], ceilings: dict[str, tuple[float, str]],
+           args: argparse.Namespace) -> None:
+    print(f"fixed rate {args.rate:g} req/s for {args.seconds:g}s each, warm caches, loopback\n")
+    print(f"{'path':44} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7}")
+    names = {"full": "(a) proxy, full path (HTTP, route, cache, search)",
+             "store": "(b) store alone, precomputed vectors",
+             "bare": "(c) bare aiohttp JSON endpoint"}
+    for key in ("full", "store", "bare"):
+        p50, p99, rps = rows[key]
+        print(f"{names[key]:44} {p50:7.3f} {p99:7.3f} {rps:7.0f}")
+    overhead = rows["full"][0] - rows["store"][0]
+    print(f"\nproxy overhead at p50, (a) - (b): {overhead:.3f} ms (target < 1 ms: "
+          f"{'met' if overhead < 1 else 'NOT met'})")
+    full, bare = ceilings["full"], ceilings["bare"]
+    ratio = full[0] / bare[0]
+    print(f"max throughput, {args.connections} connections: proxy {full[0]:.0f} req/s ({full[1]}),"
+          f" bare {bare[0]:.0f} req/s ({bare[1]}) -> {ratio:.0%} of the ceiling (target >= 40%: "
+          f"{'met' if ratio >= 0.4 else 'NOT met'})")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-bare":
+        serve_bare(int(sys.argv[2]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-full":
+        serve_full(int(sys.argv[2]), sys.argv[3])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    measure(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

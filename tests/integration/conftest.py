@@ -1,0 +1,126 @@
+"""Fixtures for the proxy: one demo-loaded Qdrant engine per session, apps on real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from proxy.app import Deps, make_app
+from proxy.config import Settings
+from proxy.defaults import default_rollout
+from proxy.demo import load_demo
+from proxy.encoders import OnnxModel
+from proxy.models import resolve
+from proxy.redis_server import EmbeddedRedis
+from proxy.rulestore import RedisRuleStore, connect
+from proxy.telemetry import tracer_provider
+from proxy.vectorstore import EdgeStore, VectorStore
+from rollout_rules.errors import BackendError
+from rollout_rules.model import Rollout, Target
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@dataclass
+class Engine:
+    store: EdgeStore
+    coverage: dict[str, tuple[int, int]]
+
+
+@pytest.fixture(scope="session")
+def demo_engine(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    store = EdgeStore(tmp_path_factory.mktemp("qdrant"))
+    rollout = default_rollout("products")
+    models = {v.name: OnnxModel(resolve(v, models_dir), threads=2) for v in rollout.versions}
+    coverage = asyncio.run(load_demo(rollout, models, store))
+    yield Engine(store, coverage)
+    asyncio.run(store.close())
+
+
+class FlakyStore:
+    """The real engine, with searches in chosen collections made to fail on demand."""
+
+    def __init__(self, inner: VectorStore) -> None:
+        self.inner = inner
+        self.broken: set[str] = set()
+
+    async def search(self, target: Target, *args: Any, **kwargs: Any) -> Any:
+        if target.collection in self.broken:
+            raise BackendError(f"injected failure in {target.collection}")
+        return await self.inner.search(target, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass
+class Proxy:
+    client: TestClient[Any, Any]
+    app: Any
+    spans: InMemorySpanExporter
+    rules: RedisRuleStore
+    store: FlakyStore
+
+    async def search(self, **body: Any) -> Any:
+        response = await self.client.post("/v1/aliases/products/search",
+                                          json={"query": "warm jacket", **body})
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+class ProxyFactory:
+    def __init__(self, redis_url: str, prefix: str, engine: Engine, models_dir: Path) -> None:
+        self.redis_url, self.prefix, self.engine, self.models_dir = (redis_url, prefix, engine,
+                                                                       models_dir)
+        self.started: list[Proxy] = []
+
+    async def declare(self, percent: float = 0, full_coverage: bool = True) -> Rollout:
+        rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
+        rollout = await rules.create(default_rollout("products"), "tests", "declare")
+        for version, (covered, total) in self.engine.coverage.items():
+            await rules.set_coverage("products", version, total if full_coverage else covered,
+                                     total)
+        if percent:
+            from msgspec.structs import replace
+            rollout = await rules.write(replace(rollout, percent=percent), rollout.revision,
+                                        "tests", "ramp")
+        await rules.aclose()
+        return rollout
+
+    async def start(self, refresh_interval_s: float = 3600.0,
+                    environ: dict[str, str] | None = None) -> Proxy:
+        rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
+        spans = InMemorySpanExporter()
+        settings = Settings(refresh_interval_s=refresh_interval_s, admin_token=ADMIN_TOKEN,
+                            redis_prefix=self.prefix)
+        store = FlakyStore(self.engine.store)
+        deps = Deps(rules_store=rules, vector_store=store,
+                    tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),
+                    models_dir=self.models_dir)
+        app = make_app(settings, deps)
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        proxy = Proxy(client, app, spans, rules, store)
+        self.started.append(proxy)
+        return proxy
+
+    async def close(self) -> None:
+        for proxy in self.started:
+            await proxy.client.close()
+            await proxy.rules.aclose()
+
+
+@pytest.fixture
+async def proxies(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
+                  models_dir: Path) -> AsyncIterator[ProxyFactory]:
+    factory = ProxyFactory(redis_server.url, prefix, demo_engine, models_dir)
+    yield factory
+    await factory.close()
