@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -17,12 +16,13 @@ from typing import Any
 
 import msgspec
 
-from proxy import cli_models
-from proxy.config import Settings, load_settings
+from proxy import cli_models, serve
+from proxy.config import Settings, actor_of, load_settings
 from proxy.defaults import default_rollout
 from proxy.operator import Explanation, Operator, Status
 from proxy.redis_server import EmbeddedRedis
-from proxy.rulestore import AuditEntry, Change, RedisRuleStore, connect
+from proxy.rulestore import AuditEntry, Change, open_store
+from proxy.telemetry import configure_logging
 from rollout_rules.decide import Context
 from rollout_rules.errors import (
     ConflictError,
@@ -78,16 +78,6 @@ async def _run(handler: Command, args: argparse.Namespace, settings: Settings,
         return await handler(Operator(store, actor_of(settings, environ)), args)
     finally:
         await store.aclose()
-
-
-def open_store(settings: Settings, environ: Mapping[str, str]) -> RedisRuleStore:
-    """The configured Redis, or the embedded one, started if it is not running yet."""
-    url = settings.redis_url or EmbeddedRedis(settings.data_path, environ).ensure_running()
-    return RedisRuleStore(connect(settings, url), settings.redis_prefix)
-
-
-def actor_of(settings: Settings, environ: Mapping[str, str]) -> str:
-    return settings.actor or f"{environ.get('USER', 'operator')}@{socket.gethostname()}"
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -224,9 +214,6 @@ async def _alias_versions(alias: str, settings: Settings, environ: Mapping[str, 
 
 
 def _serve(settings: Settings, environ: Mapping[str, str]) -> int:
-    from proxy import serve  # the serve module imports this one: a leaf must not be imported back
-    from proxy.telemetry import configure_logging
-
     configure_logging(json=False)
     serve.run(settings, environ)
     return 0

@@ -23,6 +23,7 @@ dict. The environment wins over the file. Names, file key on the left, variable 
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -117,3 +118,8 @@ def redact_url(url: str | None) -> str | None:
     user = parts.username or ""
     netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def actor_of(settings: Settings, environ: Mapping[str, str]) -> str:
+    """Who a change is recorded as: the configured actor, else user@host."""
+    return settings.actor or f"{environ.get('USER', 'operator')}@{socket.gethostname()}"

@@ -26,6 +26,7 @@ from msgspec.structs import replace
 from redis.exceptions import RedisError
 
 from proxy.config import Settings, redact_url
+from proxy.redis_server import EmbeddedRedis
 from rollout_rules.errors import ConflictError, NotFoundError, RuleError, StoreUnavailable
 from rollout_rules.model import Rollout, dump_rollout, parse_rollout
 
@@ -60,6 +61,12 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     before: Rollout
     after: Rollout
     changed: bool
+
+
+def open_store(settings: Settings, environ: Mapping[str, str]) -> RedisRuleStore:
+    """The configured Redis, or the embedded one, started if it is not running yet."""
+    url = settings.redis_url or EmbeddedRedis(settings.data_path, environ).ensure_running()
+    return RedisRuleStore(connect(settings, url), settings.redis_prefix)
 
 
 def connect(settings: Settings, url: str) -> aioredis.Redis:

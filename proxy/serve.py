@@ -16,13 +16,12 @@ import structlog
 from aiohttp import web
 
 from proxy.app import Deps, make_app
-from proxy.cli import actor_of, open_store
-from proxy.config import Settings
+from proxy.config import Settings, actor_of
 from proxy.defaults import default_rollout
 from proxy.demo import load_demo
 from proxy.encoders import OnnxModel
 from proxy.models import resolve
-from proxy.rulestore import RedisRuleStore
+from proxy.rulestore import RedisRuleStore, open_store
 from proxy.telemetry import tracer_provider
 from proxy.vectorstore import EdgeStore, ServerStore, VectorStore
 from rollout_rules.errors import NotFoundError
