@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 from cachetools import LRUCache
 from numpy.typing import NDArray
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from proxy.models import Manifest, load_manifest
 from rollout_rules.errors import EncoderInputError, ModelError
@@ -96,9 +96,11 @@ class OnnxModel:
         The model is compute-bound, so padding is pure waste: texts are ordered by length and cut
         into runs whose padded size stays within ``PADDING_BUDGET`` of their real tokens.
         """
-        encodings = self.tokenizer.encode_batch(list(texts))
+        return self._embed_encodings(self.tokenizer.encode_batch(list(texts)))
+
+    def _embed_encodings(self, encodings: Sequence[Encoding]) -> Vector:
         lengths = [sum(e.attention_mask) for e in encodings]
-        result = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        result = np.empty((len(encodings), self.dimensions), dtype=np.float32)
         for group in padding_groups(lengths):
             longest = lengths[group[-1]]
             ids = np.array([encodings[i].ids[:longest] for i in group], dtype=np.int64)
@@ -118,13 +120,15 @@ class OnnxModel:
         return self._finish(np.asarray(out, dtype=np.float32), mask)
 
     def embed_many(self, texts: Sequence[str], batch_size: int = 32) -> Vector:
-        """Many texts (a corpus), ``batch_size`` at a time in length order."""
-        lengths = [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
-        order = np.argsort(lengths, kind="stable")
+        """Many texts (a corpus), ``batch_size`` at a time in order of real length (the tokenizer
+        pads every encoding to the longest, so the attention mask tells the real length), each
+        text tokenized once."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        order = np.argsort([sum(e.attention_mask) for e in encodings], kind="stable")
         result = np.empty((len(texts), self.dimensions), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             chunk = order[start : start + batch_size]
-            result[chunk] = self.embed([texts[i] for i in chunk])
+            result[chunk] = self._embed_encodings([encodings[i] for i in chunk])
         return result
 
     def _finish(self, out: NDArray[np.float32], mask: NDArray[np.int64]) -> Vector:

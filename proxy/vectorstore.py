@@ -69,6 +69,12 @@ class VectorStore(Protocol):
     async def close(self) -> None: ...
 
 
+def _hit(point: Any, with_payload: bool) -> Hit:
+    """A scored point from either engine as our Hit (ids: int, or UUIDs as strings)."""
+    return Hit(point.id if isinstance(point.id, int) else str(point.id), point.score,
+               point.payload if with_payload else None)
+
+
 def parse_filter(raw: object) -> models.Filter | None:
     """A Qdrant filter from request JSON, or RuleError naming what is wrong with it."""
     if raw is None:
@@ -129,8 +135,7 @@ class ServerStore:
                 query_filter=with_target(query_filter, target), with_payload=with_payload)
         except Exception as exc:  # qdrant-client raises transport-specific errors
             raise BackendError(f"search in {target.collection} failed: {exc}") from exc
-        return [Hit(p.id if isinstance(p.id, int) else str(p.id), p.score,
-                    p.payload if with_payload else None) for p in response.points]
+        return [_hit(p, with_payload) for p in response.points]
 
     async def ensure_collection(self, target: Target, version: Version) -> None:
         if await self.client.collection_exists(target.collection):
@@ -197,8 +202,7 @@ class EdgeStore:
             raise
         except Exception as exc:  # the engine raises plain exceptions
             raise BackendError(f"search in {target.collection} failed: {exc}") from exc
-        return [Hit(p.id if isinstance(p.id, int) else str(p.id), p.score,
-                    p.payload if with_payload else None) for p in points]
+        return [_hit(p, with_payload) for p in points]
 
     async def ensure_collection(self, target: Target, version: Version) -> None:
         path = self.root / target.collection
