@@ -27,6 +27,7 @@ from proxy.handlers.keys import METRICS, OPERATOR, READY, SEARCHER, SETTINGS, TR
 from proxy.handlers.search import search
 from proxy.models import resolve
 from proxy.operator import Operator
+from proxy.resultcache import ResultCache
 from proxy.rules import RuleWatcher
 from proxy.rulestore import RedisRuleStore
 from proxy.search import Searcher, encoder_key
@@ -57,8 +58,9 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     watcher = RuleWatcher(deps.rules_store, settings.refresh_interval_s)
     tracer = deps.tracer_provider.get_tracer("embedshift")
     app[SETTINGS], app[METRICS], app[WATCHER], app[TRACER] = settings, metrics, watcher, tracer
+    results = ResultCache(settings.result_cache_size, settings.result_cache_ttl_s)
     app[SEARCHER] = Searcher(watcher, deps.encoders, store=deps.vector_store, metrics=metrics,
-                             tracer=tracer, log_queries=settings.log_queries)
+                             tracer=tracer, results=results, log_queries=settings.log_queries)
     app[OPERATOR] = Operator(deps.rules_store, deps.actor)
     app[READY] = {}
     app.router.add_post("/v1/aliases/{alias}/search", search)

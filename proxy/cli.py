@@ -22,7 +22,6 @@ from proxy.defaults import default_rollout
 from proxy.operator import Explanation, Operator, Status
 from proxy.redis_server import EmbeddedRedis
 from proxy.rulestore import AuditEntry, Change, open_store
-from proxy.telemetry import configure_logging
 from rollout_rules.decide import Context
 from rollout_rules.errors import (
     ConflictError,
@@ -214,7 +213,6 @@ async def _alias_versions(alias: str, settings: Settings, environ: Mapping[str, 
 
 
 def _serve(settings: Settings, environ: Mapping[str, str]) -> int:
-    configure_logging(json=False)
     serve.run(settings, environ)
     return 0
 

@@ -16,6 +16,10 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     qdrant_url          QDRANT_URL                 unset: the embedded Qdrant engine
     qdrant_api_key      QDRANT_API_KEY             for a Qdrant server
     cache_size          EMBEDSHIFT_CACHE_SIZE      query vectors cached per model (10000)
+    result_cache_size   EMBEDSHIFT_RESULT_CACHE_SIZE  recent answers kept (10000)
+    result_cache_ttl_s  EMBEDSHIFT_RESULT_CACHE_TTL_S how long an answer is reused (2; 0: off)
+    edge_search_threads EMBEDSHIFT_EDGE_SEARCH_THREADS  embedded engine: search threads per
+                                                   shard (1)
     log_queries         EMBEDSHIFT_LOG_QUERIES     put query text in logs (off)
     request_timeout_s   EMBEDSHIFT_TIMEOUT_S       a search answers 503 past this (10)
     config file:        EMBEDSHIFT_CONFIG
@@ -49,6 +53,9 @@ _ENV = {
     "qdrant_url": "QDRANT_URL",
     "qdrant_api_key": "QDRANT_API_KEY",
     "cache_size": "EMBEDSHIFT_CACHE_SIZE",
+    "result_cache_size": "EMBEDSHIFT_RESULT_CACHE_SIZE",
+    "result_cache_ttl_s": "EMBEDSHIFT_RESULT_CACHE_TTL_S",
+    "edge_search_threads": "EMBEDSHIFT_EDGE_SEARCH_THREADS",
     "log_queries": "EMBEDSHIFT_LOG_QUERIES",
     "request_timeout_s": "EMBEDSHIFT_TIMEOUT_S",
 }
@@ -69,6 +76,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     cache_size: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    result_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    result_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
+    edge_search_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     log_queries: bool = False
     request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 

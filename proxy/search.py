@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, NamedTuple, Protocol
 
 import msgspec
 import structlog
 from msgspec.structs import replace
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.encoders import Encoder, clean_text
+from proxy.resultcache import ResultCache, result_key
 from proxy.telemetry import Attr, Metrics
 from proxy.vectorstore import Hit, VectorStore, parse_filter
 from rollout_rules.decide import Context, Decision, Reason, decide, override_allowed
@@ -77,9 +78,10 @@ def encoder_key(version: Version) -> tuple[str, str, str]:
 class Searcher:
     def __init__(self, rules: Rules, encoders: Mapping[tuple[str, str, str], Encoder], *,
                  store: VectorStore, metrics: Metrics, tracer: Tracer,
-                 log_queries: bool = False) -> None:
+                 results: ResultCache | None = None, log_queries: bool = False) -> None:
         self.rules, self.encoders, self.store = rules, encoders, store
         self.metrics, self.tracer, self.log_queries = metrics, tracer, log_queries
+        self.results = results if results is not None else ResultCache(0, 0)
 
     async def search(self, alias: str, request: SearchRequest, random_key: str) -> SearchResponse:
         started = time.perf_counter()
@@ -100,8 +102,8 @@ class Searcher:
         decision = decide(rollout, context, coverage.get(rollout.candidate or ""), request.version)
         span = trace.get_current_span()
         try:
-            hits = await self._search_version(alias, rollout.version(decision.version), text,
-                                              request, query_filter)
+            found = await self._find(alias, rollout.version(decision.version), text, request,
+                                     query_filter)
         except (BackendError, ModelError) as exc:
             if decision.version == rollout.stable:
                 self.metrics.errors.labels(alias, decision.version, "stable_failed").inc()
@@ -111,46 +113,76 @@ class Searcher:
             log.warning("candidate_failed", alias=alias, version=decision.version,
                         error=str(exc), answered_by=rollout.stable)
             decision = replace(decision, version=rollout.stable, reason=Reason.FALLBACK)
-            hits = await self._search_version(alias, rollout.version(rollout.stable), text,
-                                              request, query_filter)
-        return self._answer(alias, rollout, decision, hits, started=started, span=span,
+            found = await self._find(alias, rollout.version(rollout.stable), text, request,
+                                     query_filter)
+        return self._answer(alias, rollout, decision, found, started=started, span=span,
                             text=text)
 
+    async def _find(self, alias: str, version: Version, text: str, request: SearchRequest,
+                    query_filter: Any) -> Found:
+        """A recent answer of this version to the same query, else encode and search."""
+        key = result_key(version, text, request.limit, request.filter, request.with_payload)
+        coverage = self.rules.coverage.get(alias, {}).get(version.name)
+        hits = self.results.get(key, coverage)
+        if hits is not None:
+            return Found(hits, result_cached=True, vector_cached=True)
+        found = await self._search_version(alias, version, text, request, query_filter)
+        self.results.put(key, coverage, found.hits)
+        return found
+
     async def _search_version(self, alias: str, version: Version, text: str,
-                              request: SearchRequest, query_filter: Any) -> list[Hit]:
+                              request: SearchRequest, query_filter: Any) -> Found:
         encoder = self.encoders.get(encoder_key(version))
         if encoder is None:
             raise ModelError(f"no encoder loaded for {version.name} ({version.model})")
-        labels = (alias, version.name)
-        with self.tracer.start_as_current_span("encode", kind=SpanKind.INTERNAL) as span:
-            started = time.perf_counter()
+        bound = self.metrics.of(alias, version.name)
+        stage: dict[str, Any] = {Attr.VERSION: version.name, Attr.MODEL_ID: version.model}
+        started = time.time_ns()
+        try:
             vector, cache_hit = await encoder.encode(text)
-            self.metrics.encode_latency.labels(*labels).observe(time.perf_counter() - started)
-            self.metrics.cache.labels(*labels, "hit" if cache_hit else "miss").inc()
-            span.set_attributes({Attr.VERSION: version.name, Attr.MODEL_ID: version.model,
-                                 Attr.CACHE_HIT: cache_hit})
-        with self.tracer.start_as_current_span(f"search {version.target.collection}",
-                                               kind=SpanKind.CLIENT) as span:
-            span.set_attributes({Attr.DB_SYSTEM: "qdrant", Attr.DB_OPERATION: "query",
-                                 Attr.DB_COLLECTION: version.target.collection,
-                                 Attr.VERSION: version.name})
-            started = time.perf_counter()
-            try:
-                hits = await self.store.search(version.target, vector, request.limit,
-                                               query_filter, request.with_payload)
-            except BackendError:
-                self.metrics.errors.labels(*labels, "search").inc()
-                raise
-            self.metrics.search_latency.labels(*labels).observe(time.perf_counter() - started)
-            span.set_attribute(Attr.HIT_COUNT, len(hits))
-        return hits
+        except Exception as exc:
+            self._stage_span("encode", SpanKind.INTERNAL, started, stage, exc)
+            raise
+        searching = time.time_ns()
+        bound.encode_latency.observe((searching - started) / 1e9)
+        (bound.cache_hit if cache_hit else bound.cache_miss).inc()
+        if not cache_hit:  # a cached vector costs a dict lookup: no span for that
+            self._stage_span("encode", SpanKind.INTERNAL, started, stage)
+        stage = {**stage, Attr.DB_SYSTEM: "qdrant", Attr.DB_OPERATION: "query",
+                 Attr.DB_COLLECTION: version.target.collection}
+        try:
+            hits = await self.store.search(version.target, vector, request.limit,
+                                           query_filter, request.with_payload)
+        except BackendError as exc:
+            self.metrics.errors.labels(alias, version.name, "search").inc()
+            self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
+                             stage, exc)
+            raise
+        bound.search_latency.observe((time.time_ns() - searching) / 1e9)
+        self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
+                         {**stage, Attr.HIT_COUNT: len(hits)})
+        return Found(hits, result_cached=False, vector_cached=cache_hit)
 
-    def _answer(self, alias: str, rollout: Rollout, decision: Decision, hits: list[Hit], *,
+    def _stage_span(self, name: str, kind: SpanKind, start_ns: int,
+                    attributes: dict[str, Any], error: BaseException | None = None) -> None:
+        """A child of the current span, recorded once the stage is over: it never becomes the
+        current span, so nothing is attached to or detached from the context per stage."""
+        span = self.tracer.start_span(name, kind=kind, start_time=start_ns,
+                                      attributes=attributes)
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(StatusCode.ERROR, str(error))
+        span.end()
+
+    def _answer(self, alias: str, rollout: Rollout, decision: Decision, found: Found, *,
                 started: float, span: trace.Span, text: str) -> SearchResponse:
         version = rollout.version(decision.version)
+        hits = found.hits
         elapsed = time.perf_counter() - started
         self.metrics.requests.labels(alias, version.name, decision.reason).inc()
-        self.metrics.latency.labels(alias, version.name).observe(elapsed)
+        self.metrics.of(alias, version.name).latency.observe(elapsed)
+        self.metrics.results.labels(alias, version.name,
+                                    "hit" if found.result_cached else "miss").inc()
         self.metrics.effective_percent.labels(alias).set(decision.effective_percent)
         attributes: dict[str, str | int | float | bool] = {
             Attr.ALIAS: alias, Attr.VERSION: version.name, Attr.MODEL_ID: version.model,
@@ -158,16 +190,26 @@ class Searcher:
             Attr.BUCKET: decision.bucket if decision.bucket is not None else -1,
             Attr.EFFECTIVE_PERCENT: decision.effective_percent,
             Attr.DB_COLLECTION: version.target.collection, Attr.HIT_COUNT: len(hits),
+            Attr.CACHE_HIT: found.vector_cached, Attr.RESULT_CACHE_HIT: found.result_cached,
             Attr.PROVIDER: "embedshift"}
         span.set_attributes(attributes)
         trace_id = format(span.get_span_context().trace_id, "032x")
         extra = {"query": text} if self.log_queries else {}
         log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),
                  bucket=decision.bucket, revision=decision.revision, hits=len(hits),
-                 latency_ms=round(elapsed * 1000, 2), trace_id=trace_id, **extra)
+                 cached=found.result_cached, latency_ms=round(elapsed * 1000, 2),
+                 trace_id=trace_id, **extra)
         return SearchResponse(
             hits=hits, model_version=version.name, model=version.model,
             collection=version.target.collection, trace_id=trace_id,
             rollout=RolloutInfo(alias=alias, bucket=decision.bucket, reason=decision.reason,
                                 revision=decision.revision,
                                 effective_percent=decision.effective_percent))
+
+
+class Found(NamedTuple):
+    """A version's hits for a query, and which caches answered."""
+
+    hits: list[Hit]
+    result_cached: bool
+    vector_cached: bool

@@ -22,7 +22,7 @@ from proxy.demo import load_demo
 from proxy.encoders import OnnxModel
 from proxy.models import resolve
 from proxy.rulestore import RedisRuleStore, open_store
-from proxy.telemetry import tracer_provider
+from proxy.telemetry import configure_logging, tracer_provider
 from proxy.vectorstore import EdgeStore, ServerStore, VectorStore
 from rollout_rules.errors import NotFoundError
 
@@ -32,8 +32,9 @@ log = structlog.get_logger("embedshift.serve")
 
 async def serve(settings: Settings, environ: Mapping[str, str]) -> None:
     rules = open_store(settings, environ)
-    vectors: VectorStore = (ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key)
-                            if settings.qdrant_url else EdgeStore(settings.data_path / "qdrant"))
+    vectors: VectorStore = (
+        ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key) if settings.qdrant_url
+        else EdgeStore(settings.data_path / "qdrant", search_threads=settings.edge_search_threads))
     if settings.redis_url is None and settings.qdrant_url is None:
         await prepare_demo(settings, rules, vectors)
     deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
@@ -67,6 +68,7 @@ async def prepare_demo(settings: Settings, rules: RedisRuleStore, vectors: Vecto
 
 
 def run(settings: Settings, environ: Mapping[str, str]) -> None:
+    configure_logging()  # JSON lines unless a person is watching the terminal
     try:
         import uvloop
 

@@ -75,6 +75,11 @@ def _hit(point: Any, with_payload: bool) -> Hit:
                point.payload if with_payload else None)
 
 
+def _floats(vector: VectorLike) -> list[float]:
+    """The vector as the engine takes it; ``tolist`` is 4x faster than a Python float map."""
+    return vector.tolist() if isinstance(vector, np.ndarray) else [float(x) for x in vector]
+
+
 def parse_filter(raw: object) -> models.Filter | None:
     """A Qdrant filter from request JSON, or RuleError naming what is wrong with it."""
     if raw is None:
@@ -131,7 +136,7 @@ class ServerStore:
                      query_filter: models.Filter | None, with_payload: bool) -> list[Hit]:
         try:
             response = await self.client.query_points(
-                target.collection, query=list(vector), using=target.vector_name, limit=limit,
+                target.collection, query=_floats(vector), using=target.vector_name, limit=limit,
                 query_filter=with_target(query_filter, target), with_payload=with_payload)
         except Exception as exc:  # qdrant-client raises transport-specific errors
             raise BackendError(f"search in {target.collection} failed: {exc}") from exc
@@ -173,8 +178,13 @@ class ServerStore:
 class EdgeStore:
     """Qdrant's engine in-process: one qdrant-edge shard per collection under ``root``."""
 
-    def __init__(self, root: Path, threads: int = 2) -> None:
+    def __init__(self, root: Path, threads: int = 2, search_threads: int = 1) -> None:
+        """``threads`` run engine calls off the event loop; ``search_threads`` is each shard's
+        own search pool. One is right for the shards a proxy embeds: a query on a single
+        segment cannot use more, and handing it to a pool thread cost 66 µs per 300-point query
+        against 25 µs on the calling thread (measured on this project's demo shard)."""
         self.root = root
+        self.search_threads = search_threads
         self._shards: dict[str, edge.EdgeShard] = {}
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qdrant-edge")
 
@@ -187,14 +197,22 @@ class EdgeStore:
             path = self.root / collection
             if not (path / "embedshift-collection.json").exists():
                 raise BackendError(f"collection {collection} does not exist in {self.root}")
-            shard = self._shards[collection] = edge.EdgeShard.load(str(path))
+            meta = json.loads((path / "embedshift-collection.json").read_text())
+            shard = self._shards[collection] = edge.EdgeShard.load(str(path), self._config(
+                meta["dimensions"], meta["metric"], meta["vector_name"]))
         return shard
+
+    def _config(self, dimensions: int, metric: str, vector_name: str | None) -> edge.EdgeConfig:
+        params = edge.EdgeVectorParams(size=dimensions,
+                                       distance=getattr(edge.Distance, _DISTANCES[metric]))
+        return edge.EdgeConfig(vectors={vector_name or "": params},
+                               max_search_threads=self.search_threads)
 
     async def search(self, target: Target, vector: VectorLike, limit: int,
                      query_filter: models.Filter | None, with_payload: bool) -> list[Hit]:
         request = edge.QueryRequest(
             limit=limit, with_payload=with_payload,
-            query=edge.Query.Nearest(list(map(float, vector)), using=target.vector_name),
+            query=edge.Query.Nearest(_floats(vector), using=target.vector_name),
             filter=to_edge_filter(with_target(query_filter, target)))
         try:
             points = await self._call(self._shard(target.collection).query, request)
@@ -209,9 +227,7 @@ class EdgeStore:
         sidecar = path / "embedshift-collection.json"
         if sidecar.exists():
             return
-        params = edge.EdgeVectorParams(size=version.dimensions,
-                                       distance=getattr(edge.Distance, _DISTANCES[version.metric]))
-        config = edge.EdgeConfig(vectors={target.vector_name or "": params})
+        config = self._config(version.dimensions, version.metric, target.vector_name)
         path.mkdir(parents=True, exist_ok=True)
         self._shards[target.collection] = await self._call(edge.EdgeShard.create, str(path),
                                                            config)

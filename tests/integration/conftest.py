@@ -96,16 +96,16 @@ class ProxyFactory:
         return rollout
 
     async def start(self, refresh_interval_s: float = 3600.0,
-                    environ: dict[str, str] | None = None) -> Proxy:
+                    environ: dict[str, str] | None = None, **settings: Any) -> Proxy:
         rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
         spans = InMemorySpanExporter()
-        settings = Settings(refresh_interval_s=refresh_interval_s, admin_token=ADMIN_TOKEN,
-                            redis_prefix=self.prefix)
+        config = Settings(refresh_interval_s=refresh_interval_s, admin_token=ADMIN_TOKEN,
+                          redis_prefix=self.prefix, **settings)
         store = FlakyStore(self.engine.store)
         deps = Deps(rules_store=rules, vector_store=store,
                     tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),
                     models_dir=self.models_dir)
-        app = make_app(settings, deps)
+        app = make_app(config, deps)
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         proxy = Proxy(client, app, spans, rules, store)

@@ -119,7 +119,7 @@ async def test_a_failing_candidate_is_answered_by_stable(proxies: ProxyFactory) 
     proxy = await proxies.start()
     assert (await proxy.search(user_id="a"))["model_version"] == "v2"
     proxy.store.broken.add("products_v2")
-    answer = await proxy.search(user_id="a")
+    answer = await proxy.search(user_id="a", query="a query v2 has not answered yet")
     assert (answer["model_version"], answer["rollout"]["reason"]) == ("v1", "fallback")
     assert answer["hits"]
     metrics = await (await proxy.client.get("/metrics")).text()
@@ -157,9 +157,9 @@ async def test_a_trace_continues_and_spans_carry_the_model_version(proxies: Prox
         in metrics
 
 
-async def test_repeated_queries_hit_the_cache(proxies: ProxyFactory) -> None:
+async def test_repeated_queries_hit_the_vector_cache(proxies: ProxyFactory) -> None:
     await proxies.declare()
-    proxy = await proxies.start()
+    proxy = await proxies.start(result_cache_ttl_s=0)  # every query reaches the encoder
     for _ in range(3):
         await proxy.search(query="  the   same words ")
     metrics = await (await proxy.client.get("/metrics")).text()
@@ -267,3 +267,58 @@ async def test_a_proxy_answers_what_a_second_reads(proxies: ProxyFactory) -> Non
         hits_a = [h["id"] for h in (await first.search(user_id=user))["hits"]]
         hits_b = [h["id"] for h in (await second.search(user_id=user))["hits"]]
         assert hits_a == hits_b
+
+
+async def test_recent_answers_are_reused_per_version_until_the_backfill_moves(
+        proxies: ProxyFactory) -> None:
+    await proxies.declare(percent=50)
+    proxy = await proxies.start(result_cache_ttl_s=60)
+    on_v1, on_v2 = _users_on(["v1", "v2"])
+    first = await proxy.search(user_id=on_v1, query="tent for two")
+    proxy.spans.clear()
+    again = await proxy.search(user_id=on_v1, query="  tent   for two ")
+    assert again["hits"] == first["hits"] and again["model_version"] == "v1"
+    names = [s.name for s in proxy.spans.get_finished_spans()]
+    assert names == ["POST /v1/aliases/{alias}/search"], names  # no encode, no search
+    server = proxy.spans.get_finished_spans()[0]
+    assert dict(server.attributes or {})["embedshift.result_cache.hit"] is True
+    other = await proxy.search(user_id=on_v2, query="tent for two")  # never v1's answer
+    assert (other["model_version"], other["collection"]) == ("v2", "products_v2")
+    assert [h["score"] for h in other["hits"]] != [h["score"] for h in first["hits"]]
+    assert len(proxy.spans.get_finished_spans()) == 1 + 3  # v2 encoded and searched
+    metrics = await (await proxy.client.get("/metrics")).text()
+    assert 'embedshift_result_cache_total{alias="products",result="hit",version="v1"} 1.0' \
+        in metrics
+    assert 'embedshift_result_cache_total{alias="products",result="miss",version="v2"} 1.0' \
+        in metrics
+
+    # the backfill reports progress: v2's stored answers no longer count, v1's still do
+    await proxy.rules.set_coverage("products", "v2", 299, 300)
+    await proxy.app[WATCHER].refresh_all()
+    proxy.spans.clear()
+    await proxy.search(user_id=on_v2, query="tent for two")
+    await proxy.search(user_id=on_v1, query="tent for two")
+    assert [s.name for s in proxy.spans.get_finished_spans()] == [
+        "search products_v2", "POST /v1/aliases/{alias}/search",
+        "POST /v1/aliases/{alias}/search"]
+
+
+async def test_a_stored_answer_expires_after_its_ttl(proxies: ProxyFactory) -> None:
+    await proxies.declare()
+    proxy = await proxies.start(result_cache_ttl_s=0.2)
+    await proxy.search(query="headlamp")
+    proxy.spans.clear()
+    await proxy.search(query="headlamp")
+    assert len(proxy.spans.get_finished_spans()) == 1
+    await asyncio.sleep(0.25)
+    await proxy.search(query="headlamp")
+    assert "search products_v1" in [s.name for s in proxy.spans.get_finished_spans()]
+
+
+def _users_on(versions: list[str], percent: float = 50) -> list[str]:
+    """A user id routed to each version at ``percent`` (buckets are 1..10000)."""
+    found: dict[str, str] = {}
+    for i in range(1000):
+        version = "v2" if bucket("products", f"user-{i}") <= percent * 100 else "v1"
+        found.setdefault(version, f"user-{i}")
+    return [found[v] for v in versions]
