@@ -60,7 +60,9 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     app[SETTINGS], app[METRICS], app[WATCHER], app[TRACER] = settings, metrics, watcher, tracer
     results = ResultCache(settings.result_cache_size, settings.result_cache_ttl_s)
     app[SEARCHER] = Searcher(watcher, deps.encoders, store=deps.vector_store, metrics=metrics,
-                             tracer=tracer, results=results, log_queries=settings.log_queries)
+                             tracer=tracer, results=results,
+                             deadline_s=settings.request_timeout_s,
+                             log_queries=settings.log_queries)
     app[OPERATOR] = Operator(deps.rules_store, deps.actor)
     app[READY] = {}
     app.router.add_post("/v1/aliases/{alias}/search", search)

@@ -10,6 +10,7 @@ BackendError (503). Bad input (text, filter, version) is the caller's and never 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Annotated, Any, NamedTuple, Protocol
@@ -78,10 +79,12 @@ def encoder_key(version: Version) -> tuple[str, str, str]:
 class Searcher:
     def __init__(self, rules: Rules, encoders: Mapping[tuple[str, str, str], Encoder], *,
                  store: VectorStore, metrics: Metrics, tracer: Tracer,
-                 results: ResultCache | None = None, log_queries: bool = False) -> None:
+                 results: ResultCache | None = None, deadline_s: float = 10.0,
+                 log_queries: bool = False) -> None:
         self.rules, self.encoders, self.store = rules, encoders, store
         self.metrics, self.tracer, self.log_queries = metrics, tracer, log_queries
         self.results = results if results is not None else ResultCache(0, 0)
+        self.deadline_s = deadline_s
 
     async def search(self, alias: str, request: SearchRequest, random_key: str) -> SearchResponse:
         started = time.perf_counter()
@@ -101,9 +104,10 @@ class Searcher:
         coverage = self.rules.coverage.get(alias, {})
         decision = decide(rollout, context, coverage.get(rollout.candidate or ""), request.version)
         span = trace.get_current_span()
+        deadline = asyncio.get_running_loop().time() + self.deadline_s  # for both attempts
         try:
             found = await self._find(alias, rollout.version(decision.version), text, request,
-                                     query_filter)
+                                     query_filter, deadline=deadline)
         except (BackendError, ModelError) as exc:
             if decision.version == rollout.stable:
                 self.metrics.errors.labels(alias, decision.version, "stable_failed").inc()
@@ -114,19 +118,21 @@ class Searcher:
                         error=str(exc), answered_by=rollout.stable)
             decision = replace(decision, version=rollout.stable, reason=Reason.FALLBACK)
             found = await self._find(alias, rollout.version(rollout.stable), text, request,
-                                     query_filter)
+                                     query_filter, deadline=deadline)
         return self._answer(alias, rollout, decision, found, started=started, span=span,
                             text=text)
 
     async def _find(self, alias: str, version: Version, text: str, request: SearchRequest,
-                    query_filter: Any) -> Found:
-        """A recent answer of this version to the same query, else encode and search."""
+                    query_filter: Any, *, deadline: float) -> Found:
+        """A recent answer of this version to the same query, else encode and search by the
+        deadline (TimeoutError past it: the whole request is late, not just this version)."""
         key = result_key(version, text, request.limit, request.filter, request.with_payload)
         coverage = self.rules.coverage.get(alias, {}).get(version.name)
         hits = self.results.get(key, coverage)
         if hits is not None:
             return Found(hits, result_cached=True, vector_cached=True)
-        found = await self._search_version(alias, version, text, request, query_filter)
+        async with asyncio.timeout_at(deadline):
+            found = await self._search_version(alias, version, text, request, query_filter)
         self.results.put(key, coverage, found.hits)
         return found
 
@@ -135,17 +141,18 @@ class Searcher:
         encoder = self.encoders.get(encoder_key(version))
         if encoder is None:
             raise ModelError(f"no encoder loaded for {version.name} ({version.model})")
-        bound = self.metrics.of(alias, version.name)
+        metrics = self.metrics
         stage: dict[str, Any] = {Attr.VERSION: version.name, Attr.MODEL_ID: version.model}
         started = time.time_ns()
         try:
             vector, cache_hit = await encoder.encode(text)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled at the deadline too: the trace shows where
             self._stage_span("encode", SpanKind.INTERNAL, started, stage, exc)
             raise
         searching = time.time_ns()
-        bound.encode_latency.observe((searching - started) / 1e9)
-        (bound.cache_hit if cache_hit else bound.cache_miss).inc()
+        metrics.child(metrics.encode_latency, alias, version.name).observe(
+            (searching - started) / 1e9)
+        metrics.child(metrics.cache, alias, version.name, "hit" if cache_hit else "miss").inc()
         if not cache_hit:  # a cached vector costs a dict lookup: no span for that
             self._stage_span("encode", SpanKind.INTERNAL, started, stage)
         stage = {**stage, Attr.DB_SYSTEM: "qdrant", Attr.DB_OPERATION: "query",
@@ -153,12 +160,14 @@ class Searcher:
         try:
             hits = await self.store.search(version.target, vector, request.limit,
                                            query_filter, request.with_payload)
-        except BackendError as exc:
-            self.metrics.errors.labels(alias, version.name, "search").inc()
+        except BaseException as exc:
+            if isinstance(exc, BackendError):
+                self.metrics.errors.labels(alias, version.name, "search").inc()
             self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
                              stage, exc)
             raise
-        bound.search_latency.observe((time.time_ns() - searching) / 1e9)
+        metrics.child(metrics.search_latency, alias, version.name).observe(
+            (time.time_ns() - searching) / 1e9)
         self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
                          {**stage, Attr.HIT_COUNT: len(hits)})
         return Found(hits, result_cached=False, vector_cached=cache_hit)
@@ -179,11 +188,12 @@ class Searcher:
         version = rollout.version(decision.version)
         hits = found.hits
         elapsed = time.perf_counter() - started
-        self.metrics.requests.labels(alias, version.name, decision.reason).inc()
-        self.metrics.of(alias, version.name).latency.observe(elapsed)
-        self.metrics.results.labels(alias, version.name,
-                                    "hit" if found.result_cached else "miss").inc()
-        self.metrics.effective_percent.labels(alias).set(decision.effective_percent)
+        metrics = self.metrics
+        metrics.child(metrics.requests, alias, version.name, decision.reason).inc()
+        metrics.child(metrics.latency, alias, version.name).observe(elapsed)
+        metrics.child(metrics.results, alias, version.name,
+                      "hit" if found.result_cached else "miss").inc()
+        metrics.child(metrics.effective_percent, alias).set(decision.effective_percent)
         attributes: dict[str, str | int | float | bool] = {
             Attr.ALIAS: alias, Attr.VERSION: version.name, Attr.MODEL_ID: version.model,
             Attr.REASON: str(decision.reason), Attr.RULE_REVISION: str(decision.revision),

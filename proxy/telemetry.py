@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote
 
 import msgspec
@@ -31,6 +32,8 @@ from opentelemetry.sdk.trace.sampling import (
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rollout_rules.errors import RuleError
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 
 class Attr(StrEnum):
@@ -139,52 +142,47 @@ class Metrics:
                                      "1 when the rules store answered the last read", registry=r)
         self.rules_age = Gauge("embedshift_rules_age_seconds",
                                "Seconds since rules were last read in full", registry=r)
-        self._bound: dict[tuple[str, str], VersionMetrics] = {}
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
 
-    def of(self, alias: str, version: str) -> VersionMetrics:
-        """The per-version children, bound once: ``labels()`` costs a lock and a dict lookup
-        on every call, and the request path records five of them per query."""
-        bound = self._bound.get((alias, version))
-        if bound is None:
-            bound = self._bound[(alias, version)] = VersionMetrics(
-                latency=self.latency.labels(alias, version),
-                encode_latency=self.encode_latency.labels(alias, version),
-                search_latency=self.search_latency.labels(alias, version),
-                cache_hit=self.cache.labels(alias, version, "hit"),
-                cache_miss=self.cache.labels(alias, version, "miss"))
-        return bound
-
-
-@dataclass(frozen=True)
-class VersionMetrics:
-    latency: Histogram
-    encode_latency: Histogram
-    search_latency: Histogram
-    cache_hit: Counter
-    cache_miss: Counter
+    def child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, bound once: ``labels()`` takes a lock and checks its
+        arguments on every call, and the request path records seven metrics per query."""
+        key = (metric._name, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return cast(M, found)
 
 
 def configure_logging(json: bool | None = None, level: int = logging.INFO) -> None:
     """structlog to stderr: JSON lines for machines, aligned key=value for a terminal
     (``json=None``: JSON unless stderr is a terminal). The proxy writes one line per query, so
-    the JSON path is the lean one: msgspec renders bytes straight to stderr's buffer (5 µs a
-    line against 8 µs through the standard library's json and text layer)."""
+    the JSON path is the lean one: msgspec renders bytes, timestamp included, straight to
+    stderr's buffer (3.6 µs a line against 8 µs through structlog's TimeStamper, the standard
+    library's json and the text layer)."""
     if json is None:
         json = not sys.stderr.isatty()
-    timestamps = structlog.processors.TimeStamper(fmt="iso", utc=True)
     if json:
         encode = msgspec.json.Encoder().encode
         structlog.configure(
-            processors=[structlog.processors.add_log_level, timestamps,
+            processors=[structlog.processors.add_log_level, _utc_now,
                         structlog.processors.JSONRenderer(serializer=lambda e, **_: encode(e))],
             wrapper_class=structlog.make_filtering_bound_logger(level),
             logger_factory=structlog.BytesLoggerFactory(file=sys.stderr.buffer),
             cache_logger_on_first_use=True)
         return
     structlog.configure(
-        processors=[structlog.processors.add_log_level, timestamps,
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
                     structlog.dev.ConsoleRenderer(colors=False)],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def _utc_now(_logger: Any, _method: str, event: MutableMapping[str, Any]
+             ) -> MutableMapping[str, Any]:
+    """An RFC 3339 UTC timestamp that msgspec formats as it renders the line."""
+    event["timestamp"] = datetime.now(UTC)
+    return event

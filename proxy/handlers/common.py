@@ -39,6 +39,11 @@ STATUS: dict[type[EmbedshiftError], int] = {
 _ENCODER = msgspec.json.Encoder()
 
 
+def status_of(exc: BaseException) -> int:
+    """The HTTP status an exception is answered with (500 for anything unforeseen)."""
+    return next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
+
+
 def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(body=_ENCODER.encode(payload), status=status,
                         content_type="application/json")
@@ -70,8 +75,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except EmbedshiftError as exc:
-        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
-        return error_response(status, type(exc).__name__, str(exc),
+        return error_response(status_of(exc), type(exc).__name__, str(exc),
                               getattr(exc, "field", None))
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -51,10 +51,13 @@ class FlakyStore:
     def __init__(self, inner: VectorStore) -> None:
         self.inner = inner
         self.broken: set[str] = set()
+        self.hanging: set[str] = set()
 
     async def search(self, target: Target, *args: Any, **kwargs: Any) -> Any:
         if target.collection in self.broken:
             raise BackendError(f"injected failure in {target.collection}")
+        if target.collection in self.hanging:
+            await asyncio.sleep(3600)
         return await self.inner.search(target, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
