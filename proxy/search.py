@@ -110,9 +110,10 @@ class Searcher:
                                      query_filter, deadline=deadline)
         except (BackendError, ModelError) as exc:
             if decision.version == rollout.stable:
-                self.metrics.errors.labels(alias, decision.version, "stable_failed").inc()
+                self.metrics.child(self.metrics.errors, alias, decision.version,
+                                   "stable_failed").inc()
                 raise
-            self.metrics.fallbacks.labels(alias, decision.version).inc()
+            self.metrics.child(self.metrics.fallbacks, alias, decision.version).inc()
             span.set_attribute(Attr.FALLBACK_FROM, decision.version)
             log.warning("candidate_failed", alias=alias, version=decision.version,
                         error=str(exc), answered_by=rollout.stable)
@@ -162,7 +163,7 @@ class Searcher:
                                            query_filter, request.with_payload)
         except BaseException as exc:
             if isinstance(exc, BackendError):
-                self.metrics.errors.labels(alias, version.name, "search").inc()
+                metrics.child(metrics.errors, alias, version.name, "search").inc()
             self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
                              stage, exc)
             raise
