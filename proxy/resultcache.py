@@ -38,20 +38,19 @@ def result_key(version: Version, text: str, limit: int, raw_filter: dict[str, An
 class ResultCache:
     def __init__(self, size: int, ttl_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.enabled = size > 0 and ttl_s > 0
-        self._entries: TTLCache[Key, tuple[float | None, list[Hit]]] = TTLCache(
-            max(size, 1), max(ttl_s, 1e-9), timer=clock)
+        self._entries: TTLCache[Key, tuple[float | None, list[Hit]]] | None = (
+            TTLCache(size, ttl_s, timer=clock) if size > 0 and ttl_s > 0 else None)  # else off
 
     def get(self, key: Key, coverage: float | None) -> list[Hit] | None:
         """The stored hits, unless absent, expired or from before the backfill's last report."""
-        entry = self._entries.get(key) if self.enabled else None
+        entry = self._entries.get(key) if self._entries is not None else None
         if entry is None or entry[0] != coverage:
             return None
         return entry[1]
 
     def put(self, key: Key, coverage: float | None, hits: list[Hit]) -> None:
-        if self.enabled:
+        if self._entries is not None:
             self._entries[key] = (coverage, hits)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return 0 if self._entries is None else len(self._entries)
