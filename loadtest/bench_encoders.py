@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from proxy.config import load_settings
-from proxy.encoders import OnnxModel, QueryEncoder
-from proxy.models import L3_ID, L6_ID, build_model
+from proxy.models.catalog import L3_ID, L6_ID, build_model
+from proxy.models.encoders import OnnxModel, QueryEncoder, clean_text
 
 MODELS = [(L3_ID, "none"), (L6_ID, "none"), (L6_ID, "int8")]
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--latency-queries", type=int, default=300)
     args = parser.parse_args()
     models_dir = load_settings({}).models_path
-    queries = texts("queries.jsonl", 8, 1000)
+    queries = [clean_text(q) for q in texts("queries.jsonl", 8, 1000)]  # as the proxy sends
     docs = texts("corpus.jsonl", 300, args.docs)
     print(f"data: {'SciFact' if SCIFACT.exists() else 'generated'}; {len(queries)} queries, "
           f"{len(docs)} passages; {args.requests} requests at 64 concurrent")

@@ -75,8 +75,8 @@ def serve_bare(port: int, answer_file: str) -> None:
 
 def serve_full(port: int, data_dir: str, settings: list[str]) -> None:
     """``settings`` are extra NAME=VALUE pairs for the proxy's environment."""
+    from proxy.cli.serve import run
     from proxy.config import load_settings
-    from proxy.serve import run
 
     environ = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
     environ |= {name: value for name, _, value in (pair.partition("=") for pair in settings)}
@@ -184,10 +184,9 @@ def start(args: list[str], ready_url: str, timeout_s: float = 300) -> subprocess
 
 async def store_phase(data_dir: str, rate: float, seconds: float
                       ) -> tuple[tuple[float, float, float], float]:
-    from proxy.defaults import default_rollout
-    from proxy.encoders import OnnxModel
-    from proxy.models import resolve
-    from proxy.vectorstore import EdgeStore
+    from proxy.models.catalog import default_rollout, resolve
+    from proxy.models.encoders import OnnxModel
+    from proxy.vectors.edge import EdgeStore
 
     version = default_rollout("products").version("v1")
     model = OnnxModel(resolve(version, Path(data_dir) / "models"))
@@ -238,7 +237,7 @@ def measure(args: argparse.Namespace) -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    from proxy.redis_server import EmbeddedRedis
+    from proxy.state.redis_server import EmbeddedRedis
 
     EmbeddedRedis(Path(data_dir), os.environ).stop()
     rows["store"] = asyncio.run(store_phase(data_dir, args.rate, args.seconds))

@@ -1,34 +1,31 @@
 """Telemetry in one place: attribute names, tracing, metrics and logging setup.
 
-Every span, metric label and log line about a query uses the names in ``Attr``: OpenTelemetry's
-``feature_flag.*`` conventions for the rollout decision (the alias is the flag, the model version
-its variant) and ``db.*`` for the vector search, plus ``embedshift.*`` for what has no convention.
-Traces go to an OTLP/HTTP collector when the standard ``OTEL_EXPORTER_OTLP_*`` variables say where;
-metrics are Prometheus, on a registry of the app's own.
+Span attributes about a query use the names in ``Attr``: OpenTelemetry's ``feature_flag.*``
+conventions for the rollout decision (the alias is the flag, the model version its variant),
+``db.*`` for the vector search, and ``embedshift.*`` for what has no convention. Metric labels and
+log keys are short names instead (``alias``, ``version``, ``reason``; ``model_version`` in the log
+line), as Prometheus and log readers expect. Traces go to an OTLP/HTTP collector when the standard
+``OTEL_EXPORTER_OTLP_*`` variables name an endpoint, configured by the SDK itself (headers,
+timeouts, compression, resource attributes, sampler); metrics are Prometheus, on a registry of the
+app's own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar, cast
-from urllib.parse import unquote
 
 import msgspec
 import structlog
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    ParentBased,
-    Sampler,
-    TraceIdRatioBased,
-)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rollout_rules.errors import RuleError
@@ -54,56 +51,64 @@ class Attr(StrEnum):
     DB_OPERATION = "db.operation.name"
 
 
+# The samplers the specification names (OTEL_TRACES_SAMPLER); the SDK would warn and fall back
+# to the default for any other name, we refuse it.
+SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
+            "parentbased_always_off", "parentbased_traceidratio")
+
+
 def tracer_provider(environ: Mapping[str, str], extra: SpanProcessor | None = None
                     ) -> TracerProvider:
-    """A provider exporting by OTLP/HTTP when the standard variables name an endpoint, plus
-    ``extra`` (tests use an in-memory one). The variables are read from ``environ``, not from
-    the process environment, so what configures the proxy is what was passed in."""
-    service = environ.get("OTEL_SERVICE_NAME", "embedshift")
-    provider = TracerProvider(resource=Resource.create({"service.name": service}),
-                              sampler=sampler(environ))
-    endpoint = otlp_traces_endpoint(environ)
-    if endpoint is not None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    """A provider configured by the ``OTEL_*`` variables of ``environ`` (the mapping passed in,
+    not the process environment), exporting by OTLP/HTTP when they name an endpoint, plus
+    ``extra`` (tests use an in-memory one)."""
+    check_sampler(environ)
+    with sdk_environment(environ):
+        resource = Resource.create()
+        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({"service.name": "embedshift"}))
+        provider = TracerProvider(resource=resource)
+        if environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or \
+                environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        headers = dict(_pair(item) for item in
-                       environ.get("OTEL_EXPORTER_OTLP_HEADERS", "").split(",") if "=" in item)
-        exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if extra is not None:
         provider.add_span_processor(extra)
     return provider
 
 
-def sampler(environ: Mapping[str, str]) -> Sampler:
-    """OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, as the specification names them
-    (default: parentbased_always_on); an unknown name is an error, not a silent default."""
-    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+@contextmanager
+def sdk_environment(environ: Mapping[str, str]) -> Iterator[None]:
+    """The SDK reads its variables from ``os.environ`` as its objects are built (exporter,
+    processor, resource, sampler, limits), never afterwards. While they are built here, the
+    process's ``OTEL_*`` variables are exactly those of ``environ``; they are restored after."""
+    saved = {key: value for key, value in os.environ.items() if key.startswith("OTEL_")}
     try:
-        ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
-    except ValueError as exc:
-        raise RuleError("OTEL_TRACES_SAMPLER_ARG", "must be a number from 0 to 1") from exc
-    samplers: dict[str, Sampler] = {
-        "always_on": ALWAYS_ON, "always_off": ALWAYS_OFF, "traceidratio": TraceIdRatioBased(ratio),
-        "parentbased_always_on": ParentBased(ALWAYS_ON),
-        "parentbased_always_off": ParentBased(ALWAYS_OFF),
-        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio))}
-    if name not in samplers:
-        raise RuleError("OTEL_TRACES_SAMPLER", f"{name!r} is not one of {', '.join(samplers)}")
-    return samplers[name]
+        for key in saved:
+            del os.environ[key]
+        os.environ.update({k: v for k, v in environ.items() if k.startswith("OTEL_")})
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("OTEL_")]:
+            del os.environ[key]
+        os.environ.update(saved)
 
 
-def otlp_traces_endpoint(environ: Mapping[str, str]) -> str | None:
-    """Where traces go: the traces endpoint as given, or the base endpoint + /v1/traces."""
-    if environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        return environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    return f"{base.rstrip('/')}/v1/traces" if base else None
-
-
-def _pair(item: str) -> tuple[str, str]:
-    key, _, value = item.partition("=")
-    return unquote(key.strip()), unquote(value.strip())
+def check_sampler(environ: Mapping[str, str]) -> None:
+    """OTEL_TRACES_SAMPLER / _ARG as the specification names them; a name or ratio the SDK
+    would silently replace by its default is an error instead."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+    if name not in SAMPLERS:
+        raise RuleError("OTEL_TRACES_SAMPLER", f"{name!r} is not one of {', '.join(SAMPLERS)}")
+    raw = environ.get("OTEL_TRACES_SAMPLER_ARG")
+    if raw is not None and name.endswith("traceidratio"):
+        try:
+            ratio = float(raw)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise RuleError("OTEL_TRACES_SAMPLER_ARG", f"{raw!r}: must be a number from 0 to 1")
 
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,

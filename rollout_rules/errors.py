@@ -1,21 +1,23 @@
-"""The one exception tree of embedshift.
+"""The one exception tree of embedshift, and who raises each branch.
 
-    EmbedshiftError                 base: every error we raise on purpose
-    ├── RuleError                   a rule document, request field or other value a caller gave
-    │                               is invalid; names the field
-    ├── TransitionError             an operator action does not apply in the rollout's state
-    ├── ConflictError               compare-and-set lost: the rule moved since it was read
-    ├── NotFoundError               no rule document for that alias
-    ├── StoreUnavailable            the rule store (Redis) cannot be reached; raised by adapters
-    │                               in ``proxy`` with ``raise ... from exc``
-    ├── ModelError                  a model folder is missing a file, has a wrong hash, or its
-    │                               parts disagree (dimensions, outputs)
-    ├── EncoderInputError           a text an encoder cannot take: empty, too long, not UTF-8
-    └── BackendError                a vector store failed a request (unreachable, missing
-                                    collection, engine error)
+    EmbedshiftError        base: every error we raise on purpose
+    ├── RuleError          a rule document, request field, setting or filter a caller gave is
+    │                      invalid; names the field. The core (rule model, transitions), settings,
+    │                      request parsing and the vector stores' filter checks raise it.
+    ├── TransitionError    an operator action does not apply in the rollout's state (the core)
+    ├── ConflictError      compare-and-set lost: the rule moved since it was read (rule stores)
+    ├── NotFoundError      no rule for that alias (rule stores, the search path)
+    ├── StoreUnavailable   the rule store cannot be reached (the Redis client, converting redis-py
+    │                      and socket errors; the embedded redis-server when it cannot start)
+    ├── ModelError         a model cannot be built or loaded: a missing file, a wrong hash, parts
+    │                      that disagree (the model catalogue and encoders; the search path when a
+    │                      version has no encoder)
+    ├── EncoderInputError  a text no encoder takes: empty, too long, not UTF-8 (``clean_text``)
+    └── BackendError       a vector store failed a request: unreachable, missing collection,
+                           engine error (the vector store adapters; the HTTP edge at a deadline)
 
-The pure core raises the first four; I/O adapters convert third-party errors into these so
-callers (CLI, admin API) map each to one exit code or HTTP status in one place.
+Adapters convert third-party errors into these with ``raise ... from exc``, so callers (CLI, admin
+API) map each branch to one exit code or HTTP status in one place.
 """
 
 from __future__ import annotations

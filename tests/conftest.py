@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from proxy.config import Settings
-from proxy.redis_server import EmbeddedRedis
-from proxy.rulestore import RedisRuleStore, connect
+from proxy.state.client import connect
+from proxy.state.redis_server import EmbeddedRedis
+from proxy.state.rulestore import RedisRuleStore
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +43,7 @@ def make_server(directory: Path, password: str | None = None) -> EmbeddedRedis:
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The default models, built once (from the pinned packages) and reused across runs."""
-    from proxy.models import L3_ID, L6_ID, build_model
+    from proxy.models.catalog import L3_ID, L6_ID, build_model
 
     directory = Path(os.environ.get("EMBEDSHIFT_TEST_MODELS",
                                     Path(__file__).resolve().parents[1] / ".embedshift" / "models"))

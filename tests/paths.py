@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 SHARED = Path(os.environ.get("EMBEDSHIFT_SHARED_DIR", REPO.parent / "shared"))
 
 

@@ -6,23 +6,25 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from proxy.app import Deps, make_app
+from proxy.cli.demo import load_demo
 from proxy.config import Settings
-from proxy.defaults import default_rollout
-from proxy.demo import load_demo
-from proxy.encoders import OnnxModel
-from proxy.models import resolve
-from proxy.redis_server import EmbeddedRedis
-from proxy.rulestore import RedisRuleStore, connect
+from proxy.models.catalog import default_rollout, resolve
+from proxy.models.encoders import OnnxModel
+from proxy.models.loader import ModelCache
+from proxy.state.client import connect
+from proxy.state.redis_server import EmbeddedRedis
+from proxy.state.rulestore import RedisRuleStore
 from proxy.telemetry import tracer_provider
-from proxy.vectorstore import EdgeStore, VectorStore
+from proxy.vectors.base import VectorStore
+from proxy.vectors.edge import EdgeStore
+from proxy.web.app import Deps, make_app
 from rollout_rules.errors import BackendError
 from rollout_rules.model import Rollout, Target
 
@@ -33,15 +35,23 @@ ADMIN_TOKEN = "test-admin-token"
 class Engine:
     store: EdgeStore
     coverage: dict[str, tuple[int, int]]
+    # loaded once a session, by model and quantisation
+    models: dict[tuple[str, Literal['none', 'int8']], OnnxModel]
+
+    def model_cache(self, models_dir: Path) -> ModelCache:
+        """A cache of this session's loaded models (each proxy gets its own, on its own loop)."""
+        return ModelCache(models_dir, load=lambda v: self.models[(v.model, v.quantization)])
 
 
 @pytest.fixture(scope="session")
 def demo_engine(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     store = EdgeStore(tmp_path_factory.mktemp("qdrant"))
     rollout = default_rollout("products")
-    models = {v.name: OnnxModel(resolve(v, models_dir), threads=2) for v in rollout.versions}
-    coverage = asyncio.run(load_demo(rollout, models, store))
-    yield Engine(store, coverage)
+    models = {(v.model, v.quantization): OnnxModel(resolve(v, models_dir), threads=1)
+              for v in rollout.versions}
+    coverage = asyncio.run(load_demo(
+        rollout, {v.name: models[(v.model, v.quantization)] for v in rollout.versions}, store))
+    yield Engine(store, coverage, models)
     asyncio.run(store.close())
 
 
@@ -107,7 +117,7 @@ class ProxyFactory:
         store = FlakyStore(self.engine.store)
         deps = Deps(rules_store=rules, vector_store=store,
                     tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),
-                    models_dir=self.models_dir)
+                    models=self.engine.model_cache(self.models_dir))
         app = make_app(config, deps)
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()

@@ -1,7 +1,8 @@
-"""ruff and mypy (strict) over the whole project: style and types are part of the test suite."""
+"""ruff and mypy (strict) pass over the whole project, and every test module says what it proves."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 
@@ -17,3 +18,13 @@ def test_tool_is_clean(command: list[str]) -> None:
     result = subprocess.run([tool, *command[1:]], capture_output=True, text=True, cwd=REPO,
                             check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_test_module_opens_with_the_one_sentence_it_proves() -> None:
+    missing = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        docstring = ast.get_docstring(ast.parse(path.read_text()), clean=False) or ""
+        summary = docstring.split("\n", 1)[0]
+        if not summary.endswith(".") or (docstring != summary and "\n\n" not in docstring):
+            missing.append(str(path.relative_to(REPO)))
+    assert missing == [], "each needs a one-line docstring (then a blank line, if it goes on)"

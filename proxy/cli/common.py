@@ -1,0 +1,35 @@
+"""What every command group shares: the shape of a command, and running one against the store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from proxy.config import Settings, actor_of
+from proxy.control.operator import Operator
+from proxy.state.rulestore import open_store
+
+Result = tuple[Any, str]  # (what --json prints, what a human reads)
+# A command runs with its parsed arguments, the settings and the environment; None: it printed
+# what it had to say itself (serve).
+Runner = Callable[[argparse.Namespace, Settings, Mapping[str, str]], Result | None]
+AddCommand = Callable[[str, Runner, str], argparse.ArgumentParser]
+OperatorCommand = Callable[[Operator, argparse.Namespace], Awaitable[Result]]
+
+
+def with_operator(handler: OperatorCommand) -> Runner:
+    """A runner that opens the rule store, hands the handler an Operator, and closes it."""
+
+    def run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> Result:
+        async def go() -> Result:
+            store = open_store(settings, environ)
+            try:
+                return await handler(Operator(store, actor_of(settings, environ)), args)
+            finally:
+                await store.aclose()
+
+        return asyncio.run(go())
+
+    return run

@@ -1,0 +1,200 @@
+"""The rollout commands: declare, status, set, pause, resume, rollback, promote, history,
+explain, coverage; each a thin call on the operator in ``proxy.control``, rendered for people."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from proxy.cli.common import AddCommand, OperatorCommand, Result, with_operator
+from proxy.control.operator import Explanation, Operator, Status
+from proxy.models.catalog import default_rollout
+from proxy.state.base import AuditEntry, Change
+from rollout_rules.decide import Context
+from rollout_rules.errors import RuleError
+from rollout_rules.model import Rollout, parse_rollout
+from rollout_rules.ops import summarize_change
+
+# -- commands ----------------------------------------------------------------------------------
+
+async def cmd_init(operator: Operator, args: argparse.Namespace) -> Result:
+    rollout = _read_rollout(args.file, args.alias) if args.file else default_rollout(args.alias)
+    stored = await operator.declare(rollout, args.reason, replace_existing=args.force)
+    return stored, f"declared {stored.alias} at revision {stored.revision}\n" + \
+        render_status(await operator.status(stored.alias))
+
+
+async def cmd_status(operator: Operator, args: argparse.Namespace) -> Result:
+    statuses = [await operator.status(args.alias)] if args.alias else await operator.statuses()
+    text = "\n\n".join(render_status(s) for s in statuses) or \
+        "no aliases declared yet (try: embedshift init products)"
+    return statuses, text
+
+
+async def cmd_set(operator: Operator, args: argparse.Namespace) -> Result:
+    return _changed(await operator.set_percent(args.alias, args.percent, args.reason,
+                                               args.if_revision), operator)
+
+
+async def cmd_pause(operator: Operator, args: argparse.Namespace) -> Result:
+    return _changed(await operator.pause(args.alias, args.reason, args.if_revision), operator)
+
+
+async def cmd_resume(operator: Operator, args: argparse.Namespace) -> Result:
+    return _changed(await operator.resume(args.alias, args.reason, args.if_revision), operator)
+
+
+async def cmd_rollback(operator: Operator, args: argparse.Namespace) -> Result:
+    return _changed(await operator.rollback(args.alias, args.reason, args.if_revision), operator)
+
+
+async def cmd_promote(operator: Operator, args: argparse.Namespace) -> Result:
+    change = await operator.promote(args.alias, args.reason, args.force, args.if_revision)
+    return _changed(change, operator)
+
+
+async def cmd_history(operator: Operator, args: argparse.Namespace) -> Result:
+    entries = await operator.history(args.alias, args.limit)
+    return entries, "\n".join(render_entry(e) for e in entries) or "no changes recorded"
+
+
+async def cmd_explain(operator: Operator, args: argparse.Namespace) -> Result:
+    properties = dict(_key_value(p) for p in args.property)
+    context = Context(user_id=args.user, session_id=args.session, tenant=args.tenant,
+                      properties=properties, random_key="explain")
+    explanation = await operator.explain(args.alias, context, args.version)
+    return explanation, render_explanation(explanation)
+
+
+async def cmd_coverage(operator: Operator, args: argparse.Namespace) -> Result:
+    if args.covered is None:
+        status = await operator.status(args.alias)
+    elif args.total is None or args.version is None:
+        raise RuleError("coverage", "to set coverage give VERSION COVERED TOTAL")
+    else:
+        status = await operator.set_coverage(args.alias, args.version, args.covered, args.total)
+    return status, render_status(status)
+
+
+def _changed(change: Change, operator: Operator) -> Result:
+    after = change.after
+    if not change.changed:
+        return change, f"{after.alias}: nothing to change (revision {after.revision}, " \
+            f"{after.state})"
+    summary = summarize_change(change.before, after)
+    return change, (f"{after.alias}: {summary} (revision {change.before.revision} -> "
+                    f"{after.revision}, by {operator.actor})")
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+def render_status(status: Status) -> str:
+    r = status.rollout
+    candidate = r.candidate or "-"
+    covered = status.candidate_coverage
+    coverage = "unknown" if covered is None else f"{covered:.1%}"
+    lines = [
+        f"{r.alias}  (revision {r.revision}, {r.state})",
+        f"  stable     {r.stable:<6} {r.version(r.stable).model}",
+        f"  candidate  {candidate:<6} {r.version(r.candidate).model if r.candidate else ''}",
+        f"  percent    {r.percent:g}% set, {status.effective_percent:g}% effective"
+        + (f" (candidate coverage {coverage} allows at most {status.coverage_cap_percent:g}%)"
+           if r.candidate and r.coverage_gate.enabled else ""),
+    ]
+    if r.updated_by:
+        lines.append(f"  last change {r.updated_at} by {r.updated_by}: {r.reason}")
+    return "\n".join(lines)
+
+
+def render_entry(entry: AuditEntry) -> str:
+    return (f"rev {entry.revision:<4} {entry.at}  {entry.actor:<24} "
+            f"{summarize_change(entry.before, entry.after)}  ({entry.reason})")
+
+
+def render_explanation(explanation: Explanation) -> str:
+    d, status = explanation.decision, explanation.status
+    bucket = "-" if d.bucket is None else f"{d.bucket} of 10000"
+    return "\n".join([
+        f"version    {d.version} ({status.rollout.version(d.version).model})",
+        f"reason     {d.reason}",
+        f"bucket     {bucket}  (in the candidate when bucket <= {d.effective_percent * 100:g})",
+        f"effective  {d.effective_percent:g}% of users on the candidate",
+        f"revision   {d.revision}",
+    ])
+
+
+# -- parsing -----------------------------------------------------------------------------------
+
+def _read_rollout(path: str, alias: str) -> Rollout:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise RuleError("file", f"cannot read {path}: {exc}") from exc
+    if path.endswith(".toml"):
+        try:
+            data: dict[str, Any] = msgspec.toml.decode(text)
+        except msgspec.DecodeError as exc:
+            raise RuleError("document", f"not valid TOML ({exc})") from exc
+    else:
+        data = msgspec.json.decode(text) if text.strip() else {}
+    data.setdefault("alias", alias)
+    if data["alias"] != alias:
+        raise RuleError("alias", f"the file declares {data['alias']!r}, the command {alias!r}")
+    return parse_rollout(data)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise RuleError("property", f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+
+
+def add_parsers(add: AddCommand) -> None:
+    def command(name: str, handler: OperatorCommand, help_text: str) -> argparse.ArgumentParser:
+        return add(name, with_operator(handler), help_text)
+
+    def writer(name: str, handler: OperatorCommand, help_text: str, reason_required: bool = False
+               ) -> argparse.ArgumentParser:
+        p = command(name, handler, help_text)
+        p.add_argument("alias")
+        p.add_argument("--reason", required=reason_required, default="",
+                       help="why, recorded in the audit stream")
+        p.add_argument("--if-revision", type=int, help="refuse unless the rule is at this revision")
+        return p
+
+    p = command("init", cmd_init, "declare an alias with its stable and candidate versions")
+    p.add_argument("alias")
+    p.add_argument("--file", help="rule document (JSON or TOML); default: the v1/v2 MiniLM pair")
+    p.add_argument("--force", action="store_true", help="replace an existing declaration")
+    p.add_argument("--reason", default="", help="why, recorded in the audit stream")
+    p = command("status", cmd_status, "show every alias, or one")
+    p.add_argument("alias", nargs="?")
+    p = writer("set", cmd_set, "ramp the candidate to PERCENT of users (0-100, 0.01 steps)")
+    p.add_argument("percent", type=float)
+    writer("pause", cmd_pause, "send everyone to stable, keeping the percent for resume")
+    writer("resume", cmd_resume, "bring the paused candidate back to its percent")
+    writer("rollback", cmd_rollback, "send everyone to stable and zero the candidate's percent",
+           reason_required=True)
+    p = writer("promote", cmd_promote, "make the candidate stable for everyone")
+    p.add_argument("--force", action="store_true", help="promote below full backfill coverage")
+    p = command("history", cmd_history, "the audit trail of an alias, newest first")
+    p.add_argument("alias")
+    p.add_argument("--limit", type=int, default=20)
+    p = command("explain", cmd_explain, "which version a user gets, and why")
+    p.add_argument("alias")
+    p.add_argument("--user")
+    p.add_argument("--session")
+    p.add_argument("--tenant")
+    p.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--version", help="a requested version override, as a request would send")
+    p = command("coverage", cmd_coverage, "show, or set by hand, a version's backfill coverage")
+    p.add_argument("alias")
+    p.add_argument("version", nargs="?")
+    p.add_argument("covered", nargs="?", type=int)
+    p.add_argument("total", nargs="?", type=int)

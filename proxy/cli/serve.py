@@ -1,0 +1,114 @@
+"""``embedshift serve``: the proxy, on embedded defaults unless told otherwise.
+
+With no ``REDIS_URL`` it starts the embedded redis-server; with no ``QDRANT_URL`` it runs Qdrant's
+engine in-process under the data folder. On embedded defaults it also declares the demo alias
+``products``, builds its two models and loads the demo catalogue (v1 whole, v2 in part), so a fresh
+machine has something to search. Then it serves on ``host:port`` (127.0.0.1:8080).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+import structlog
+from aiohttp import web
+
+from proxy.cli.common import AddCommand
+from proxy.cli.demo import load_demo
+from proxy.config import Settings
+from proxy.models.catalog import default_rollout
+from proxy.models.loader import ModelCache
+from proxy.state.base import RuleStore
+from proxy.state.rulestore import open_store
+from proxy.telemetry import configure_logging, tracer_provider
+from proxy.vectors.base import VectorStore
+from proxy.vectors.edge import EdgeStore
+from proxy.vectors.server import ServerStore
+from proxy.web.app import Deps, make_app
+from rollout_rules.errors import NotFoundError
+
+DEMO_ALIAS = "products"
+log = structlog.get_logger("embedshift.serve")
+
+
+async def serve(settings: Settings, environ: Mapping[str, str]) -> None:
+    rules = open_store(settings, environ)
+    vectors: VectorStore = (
+        ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key) if settings.qdrant_url
+        else EdgeStore(settings.data_path / "qdrant", search_threads=settings.edge_search_threads))
+    models = ModelCache(settings.models_path)  # the demo and the request path share them
+    if settings.redis_url is None and settings.qdrant_url is None:
+        await prepare_demo(rules, vectors, models)
+    deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
+                models=models)
+    runner = web.AppRunner(make_app(settings, deps), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    print(_HINT.format(url=f"http://{settings.host}:{settings.port}"), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await vectors.close()
+        await rules.aclose()
+
+
+async def prepare_demo(rules: RuleStore, vectors: VectorStore, models: ModelCache) -> None:
+    try:
+        rollout = await rules.get(DEMO_ALIAS)
+    except NotFoundError:
+        rollout = await rules.create(default_rollout(DEMO_ALIAS), "embedshift serve",
+                                     "demo alias declared by serve")
+    loaded = {}
+    for version in rollout.versions:
+        loaded[version.name] = await models.get(version)
+        print(f"model {version.name}: {version.model} ready", flush=True)
+    for name, (covered, total) in (await load_demo(rollout, loaded, vectors)).items():
+        await rules.set_coverage(DEMO_ALIAS, name, covered, total)
+
+
+def run(settings: Settings, environ: Mapping[str, str]) -> None:
+    configure_logging()  # JSON lines unless a person is watching the terminal
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # uvloop is Linux/macOS only; asyncio's loop serves elsewhere
+        loop_factory = None
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as r:
+        r.run(serve(settings, environ))
+
+
+def command(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> None:
+    run(settings, environ)
+
+
+def add_parsers(add: AddCommand) -> None:
+    p = add("serve", command, "run the search proxy (embedded Redis, Qdrant and a demo by "
+                              "default)")
+    p.add_argument("--host", help="address to listen on (default: EMBEDSHIFT_HOST, else "
+                                  "127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default: EMBEDSHIFT_PORT, "
+                                            "else 8080)")
+
+
+_HINT = """
+embedshift is serving on {url} (Ctrl-C to stop). Try a search:
+
+  curl -s {url}/v1/aliases/products/search -H 'Content-Type: application/json' \\
+       -d '{{"query": "warm jacket for winter", "user_id": "alice", "limit": 3}}'
+
+and, in another terminal, move traffic:
+
+  uv run embedshift status products
+  uv run embedshift set products 20 --reason "first ramp"
+  uv run embedshift explain products --user alice
+  uv run embedshift rollback products --reason "p99 regression"
+  uv run embedshift history products
+
+Health: {url}/readyz   Metrics: {url}/metrics   API: {url}/openapi.json
+"""

@@ -1,0 +1,1 @@
+"""Everything that writes rules: the operator actions the CLI and the admin API share."""

@@ -1,0 +1,113 @@
+"""Operator actions against the rule store: the one implementation the CLI and admin API share.
+
+Each action is a pure transition from ``rollout_rules.ops`` applied by compare-and-set, so two
+operators racing never lose an update: the second gets a ConflictError naming both revisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import msgspec
+
+from proxy.state.base import AuditEntry, Change, RuleStore
+from rollout_rules import ops
+from rollout_rules.coverage import cap_bp
+from rollout_rules.decide import Context, Decision, decide
+from rollout_rules.errors import RuleError
+from rollout_rules.model import Rollout
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True):
+    """A rollout as an operator sees it: the rule plus what coverage makes of it."""
+
+    rollout: Rollout
+    coverage: dict[str, float]
+    candidate_coverage: float | None
+    coverage_cap_percent: float
+    effective_percent: float
+
+
+class Explanation(msgspec.Struct, frozen=True, kw_only=True):
+    decision: Decision
+    context: Context
+    status: Status
+
+
+class Operator:
+    def __init__(self, store: RuleStore, actor: str) -> None:
+        self.store = store
+        self.actor = actor
+
+    async def status(self, alias: str) -> Status:
+        rollout = await self.store.get(alias)
+        return status_of(rollout, await self.store.coverage(alias))
+
+    async def statuses(self) -> list[Status]:
+        return [await self.status(alias) for alias in await self.store.aliases()]
+
+    async def declare(self, rollout: Rollout, reason: str, replace_existing: bool = False
+                      ) -> Rollout:
+        return await self.store.create(rollout, self.actor, reason or "declared",
+                                       replace_existing=replace_existing)
+
+    async def set_percent(self, alias: str, percent: float, reason: str = "",
+                          expected_revision: int | None = None) -> Change:
+        action = partial(ops.set_percent, percent=percent)
+        return await self._apply(alias, action, reason or f"ramp to {percent:g}%",
+                                 expected_revision)
+
+    async def pause(self, alias: str, reason: str = "", expected_revision: int | None = None
+                    ) -> Change:
+        return await self._apply(alias, ops.pause, reason or "paused", expected_revision)
+
+    async def resume(self, alias: str, reason: str = "", expected_revision: int | None = None
+                     ) -> Change:
+        return await self._apply(alias, ops.resume, reason or "resumed", expected_revision)
+
+    async def rollback(self, alias: str, reason: str, expected_revision: int | None = None
+                       ) -> Change:
+        if not reason.strip():
+            raise RuleError("reason", "a rollback needs a reason: say what went wrong")
+        return await self._apply(alias, ops.rollback, reason, expected_revision)
+
+    async def promote(self, alias: str, reason: str = "", force: bool = False,
+                      expected_revision: int | None = None) -> Change:
+        coverage = await self.store.coverage(alias)
+
+        def action(rollout: Rollout) -> Rollout:
+            return ops.promote(rollout, coverage.get(rollout.candidate or ""), force=force)
+
+        return await self._apply(alias, action, reason or "promoted", expected_revision)
+
+    async def history(self, alias: str, limit: int = 20) -> list[AuditEntry]:
+        await self.store.get(alias)  # NotFoundError for an undeclared alias, not an empty list
+        return await self.store.history(alias, limit)
+
+    async def explain(self, alias: str, context: Context, override: str | None = None
+                      ) -> Explanation:
+        status = await self.status(alias)
+        decision = decide(status.rollout, context, status.candidate_coverage, override)
+        return Explanation(decision=decision, context=context, status=status)
+
+    async def set_coverage(self, alias: str, version: str, covered: int, total: int) -> Status:
+        rollout = await self.store.get(alias)
+        rollout.version(version)  # RuleError naming the declared versions
+        if total <= 0 or not 0 <= covered <= total:
+            raise RuleError("coverage", f"need 0 <= covered <= total and total > 0, got "
+                                        f"{covered}/{total}")
+        await self.store.set_coverage(alias, version, covered, total)
+        return await self.status(alias)
+
+    async def _apply(self, alias: str, action: Callable[[Rollout], Rollout], reason: str,
+                     expected_revision: int | None) -> Change:
+        return await self.store.apply(alias, action, self.actor, reason, expected_revision)
+
+
+def status_of(rollout: Rollout, coverage: dict[str, float]) -> Status:
+    candidate_coverage = coverage.get(rollout.candidate) if rollout.candidate else None
+    cap = cap_bp(rollout.coverage_gate, candidate_coverage) / 100
+    probe = decide(rollout, Context(), candidate_coverage)
+    return Status(rollout=rollout, coverage=coverage, candidate_coverage=candidate_coverage,
+                  coverage_cap_percent=cap, effective_percent=probe.effective_percent)

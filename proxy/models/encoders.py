@@ -1,0 +1,301 @@
+"""Text to vectors with ONNX Runtime on the CPU, never blocking the event loop.
+
+``OnnxModel`` is one model folder loaded: the fast tokenizer (truncating at the model's max length,
+padding to the longest text in the batch) and an ONNX Runtime session with explicit thread counts.
+It is synchronous and thread-safe.
+
+``QueryEncoder`` is what the request path awaits, over any ``TextModel`` (an ``OnnxModel``, or the
+deterministic fake in ``proxy.models.fake``). It takes text already checked and normalised by
+``clean_text`` (the request path cleans once, before its result cache), answers repeats from an
+LRU cache keyed by that text (one cache per encoder: model, quantisation and query prefix, shared
+by every version that names them), shares one computation between identical texts in flight, and
+coalesces concurrent requests into one model run: a batch leaves when it is full, when
+``max_wait_ms`` has passed since its first text, or, while every worker is busy, as soon as one
+frees up, so batches grow exactly when load does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+from cachetools import LRUCache
+from numpy.typing import NDArray
+from tokenizers import Encoding, Tokenizer
+
+from proxy.models.catalog import Manifest, load_manifest
+from rollout_rules.errors import EncoderInputError, ModelError
+
+Vector = NDArray[np.float32]
+MAX_CHARS = 8192
+
+
+class TextModel(Protocol):
+    """A model that turns texts into vectors, synchronously (run it off the event loop)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> Vector:
+        """(len(texts), dimensions) float32; a text's vector does not depend on its batch."""
+        ...
+
+    def embed_many(self, texts: Sequence[str], batch_size: int = 32) -> Vector:
+        """As ``embed``, for a corpus: in batches of ``batch_size``."""
+        ...
+
+
+class Encoder(Protocol):
+    """What the search path needs of an encoder: QueryEncoder over a real or a fake model."""
+
+    dimensions: int
+
+    async def encode(self, text: str) -> tuple[Vector, bool]:
+        """The vector of a text from ``clean_text``, and whether it came from the cache."""
+        ...
+
+
+def clean_text(text: object) -> str:
+    """The text with whitespace normalised, or EncoderInputError saying what is wrong with it."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EncoderInputError(f"text is not valid UTF-8 (byte {exc.start})") from exc
+    if not isinstance(text, str):
+        raise EncoderInputError(f"text must be a string, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncoderInputError(f"text is not valid UTF-8 (a lone surrogate at character "
+                                f"{exc.start})") from exc
+    if len(text) > MAX_CHARS:
+        raise EncoderInputError(f"text is {len(text)} characters; the limit is {MAX_CHARS} "
+                                "(the model reads only its first few hundred tokens anyway)")
+    cleaned = " ".join(text.split())
+    if not cleaned:
+        raise EncoderInputError("text is empty")
+    return cleaned
+
+
+class OnnxModel:
+    def __init__(self, folder: Path, threads: int = 1) -> None:
+        self.folder = folder
+        self.manifest: Manifest = load_manifest(folder)
+        self.tokenizer = _tokenizer(folder / "tokenizer.json", self.manifest.max_length)
+        self.session = _session(folder / "model.onnx", threads)
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        missing = {"input_ids", "attention_mask"} - self._inputs
+        if missing:
+            raise ModelError(f"{folder / 'model.onnx'} lacks inputs {sorted(missing)}")
+        self.output = self.manifest.output or self._token_output()
+        probe = self.tokenizer.encode("dimension check")
+        produced = self._run(np.array([probe.ids], dtype=np.int64),
+                             np.array([probe.attention_mask], dtype=np.int64)).shape[1]
+        if produced != self.dimensions:
+            raise ModelError(f"{folder}: model.onnx produces {produced} dimensions, the "
+                             f"manifest says {self.dimensions}")
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    @property
+    def dimensions(self) -> int:
+        return self.manifest.dimensions
+
+    def embed(self, texts: Sequence[str]) -> Vector:
+        """(len(texts), dimensions) float32, in as few ONNX runs as keep padding small.
+
+        The model is compute-bound, so padding is pure waste: texts are ordered by length and cut
+        into runs whose padded size stays within ``PADDING_BUDGET`` of their real tokens.
+        """
+        return self._embed_encodings(self.tokenizer.encode_batch(list(texts)))
+
+    def _embed_encodings(self, encodings: Sequence[Encoding]) -> Vector:
+        lengths = [sum(e.attention_mask) for e in encodings]
+        result = np.empty((len(encodings), self.dimensions), dtype=np.float32)
+        for group in padding_groups(lengths):
+            longest = lengths[group[-1]]
+            ids = np.array([encodings[i].ids[:longest] for i in group], dtype=np.int64)
+            mask = np.array([encodings[i].attention_mask[:longest] for i in group],
+                            dtype=np.int64)
+            result[group] = self._run(ids, mask)
+        return result
+
+    def _run(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Vector:
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        try:
+            (out,) = self.session.run([self.output], feeds)
+        except Exception as exc:
+            raise ModelError(f"{self.folder.name}: inference failed: {exc}") from exc
+        return self._finish(np.asarray(out, dtype=np.float32), mask)
+
+    def embed_many(self, texts: Sequence[str], batch_size: int = 32) -> Vector:
+        """Many texts (a corpus), ``batch_size`` at a time in order of real length (the tokenizer
+        pads every encoding to the longest, so the attention mask tells the real length), each
+        text tokenized once."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        order = np.argsort([sum(e.attention_mask) for e in encodings], kind="stable")
+        result = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            chunk = order[start : start + batch_size]
+            result[chunk] = self._embed_encodings([encodings[i] for i in chunk])
+        return result
+
+    def _finish(self, out: NDArray[np.float32], mask: NDArray[np.int64]) -> Vector:
+        pooling = self.manifest.pooling
+        if pooling == "mean":
+            weights = mask[..., None].astype(np.float32)
+            out = (out * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        elif pooling == "cls":
+            out = out[:, 0]
+        if self.manifest.normalize:
+            out = out / np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _token_output(self) -> str:
+        for output in self.session.get_outputs():
+            if len(output.shape) == 3:
+                return str(output.name)
+        raise ModelError(f"{self.folder / 'model.onnx'} has no (batch, tokens, dims) output "
+                         "to pool")
+
+
+PADDING_BUDGET = 0.15
+
+
+def padding_groups(lengths: Sequence[int], budget: float = PADDING_BUDGET) -> list[list[int]]:
+    """Indices grouped in length order so that each group's padded tokens (members x longest)
+    exceed its real tokens by at most ``budget``."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    real = 0
+    for index in order:
+        group = groups[-1] if groups else None
+        if group is not None and (len(group) + 1) * lengths[index] <= \
+                (real + lengths[index]) * (1 + budget):
+            group.append(index)
+            real += lengths[index]
+        else:
+            groups.append([index])
+            real = lengths[index]
+    return groups
+
+
+class QueryEncoder:
+    """Async, cached, micro-batched queries for one model, quantisation and query prefix."""
+
+    def __init__(self, model: TextModel, executor: Executor, *, query_prefix: str = "",
+                 cache_size: int = 10_000, max_batch: int = 32, max_wait_ms: float = 1.0,
+                 max_inflight: int = 2) -> None:
+        self.model = model
+        self.dimensions = model.dimensions
+        self.executor = executor
+        self.query_prefix = query_prefix
+        self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000
+        self.max_inflight = max_inflight
+        self.cache: LRUCache[str, Vector] | None = LRUCache(cache_size) if cache_size else None
+        self.hits = self.misses = self.batches = self.batched_texts = 0
+        self._waiting: dict[str, asyncio.Future[Vector]] = {}
+        self._queue: list[str] = []
+        self._inflight = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def encode(self, text: str) -> tuple[Vector, bool]:
+        if not isinstance(text, str):  # a batch of it would fail in a timer callback, unseen
+            raise EncoderInputError(f"text must be a string, not {type(text).__name__}")
+        key = text  # cleaned by the caller: see clean_text
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            self.hits += 1
+            return cached, True
+        self.misses += 1
+        future = self._waiting.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[key] = future
+            self._queue.append(key)
+            self._schedule()
+        return await asyncio.shield(future), False
+
+    def _schedule(self) -> None:
+        if len(self._queue) >= self.max_batch or self.max_wait_s <= 0:
+            self._dispatch()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.max_wait_s, self._dispatch)
+
+    def _dispatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = asyncio.get_running_loop()
+        while self._queue and self._inflight < self.max_inflight:
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            self._inflight += 1
+            self.batches += 1
+            self.batched_texts += len(batch)
+            texts = [self.query_prefix + key for key in batch]
+            run = loop.run_in_executor(self.executor, self.model.embed, texts)
+            run.add_done_callback(functools.partial(self._finished, batch))
+
+    def _finished(self, keys: list[str], done: asyncio.Future[Vector]) -> None:
+        self._inflight -= 1
+        error = done.exception()
+        vectors: Any = None if error is not None else done.result()
+        for i, key in enumerate(keys):
+            future = self._waiting.pop(key)
+            if error is not None:
+                future.set_exception(error)
+                continue
+            vector = vectors[i]
+            vector.flags.writeable = False  # shared with the cache and every waiter
+            if self.cache is not None:
+                self.cache[key] = vector
+            future.set_result(vector)
+        if self._queue:
+            self._dispatch()  # what arrived while every worker was busy leaves now, as a batch
+
+
+def _tokenizer(path: Path, max_length: int) -> Tokenizer:
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise ModelError(f"{path} is not a valid tokenizer.json: {exc}") from exc
+    pad = tokenizer.padding or {}
+    # Shipped tokenizer.json files pad every text to a fixed 128 and truncate at 128: undo both.
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.no_padding()
+    tokenizer.enable_padding(pad_id=int(pad.get("pad_id", 0)),
+                             pad_token=str(pad.get("pad_token", "[PAD]")))
+    return tokenizer
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # shape-merge warnings from exported graphs are noise
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"{path} cannot be loaded by onnxruntime: {exc}") from exc
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))

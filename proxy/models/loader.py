@@ -1,0 +1,89 @@
+"""Encoders for the versions a proxy serves: each model loaded once, off the event loop.
+
+``ModelCache`` holds one loaded model per model id and quantisation, whoever asked first (the
+demo at start-up, the request path, later ingestion); every version is checked against it, cached
+or not: a version that declares other dimensions than its model produces is a ModelError.
+``Encoders`` wraps those models into one ``QueryEncoder`` per model, quantisation and query prefix
+(so versions naming the same three share one vector cache) and loads versions declared later in
+the background, as their rule arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+import structlog
+
+from proxy.models.catalog import resolve
+from proxy.models.encoders import Encoder, OnnxModel, QueryEncoder, TextModel
+from rollout_rules.errors import ModelError
+from rollout_rules.model import Rollout, Version
+
+log = structlog.get_logger("embedshift.models")
+EncoderKey = tuple[str, str, str]
+
+
+def encoder_key(version: Version) -> EncoderKey:
+    """Versions that share a model, quantisation and prefix share one encoder (and cache)."""
+    return version.model, version.quantization, version.query_prefix
+
+
+class ModelCache:
+    def __init__(self, models_dir: Path, load: Callable[[Version], TextModel] | None = None,
+                 threads: int = 1) -> None:
+        """``load`` reads a version's model (default: its ONNX folder, built if need be, with
+        ``threads`` intra-op threads; the request path runs several such models in parallel)."""
+        self.models_dir = models_dir
+        self._load = load or (lambda v: OnnxModel(resolve(v, models_dir), threads))
+        self._models: dict[tuple[str, str], TextModel] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, version: Version) -> TextModel:
+        key = (version.model, version.quantization)
+        async with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                model = self._models[key] = await asyncio.to_thread(self._load, version)
+                log.info("model_loaded", model=version.model,
+                         quantization=version.quantization)
+        if model.dimensions != version.dimensions:
+            raise ModelError(f"version {version.name} declares {version.dimensions} dimensions,"
+                             f" its model {version.model} produces {model.dimensions}")
+        return model
+
+
+class Encoders:
+    def __init__(self, models: ModelCache, executor: Executor, cache_size: int) -> None:
+        self.models, self.executor, self.cache_size = models, executor, cache_size
+        self.by_key: dict[EncoderKey, Encoder] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def load(self, rollout: Rollout) -> None:
+        """An encoder for every version of the rollout; ModelError for one that cannot be."""
+        for version in rollout.versions:
+            model = await self.models.get(version)
+            if encoder_key(version) not in self.by_key:
+                self.by_key[encoder_key(version)] = QueryEncoder(
+                    model, self.executor, query_prefix=version.query_prefix,
+                    cache_size=self.cache_size)
+
+    def schedule(self, rollout: Rollout | None) -> None:
+        """Load in the background (a rule that arrived while serving)."""
+        if rollout is not None:
+            task = asyncio.create_task(self._load_logged(rollout))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _load_logged(self, rollout: Rollout) -> None:
+        try:
+            await self.load(rollout)
+        except ModelError as exc:
+            log.error("model_load_failed", alias=rollout.alias, error=str(exc))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,233 @@
+"""The request path, knowing nothing of HTTP: decide, encode, search, answer, and say why.
+
+    request -> rules snapshot (memory) -> decide() -> encoder[version] -> store.search(target)
+            -> hits + model_version + rollout{bucket, reason, revision, effective_percent}
+
+If the candidate's encoder or store fails, the same query is answered from stable with reason
+``fallback``: the user never pays for the candidate's failure. A failure of stable itself is a
+BackendError (503). Bad input (text, filter, version) is the caller's and never falls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any, NamedTuple, Protocol
+
+import msgspec
+import structlog
+from msgspec.structs import replace
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+
+from proxy.models.encoders import Encoder, clean_text
+from proxy.models.loader import EncoderKey, encoder_key
+from proxy.serving.resultcache import ResultCache, result_key
+from proxy.telemetry import Attr, Metrics
+from proxy.vectors.base import Hit, VectorStore, parse_filter
+from rollout_rules.decide import Context, Decision, Reason, decide
+from rollout_rules.errors import BackendError, ModelError, NotFoundError, RuleError
+from rollout_rules.model import Rollout, Version
+
+log = structlog.get_logger("embedshift.search")
+MAX_LIMIT = 100
+
+
+class SearchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /v1/aliases/{alias}/search``."""
+
+    query: str
+    user_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    session_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    tenant: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    properties: dict[str, str] = msgspec.field(default_factory=dict)
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = 10
+    filter: dict[str, Any] | None = None
+    with_payload: bool = True
+    version: str | None = None
+
+
+class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    bucket: int | None
+    reason: str
+    revision: int
+    effective_percent: float
+
+
+class SearchResponse(msgspec.Struct, frozen=True, kw_only=True):
+    hits: list[Hit]
+    model_version: str
+    model: str
+    collection: str
+    rollout: RolloutInfo
+    trace_id: str
+
+
+class Rules(Protocol):
+    """The snapshot the request path reads (the RuleWatcher, or a fake in unit tests)."""
+
+    rollouts: dict[str, Rollout]
+    coverage: dict[str, dict[str, float]]
+
+
+class Searcher:
+    def __init__(self, rules: Rules, encoders: Mapping[EncoderKey, Encoder], *,
+                 store: VectorStore, metrics: Metrics, tracer: Tracer,
+                 results: ResultCache | None = None, deadline_s: float = 10.0,
+                 log_queries: bool = False) -> None:
+        self.rules, self.encoders, self.store = rules, encoders, store
+        self.metrics, self.tracer, self.log_queries = metrics, tracer, log_queries
+        self.results = results if results is not None else ResultCache(0, 0)
+        self.deadline_s = deadline_s
+
+    async def search(self, alias: str, request: SearchRequest, random_key: str) -> SearchResponse:
+        started = time.perf_counter()
+        rollout = self.rules.rollouts.get(alias)
+        if rollout is None:
+            raise NotFoundError(alias)
+        text = clean_text(request.query)  # bad text is the caller's: refuse before deciding
+        query_filter = parse_filter(request.filter)
+        context = Context(user_id=request.user_id, session_id=request.session_id,
+                          tenant=request.tenant, properties=request.properties,
+                          random_key=random_key)
+        coverage = self.rules.coverage.get(alias, {})
+        decision = decide(rollout, context, coverage.get(rollout.candidate or ""), request.version)
+        if request.version is not None and decision.reason is not Reason.OVERRIDE:
+            allowed = "allowed" if rollout.overrides.allow_request else "off"
+            raise RuleError("version", f"{request.version!r} cannot be requested for {alias} "
+                                       f"(declared: {rollout.version_names}; overrides "
+                                       f"{allowed})")
+        span = trace.get_current_span()
+        deadline = asyncio.get_running_loop().time() + self.deadline_s  # for both attempts
+        query = Query(text, request, query_filter, coverage, deadline)
+        try:
+            found = await self._find(alias, rollout.version(decision.version), query)
+        except (BackendError, ModelError) as exc:
+            if decision.version == rollout.stable:
+                self.metrics.child(self.metrics.errors, alias, decision.version,
+                                   "stable_failed").inc()
+                raise
+            self.metrics.child(self.metrics.fallbacks, alias, decision.version).inc()
+            span.set_attribute(Attr.FALLBACK_FROM, decision.version)
+            log.warning("candidate_failed", alias=alias, version=decision.version,
+                        error=str(exc), answered_by=rollout.stable)
+            decision = replace(decision, version=rollout.stable, reason=Reason.FALLBACK)
+            found = await self._find(alias, rollout.version(rollout.stable), query)
+        return self._answer(alias, rollout, decision, found, started=started, span=span,
+                            text=text)
+
+    async def _find(self, alias: str, version: Version, query: Query) -> Found:
+        """A recent answer of this version to the same query, else encode and search by the
+        deadline (TimeoutError past it: the whole request is late, not just this version)."""
+        request = query.request
+        key = result_key(version, query.text, request.limit, request.filter,
+                         request.with_payload)
+        coverage = query.coverage.get(version.name)
+        hits = self.results.get(key, coverage)
+        if hits is not None:
+            return Found(hits, result_cached=True, vector_cached=True)
+        async with asyncio.timeout_at(query.deadline):
+            found = await self._search_version(alias, version, query.text, request,
+                                               query.filter)
+        self.results.put(key, coverage, found.hits)
+        return found
+
+    async def _search_version(self, alias: str, version: Version, text: str,
+                              request: SearchRequest, query_filter: Any) -> Found:
+        encoder = self.encoders.get(encoder_key(version))
+        if encoder is None:
+            raise ModelError(f"no encoder loaded for {version.name} ({version.model})")
+        metrics = self.metrics
+        stage: dict[str, Any] = {Attr.VERSION: version.name, Attr.MODEL_ID: version.model}
+        started = time.time_ns()
+        try:
+            vector, cache_hit = await encoder.encode(text)
+        except BaseException as exc:  # cancelled at the deadline too: the trace shows where
+            self._stage_span("encode", SpanKind.INTERNAL, started, stage, exc)
+            raise
+        searching = time.time_ns()
+        metrics.child(metrics.encode_latency, alias, version.name).observe(
+            (searching - started) / 1e9)
+        metrics.child(metrics.cache, alias, version.name, "hit" if cache_hit else "miss").inc()
+        if not cache_hit:  # a cached vector costs a dict lookup: no span for that
+            self._stage_span("encode", SpanKind.INTERNAL, started, stage)
+        stage = {**stage, Attr.DB_SYSTEM: "qdrant", Attr.DB_OPERATION: "query",
+                 Attr.DB_COLLECTION: version.target.collection}
+        try:
+            hits = await self.store.search(version.target, vector, request.limit,
+                                           query_filter, request.with_payload)
+        except BaseException as exc:
+            if isinstance(exc, BackendError):
+                metrics.child(metrics.errors, alias, version.name, "search").inc()
+            self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
+                             stage, exc)
+            raise
+        metrics.child(metrics.search_latency, alias, version.name).observe(
+            (time.time_ns() - searching) / 1e9)
+        self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
+                         {**stage, Attr.HIT_COUNT: len(hits)})
+        return Found(hits, result_cached=False, vector_cached=cache_hit)
+
+    def _stage_span(self, name: str, kind: SpanKind, start_ns: int,
+                    attributes: dict[str, Any], error: BaseException | None = None) -> None:
+        """A child of the current span, recorded once the stage is over: it never becomes the
+        current span, so nothing is attached to or detached from the context per stage."""
+        span = self.tracer.start_span(name, kind=kind, start_time=start_ns,
+                                      attributes=attributes)
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(StatusCode.ERROR, str(error))
+        span.end()
+
+    def _answer(self, alias: str, rollout: Rollout, decision: Decision, found: Found, *,
+                started: float, span: trace.Span, text: str) -> SearchResponse:
+        version = rollout.version(decision.version)
+        hits = found.hits
+        elapsed = time.perf_counter() - started
+        metrics = self.metrics
+        metrics.child(metrics.requests, alias, version.name, decision.reason).inc()
+        metrics.child(metrics.latency, alias, version.name).observe(elapsed)
+        metrics.child(metrics.results, alias, version.name,
+                      "hit" if found.result_cached else "miss").inc()
+        metrics.child(metrics.effective_percent, alias).set(decision.effective_percent)
+        attributes: dict[str, str | int | float | bool] = {
+            Attr.ALIAS: alias, Attr.VERSION: version.name, Attr.MODEL_ID: version.model,
+            Attr.REASON: str(decision.reason), Attr.RULE_REVISION: str(decision.revision),
+            Attr.BUCKET: decision.bucket if decision.bucket is not None else -1,
+            Attr.EFFECTIVE_PERCENT: decision.effective_percent,
+            Attr.DB_COLLECTION: version.target.collection, Attr.HIT_COUNT: len(hits),
+            Attr.CACHE_HIT: found.vector_cached, Attr.RESULT_CACHE_HIT: found.result_cached,
+            Attr.PROVIDER: "embedshift"}
+        span.set_attributes(attributes)
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        extra = {"query": text} if self.log_queries else {}
+        log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),
+                 bucket=decision.bucket, revision=decision.revision, hits=len(hits),
+                 cached=found.result_cached, latency_ms=round(elapsed * 1000, 2),
+                 trace_id=trace_id, **extra)
+        return SearchResponse(
+            hits=hits, model_version=version.name, model=version.model,
+            collection=version.target.collection, trace_id=trace_id,
+            rollout=RolloutInfo(alias=alias, bucket=decision.bucket, reason=decision.reason,
+                                revision=decision.revision,
+                                effective_percent=decision.effective_percent))
+
+
+class Query(NamedTuple):
+    """One request's query as both attempts (candidate, then stable) see it."""
+
+    text: str  # cleaned once, by clean_text
+    request: SearchRequest
+    filter: Any  # the request's filter, parsed once
+    coverage: dict[str, float]  # the alias's coverage per version, read once
+    deadline: float  # loop time by which both attempts must be done
+
+
+class Found(NamedTuple):
+    """A version's hits for a query, and which caches answered."""
+
+    hits: list[Hit]
+    result_cached: bool
+    vector_cached: bool

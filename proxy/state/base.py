@@ -1,0 +1,171 @@
+"""What a rule store is: the protocol the watcher, the operator and the tests hold on to, and the
+parts every store shares, so the Redis store and the in-memory one differ only in storage.
+
+A write is compare-and-set on the rule's revision: ``write`` stores a rule only if the stored
+revision is still the one the writer read, stamps it (revision + 1, who, when, why), appends an
+audit entry and notifies every subscriber. ``apply`` is read, transform with a pure action from
+``rollout_rules.ops``, write back; a concurrent writer makes it raise ConflictError rather than
+overwrite silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import msgspec
+from msgspec.structs import replace
+
+from rollout_rules.errors import ConflictError, RuleError
+from rollout_rules.model import Rollout, parse_rollout
+
+OnSubscribed = Callable[[], Awaitable[None]] | None
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    revision: int
+    actor: str
+    reason: str
+    at: str
+    before: Rollout | None
+    after: Rollout
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """What a write did: the rule before and after; ``changed`` is False for a no-op."""
+
+    before: Rollout
+    after: Rollout
+    changed: bool
+
+
+class RuleStore(Protocol):
+    """Rules, their audit trail and change notifications; backfill coverage and popularity."""
+
+    async def aliases(self) -> list[str]: ...
+
+    async def get(self, alias: str) -> Rollout:
+        """The stored rule; NotFoundError if none, RuleError if what is stored is invalid."""
+        ...
+
+    async def revision(self, alias: str) -> int:
+        """The stored revision, 0 when the alias is not declared."""
+        ...
+
+    async def history(self, alias: str, limit: int = 20) -> list[AuditEntry]: ...
+
+    async def write(self, rollout: Rollout, expected_revision: int, actor: str,
+                    reason: str) -> Rollout: ...
+
+    async def create(self, rollout: Rollout, actor: str, reason: str,
+                     replace_existing: bool = False) -> Rollout: ...
+
+    async def apply(self, alias: str, action: Callable[[Rollout], Rollout], actor: str,
+                    reason: str, expected_revision: int | None = None) -> Change: ...
+
+    async def apply_with_retry(self, alias: str, action: Callable[[Rollout], Rollout],
+                               actor: str, reason: str, attempts: int = 5) -> Change: ...
+
+    async def set_coverage(self, alias: str, version: str, covered: int, total: int) -> None: ...
+
+    async def add_covered(self, alias: str, version: str, count: int) -> None: ...
+
+    async def coverage(self, alias: str) -> dict[str, float]: ...
+
+    async def record_hits(self, alias: str, doc_ids: Sequence[str],
+                          weight: float = 1.0) -> None: ...
+
+    async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]: ...
+
+    def changes(self, on_subscribed: OnSubscribed = None) -> AsyncIterator[tuple[str, int]]:
+        """(alias, revision) as changes are announced; StoreUnavailable when the feed is lost.
+        ``on_subscribed`` runs once the subscription stands, so nothing falls between."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class SharedWrites:
+    """``create``, ``apply`` and ``apply_with_retry`` over a store's own ``get``, ``revision``
+    and ``write``: one implementation for every store."""
+
+    async def get(self, alias: str) -> Rollout:
+        raise NotImplementedError
+
+    async def revision(self, alias: str) -> int:
+        raise NotImplementedError
+
+    async def write(self, rollout: Rollout, expected_revision: int, actor: str,
+                    reason: str) -> Rollout:
+        raise NotImplementedError
+
+    async def create(self, rollout: Rollout, actor: str, reason: str,
+                     replace_existing: bool = False) -> Rollout:
+        """Declare an alias; refuses to overwrite one unless ``replace_existing``."""
+        expected = await self.revision(rollout.alias) if replace_existing else 0
+        return await self.write(rollout, expected, actor, reason)
+
+    async def apply(self, alias: str, action: Callable[[Rollout], Rollout], actor: str,
+                    reason: str, expected_revision: int | None = None) -> Change:
+        """Read, transform with a pure action, write back by compare-and-set.
+
+        With ``expected_revision`` the caller asserts what it last saw; otherwise the revision
+        just read is expected. Either way a concurrent writer makes this raise ConflictError
+        rather than silently overwrite.
+        """
+        before = await self.get(alias)
+        if expected_revision is not None and expected_revision != before.revision:
+            raise ConflictError(alias, expected_revision, before.revision)
+        after = action(before)
+        if after == before:
+            return Change(before=before, after=before, changed=False)
+        stored = await self.write(after, before.revision, actor, reason)
+        return Change(before=before, after=stored, changed=True)
+
+    async def apply_with_retry(self, alias: str, action: Callable[[Rollout], Rollout],
+                               actor: str, reason: str, attempts: int = 5) -> Change:
+        """As ``apply``, re-reading on conflict: for automation whose intent is absolute
+        (a rollback stays right whatever changed in between)."""
+        for _ in range(attempts - 1):
+            try:
+                return await self.apply(alias, action, actor, reason)
+            except ConflictError:
+                continue
+        return await self.apply(alias, action, actor, reason)
+
+
+def stamp(rollout: Rollout, expected_revision: int, actor: str, reason: str) -> Rollout:
+    """The rule as it will be stored by a write that expects ``expected_revision``."""
+    return replace(rollout, revision=expected_revision + 1, updated_by=actor, updated_at=now(),
+                   reason=reason)
+
+
+def parse_stored(alias: str, document: str | bytes) -> Rollout:
+    """A stored document as a rule; RuleError saying it is the stored one that is invalid."""
+    try:
+        return parse_rollout(document)
+    except RuleError as exc:
+        raise RuleError(exc.field, f"stored rule for {alias!r} is invalid: {exc.message}") \
+            from exc
+
+
+def lenient(document: str) -> Rollout | None:
+    """A stored 'before' that no longer parses (written by hand) shows as absent, not a crash."""
+    try:
+        return parse_rollout(document) if document else None
+    except RuleError:
+        return None
+
+
+def coverage_fractions(fields: dict[str, int]) -> dict[str, float]:
+    """``{"<version>:covered": n, "<version>:total": m}`` as a fraction per version that has
+    reported a total."""
+    totals = {k.rsplit(":", 1)[0]: v for k, v in fields.items() if k.endswith(":total")}
+    return {version: min(1.0, fields.get(f"{version}:covered", 0) / total) if total else 0.0
+            for version, total in totals.items()}
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

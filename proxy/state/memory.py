@@ -1,0 +1,129 @@
+"""An in-memory rule store for fast unit tests: the same contract as the Redis store (tested by
+one suite against both), kept in dictionaries, with notifications on asyncio queues.
+
+``take_down()`` and ``bring_up()`` simulate an outage: while down every call raises
+StoreUnavailable and every open change feed ends with it, as a lost Redis connection does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Sequence
+
+from proxy.state.base import (
+    AuditEntry,
+    OnSubscribed,
+    SharedWrites,
+    coverage_fractions,
+    lenient,
+    parse_stored,
+    stamp,
+)
+from rollout_rules.errors import ConflictError, NotFoundError, StoreUnavailable
+from rollout_rules.model import Rollout, dump_rollout
+
+_LOST = ("", -1)  # what a feed receives when the store goes down
+
+
+class MemoryRuleStore(SharedWrites):
+    def __init__(self) -> None:
+        self._documents: dict[str, bytes] = {}
+        self._revisions: dict[str, int] = {}
+        self._audit: dict[str, list[AuditEntry]] = {}
+        self._coverage: dict[str, dict[str, int]] = {}
+        self._popularity: dict[str, dict[str, float]] = {}
+        self._feeds: set[asyncio.Queue[tuple[str, int]]] = set()
+        self._ids = itertools.count(1)
+        self.available = True
+
+    def take_down(self) -> None:
+        self.available = False
+        for feed in self._feeds:
+            feed.put_nowait(_LOST)
+
+    def bring_up(self) -> None:
+        self.available = True
+
+    def _check(self) -> None:
+        if not self.available:
+            raise StoreUnavailable("the in-memory rule store is down (take_down was called)")
+
+    async def aclose(self) -> None:
+        self._feeds.clear()
+
+    async def aliases(self) -> list[str]:
+        self._check()
+        return sorted(self._documents)
+
+    async def get(self, alias: str) -> Rollout:
+        self._check()
+        if alias not in self._documents:
+            raise NotFoundError(alias)
+        return parse_stored(alias, self._documents[alias])
+
+    async def revision(self, alias: str) -> int:
+        self._check()
+        return self._revisions.get(alias, 0)
+
+    async def history(self, alias: str, limit: int = 20) -> list[AuditEntry]:
+        self._check()
+        return list(reversed(self._audit.get(alias, [])))[:limit]
+
+    async def write(self, rollout: Rollout, expected_revision: int, actor: str,
+                    reason: str) -> Rollout:
+        self._check()
+        current = self._revisions.get(rollout.alias, 0)
+        if current != expected_revision:
+            raise ConflictError(rollout.alias, expected_revision, current)
+        stamped = stamp(rollout, expected_revision, actor, reason)
+        before = self._documents.get(rollout.alias, b"").decode()
+        self._documents[rollout.alias] = dump_rollout(stamped)
+        self._revisions[rollout.alias] = stamped.revision
+        self._audit.setdefault(rollout.alias, []).append(AuditEntry(
+            id=f"{next(self._ids)}-0", revision=stamped.revision, actor=actor, reason=reason,
+            at=stamped.updated_at, before=lenient(before), after=stamped))
+        for feed in self._feeds:
+            feed.put_nowait((rollout.alias, stamped.revision))
+        return stamped
+
+    async def set_coverage(self, alias: str, version: str, covered: int, total: int) -> None:
+        self._check()
+        self._coverage.setdefault(alias, {}).update(
+            {f"{version}:covered": covered, f"{version}:total": total})
+
+    async def add_covered(self, alias: str, version: str, count: int) -> None:
+        self._check()
+        fields = self._coverage.setdefault(alias, {})
+        fields[f"{version}:covered"] = fields.get(f"{version}:covered", 0) + count
+
+    async def coverage(self, alias: str) -> dict[str, float]:
+        self._check()
+        return coverage_fractions(self._coverage.get(alias, {}))
+
+    async def record_hits(self, alias: str, doc_ids: Sequence[str], weight: float = 1.0) -> None:
+        self._check()
+        scores = self._popularity.setdefault(alias, {})
+        for doc_id in doc_ids:
+            scores[doc_id] = scores.get(doc_id, 0.0) + weight
+
+    async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]:
+        self._check()
+        scores = self._popularity.get(alias, {})
+        return sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:count]
+
+    async def changes(self, on_subscribed: OnSubscribed = None
+                      ) -> AsyncIterator[tuple[str, int]]:
+        self._check()
+        feed: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        self._feeds.add(feed)
+        try:
+            if on_subscribed is not None:
+                await on_subscribed()
+            while True:
+                change = await feed.get()
+                if change == _LOST:
+                    raise StoreUnavailable("the in-memory rule store went down")
+                yield change
+        finally:
+            self._feeds.discard(feed)

@@ -1,0 +1,181 @@
+"""The rule store in Redis: one document per alias, compare-and-set writes, audit, notifications.
+
+Keys (``P`` is the prefix; ``{alias}`` is a hash tag so one alias's keys share a cluster slot):
+
+    P:{alias}:rules        hash  revision, doc (the rule document as JSON)
+    P:{alias}:audit        stream of changes: revision, actor, reason, at, before, after
+    P:{alias}:coverage     hash  "<version>:covered", "<version>:total" (backfill progress)
+    P:{alias}:popularity   sorted set of document ids by query hits (backfill priority)
+    P:aliases              set of declared aliases
+    P:changes              pub/sub channel, message "<alias> <revision>"
+
+Atomic: one Lua script checks the revision, stores the document, appends the audit entry and
+publishes the change, so those three can never disagree. The alias is added to ``P:aliases``
+after the script succeeds, outside it: that set lives in no alias's slot. Redis errors become
+StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from proxy.config import Settings
+from proxy.state.base import (
+    AuditEntry,
+    OnSubscribed,
+    SharedWrites,
+    coverage_fractions,
+    lenient,
+    parse_stored,
+    stamp,
+)
+from proxy.state.client import connect, redis_url, unavailable_on_error
+from rollout_rules.errors import ConflictError, NotFoundError
+from rollout_rules.model import Rollout, dump_rollout, parse_rollout
+
+_AUDIT_MAXLEN = 10_000
+
+_CAS_SCRIPT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+if current ~= tonumber(ARGV[1]) then return {0, current} end
+local before = redis.call('HGET', KEYS[1], 'doc') or ''
+local revision = current + 1
+redis.call('HSET', KEYS[1], 'revision', revision, 'doc', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'revision', revision,
+           'actor', ARGV[4], 'reason', ARGV[5], 'at', ARGV[6], 'before', before, 'after', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[8] .. ' ' .. revision)
+return {1, revision}
+"""
+
+
+def open_store(settings: Settings, environ: Mapping[str, str]) -> RedisRuleStore:
+    """The rule store on the configured Redis, or on the embedded one (started if need be)."""
+    return RedisRuleStore(connect(settings, redis_url(settings, environ)), settings.redis_prefix)
+
+
+class RedisRuleStore(SharedWrites):
+    def __init__(self, client: aioredis.Redis, prefix: str = "embedshift") -> None:
+        self.client = client
+        self.prefix = prefix
+        self.channel = f"{prefix}:changes"
+        self._cas = client.register_script(_CAS_SCRIPT)
+
+    def _key(self, alias: str, kind: str) -> str:
+        return f"{self.prefix}:{{{alias}}}:{kind}"
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def aliases(self) -> list[str]:
+        async with unavailable_on_error(self.client):
+            members = await self.client.smembers(f"{self.prefix}:aliases")
+        return sorted(_text(m) for m in members)
+
+    async def get(self, alias: str) -> Rollout:
+        async with unavailable_on_error(self.client):
+            raw = await self.client.hget(self._key(alias, "rules"), "doc")
+        if raw is None:
+            raise NotFoundError(alias)
+        return parse_stored(alias, raw)
+
+    async def revision(self, alias: str) -> int:
+        async with unavailable_on_error(self.client):
+            current = await self.client.hget(self._key(alias, "rules"), "revision")
+        return int(current or 0)
+
+    async def history(self, alias: str, limit: int = 20) -> list[AuditEntry]:
+        """Newest first."""
+        async with unavailable_on_error(self.client):
+            rows = await self.client.xrevrange(self._key(alias, "audit"), count=limit)
+        return [_audit_entry(entry_id, fields or {}) for entry_id, fields in rows or []]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def write(self, rollout: Rollout, expected_revision: int, actor: str,
+                    reason: str) -> Rollout:
+        """Store ``rollout`` if the stored revision is still ``expected_revision``."""
+        stamped = stamp(rollout, expected_revision, actor, reason)
+        keys = [self._key(rollout.alias, "rules"), self._key(rollout.alias, "audit")]
+        argv: list[str | int | bytes] = [expected_revision, dump_rollout(stamped), self.channel,
+                                         actor, reason, stamped.updated_at, _AUDIT_MAXLEN,
+                                         rollout.alias]
+        async with unavailable_on_error(self.client):
+            ok, revision = await self._cas(keys=keys, args=argv)
+            if ok:
+                await self.client.sadd(f"{self.prefix}:aliases", rollout.alias)
+        if not ok:
+            raise ConflictError(rollout.alias, expected_revision, int(revision))
+        return stamped
+
+    # -- coverage and popularity ---------------------------------------------------------------
+
+    async def set_coverage(self, alias: str, version: str, covered: int, total: int) -> None:
+        async with unavailable_on_error(self.client):
+            await self.client.hset(self._key(alias, "coverage"),
+                                   mapping={f"{version}:covered": covered,
+                                            f"{version}:total": total})
+
+    async def add_covered(self, alias: str, version: str, count: int) -> None:
+        """Many backfill workers add what they finished; Redis keeps the sum."""
+        async with unavailable_on_error(self.client):
+            await self.client.hincrby(self._key(alias, "coverage"), f"{version}:covered", count)
+
+    async def coverage(self, alias: str) -> dict[str, float]:
+        """Coverage fraction per version that has reported a total."""
+        async with unavailable_on_error(self.client):
+            raw = await self.client.hgetall(self._key(alias, "coverage"))
+        return coverage_fractions({_text(k): int(v) for k, v in raw.items()})
+
+    async def record_hits(self, alias: str, doc_ids: Sequence[str], weight: float = 1.0) -> None:
+        async with unavailable_on_error(self.client):
+            pipe = self.client.pipeline(transaction=False)
+            for doc_id in doc_ids:
+                pipe.zincrby(self._key(alias, "popularity"), weight, doc_id)
+            await pipe.execute()
+
+    async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]:
+        async with unavailable_on_error(self.client):
+            rows = await self.client.zrevrange(self._key(alias, "popularity"), 0, count - 1,
+                                               withscores=True)
+        return [(_text(row[0]), float(row[1])) for row in rows]
+
+    # -- notifications -------------------------------------------------------------------------
+
+    async def changes(self, on_subscribed: OnSubscribed = None
+                      ) -> AsyncIterator[tuple[str, int]]:
+        """Yield (alias, revision) as changes are published; raises StoreUnavailable on loss."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            async with unavailable_on_error(self.client):
+                await pubsub.subscribe(self.channel)
+                if on_subscribed is not None:
+                    await on_subscribed()
+                async for message in pubsub.listen():
+                    parsed = _parse_change(message.get("data"))
+                    if parsed is not None:
+                        yield parsed
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+
+def _parse_change(data: object) -> tuple[str, int] | None:
+    if not isinstance(data, bytes):
+        return None
+    alias, _, revision = data.decode().partition(" ")
+    return (alias, int(revision)) if revision.isdigit() else None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _audit_entry(entry_id: object, fields: Mapping[Any, Any]) -> AuditEntry:
+    text = {_text(k): _text(v) for k, v in fields.items()}
+    return AuditEntry(id=_text(entry_id), revision=int(text["revision"]), actor=text["actor"],
+                      reason=text["reason"], at=text["at"],
+                      before=lenient(text.get("before", "")), after=parse_rollout(text["after"]))

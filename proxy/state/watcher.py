@@ -1,0 +1,129 @@
+"""The in-memory rules snapshot every proxy serves from, kept fresh in the background.
+
+The request path reads ``watcher.rollouts`` and ``watcher.coverage`` (plain dicts, replaced whole,
+never mutated) and never awaits Redis. Two background tasks keep them fresh: a pub/sub listener
+that re-reads an alias the moment its change is announced, and a periodic full re-read that
+covers anything the listener missed. On every (re)subscription a full read runs too, so a
+message lost during an outage cannot leave a stale rule behind.
+
+Fail static: if Redis is unreachable the last good snapshot stays in force and ``connected`` says
+so. A stored document that does not parse is refused: the last good rule for that alias stays and
+``rejected`` names the fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from proxy.state.base import RuleStore
+from rollout_rules.errors import NotFoundError, RuleError, StoreUnavailable
+from rollout_rules.model import Rollout
+
+log = structlog.get_logger("embedshift.rules")
+
+OnChange = Callable[[str, Rollout | None, Rollout | None], None]
+
+
+class RuleWatcher:
+    def __init__(self, store: RuleStore, refresh_interval_s: float = 5.0,
+                 on_change: OnChange | None = None) -> None:
+        self.store = store
+        self.refresh_interval_s = refresh_interval_s
+        self.on_change = on_change
+        self.rollouts: dict[str, Rollout] = {}
+        self.coverage: dict[str, dict[str, float]] = {}
+        self.rejected: dict[str, str] = {}
+        self.connected = False
+        self.last_error: str | None = None
+        self._last_refresh: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def age_s(self) -> float | None:
+        """Seconds since the last full read that succeeded."""
+        return None if self._last_refresh is None else time.monotonic() - self._last_refresh
+
+    async def start(self) -> None:
+        """Load once (fail static if Redis is down), then keep fresh in the background."""
+        with contextlib.suppress(StoreUnavailable):
+            await self.refresh_all()
+        self._tasks = [asyncio.create_task(self._listen(), name="rules-listen"),
+                       asyncio.create_task(self._poll(), name="rules-poll")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def refresh_all(self) -> None:
+        try:
+            aliases = await self.store.aliases()
+            for alias in aliases:
+                await self.refresh_alias(alias)
+            for gone in set(self.rollouts) - set(aliases):
+                self._install(gone, None)
+            self.coverage = {alias: await self.store.coverage(alias) for alias in aliases}
+        except StoreUnavailable as exc:
+            self._mark_down(exc)
+            raise
+        self.connected, self.last_error = True, None
+        self._last_refresh = time.monotonic()
+
+    async def refresh_alias(self, alias: str) -> None:
+        try:
+            rollout: Rollout | None = await self.store.get(alias)
+        except NotFoundError:
+            rollout = None
+        except RuleError as exc:
+            self.rejected = {**self.rejected, alias: str(exc)}
+            log.warning("rule_rejected", alias=alias, error=str(exc),
+                        kept_revision=getattr(self.rollouts.get(alias), "revision", None))
+            return
+        self._install(alias, rollout)
+
+    def _install(self, alias: str, rollout: Rollout | None) -> None:
+        current = self.rollouts.get(alias)
+        if alias in self.rejected:
+            self.rejected = {k: v for k, v in self.rejected.items() if k != alias}
+        if rollout is not None and current is not None and rollout.revision <= current.revision:
+            return  # a slower read of an older revision must not win
+        if rollout is None:
+            self.rollouts = {k: v for k, v in self.rollouts.items() if k != alias}
+        else:
+            self.rollouts = {**self.rollouts, alias: rollout}
+        if self.on_change is not None and current != rollout:
+            self.on_change(alias, current, rollout)
+
+    async def _listen(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                async for alias, revision in self.store.changes(on_subscribed=self.refresh_all):
+                    backoff = 0.05
+                    current = self.rollouts.get(alias)
+                    if current is None or revision > current.revision:
+                        await self.refresh_alias(alias)
+            except StoreUnavailable as exc:
+                self._mark_down(exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.refresh_interval_s)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval_s)
+            with contextlib.suppress(StoreUnavailable):
+                await self.refresh_all()
+
+    def _mark_down(self, exc: StoreUnavailable) -> None:
+        if self.connected or self.last_error is None:
+            log.warning("rules_store_unreachable", error=str(exc), serving="last good snapshot",
+                        aliases=len(self.rollouts))
+        self.connected, self.last_error = False, str(exc)

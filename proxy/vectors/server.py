@@ -1,0 +1,83 @@
+"""A Qdrant server through qdrant-client's async client (gRPC preferred).
+
+Collections carry the model id they were encoded with in their metadata, so start-up can refuse a
+version whose encoder does not match its collection. Every qdrant-client error becomes a
+BackendError naming the collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qdrant_client import AsyncQdrantClient, models
+
+from proxy.vectors.base import (
+    DISTANCES,
+    CollectionInfo,
+    Hit,
+    PointIn,
+    VectorLike,
+    backend_errors,
+    floats,
+    hit,
+    with_target,
+)
+from rollout_rules.errors import BackendError
+from rollout_rules.model import Target, Version
+
+
+class ServerStore:
+    """A Qdrant server (and, on qdrant-client's in-memory mode, the fake in ``memory``)."""
+
+    def __init__(self, client: AsyncQdrantClient) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(cls, url: str, api_key: str | None = None) -> ServerStore:
+        return cls(AsyncQdrantClient(url=url, api_key=api_key, prefer_grpc=True))
+
+    async def search(self, target: Target, vector: VectorLike, limit: int,
+                     query_filter: models.Filter | None, with_payload: bool) -> list[Hit]:
+        with backend_errors(target.collection, "search"):
+            response = await self.client.query_points(
+                target.collection, query=floats(vector), using=target.vector_name, limit=limit,
+                query_filter=with_target(query_filter, target), with_payload=with_payload)
+        return [hit(p, with_payload) for p in response.points]
+
+    async def ensure_collection(self, target: Target, version: Version) -> None:
+        params = models.VectorParams(size=version.dimensions,
+                                     distance=models.Distance(DISTANCES[version.metric]))
+        vectors = {target.vector_name: params} if target.vector_name else params
+        with backend_errors(target.collection, "creating the collection"):
+            if await self.client.collection_exists(target.collection):
+                return
+            await self.client.create_collection(target.collection, vectors_config=vectors,
+                                                metadata={"model_id": version.model})
+
+    async def upsert(self, target: Target, points: Sequence[PointIn]) -> None:
+        structs = [models.PointStruct(id=p.id, payload={**p.payload, **target.payload_match},
+                                      vector={target.vector_name: p.vector}
+                                      if target.vector_name else p.vector) for p in points]
+        with backend_errors(target.collection, "upsert"):
+            await self.client.upsert(target.collection, points=structs)
+
+    async def optimize(self, target: Target) -> None:
+        """Nothing to do: a server indexes as its optimizer thresholds say."""
+
+    async def describe(self, target: Target) -> CollectionInfo | None:
+        with backend_errors(target.collection, "describing the collection"):
+            if not await self.client.collection_exists(target.collection):
+                return None
+            info = await self.client.get_collection(target.collection)
+        vectors = info.config.params.vectors
+        params = vectors.get(target.vector_name or "") if isinstance(vectors, dict) else vectors
+        if params is None:
+            raise BackendError(f"collection {target.collection} has no vector named "
+                               f"{target.vector_name!r}")
+        metadata = info.config.metadata or {}
+        metric = {v: k for k, v in DISTANCES.items()}[params.distance.value]
+        return CollectionInfo(name=target.collection, dimensions=params.size, metric=metric,
+                              model_id=metadata.get("model_id"), points=info.points_count or 0)
+
+    async def close(self) -> None:
+        await self.client.close()

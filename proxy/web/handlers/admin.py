@@ -1,0 +1,101 @@
+"""The admin API under ``/admin``: the CLI's actions over HTTP, behind a bearer token.
+
+Every write goes through the operator in ``proxy.control`` (compare-and-set, audited, published)
+with the actor ``admin-api`` or what ``X-Embedshift-Actor`` says. With no token configured the API
+is off.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+
+from proxy.control.operator import Operator
+from proxy.state.base import Change
+from proxy.web.errors import Handler, error_response, json_response, read_json
+from proxy.web.keys import OPERATOR, SETTINGS
+from rollout_rules.errors import RuleError
+
+
+class Action(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    if_revision: int | None = None
+    force: bool = False
+
+
+class PercentAction(Action, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    percent: float
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith(("/admin", "/v1/alerts")):
+        return await handler(request)
+    token = request.app[SETTINGS].admin_token
+    if not token:
+        return error_response(403, "Forbidden", "the admin API is off: set "
+                                                "EMBEDSHIFT_ADMIN_TOKEN to enable it")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return error_response(401, "Unauthorized", "a valid 'Authorization: Bearer <token>' "
+                                                   "header is required")
+    return await handler(request)
+
+
+def _operator(request: web.Request) -> Operator:
+    base = request.app[OPERATOR]
+    actor = request.headers.get("X-Embedshift-Actor", "admin-api")[:100]
+    return Operator(base.store, actor)
+
+
+async def list_aliases(request: web.Request) -> web.Response:
+    return json_response(await _operator(request).statuses())
+
+
+async def get_alias(request: web.Request) -> web.Response:
+    return json_response(await _operator(request).status(request.match_info["alias"]))
+
+
+async def history(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise RuleError("limit", "an integer from 1 to 1000")
+    return json_response(await _operator(request).history(request.match_info["alias"], int(raw)))
+
+
+async def set_percent(request: web.Request) -> web.Response:
+    body = await read_json(request, PercentAction)
+    change = await _operator(request).set_percent(request.match_info["alias"], body.percent,
+                                                  body.reason, body.if_revision)
+    return json_response(change)
+
+
+Act = Callable[[Operator, str, Action], Awaitable[Change]]
+
+
+async def _act(request: web.Request, act: Act) -> web.Response:
+    """Run one state action on the alias in the path, with the optional body's reason,
+    expected revision and force."""
+    body = await read_json(request, Action) if request.can_read_body else Action()
+    return json_response(await act(_operator(request), request.match_info["alias"], body))
+
+
+async def pause(request: web.Request) -> web.Response:
+    return await _act(request, lambda op, alias, b: op.pause(alias, b.reason, b.if_revision))
+
+
+async def resume(request: web.Request) -> web.Response:
+    return await _act(request, lambda op, alias, b: op.resume(alias, b.reason, b.if_revision))
+
+
+async def rollback(request: web.Request) -> web.Response:
+    return await _act(request, lambda op, alias, b: op.rollback(alias, b.reason, b.if_revision))
+
+
+async def promote(request: web.Request) -> web.Response:
+    return await _act(request, lambda op, alias, b: op.promote(alias, b.reason, b.force,
+                                                               b.if_revision))

@@ -1,0 +1,50 @@
+"""``/healthz`` (alive), ``/readyz`` (can answer, with detail), ``/metrics``.
+
+Ready means: every version of every alias has its encoder loaded and a rules snapshot exists.
+Redis being down does not make a proxy unready: every proxy loses Redis at once, and pulling
+them all would turn a control-plane outage into a search outage. It serves the last good
+rules (fail static), and the detail and ``embedshift_rules_store_up`` say so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy.models.loader import encoder_key
+from proxy.web.errors import json_response
+from proxy.web.keys import METRICS, READY, SEARCHER, WATCHER
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    watcher, searcher = request.app[WATCHER], request.app[SEARCHER]
+    missing = [f"{alias}/{v.name}" for alias, rollout in watcher.rollouts.items()
+               for v in rollout.versions if encoder_key(v) not in searcher.encoders]
+    rules: dict[str, Any] = {
+        "aliases": {alias: r.revision for alias, r in watcher.rollouts.items()},
+        "store": "connected" if watcher.connected else "unreachable: serving the last good rules",
+        "age_s": None if watcher.age_s is None else round(watcher.age_s, 3),
+        "rejected": watcher.rejected,
+    }
+    if watcher.last_error:
+        rules["last_error"] = watcher.last_error
+    ready = bool(watcher.rollouts) and not missing and request.app[READY].get("started", False)
+    detail = {"ready": ready, "rules": rules, "models_missing": missing}
+    return json_response(detail, 200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    watcher, registry = request.app[WATCHER], request.app[METRICS]
+    registry.rules_connected.set(1 if watcher.connected else 0)
+    registry.rules_age.set(watcher.age_s if watcher.age_s is not None else -1)
+    for alias, coverage in watcher.coverage.items():
+        for version, fraction in coverage.items():
+            registry.coverage.labels(alias, version).set(fraction)
+    body = generate_latest(registry.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,23 @@
+"""Typed application keys: what handlers find on ``request.app``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from opentelemetry.trace import Tracer
+
+from proxy.config import Settings
+from proxy.control.operator import Operator
+from proxy.serving.search import Searcher
+from proxy.state.watcher import RuleWatcher
+from proxy.telemetry import Metrics
+
+SETTINGS = web.AppKey("settings", Settings)
+SEARCHER = web.AppKey("searcher", Searcher)
+WATCHER = web.AppKey("watcher", RuleWatcher)
+OPERATOR = web.AppKey("operator", Operator)
+METRICS = web.AppKey("metrics", Metrics)
+TRACER = web.AppKey("tracer", Tracer)
+READY = web.AppKey("ready", dict)
+OPENAPI = web.AppKey("openapi", dict[str, Any])

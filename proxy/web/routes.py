@@ -1,0 +1,52 @@
+"""Every HTTP route in one table: the app registers it, the OpenAPI document is derived from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.serving.search import SearchRequest, SearchResponse
+from proxy.web.errors import Handler
+from proxy.web.handlers import admin, health, search
+from proxy.web.openapi import serve_document
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type | None = None  # the request body's msgspec type
+    answer: type | None = None  # the 200 answer's msgspec type
+    admin: bool = False  # behind the admin token
+    body_required: bool = True
+    parameters: tuple[dict[str, Any], ...] = ()  # beyond the path's own {alias}
+
+
+_LIMIT = {"name": "limit", "in": "query", "required": False,
+          "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+_VERSION = {"name": search.VERSION_HEADER, "in": "header", "required": False,
+            "schema": {"type": "string"}}
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/aliases/{alias}/search", search.search, "Search an alias with text",
+          body=SearchRequest, answer=SearchResponse, parameters=(_VERSION,)),
+    Route("GET", "/healthz", health.healthz, "Alive"),
+    Route("GET", "/readyz", health.readyz, "Ready, with detail (503 when not)"),
+    Route("GET", "/metrics", health.metrics, "Prometheus metrics"),
+    Route("GET", "/openapi.json", serve_document, "This document"),
+    Route("GET", "/admin/aliases", admin.list_aliases, "Every alias's rollout", admin=True),
+    Route("GET", "/admin/aliases/{alias}", admin.get_alias, "One alias's rollout", admin=True),
+    Route("GET", "/admin/aliases/{alias}/history", admin.history, "Audit trail, newest first",
+          admin=True, parameters=(_LIMIT,)),
+    Route("POST", "/admin/aliases/{alias}/percent", admin.set_percent, "Ramp the candidate",
+          body=admin.PercentAction, admin=True),
+    *(Route("POST", f"/admin/aliases/{{alias}}/{name}", handler, summary, body=admin.Action,
+            admin=True, body_required=False)
+      for name, handler, summary in (
+          ("pause", admin.pause, "Send everyone to stable, keeping the percent"),
+          ("resume", admin.resume, "Bring the paused candidate back to its percent"),
+          ("rollback", admin.rollback, "Send everyone to stable and zero the percent"),
+          ("promote", admin.promote, "Make the candidate stable"))),
+)

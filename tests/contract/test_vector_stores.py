@@ -1,0 +1,94 @@
+"""The in-memory fake and Qdrant's embedded engine store, search, filter and describe alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proxy.vectors.base import PointIn, VectorStore, mismatches, parse_filter
+from proxy.vectors.edge import EdgeStore
+from proxy.vectors.memory import MemoryStore
+from rollout_rules.errors import BackendError, RuleError
+from rollout_rules.model import Target, Version
+
+
+def _version(name: str, target: Target, metric: str = "cosine") -> Version:
+    return Version(name=name, model=f"org/{name}", dimensions=8, target=target,
+                   metric=metric)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["memory", "edge"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
+    adapter: VectorStore = (MemoryStore() if request.param == "memory"
+                            else EdgeStore(tmp_path / "qdrant"))
+    yield adapter
+    await adapter.close()
+
+
+async def test_versions_sharing_a_collection_see_only_their_points(store: VectorStore) -> None:
+    """Two versions in one collection, told apart by payload and using a named vector each:
+    the layouts the rule model allows must search as declared."""
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((20, 8)).astype(np.float32)
+    v1 = _version("v1", Target(collection="shared", vector_name="dense",
+                               payload_match={"model_version": "v1"}))
+    v2 = _version("v2", Target(collection="shared", vector_name="dense",
+                               payload_match={"model_version": "v2"}))
+    await store.ensure_collection(v1.target, v1)
+    await store.upsert(v1.target, [PointIn(i, vectors[i].tolist(), {"n": i}) for i in range(10)])
+    await store.upsert(v2.target, [PointIn(i, vectors[i].tolist(), {"n": i})
+                                   for i in range(10, 20)])
+    hits = await store.search(v1.target, vectors[3], 5, None, with_payload=True)
+    assert hits[0].id == 3 and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert all(h.payload is not None and h.payload["model_version"] == "v1" for h in hits)
+    hits = await store.search(v2.target, vectors[3], 20, None, with_payload=False)
+    assert {h.id for h in hits} <= set(range(10, 20)) and hits[0].payload is None
+    in_range = parse_filter({"must": [{"key": "n", "range": {"gte": 12, "lt": 15}}]})
+    hits = await store.search(v2.target, vectors[13], 10, in_range, with_payload=True)
+    assert sorted(h.id for h in hits) == [12, 13, 14]
+
+
+async def test_describe_reports_what_a_version_is_checked_against(store: VectorStore) -> None:
+    version = _version("v1", Target(collection="plain"))
+    assert await store.describe(version.target) is None
+    await store.ensure_collection(version.target, version)
+    await store.upsert(version.target, [PointIn(1, [0.1] * 8)])
+    info = await store.describe(version.target)
+    assert info is not None
+    assert (info.dimensions, info.metric, info.model_id, info.points) == (8, "cosine", "org/v1", 1)
+    assert mismatches(version, info) == []
+    wrong = _version("v1", Target(collection="plain"), metric="dot")
+    assert mismatches(wrong, info) == ["distance: version v1 wants dot, collection plain uses "
+                                       "cosine"]
+
+
+def test_a_filter_that_is_not_a_qdrant_filter_is_refused() -> None:
+    with pytest.raises(RuleError) as caught:
+        parse_filter({"must": [{"key": "a", "match": {"value": {"nested": 1}}}]})
+    assert caught.value.field.startswith("filter.must.0")
+    assert parse_filter(None) is None
+
+
+async def test_writing_a_point_again_replaces_it(store: VectorStore) -> None:
+    version = _version("v1", Target(collection="again"))
+    await store.ensure_collection(version.target, version)
+    await store.ensure_collection(version.target, version)  # a second call changes nothing
+    await store.upsert(version.target, [PointIn(7, [1.0] + [0.0] * 7, {"rev": 1})])
+    await store.upsert(version.target, [PointIn(7, [0.0, 1.0] + [0.0] * 6, {"rev": 2})])
+    await store.optimize(version.target)
+    info = await store.describe(version.target)
+    assert info is not None and info.points == 1
+    hits = await store.search(version.target, [0.0, 1.0] + [0.0] * 6, 5, None, True)
+    assert [(h.id, h.payload) for h in hits] == [(7, {"rev": 2})]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_a_missing_collection_is_a_backend_error_naming_it(store: VectorStore) -> None:
+    target = Target(collection="never_created")
+    with pytest.raises(BackendError, match="never_created"):
+        await store.search(target, [0.1] * 8, 3, None, True)
+    with pytest.raises(BackendError, match="never_created"):
+        await store.upsert(target, [PointIn(1, [0.1] * 8)])

@@ -1,0 +1,165 @@
+"""The operator CLI runs a whole rollout against a real redis-server, with clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.cli.main import main
+from proxy.state.redis_server import EmbeddedRedis
+from tests.paths import REPO
+
+pytestmark = pytest.mark.integration
+
+
+class Cli:
+    def __init__(self, url: str, prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.environ = {"REDIS_URL": url, "EMBEDSHIFT_REDIS_PREFIX": prefix,
+                        "EMBEDSHIFT_ACTOR": "tester"}
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        code = main(list(argv), self.environ)
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str) -> Any:
+        code, out, err = self(*argv, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli(redis_server: EmbeddedRedis, prefix: str, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(redis_server.url, prefix, capsys)
+
+
+def test_a_rollout_from_declaration_to_promotion(cli: Cli) -> None:
+    code, out, _ = cli("init", "products")
+    assert code == 0 and "declared products at revision 1" in out
+    assert cli.json("set", "products", "10", "--reason", "first ramp")["after"]["percent"] == 10
+    status = cli.json("status", "products")[0]
+    assert status["effective_percent"] == 0  # no coverage reported yet: the gate holds at 0
+    cli("coverage", "products", "v2", "97", "100")
+    status = cli.json("status", "products")[0]
+    assert (status["candidate_coverage"], status["effective_percent"]) == (0.97, 10)
+    explained = cli.json("explain", "products", "--user", "alice")
+    assert explained["decision"]["reason"] in {"bucket_in", "bucket_out"}
+    assert cli.json("pause", "products")["after"]["state"] == "paused"
+    assert cli.json("explain", "products", "--user", "alice")["decision"]["reason"] == "paused"
+    assert cli.json("resume", "products")["after"]["state"] == "ramping"
+    code, out, _ = cli("rollback", "products", "--reason", "p99 regression")
+    assert code == 0 and "state ramping -> rolled_back, percent 10 -> 0" in out
+    cli("set", "products", "100")
+    promoted = cli.json("promote", "products")["after"]
+    assert [promoted[k] for k in ("stable", "candidate", "state")] == ["v2", None, "promoted"]
+    history = cli.json("history", "products")
+    assert [e["reason"] for e in history][:3] == ["promoted", "ramp to 100%", "p99 regression"]
+    assert {e["actor"] for e in history} == {"tester"}
+    code, out, _ = cli("history", "products")
+    assert "stable v1 -> v2" in out.splitlines()[0]
+
+
+def test_errors_exit_non_zero_with_one_clear_line(cli: Cli, tmp_path: Path) -> None:
+    assert cli("status", "ghost")[0] == 5
+    cli("init", "products")
+    code, _, err = cli("init", "products")
+    assert code == 4 and "revision 1, not 0" in err
+    code, _, err = cli("set", "products", "101")
+    assert code == 3 and err.startswith("error: percent:")
+    code, _, err = cli("set", "products", "5", "--if-revision", "7")
+    assert code == 4 and "revision 1, not 7" in err
+    code, _, err = cli("promote", "products")
+    assert code == 3 and "coverage" in err
+    code, _, err = cli("coverage", "products", "v9", "1", "2")
+    assert code == 3 and "v9" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"versions": [{"name": "v1", "model": "m", "dimensions": -1,
+                                             "target": {"collection": "c"}}], "stable": "v1"}))
+    code, _, err = cli("init", "products", "--file", str(bad), "--force")
+    assert code == 3 and "versions[0].dimensions" in err
+    assert cli.json("status", "products")[0]["rollout"]["revision"] == 1  # last good intact
+    assert "Traceback" not in err
+    with pytest.raises(SystemExit) as usage:
+        cli("set", "products", "x")
+    assert usage.value.code == 2 and "invalid float value: 'x'" in cli.capsys.readouterr().err
+
+
+def test_an_unreachable_redis_is_reported_without_secrets(capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    code = main(["status"], {"REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"})
+    err = capsys.readouterr().err
+    assert code == 6 and "unreachable" in err and "hunter2" not in err
+
+
+def test_a_rule_document_from_a_toml_file(cli: Cli, tmp_path: Path) -> None:
+    doc = tmp_path / "docs.toml"
+    doc.write_text("""
+stable = "v1"
+candidate = "v2"
+stickiness = "session_id"
+[[versions]]
+name = "v1"
+model = "org/a"
+dimensions = 384
+target = { collection = "docs_a" }
+[[versions]]
+name = "v2"
+model = "org/b"
+dimensions = 768
+metric = "dot"
+target = { collection = "docs_b", vector_name = "dense" }
+[overrides.tenants]
+acme = "v2"
+""")
+    declared = cli.json("init", "docs", "--file", str(doc))
+    assert declared["versions"][1]["target"]["vector_name"] == "dense"
+    explained = cli.json("explain", "docs", "--tenant", "acme")
+    assert explained["decision"]["version"] == "v2"
+
+
+def test_the_console_script_runs_on_the_embedded_redis(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "embedshift"
+    env = {"EMBEDSHIFT_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin",
+           "EMBEDSHIFT_ACTOR": "script"}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(exe), *argv], capture_output=True, text=True, env=env,
+                              cwd=REPO, timeout=60, check=False)
+
+    try:
+        assert run("init", "products").returncode == 0  # starts the embedded server itself
+        assert run("set", "products", "2.5").returncode == 0
+        status = run("status", "--json")
+        assert json.loads(status.stdout)[0]["rollout"]["percent"] == 2.5
+        assert "running" in run("redis", "status").stdout
+    finally:
+        assert run("redis", "stop").returncode == 0
+    assert "not running" in run("redis", "status").stdout
+
+
+def test_eval_compares_versions_side_by_side(models_dir: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "tiny"
+    (data / "qrels").mkdir(parents=True)
+    docs = {"d1": "Cats are small domesticated felines.", "d2": "The stock market fell today.",
+            "d3": "Photosynthesis turns light into chemical energy in plants.",
+            "d4": "Volcanoes erupt molten rock."}
+    (data / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items()))
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "how do plants make "
+                                                    "energy from sunlight"}) + "\n")
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
+    environ = {"EMBEDSHIFT_DATA_DIR": str(models_dir.parent)}
+    assert main(["eval", "--dataset", str(data), "--json"], environ) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert results["v2"]["ndcg_at_10"] == 1.0 and results["v1"]["documents"] == 4
+    assert main(["eval", "--dataset", str(data)], environ) == 0
+    table = capsys.readouterr().out
+    assert "v1 paraphrase-MiniLM-L3-v2" in table and "delta" in table
+    assert main(["eval", "--dataset", str(tmp_path)], environ) == 3

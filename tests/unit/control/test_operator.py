@@ -1,0 +1,55 @@
+"""Operator actions on the in-memory store are audited, compare-and-set and gated by coverage."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.control.operator import Operator
+from proxy.state.memory import MemoryRuleStore
+from rollout_rules.errors import ConflictError, NotFoundError, RuleError, TransitionError
+from tests.unit.core.rollouts import rollout
+
+
+@pytest.fixture
+async def operator() -> Operator:
+    store = MemoryRuleStore()
+    await store.create(rollout(percent=0), "setup", "declare")
+    return Operator(store, "alice@ops")
+
+
+async def test_a_ramp_is_recorded_with_its_actor_and_capped_by_coverage(
+        operator: Operator) -> None:
+    change = await operator.set_percent("products", 40, "first ramp")
+    assert (change.after.percent, change.after.updated_by, change.after.reason) == \
+        (40, "alice@ops", "first ramp")
+    assert (await operator.status("products")).effective_percent == 0  # no coverage yet
+    status = await operator.set_coverage("products", "v2", 60, 100)
+    assert (status.coverage_cap_percent, status.effective_percent) == (25, 25)
+    assert [e.reason for e in await operator.history("products")] == ["first ramp", "declare"]
+
+
+async def test_promote_needs_full_coverage_and_keeps_the_old_stable(operator: Operator) -> None:
+    await operator.set_coverage("products", "v2", 90, 100)
+    with pytest.raises(TransitionError, match="coverage"):
+        await operator.promote("products")
+    await operator.set_coverage("products", "v2", 100, 100)
+    after = (await operator.promote("products")).after
+    assert (after.stable, after.candidate, after.previous_stable) == ("v2", None, "v1")
+    back = (await operator.rollback("products", "worse than before")).after
+    assert (back.stable, back.state) == ("v1", "rolled_back")
+
+
+async def test_bad_actions_are_refused_naming_what_is_wrong(operator: Operator) -> None:
+    with pytest.raises(RuleError) as caught:
+        await operator.rollback("products", "  ")
+    assert caught.value.field == "reason"
+    with pytest.raises(RuleError, match="v9"):
+        await operator.set_coverage("products", "v9", 1, 2)
+    with pytest.raises(RuleError, match="covered <= total"):
+        await operator.set_coverage("products", "v2", 3, 2)
+    with pytest.raises(NotFoundError):
+        await operator.history("nope")
+    await operator.pause("products")
+    with pytest.raises(ConflictError) as conflict:
+        await operator.resume("products", expected_revision=1)
+    assert (conflict.value.expected, conflict.value.actual) == (1, 2)

@@ -1,0 +1,70 @@
+"""Operator transitions are pure and refuse what does not apply, saying why."""
+
+from __future__ import annotations
+
+import pytest
+
+from rollout_rules import ops
+from rollout_rules.errors import RuleError, TransitionError
+from rollout_rules.model import State
+from tests.unit.core.rollouts import rollout
+
+
+def test_set_percent_ramps_and_restarts_a_rolled_back_candidate() -> None:
+    assert ops.set_percent(rollout(), 25.5).percent == 25.5
+    restarted = ops.set_percent(rollout(state="rolled_back", percent=0), 1)
+    assert (restarted.state, restarted.percent) == (State.RAMPING, 1)
+
+
+@pytest.mark.parametrize("bad", [-1, 100.5, 3.333])
+def test_set_percent_refuses_bad_values(bad: float) -> None:
+    with pytest.raises(RuleError) as caught:
+        ops.set_percent(rollout(), bad)
+    assert caught.value.field == "percent"
+
+
+def test_pause_keeps_the_percent_and_resume_restores_it() -> None:
+    paused = ops.pause(rollout(percent=30))
+    assert (paused.state, paused.percent) == (State.PAUSED, 30)
+    with pytest.raises(TransitionError, match="paused"):
+        ops.set_percent(paused, 40)
+    assert ops.resume(paused) == rollout(percent=30)
+    assert ops.pause(paused) is paused
+
+
+def test_rollback_zeroes_the_candidate_and_is_idempotent() -> None:
+    rolled = ops.rollback(rollout(percent=30))
+    assert (rolled.state, rolled.percent, rolled.candidate) == (State.ROLLED_BACK, 0, "v2")
+    assert ops.rollback(rolled) is rolled
+    with pytest.raises(TransitionError):
+        ops.resume(rolled)
+
+
+def test_promote_needs_coverage_unless_forced() -> None:
+    with pytest.raises(TransitionError, match=r"coverage is 50.0%, promotion needs 95.0%"):
+        ops.promote(rollout(percent=100), 0.5)
+    promoted = ops.promote(rollout(percent=100), 0.97)
+    assert (promoted.stable, promoted.candidate, promoted.previous_stable) == ("v2", None, "v1")
+    assert ops.promote(rollout(percent=100), None, force=True).stable == "v2"
+
+
+def test_rollback_after_promotion_restores_the_previous_stable() -> None:
+    restored = ops.rollback(ops.promote(rollout(percent=100), 1.0))
+    assert (restored.stable, restored.candidate, restored.state) == ("v1", "v2", State.ROLLED_BACK)
+
+
+def test_actions_without_a_candidate_say_so() -> None:
+    bare = rollout(candidate=None, percent=0)
+    for action in (ops.pause, ops.resume, ops.rollback):
+        with pytest.raises(TransitionError):
+            action(bare)
+    with pytest.raises(TransitionError, match="no candidate"):
+        ops.set_percent(bare, 5)
+    with pytest.raises(TransitionError, match="rolled back"):
+        ops.promote(rollout(state="rolled_back", percent=0), 1.0)
+
+
+def test_summaries_name_what_changed() -> None:
+    before = rollout(percent=5)
+    assert ops.summarize_change(before, ops.set_percent(before, 10)) == "percent 5 -> 10"
+    assert ops.summarize_change(None, before).startswith("declared: stable v1, candidate v2")

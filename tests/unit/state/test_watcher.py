@@ -1,0 +1,58 @@
+"""The rules snapshot follows notifications, fails static and never goes back a revision."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+
+import pytest
+
+from proxy.state.memory import MemoryRuleStore
+from proxy.state.watcher import RuleWatcher
+from rollout_rules import ops
+from tests.eventually import eventually
+from tests.unit.core.rollouts import rollout
+
+
+@pytest.fixture
+async def store() -> MemoryRuleStore:
+    store = MemoryRuleStore()
+    await store.create(rollout(percent=2), "alice", "declare")
+    await store.set_coverage("products", "v2", 1, 4)
+    return store
+
+
+@pytest.fixture
+async def watcher(store: MemoryRuleStore) -> AsyncIterator[RuleWatcher]:
+    watcher = RuleWatcher(store, refresh_interval_s=0.05)
+    await watcher.start()
+    yield watcher
+    await watcher.stop()
+
+
+async def test_the_snapshot_holds_rules_and_coverage(watcher: RuleWatcher) -> None:
+    assert watcher.rollouts["products"].percent == 2
+    assert watcher.coverage == {"products": {"v2": 0.25}}
+    assert watcher.connected
+
+
+async def test_a_store_outage_keeps_the_last_good_rules_and_recovery_is_automatic(
+        store: MemoryRuleStore, watcher: RuleWatcher) -> None:
+    store.take_down()
+    await eventually(lambda: not watcher.connected, timeout_s=2)
+    assert watcher.rollouts["products"].percent == 2
+    assert watcher.last_error is not None and "down" in watcher.last_error
+    store.bring_up()
+    await store.apply("products", partial(ops.set_percent, percent=9), "alice", "after")
+    await eventually(lambda: watcher.rollouts["products"].percent == 9, timeout_s=2)
+    await eventually(lambda: watcher.connected, timeout_s=2)
+
+
+async def test_an_older_revision_never_replaces_a_newer_one(store: MemoryRuleStore,
+                                                            watcher: RuleWatcher) -> None:
+    old = watcher.rollouts["products"]
+    await store.apply("products", partial(ops.set_percent, percent=5), "alice", "ramp")
+    await eventually(lambda: watcher.rollouts["products"].revision == 2, timeout_s=2)
+    watcher._install("products", old)  # a slow read of revision 1 arrives late
+    assert watcher.rollouts["products"].percent == 5
+
