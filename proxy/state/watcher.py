@@ -56,11 +56,15 @@ class RuleWatcher:
                        asyncio.create_task(self._poll(), name="rules-poll")]
 
     async def stop(self) -> None:
+        """Cancel the background tasks, again and again until each has finished: on Python 3.11
+        ``asyncio.wait_for`` swallows a cancellation that arrives just as the call it waits on
+        completes (CPython gh-86296, fixed in 3.12), and redis-py wraps every command it sends in
+        one. A single cancel was lost that way in about one stop in four, and the task then
+        listened for ever."""
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.05)
         self._tasks = []
 
     async def refresh_all(self) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 
 import pytest
 
+from proxy.state.base import OnSubscribed
 from proxy.state.memory import MemoryRuleStore
 from proxy.state.watcher import RuleWatcher
 from rollout_rules import ops
@@ -56,3 +58,28 @@ async def test_an_older_revision_never_replaces_a_newer_one(store: MemoryRuleSto
     watcher._install("products", old)  # a slow read of revision 1 arrives late
     assert watcher.rollouts["products"].percent == 5
 
+
+class _SwallowsOneCancel(MemoryRuleStore):
+    """Loses the first cancellation, as Python 3.11's asyncio.wait_for (inside redis-py) does
+    when the cancel arrives just as the command it waits on completes."""
+
+    async def changes(self, on_subscribed: OnSubscribed = None
+                      ) -> AsyncIterator[tuple[str, int]]:
+        swallowed = False
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed = True
+        yield ("never", 0)  # an async generator, like the real one
+
+
+async def test_stop_finishes_even_when_a_cancellation_is_lost() -> None:
+    watcher = RuleWatcher(_SwallowsOneCancel(), refresh_interval_s=3600)
+    await watcher.start()
+    await asyncio.sleep(0)  # let the listener reach its wait
+    stopping = asyncio.create_task(watcher.stop())
+    await asyncio.wait({stopping}, timeout=5)  # unlike wait_for, never cancels stop() itself
+    assert stopping.done(), "stop() waited for ever on a listener that lost its cancellation"
