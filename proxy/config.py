@@ -10,6 +10,7 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     redis_tls_cert_file REDIS_TLS_CERT_FILE        client certificate for mutual TLS
     redis_tls_key_file  REDIS_TLS_KEY_FILE         its key
     admin_token         EMBEDSHIFT_ADMIN_TOKEN     required by the admin API and alert webhook
+    override_token      EMBEDSHIFT_OVERRIDE_TOKEN  lets a request choose its version (off)
     refresh_interval_s  EMBEDSHIFT_REFRESH_S       periodic re-read of rules (covers lost messages)
     actor               EMBEDSHIFT_ACTOR           who operator commands are recorded as
     host, port          EMBEDSHIFT_HOST/_PORT      where ``serve`` listens (127.0.0.1:8080)
@@ -22,6 +23,13 @@ dict. The environment wins over the file. Names, file key on the left, variable 
                                                    shard (1)
     log_queries         EMBEDSHIFT_LOG_QUERIES     put query text in logs (off)
     request_timeout_s   EMBEDSHIFT_TIMEOUT_S       a search answers 503 past this (10)
+    header_timeout_s    EMBEDSHIFT_HEADER_TIMEOUT_S  a request's head must arrive within (10)
+    body_timeout_s      EMBEDSHIFT_BODY_TIMEOUT_S  its body within, else 408 (10)
+    keepalive_s         EMBEDSHIFT_KEEPALIVE_S     an idle connection is closed after (15)
+    max_connections     EMBEDSHIFT_MAX_CONNECTIONS open connections; more are refused (1000)
+    backlog             EMBEDSHIFT_BACKLOG         the listen queue (1024)
+    drain_s             EMBEDSHIFT_DRAIN_S         on SIGTERM, /readyz is 503 this long first (5)
+    shutdown_timeout_s  EMBEDSHIFT_SHUTDOWN_TIMEOUT_S  then in-flight requests get this long (10)
     config file:        EMBEDSHIFT_CONFIG
 """
 
@@ -46,6 +54,7 @@ _ENV = {
     "redis_tls_cert_file": "REDIS_TLS_CERT_FILE",
     "redis_tls_key_file": "REDIS_TLS_KEY_FILE",
     "admin_token": "EMBEDSHIFT_ADMIN_TOKEN",
+    "override_token": "EMBEDSHIFT_OVERRIDE_TOKEN",
     "refresh_interval_s": "EMBEDSHIFT_REFRESH_S",
     "actor": "EMBEDSHIFT_ACTOR",
     "host": "EMBEDSHIFT_HOST",
@@ -58,6 +67,13 @@ _ENV = {
     "edge_search_threads": "EMBEDSHIFT_EDGE_SEARCH_THREADS",
     "log_queries": "EMBEDSHIFT_LOG_QUERIES",
     "request_timeout_s": "EMBEDSHIFT_TIMEOUT_S",
+    "header_timeout_s": "EMBEDSHIFT_HEADER_TIMEOUT_S",
+    "body_timeout_s": "EMBEDSHIFT_BODY_TIMEOUT_S",
+    "keepalive_s": "EMBEDSHIFT_KEEPALIVE_S",
+    "max_connections": "EMBEDSHIFT_MAX_CONNECTIONS",
+    "backlog": "EMBEDSHIFT_BACKLOG",
+    "drain_s": "EMBEDSHIFT_DRAIN_S",
+    "shutdown_timeout_s": "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S",
 }
 
 
@@ -69,6 +85,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_tls_cert_file: str | None = None
     redis_tls_key_file: str | None = None
     admin_token: str | None = None
+    override_token: str | None = None
     refresh_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     actor: str | None = None
     host: str = "127.0.0.1"
@@ -81,6 +98,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     edge_search_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     log_queries: bool = False
     request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    keepalive_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    drain_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
     @property
     def data_path(self) -> Path:
@@ -91,9 +115,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return self.data_path / "models"
 
     def __repr__(self) -> str:
-        token = "***" if self.admin_token else None  # secrets never reach a log line
+        def hidden(secret: str | None) -> str | None:  # secrets never reach a log line
+            return "***" if secret else None
+
         return (f"Settings(data_dir={self.data_dir!r}, redis_url={redact_url(self.redis_url)!r}, "
-                f"redis_prefix={self.redis_prefix!r}, admin_token={token!r})")
+                f"redis_prefix={self.redis_prefix!r}, admin_token={hidden(self.admin_token)!r}, "
+                f"override_token={hidden(self.override_token)!r})")
 
 
 def load_settings(environ: Mapping[str, str],

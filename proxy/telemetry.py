@@ -147,7 +147,14 @@ class Metrics:
                                      "1 when the rules store answered the last read", registry=r)
         self.rules_age = Gauge("embedshift_rules_age_seconds",
                                "Seconds since rules were last read in full", registry=r)
+        self.http_requests = Counter("embedshift_http_requests",
+                                     "HTTP answers by route, method and status (every route, "
+                                     "errors included)", ["route", "method", "status"],
+                                     registry=r)
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def http(self, route: str, method: str, status: int) -> Counter:
+        return self.child(self.http_requests, route, method, str(status))
 
     def child(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, bound once: ``labels()`` takes a lock and checks its
@@ -171,6 +178,7 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
         encode = msgspec.json.Encoder().encode
         structlog.configure(
             processors=[structlog.processors.add_log_level, _utc_now,
+                        structlog.processors.format_exc_info,
                         structlog.processors.JSONRenderer(serializer=lambda e, **_: encode(e))],
             wrapper_class=structlog.make_filtering_bound_logger(level),
             logger_factory=structlog.BytesLoggerFactory(file=sys.stderr.buffer),

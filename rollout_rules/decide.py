@@ -2,8 +2,9 @@
 
 Precedence, first match wins:
 
-1. a request override (header or field), if the rollout allows it and the version is declared;
-2. no candidate, rolled back, paused: everyone on stable;
+1. no candidate, rolled back, paused: everyone on stable, whatever the request asks (a rollback's
+   audit entry means nobody is served by the candidate);
+2. a request override (header or field), if the rollout allows it and the version is declared;
 3. a user override, then a tenant override;
 4. no stickiness key: stable;
 5. the user's bucket against the operator's percent capped by coverage: in, capped or out.
@@ -55,6 +56,8 @@ class Decision(msgspec.Struct, frozen=True):
 
 
 _STATE_REASONS = {State.ROLLED_BACK: Reason.ROLLED_BACK, State.PAUSED: Reason.PAUSED}
+STABLE_FOR_ALL = frozenset({Reason.NO_CANDIDATE, *_STATE_REASONS.values()})
+"""Reasons that send every request to stable, a request override included."""
 
 
 def decide(  # noqa: PLR0911 - a decision table reads best as one return per rule
@@ -68,12 +71,12 @@ def decide(  # noqa: PLR0911 - a decision table reads best as one return per rul
     if candidate is not None and state_reason is None:
         allowed_bp = effective_bp(percent_bp, rollout.coverage_gate, coverage)
     share = allowed_bp / 100
-    if override is not None and override_allowed(rollout, override):
-        return Decision(override, Reason.OVERRIDE, None, revision, share)
     if candidate is None:
         return Decision(stable, Reason.NO_CANDIDATE, None, revision, share)
     if state_reason is not None:
         return Decision(stable, state_reason, None, revision, share)
+    if override is not None and override_allowed(rollout, override):
+        return Decision(override, Reason.OVERRIDE, None, revision, share)
     pinned = _pinned(rollout, context)
     if pinned is not None:
         return Decision(pinned[0], pinned[1], None, revision, share)

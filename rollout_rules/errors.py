@@ -13,6 +13,8 @@
     │                      that disagree (the model catalogue and encoders; the search path when a
     │                      version has no encoder)
     ├── EncoderInputError  a text no encoder takes: empty, too long, not UTF-8 (``clean_text``)
+    ├── AccessError        a request lacks the token a route or feature needs (the HTTP edge):
+    │   └── FeatureOff     the feature is switched off on this proxy, so no token would do
     └── BackendError       a vector store failed a request: unreachable, missing collection,
                            engine error (the vector store adapters; the HTTP edge at a deadline)
 
@@ -71,6 +73,14 @@ class ModelError(EmbedshiftError):
 
 class EncoderInputError(EmbedshiftError):
     """A text the encoder refuses; the message says what is wrong with it."""
+
+
+class AccessError(EmbedshiftError):
+    """A request without the token the route or feature requires (never echoes the token)."""
+
+
+class FeatureOff(AccessError):
+    """A feature switched off in this proxy's settings; the message says which setting."""
 
 
 class BackendError(EmbedshiftError):

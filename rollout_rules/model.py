@@ -10,12 +10,14 @@ never share a collection without a payload filter telling their points apart. Ev
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec.structs import replace
 
 from rollout_rules.errors import RuleError
 
@@ -85,11 +87,12 @@ class CoverageGate(_Frozen, frozen=True):
 
 
 class Overrides(_Frozen, frozen=True):
-    """Named users and tenants pinned to a version, and whether a request may choose one."""
+    """Named users and tenants pinned to a version, and whether a request may choose one (off
+    unless the rule allows it; the proxy also asks such a request for its override token)."""
 
     users: dict[str, Name] = msgspec.field(default_factory=dict)
     tenants: dict[str, Name] = msgspec.field(default_factory=dict)
-    allow_request: bool = True
+    allow_request: bool = False
 
 
 class GuardPolicy(_Frozen, frozen=True):
@@ -160,6 +163,8 @@ def parse_rollout(document: bytes | str | Mapping[str, Any]) -> Rollout:
     _check_references(rollout)
     _check_percent(rollout)
     _check_steps(rollout.coverage_gate)
+    if rollout.percent == 0 and math.copysign(1, rollout.percent) < 0:
+        rollout = replace(rollout, percent=0.0)  # -0.0 is 0, and must never print as "-0%"
     return rollout
 
 

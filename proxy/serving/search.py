@@ -26,8 +26,14 @@ from proxy.models.loader import EncoderKey, encoder_key
 from proxy.serving.resultcache import ResultCache, result_key
 from proxy.telemetry import Attr, Metrics
 from proxy.vectors.base import Hit, VectorStore, parse_filter
-from rollout_rules.decide import Context, Decision, Reason, decide
-from rollout_rules.errors import BackendError, ModelError, NotFoundError, RuleError
+from rollout_rules.decide import STABLE_FOR_ALL, Context, Decision, Reason, decide
+from rollout_rules.errors import (
+    BackendError,
+    ModelError,
+    NotFoundError,
+    RuleError,
+    StoreUnavailable,
+)
 from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.search")
@@ -70,6 +76,11 @@ class Rules(Protocol):
 
     rollouts: dict[str, Rollout]
     coverage: dict[str, dict[str, float]]
+    last_error: str | None
+
+    @property
+    def age_s(self) -> float | None:
+        """Seconds since the rules were last read in full; None if they never were."""
 
 
 class Searcher:
@@ -86,6 +97,9 @@ class Searcher:
         started = time.perf_counter()
         rollout = self.rules.rollouts.get(alias)
         if rollout is None:
+            if self.rules.age_s is None:  # never read the rules: unknown, not undeclared
+                raise StoreUnavailable(f"the rules for {alias!r} are not loaded yet: "
+                                       f"{self.rules.last_error or 'still starting'}")
             raise NotFoundError(alias)
         text = clean_text(request.query)  # bad text is the caller's: refuse before deciding
         query_filter = parse_filter(request.filter)
@@ -94,7 +108,8 @@ class Searcher:
                           random_key=random_key)
         coverage = self.rules.coverage.get(alias, {})
         decision = decide(rollout, context, coverage.get(rollout.candidate or ""), request.version)
-        if request.version is not None and decision.reason is not Reason.OVERRIDE:
+        if (request.version is not None and decision.reason is not Reason.OVERRIDE
+                and decision.reason not in STABLE_FOR_ALL):  # paused, rolled back: stable
             allowed = "allowed" if rollout.overrides.allow_request else "off"
             raise RuleError("version", f"{request.version!r} cannot be requested for {alias} "
                                        f"(declared: {rollout.version_names}; overrides "

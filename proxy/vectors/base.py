@@ -87,12 +87,17 @@ def backend_errors(collection: str, action: str) -> Iterator[None]:
         raise BackendError(f"{action} in {collection} failed: {exc}") from exc
 
 
+FIELD_CONDITIONS = ("match", "range")
+"""What a field condition may test, on every store alike: geo, values_count and datetime
+conditions are refused rather than answered differently by different engines."""
+
+
 def parse_filter(raw: object) -> models.Filter | None:
     """A Qdrant filter from request JSON, or RuleError naming what is wrong with it."""
     if raw is None:
         return None
     try:
-        return models.Filter.model_validate(raw)
+        parsed = models.Filter.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         # pydantic's location names union members and classes too; keep the JSON path only
@@ -100,6 +105,26 @@ def parse_filter(raw: object) -> models.Filter | None:
                          (str(p).replace("_", "").isalpha() and str(p).islower()))
         raise RuleError(f"filter.{where}" if where else "filter",
                         f"{first['msg']} (a Qdrant filter)") from exc
+    _check_conditions(parsed, "filter")
+    return parsed
+
+
+def _check_conditions(query_filter: models.Filter, path: str) -> None:
+    """Each field condition tests exactly one supported thing (a key alone tests nothing)."""
+    for clause in ("must", "should", "must_not"):
+        items = getattr(query_filter, clause)
+        listed = items if isinstance(items, list) else [] if items is None else [items]
+        for i, condition in enumerate(listed):
+            where = f"{path}.{clause}.{i}"
+            if isinstance(condition, models.Filter):
+                _check_conditions(condition, where)
+            elif isinstance(condition, models.FieldCondition):
+                tested = [name for name, value in condition if name != "key" and
+                          value is not None]
+                if len(tested) != 1 or tested[0] not in FIELD_CONDITIONS:
+                    raise RuleError(where, f"a condition on {condition.key!r} must test exactly "
+                                           f"one of {', '.join(FIELD_CONDITIONS)} (it tests "
+                                           f"{', '.join(tested) or 'nothing'})")
 
 
 def with_target(query_filter: models.Filter | None, target: Target) -> models.Filter | None:

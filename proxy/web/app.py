@@ -29,8 +29,8 @@ from proxy.state.base import RuleStore
 from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
 from proxy.vectors.base import VectorStore, mismatches
-from proxy.web.errors import errors_as_json
-from proxy.web.handlers import admin
+from proxy.web.auth import require_admin_token
+from proxy.web.errors import boundary
 from proxy.web.keys import (
     METRICS,
     OPENAPI,
@@ -59,7 +59,7 @@ class Deps:
 
 
 def make_app(settings: Settings, deps: Deps) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, admin.require_token],
+    app = web.Application(middlewares=[boundary, require_admin_token],
                           client_max_size=MAX_BODY_BYTES)
     metrics = Metrics()
     executor = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="encode")

@@ -1,41 +1,43 @@
-"""What every handler shares: JSON in and out, and the error middleware (the app keys are in
-``proxy.web.keys``).
+"""JSON out, and the error boundary every request passes through (bodies in are decoded in
+``proxy.web.bodies``; the app keys are in ``proxy.web.keys``).
 
 Every failure is answered as JSON ``{"error": {"status", "type", "message", "field"?}}``; the
-middleware maps each branch of the exception tree to one status, so no input yields a 500 (a bug
-still would, as JSON with the trace id, and logged).
+boundary maps each branch of the exception tree to one status, so no input yields a 500. A bug
+still would: as JSON carrying a real trace id, logged with its traceback, and counted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import structlog
 from aiohttp import web
-from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 
+from proxy.web.keys import METRICS, TRACER
 from rollout_rules.errors import (
+    AccessError,
     BackendError,
     ConflictError,
     EmbedshiftError,
     EncoderInputError,
+    FeatureOff,
     ModelError,
     NotFoundError,
     RuleError,
     StoreUnavailable,
     TransitionError,
 )
-from rollout_rules.model import rule_error
 
 log = structlog.get_logger("embedshift.http")
-T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-STATUS: dict[type[EmbedshiftError], int] = {
-    RuleError: 400, EncoderInputError: 400, NotFoundError: 404, ConflictError: 409,
-    TransitionError: 409, StoreUnavailable: 503, BackendError: 503, ModelError: 503,
+STATUS: dict[type[EmbedshiftError], int] = {  # first match wins: subclasses first
+    FeatureOff: 403, AccessError: 401, RuleError: 400, EncoderInputError: 400,
+    NotFoundError: 404, ConflictError: 409, TransitionError: 409, StoreUnavailable: 503,
+    BackendError: 503, ModelError: 503,
 }
 _ENCODER = msgspec.json.Encoder()
 
@@ -58,31 +60,52 @@ def error_response(status: int, kind: str, message: str, field: str | None = Non
     return json_response({"error": error}, status)
 
 
-async def read_json(request: web.Request, kind: type[T]) -> T:
-    """The body decoded into ``kind``; RuleError naming the field otherwise."""
-    body = await request.read()
-    if not body:
-        raise RuleError("body", "a JSON object is required")
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise rule_error(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise RuleError("body", f"not valid JSON: {exc}") from exc
+TRACE_ID = web.RequestKey("trace_id", str)
+"""Where a handler that started its own span leaves the trace id, for the boundary to report."""
+
+
+def route_of(request: web.Request) -> str:
+    """The route's template (``/v1/aliases/{alias}/search``), never the raw path: a label
+    must not take one value per alias or per probe of an unknown URL."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one error boundary: every failure becomes a JSON error, every answer is counted by
+    route, method and status, and every 5xx is logged with its type, message and traceback."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except EmbedshiftError as exc:
-        return error_response(status_of(exc), type(exc).__name__, str(exc),
-                              getattr(exc, "field", None))
+        response = error_response(status_of(exc), type(exc).__name__, str(exc),
+                                  getattr(exc, "field", None))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, type(exc).__name__, exc.reason)
-    except Exception:
-        trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
-        log.exception("unhandled_error", path=request.path, trace_id=trace_id)
-        return error_response(500, "InternalError", f"internal error (trace {trace_id})")
+        response = error_response(exc.status, type(exc).__name__, _message(exc))
+    except Exception as exc:  # noqa: BLE001 - the boundary: whatever escaped is a 500
+        response = _internal_error(request, exc)
+    request.app[METRICS].http(route_of(request), request.method, response.status).inc()
+    return response
+
+
+def _message(exc: web.HTTPException) -> str:
+    """The exception's own text when it says more than its status line."""
+    text = exc.text or ""
+    return text if text and not text.startswith(f"{exc.status}:") else exc.reason
+
+
+def _internal_error(request: web.Request, exc: Exception) -> web.Response:
+    trace_id = request.get(TRACE_ID)
+    if trace_id is None:
+        span = request.app[TRACER].start_span(f"{request.method} {route_of(request)}",
+                                              kind=SpanKind.SERVER)
+        span.record_exception(exc)
+        span.set_status(StatusCode.ERROR, type(exc).__name__)
+        span.end()
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    log.error("unhandled_error", route=route_of(request), method=request.method,
+              error_type=type(exc).__name__, error=str(exc)[:500], trace_id=trace_id,
+              exc_info=exc)
+    return error_response(500, "InternalError", f"internal error (trace {trace_id})")

@@ -29,6 +29,7 @@ from rollout_rules.errors import BackendError
 from rollout_rules.model import Rollout, Target
 
 ADMIN_TOKEN = "test-admin-token"
+OVERRIDE_TOKEN = "test-override-token"
 
 
 @dataclass
@@ -62,12 +63,15 @@ class FlakyStore:
         self.inner = inner
         self.broken: set[str] = set()
         self.hanging: set[str] = set()
+        self.exploding: set[str] = set()  # a bug, not a backend failure: nothing catches it
 
     async def search(self, target: Target, *args: Any, **kwargs: Any) -> Any:
         if target.collection in self.broken:
             raise BackendError(f"injected failure in {target.collection}")
         if target.collection in self.hanging:
             await asyncio.sleep(3600)
+        if target.collection in self.exploding:
+            raise RuntimeError(f"injected bug in {target.collection}")
         return await self.inner.search(target, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -95,9 +99,15 @@ class ProxyFactory:
                                                                        models_dir)
         self.started: list[Proxy] = []
 
-    async def declare(self, percent: float = 0, full_coverage: bool = True) -> Rollout:
+    async def declare(self, percent: float = 0, full_coverage: bool = True,
+                      allow_request: bool = False) -> Rollout:
         rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
-        rollout = await rules.create(default_rollout("products"), "tests", "declare")
+        declared = default_rollout("products")
+        if allow_request:
+            from msgspec.structs import replace
+            declared = replace(declared, overrides=replace(declared.overrides,
+                                                           allow_request=True))
+        rollout = await rules.create(declared, "tests", "declare")
         for version, (covered, total) in self.engine.coverage.items():
             await rules.set_coverage("products", version, total if full_coverage else covered,
                                      total)
@@ -112,8 +122,9 @@ class ProxyFactory:
                     environ: dict[str, str] | None = None, **settings: Any) -> Proxy:
         rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
         spans = InMemorySpanExporter()
-        config = Settings(refresh_interval_s=refresh_interval_s, admin_token=ADMIN_TOKEN,
-                          redis_prefix=self.prefix, **settings)
+        settings = {"admin_token": ADMIN_TOKEN, "override_token": OVERRIDE_TOKEN, **settings}
+        config = Settings(refresh_interval_s=refresh_interval_s, redis_prefix=self.prefix,
+                          **settings)
         store = FlakyStore(self.engine.store)
         deps = Deps(rules_store=rules, vector_store=store,
                     tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),

@@ -1,13 +1,12 @@
 """The admin API under ``/admin``: the CLI's actions over HTTP, behind a bearer token.
 
 Every write goes through the operator in ``proxy.control`` (compare-and-set, audited, published)
-with the actor ``admin-api`` or what ``X-Embedshift-Actor`` says. With no token configured the API
-is off.
+with the actor ``admin-api`` or what ``X-Embedshift-Actor`` says. The bearer token is checked in
+``proxy.web.auth``; with no token configured the API is off.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -16,8 +15,9 @@ from aiohttp import web
 
 from proxy.control.operator import Operator
 from proxy.state.base import Change
-from proxy.web.errors import Handler, error_response, json_response, read_json
-from proxy.web.keys import OPERATOR, SETTINGS
+from proxy.web.bodies import read_json
+from proxy.web.errors import json_response
+from proxy.web.keys import OPERATOR
 from rollout_rules.errors import RuleError
 
 
@@ -29,21 +29,6 @@ class Action(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 class PercentAction(Action, frozen=True, kw_only=True, forbid_unknown_fields=True):
     percent: float
-
-
-@web.middleware
-async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith(("/admin", "/v1/alerts")):
-        return await handler(request)
-    token = request.app[SETTINGS].admin_token
-    if not token:
-        return error_response(403, "Forbidden", "the admin API is off: set "
-                                                "EMBEDSHIFT_ADMIN_TOKEN to enable it")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return error_response(401, "Unauthorized", "a valid 'Authorization: Bearer <token>' "
-                                                   "header is required")
-    return await handler(request)
 
 
 def _operator(request: web.Request) -> Operator:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 
 import msgspec
+import structlog
 from aiohttp import web
 from opentelemetry import context, trace
 from opentelemetry.propagate import extract
@@ -17,12 +18,25 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from proxy.serving.search import SearchRequest
 from proxy.telemetry import Attr
-from proxy.web.errors import json_response, read_json, status_of
+from proxy.web.auth import check_override
+from proxy.web.bodies import read_json
+from proxy.web.errors import TRACE_ID, json_response, status_of
 from proxy.web.keys import SEARCHER, TRACER
 from rollout_rules.errors import BackendError
 
 VERSION_HEADER = "X-Embedshift-Version"
 SPAN_NAME = "POST /v1/aliases/{alias}/search"
+log = structlog.get_logger("embedshift.http")
+
+
+def incoming_context(request: web.Request) -> context.Context | None:
+    """The caller's trace context (``traceparent``, ``baggage``); a header the propagators
+    cannot read starts a fresh trace rather than failing the search."""
+    try:
+        return extract(request.headers)
+    except Exception:  # noqa: BLE001 - any propagator failure means "no usable context"
+        log.info("trace_context_ignored", reason="unreadable propagation header")
+        return None
 
 
 def random_key() -> str:
@@ -37,9 +51,12 @@ async def search(request: web.Request) -> web.Response:
     header = request.headers.get(VERSION_HEADER)
     if header is not None and body.version is None:
         body = msgspec.structs.replace(body, version=header)
+    if body.version is not None:
+        check_override(request)
     searcher = request.app[SEARCHER]
     span = request.app[TRACER].start_span(SPAN_NAME, kind=SpanKind.SERVER,
-                                          context=extract(request.headers))
+                                          context=incoming_context(request))
+    request[TRACE_ID] = format(span.get_span_context().trace_id, "032x")
     token = context.attach(trace.set_span_in_context(span))
     try:  # the answer sets the span's attributes, the alias among them, in one call
         answer = await searcher.search(alias, body, random_key())

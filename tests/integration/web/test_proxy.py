@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from functools import partial
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
+from proxy.control.operator import Operator
 from proxy.models.catalog import default_rollout
 from proxy.web.app import check_collections
 from proxy.web.keys import WATCHER
@@ -20,7 +22,7 @@ from rollout_rules.bucket import bucket
 from rollout_rules.errors import ModelError
 from tests.conftest import make_server
 from tests.eventually import eventually
-from tests.integration.conftest import ADMIN_TOKEN, Engine, ProxyFactory
+from tests.integration.conftest import ADMIN_TOKEN, OVERRIDE_TOKEN, Engine, Proxy, ProxyFactory
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +182,7 @@ async def test_repeated_queries_hit_the_vector_cache(proxies: ProxyFactory) -> N
     ({"qury": "x"}, 400, "qury"),
     ({"query": "x", "limit": 0}, 400, "limit"),
     ({"query": "x", "limit": 101}, 400, "limit"),
-    ({"query": "x", "version": "v9"}, 400, "version"),
+    ({"query": "x", "version": "v1"}, 401, None),  # choosing a version needs its token
     ({"query": "x", "filter": {"must": [{"key": 1}]}}, 400, "filter.must.0.key"),
     ({"query": "x" * 9000}, 400, None),
 ])
@@ -207,16 +209,53 @@ async def test_malformed_bodies_unknown_aliases_and_oversize(proxies: ProxyFacto
         assert "error" in await response.json()
 
 
-async def test_a_filter_and_a_forced_version(proxies: ProxyFactory) -> None:
+async def test_a_filter(proxies: ProxyFactory) -> None:
     await proxies.declare(percent=0)
     proxy = await proxies.start()
     answer = await proxy.search(query="sleeping", limit=5, filter={
         "must": [{"key": "category", "match": {"value": "sleep"}}]})
     assert {h["payload"]["category"] for h in answer["hits"]} == {"sleep"}
+
+
+async def _forced(proxy: Proxy, version: str, token: str | None) -> tuple[int, Any]:
+    headers = {"X-Embedshift-Version": version}
+    if token is not None:
+        headers["X-Embedshift-Override-Token"] = token
     response = await proxy.client.post("/v1/aliases/products/search", json={"query": "tent"},
-                                       headers={"X-Embedshift-Version": "v2"})
-    forced = await response.json()
+                                       headers=headers)
+    return response.status, await response.json()
+
+
+async def test_a_forced_version_needs_the_token_and_the_rule(proxies: ProxyFactory) -> None:
+    await proxies.declare(percent=0)
+    off = await proxies.start(override_token=None)
+    status, body = await _forced(off, "v2", OVERRIDE_TOKEN)
+    assert status == 403 and "EMBEDSHIFT_OVERRIDE_TOKEN" in body["error"]["message"]
+    proxy = await proxies.start()
+    for token in (None, "wrong"):
+        status, body = await _forced(proxy, "v2", token)
+        assert status == 401 and OVERRIDE_TOKEN not in json.dumps(body)
+    status, body = await _forced(proxy, "v2", OVERRIDE_TOKEN)  # the rule does not allow it
+    assert (status, body["error"]["field"]) == (400, "version")
+
+
+async def test_a_forced_version_never_outranks_rollback_or_pause(proxies: ProxyFactory) -> None:
+    await proxies.declare(percent=10, allow_request=True)
+    proxy = await proxies.start(refresh_interval_s=0.1)
+    status, forced = await _forced(proxy, "v2", OVERRIDE_TOKEN)
+    assert status == 200
     assert (forced["model_version"], forced["rollout"]["reason"]) == ("v2", "override")
+    status, body = await _forced(proxy, "v9", OVERRIDE_TOKEN)
+    assert (status, body["error"]["field"]) == (400, "version")
+    operator = Operator(proxy.rules, "tests")
+    for act, reason in ((operator.pause, "paused"), (operator.rollback, "rolled_back")):
+        if reason == "rolled_back":
+            await operator.resume("products", "again")
+        await act("products", "an incident")
+        await eventually(lambda r=reason: proxy.app[WATCHER].rollouts["products"].state == r)
+        status, served = await _forced(proxy, "v2", OVERRIDE_TOKEN)
+        assert status == 200
+        assert (served["model_version"], served["rollout"]["reason"]) == ("v1", reason)
 
 
 async def test_the_admin_api_needs_its_token_and_mirrors_the_cli(proxies: ProxyFactory) -> None:

@@ -51,18 +51,26 @@ def test_precedence_of_overrides_and_states() -> None:
     assert decide(r, Context(user_id="vip"), FULL).reason is Reason.USER_OVERRIDE
     assert decide(r, Context(user_id="vip"), FULL).version == "v1"
     assert decide(r, Context(user_id="z", tenant="acme"), FULL).reason is Reason.TENANT_OVERRIDE
-    assert decide(r, Context(user_id="qa", tenant="x"), FULL, "v1").reason is Reason.OVERRIDE
-    paused = rollout(percent=100, state="paused", overrides={"users": {"qa": "v2"}})
-    assert decide(paused, Context(user_id="qa"), FULL) .reason is Reason.PAUSED
-    assert decide(paused, Context(user_id="qa"), FULL, "v2").version == "v2"
-    rolled = rollout(percent=0, state="rolled_back")
-    assert decide(rolled, Context(user_id="qa"), FULL).reason is Reason.ROLLED_BACK
+    open_r = rollout(overrides={"users": {"vip": "v1"}, "allow_request": True})
+    assert decide(open_r, Context(user_id="vip"), FULL, "v2").reason is Reason.OVERRIDE
+    assert decide(r, Context(user_id="qa", tenant="x"), FULL, "v1").reason is not Reason.OVERRIDE
+
+
+def test_pause_and_rollback_outrank_every_override() -> None:
+    for state in ("paused", "rolled_back"):
+        r = rollout(percent=100 if state == "paused" else 0, state=state,
+                    overrides={"users": {"qa": "v2"}, "allow_request": True})
+        for asked in (None, "v2"):
+            d = decide(r, Context(user_id="qa"), FULL, asked)
+            assert (d.version, d.reason) == ("v1", Reason(state)), (state, asked)
 
 
 def test_request_overrides_must_be_allowed_and_declared() -> None:
-    closed = rollout(overrides={"allow_request": False})
+    closed = rollout()  # request overrides are off unless the rule allows them
     assert decide(closed, Context(user_id="a"), FULL, "v2").reason is not Reason.OVERRIDE
-    assert decide(rollout(), Context(user_id="a"), FULL, "v9").reason is not Reason.OVERRIDE
+    allowed = rollout(overrides={"allow_request": True})
+    assert decide(allowed, Context(user_id="a"), FULL, "v2").reason is Reason.OVERRIDE
+    assert decide(allowed, Context(user_id="a"), FULL, "v9").reason is not Reason.OVERRIDE
 
 
 def test_no_candidate_and_missing_keys_go_to_stable() -> None:
@@ -117,7 +125,7 @@ def test_decide_always_names_a_declared_version(user: str, state: str, percent: 
     r = rollout(state=state, percent=percent, overrides={"allow_request": allow})
     d = decide(r, Context(user_id=user), coverage, override)
     assert r.has_version(d.version)
-    honoured = override in ("v1", "v2") and allow
+    honoured = override in ("v1", "v2") and allow and state == "ramping"
     assert (d.reason is Reason.OVERRIDE) == honoured
     if honoured:
         assert d.version == override

@@ -14,7 +14,13 @@ from proxy.models.loader import EncoderKey, encoder_key
 from proxy.serving.search import Searcher, SearchRequest
 from proxy.telemetry import Metrics
 from rollout_rules.bucket import bucket
-from rollout_rules.errors import BackendError, EncoderInputError, NotFoundError, RuleError
+from rollout_rules.errors import (
+    BackendError,
+    EncoderInputError,
+    NotFoundError,
+    RuleError,
+    StoreUnavailable,
+)
 from rollout_rules.model import Rollout
 from tests.unit.core.rollouts import rollout
 from tests.unit.fakes import BreakableStore, fake_models, load_catalogue
@@ -24,6 +30,12 @@ from tests.unit.fakes import BreakableStore, fake_models, load_catalogue
 class Snapshot:
     rollouts: dict[str, Rollout]
     coverage: dict[str, dict[str, float]] = field(default_factory=dict)
+    last_error: str | None = None
+    loaded: bool = True
+
+    @property
+    def age_s(self) -> float | None:
+        return 0.0 if self.loaded else None
 
 
 @pytest.fixture
@@ -34,7 +46,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 @pytest.fixture
 async def world(executor: ThreadPoolExecutor) -> AsyncIterator[tuple[Searcher, BreakableStore]]:
-    rules = rollout(percent=50)
+    rules = rollout(percent=50, overrides={"allow_request": True})
     store = BreakableStore()
     await load_catalogue(store, rules)
     encoders: dict[EncoderKey, Encoder] = {}
@@ -106,3 +118,12 @@ async def test_a_version_can_be_requested_only_where_allowed(
 async def test_an_unknown_alias_is_not_found(world: tuple[Searcher, BreakableStore]) -> None:
     with pytest.raises(NotFoundError):
         await world[0].search("nope", SearchRequest(query="tent"), "r")
+
+
+async def test_before_the_rules_were_ever_read_an_alias_is_unavailable_not_unknown(
+        world: tuple[Searcher, BreakableStore]) -> None:
+    searcher = world[0]
+    searcher.rules = Snapshot({}, last_error="Redis at 127.0.0.1:6379 is unreachable",
+                              loaded=False)
+    with pytest.raises(StoreUnavailable, match="not loaded yet: Redis"):
+        await searcher.search("products", SearchRequest(query="tent"), "r")

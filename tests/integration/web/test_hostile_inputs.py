@@ -1,0 +1,130 @@
+"""Inputs that once gave a 500 get their 4xx as JSON; a real 500 is traced, logged and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from functools import partial
+from typing import Any, NamedTuple
+
+import pytest
+import structlog
+
+from tests.integration.conftest import ADMIN_TOKEN, ProxyFactory
+from tests.integration.web.rawhttp import Answer, request
+
+pytestmark = pytest.mark.integration
+
+SEARCH = "/v1/aliases/products/search"
+JSON = {"Content-Type": b"application/json"}
+ADMIN = {**JSON, "Authorization": f"Bearer {ADMIN_TOKEN}".encode()}
+
+
+async def _send(port: int, method: str, path: str, body: bytes = b"",
+                headers: dict[str, bytes] | None = None) -> Answer:
+    return await asyncio.to_thread(partial(request, port, method, path, body, headers=headers))
+
+
+def _error(answer: Answer, status: int) -> dict[str, Any]:
+    assert answer.status == status, (answer.status, answer.body[:300])
+    error: dict[str, Any] = answer.json()["error"]
+    assert error["status"] == status
+    return error
+
+
+class Case(NamedTuple):
+    name: str
+    path: str
+    body: bytes
+    headers: dict[str, bytes]
+    status: int
+    says: str
+
+
+CASES = [Case(*case) for case in [
+    ("invalid UTF-8 in a JSON string", SEARCH, b'{"query": "caf\xc3\x28 jacket"}', JSON, 400,
+     "UTF-8"),
+    ("invalid UTF-8 in an admin reason", "/admin/aliases/products/pause",
+     b'{"reason": "\xff\xfe"}', ADMIN, 400, "UTF-8"),
+    ("JSON nested 1000 deep in 2 KB", SEARCH,
+     b'{"query": "x", "filter": ' + b"[" * 1000 + b"]" * 1000 + b"}", JSON, 400, "deeper"),
+    ("gzip that is not", SEARCH, b'{"query": "x"}', {**JSON, "Content-Encoding": b"gzip"}, 400,
+     "gzip"),
+    ("deflate that is not", SEARCH, b'{"query": "x"}', {**JSON, "Content-Encoding": b"deflate"},
+     400, "deflate"),
+    ("an encoding nobody decodes", SEARCH, b'{"query": "x"}',
+     {**JSON, "Content-Encoding": b"x-lzma"}, 415, "x-lzma"),
+    ("Bearer with a non-UTF-8 byte", "/admin/aliases", b"",
+     {"Authorization": b"Bearer \xff"}, 401, "Bearer"),
+    ("a token without Bearer", "/admin/aliases", b"",
+     {"Authorization": ADMIN_TOKEN.encode()}, 401, "Bearer"),
+    ("a values_count condition", SEARCH,
+     b'{"query": "x", "filter": {"must": [{"key": "price", "values_count": {"gt": 1}}]}}',
+     JSON, 400, "values_count"),
+    ("a geo_radius condition", SEARCH, json.dumps({"query": "x", "filter": {"must": [
+        {"key": "at", "geo_radius": {"center": {"lon": 1, "lat": 2}, "radius": 5}}]}}).encode(),
+     JSON, 400, "geo_radius"),
+    ("a key with no condition", SEARCH,
+     b'{"query": "x", "filter": {"must": [{"key": "category"}]}}', JSON, 400, "nothing"),
+]]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+async def test_each_input_that_gave_a_500_gets_its_4xx(proxies: ProxyFactory, case: Case) -> None:
+    await proxies.declare()
+    proxy = await proxies.start()
+    method = "GET" if case.path == "/admin/aliases" else "POST"
+    answer = await _send(proxy.client.port or 0, method, case.path, case.body, case.headers)
+    error = _error(answer, case.status)
+    assert case.says in error["message"], (case.name, error)
+    assert ADMIN_TOKEN not in json.dumps(error)
+
+
+async def test_real_gzip_is_decoded_and_hostile_trace_headers_are_ignored(
+        proxies: ProxyFactory) -> None:
+    await proxies.declare()
+    proxy = await proxies.start()
+    port = proxy.client.port or 0
+    packed = gzip.compress(b'{"query": "warm jacket", "user_id": "u"}')
+    answer = await _send(port, "POST", SEARCH, packed, {**JSON, "Content-Encoding": b"gzip"})
+    assert answer.status == 200 and answer.json()["hits"]
+    for header in ({"baggage": b"k=\xff\xfe"}, {"traceparent": b"00-\xff-zz-01"},
+                   {"baggage": b"=" * 5000}):
+        answer = await _send(port, "POST", SEARCH, b'{"query": "tent"}', {**JSON, **header})
+        assert answer.status == 200, (header, answer.body[:200])
+
+
+async def test_negative_zero_percent_is_recorded_as_zero(proxies: ProxyFactory) -> None:
+    await proxies.declare(percent=5)
+    proxy = await proxies.start()
+    answer = await _send(proxy.client.port or 0, "POST", "/admin/aliases/products/percent",
+                         b'{"percent": -0.0, "reason": "off"}', ADMIN)
+    assert answer.status == 200
+    assert b'"percent":0.0' in answer.body and b"-0" not in answer.body
+
+
+async def test_a_500_is_traced_logged_with_its_traceback_and_counted(
+        proxies: ProxyFactory) -> None:
+    await proxies.declare(percent=0)
+    proxy = await proxies.start()
+    proxy.store.exploding.add("products_v1")
+    with structlog.testing.capture_logs() as logs:
+        response = await proxy.client.post(SEARCH, json={"query": "a bug", "user_id": "u"})
+    error = (await response.json())["error"]
+    assert response.status == 500 and error["type"] == "InternalError"
+    trace_id = error["message"].removeprefix("internal error (trace ").rstrip(")")
+    assert len(trace_id) == 32 and set(trace_id) != {"0"}
+    spans = [s for s in proxy.spans.get_finished_spans()
+             if format(s.context.trace_id, "032x") == trace_id]
+    assert spans, "the trace id names no span"
+    logged = [e for e in logs if e["event"] == "unhandled_error"]
+    assert len(logged) == 1
+    assert logged[0]["error_type"] == "RuntimeError" and "injected bug" in logged[0]["error"]
+    assert isinstance(logged[0]["exc_info"], RuntimeError)  # rendered as a traceback
+    await proxy.client.get("/no/such/route")
+    metrics = await (await proxy.client.get("/metrics")).text()
+    assert ('embedshift_http_requests_total{method="POST",route="/v1/aliases/{alias}/search",'
+            'status="500"} 1.0') in metrics
+    assert ('embedshift_http_requests_total{method="GET",route="unmatched",status="404"} 1.0'
+            in metrics)
