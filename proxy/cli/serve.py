@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -20,6 +21,7 @@ from proxy.cli.common import AddCommand
 from proxy.cli.demo import load_demo
 from proxy.config import Settings
 from proxy.models.catalog import default_rollout
+from proxy.models.encoders import TextModel
 from proxy.models.loader import ModelCache
 from proxy.state.base import RuleStore
 from proxy.state.rulestore import open_store
@@ -29,6 +31,7 @@ from proxy.vectors.edge import EdgeStore
 from proxy.vectors.server import ServerStore
 from proxy.web.app import Deps, make_app
 from rollout_rules.errors import NotFoundError
+from rollout_rules.model import Version
 
 DEMO_ALIAS = "products"
 log = structlog.get_logger("embedshift.serve")
@@ -57,7 +60,13 @@ async def serve(settings: Settings, environ: Mapping[str, str]) -> None:
         await rules.aclose()
 
 
-async def prepare_demo(rules: RuleStore, vectors: VectorStore, models: ModelCache) -> None:
+class Models(Protocol):
+    async def get(self, version: Version) -> TextModel: ...
+
+
+async def prepare_demo(rules: RuleStore, vectors: VectorStore, models: Models) -> None:
+    """Declare the demo alias and load its catalogue, once: coverage is seeded only where none
+    is recorded, so a restart never overwrites what an operator or the backfill wrote."""
     try:
         rollout = await rules.get(DEMO_ALIAS)
     except NotFoundError:
@@ -67,8 +76,10 @@ async def prepare_demo(rules: RuleStore, vectors: VectorStore, models: ModelCach
     for version in rollout.versions:
         loaded[version.name] = await models.get(version)
         print(f"model {version.name}: {version.model} ready", flush=True)
+    recorded = await rules.coverage(DEMO_ALIAS)  # an operator's or the backfill's: keep it
     for name, (covered, total) in (await load_demo(rollout, loaded, vectors)).items():
-        await rules.set_coverage(DEMO_ALIAS, name, covered, total)
+        if name not in recorded:
+            await rules.set_coverage(DEMO_ALIAS, name, covered, total)
 
 
 def run(settings: Settings, environ: Mapping[str, str]) -> None:
