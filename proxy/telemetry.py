@@ -145,6 +145,9 @@ class Metrics:
                               ["alias", "version"], registry=r)
         self.rules_connected = Gauge("embedshift_rules_store_up",
                                      "1 when the rules store answered the last read", registry=r)
+        self.vanished = Gauge("embedshift_rules_vanished",
+                              "1 while an alias is served from memory after the rule store lost "
+                              "it", ["alias"], registry=r)
         self.rules_age = Gauge("embedshift_rules_age_seconds",
                                "Seconds since rules were last read in full", registry=r)
         self.http_requests = Counter("embedshift_http_requests",

@@ -1,5 +1,6 @@
-"""The rollout commands: declare, status, set, pause, resume, rollback, promote, history,
-explain, coverage; each a thin call on the operator in ``proxy.control``, rendered for people."""
+"""The rollout commands: declare, status, set, pause, resume, rollback, promote, delete,
+history, explain, coverage; each a thin call on the operator in ``proxy.control``, rendered
+for people."""
 
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ async def cmd_rollback(operator: Operator, args: argparse.Namespace) -> Result:
 async def cmd_promote(operator: Operator, args: argparse.Namespace) -> Result:
     change = await operator.promote(args.alias, args.reason, args.force, args.if_revision)
     return _changed(change, operator)
+
+
+async def cmd_delete(operator: Operator, args: argparse.Namespace) -> Result:
+    entry = await operator.delete(args.alias, args.reason, args.if_revision)
+    return entry, (f"deleted {args.alias} at revision {entry.revision} (by {entry.actor}); "
+                   "every proxy stops serving it")
 
 
 async def cmd_history(operator: Operator, args: argparse.Namespace) -> Result:
@@ -183,6 +190,8 @@ def add_parsers(add: AddCommand) -> None:
            reason_required=True)
     p = writer("promote", cmd_promote, "make the candidate stable for everyone")
     p.add_argument("--force", action="store_true", help="promote below full backfill coverage")
+    writer("delete", cmd_delete, "delete an alias on purpose: every proxy stops serving it",
+           reason_required=True)
     p = command("history", cmd_history, "the audit trail of an alias, newest first")
     p.add_argument("alias")
     p.add_argument("--limit", type=int, default=20)

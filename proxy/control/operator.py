@@ -15,7 +15,7 @@ from proxy.state.base import AuditEntry, Change, RuleStore
 from rollout_rules import ops
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, Decision, decide
-from rollout_rules.errors import RuleError
+from rollout_rules.errors import ConflictError, RuleError
 from rollout_rules.model import Rollout
 
 
@@ -80,6 +80,22 @@ class Operator:
             return ops.promote(rollout, coverage.get(rollout.candidate or ""), force=force)
 
         return await self._apply(alias, action, reason or "promoted", expected_revision)
+
+    async def delete(self, alias: str, reason: str, expected_revision: int | None = None
+                     ) -> AuditEntry:
+        """Delete an alias on purpose: every proxy stops serving it (one that merely vanished
+        from the store is kept). Audited; a reason is required."""
+        if not reason.strip():
+            raise RuleError("reason", "deleting an alias needs a reason")
+        current = (await self.store.get(alias)).revision
+        if expected_revision is not None and expected_revision != current:
+            raise ConflictError(alias, expected_revision, current)
+        return await self.store.delete(alias, current, self.actor, reason)
+
+    async def restore(self, rollout: Rollout, reason: str) -> Rollout:
+        """Write back a rule the store lost, from a proxy's last good snapshot."""
+        return await self.store.restore(rollout, self.actor,
+                                        reason or f"restored revision {rollout.revision}")
 
     async def history(self, alias: str, limit: int = 20) -> list[AuditEntry]:
         await self.store.get(alias)  # NotFoundError for an undeclared alias, not an empty list

@@ -3,9 +3,13 @@ parts every store shares, so the Redis store and the in-memory one differ only i
 
 A write is compare-and-set on the rule's revision: ``write`` stores a rule only if the stored
 revision is still the one the writer read, stamps it (revision + 1, who, when, why), appends an
-audit entry and notifies every subscriber. ``apply`` is read, transform with a pure action from
-``rollout_rules.ops``, write back; a concurrent writer makes it raise ConflictError rather than
-overwrite silently.
+audit entry, lists the alias and notifies every subscriber, all at once. ``delete`` is the same
+with a tombstone: the rule goes, its revision and audit stay, and ``deleted`` says it was meant.
+An alias that is gone without a tombstone was lost (a flushed or failed-over store), and the
+watcher keeps serving it until an operator ``restore``s it or deletes it.
+
+``apply`` is read, transform with a pure action from ``rollout_rules.ops``, write back; a
+concurrent writer makes it raise ConflictError rather than overwrite silently.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Protocol
 import msgspec
 from msgspec.structs import replace
 
-from rollout_rules.errors import ConflictError, RuleError
+from rollout_rules.errors import ConflictError, NotFoundError, RuleError, TransitionError
 from rollout_rules.model import Rollout, parse_rollout
 
 OnSubscribed = Callable[[], Awaitable[None]] | None
@@ -31,6 +35,7 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
     at: str
     before: Rollout | None
     after: Rollout
+    deleted: bool = False  # the change deleted the alias; ``after`` is the rule it removed
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,8 +61,21 @@ class RuleStore(Protocol):
 
     async def history(self, alias: str, limit: int = 20) -> list[AuditEntry]: ...
 
+    async def deleted(self, alias: str) -> bool:
+        """Whether the alias was deleted on purpose (a tombstone), not merely absent."""
+        ...
+
     async def write(self, rollout: Rollout, expected_revision: int, actor: str,
-                    reason: str) -> Rollout: ...
+                    reason: str, *, floor: int = 0) -> Rollout:
+        """Compare-and-set; the new revision is ``max(expected_revision, floor) + 1``."""
+        ...
+
+    async def delete(self, alias: str, expected_revision: int, actor: str,
+                     reason: str) -> AuditEntry:
+        """Remove the rule, leaving a tombstone and an audit entry; NotFoundError if none."""
+        ...
+
+    async def restore(self, rollout: Rollout, actor: str, reason: str) -> Rollout: ...
 
     async def create(self, rollout: Rollout, actor: str, reason: str,
                      replace_existing: bool = False) -> Rollout: ...
@@ -97,14 +115,30 @@ class SharedWrites:
     async def revision(self, alias: str) -> int:
         raise NotImplementedError
 
-    async def write(self, rollout: Rollout, expected_revision: int, actor: str,
-                    reason: str) -> Rollout:
+    async def deleted(self, alias: str) -> bool:
         raise NotImplementedError
+
+    async def write(self, rollout: Rollout, expected_revision: int, actor: str,
+                    reason: str, *, floor: int = 0) -> Rollout:
+        raise NotImplementedError
+
+    async def restore(self, rollout: Rollout, actor: str, reason: str) -> Rollout:
+        """Write back a rule the store lost (a proxy's last good snapshot), numbered after both
+        the snapshot and whatever the store holds, so every watcher takes it as news."""
+        try:
+            stored = await self.get(rollout.alias)
+        except NotFoundError:
+            current = await self.revision(rollout.alias)
+            return await self.write(rollout, current, actor, reason, floor=rollout.revision)
+        raise TransitionError(f"{rollout.alias}: the store holds revision {stored.revision}; "
+                              "only a rule the store lost can be restored")
 
     async def create(self, rollout: Rollout, actor: str, reason: str,
                      replace_existing: bool = False) -> Rollout:
-        """Declare an alias; refuses to overwrite one unless ``replace_existing``."""
-        expected = await self.revision(rollout.alias) if replace_existing else 0
+        """Declare an alias; refuses to overwrite one unless ``replace_existing``. A deleted
+        alias is declared afresh, its revisions continuing after the tombstone's."""
+        again = replace_existing or await self.deleted(rollout.alias)
+        expected = await self.revision(rollout.alias) if again else 0
         return await self.write(rollout, expected, actor, reason)
 
     async def apply(self, alias: str, action: Callable[[Rollout], Rollout], actor: str,
@@ -136,10 +170,11 @@ class SharedWrites:
         return await self.apply(alias, action, actor, reason)
 
 
-def stamp(rollout: Rollout, expected_revision: int, actor: str, reason: str) -> Rollout:
+def stamp(rollout: Rollout, expected_revision: int, actor: str, reason: str,
+          floor: int = 0) -> Rollout:
     """The rule as it will be stored by a write that expects ``expected_revision``."""
-    return replace(rollout, revision=expected_revision + 1, updated_by=actor, updated_at=now(),
-                   reason=reason)
+    return replace(rollout, revision=max(expected_revision, floor) + 1, updated_by=actor,
+                   updated_at=now(), reason=reason)
 
 
 def parse_stored(alias: str, document: str | bytes) -> Rollout:

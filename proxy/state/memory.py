@@ -3,6 +3,7 @@ one suite against both), kept in dictionaries, with notifications on asyncio que
 
 ``take_down()`` and ``bring_up()`` simulate an outage: while down every call raises
 StoreUnavailable and every open change feed ends with it, as a lost Redis connection does.
+``lose_everything()`` simulates data loss (FLUSHALL, a failover to an empty replica).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
 
+from msgspec.structs import replace
+
 from proxy.state.base import (
     AuditEntry,
     OnSubscribed,
     SharedWrites,
     coverage_fractions,
     lenient,
+    now,
     parse_stored,
     stamp,
 )
@@ -33,6 +37,7 @@ class MemoryRuleStore(SharedWrites):
         self._audit: dict[str, list[AuditEntry]] = {}
         self._coverage: dict[str, dict[str, int]] = {}
         self._popularity: dict[str, dict[str, float]] = {}
+        self._deleted: set[str] = set()
         self._feeds: set[asyncio.Queue[tuple[str, int]]] = set()
         self._ids = itertools.count(1)
         self.available = True
@@ -44,6 +49,12 @@ class MemoryRuleStore(SharedWrites):
 
     def bring_up(self) -> None:
         self.available = True
+
+    def lose_everything(self) -> None:
+        for kept in (self._documents, self._revisions, self._audit, self._coverage,
+                     self._popularity):
+            kept.clear()
+        self._deleted.clear()
 
     def _check(self) -> None:
         if not self.available:
@@ -70,22 +81,47 @@ class MemoryRuleStore(SharedWrites):
         self._check()
         return list(reversed(self._audit.get(alias, [])))[:limit]
 
-    async def write(self, rollout: Rollout, expected_revision: int, actor: str,
-                    reason: str) -> Rollout:
+    async def deleted(self, alias: str) -> bool:
         self._check()
-        current = self._revisions.get(rollout.alias, 0)
-        if current != expected_revision:
-            raise ConflictError(rollout.alias, expected_revision, current)
-        stamped = stamp(rollout, expected_revision, actor, reason)
+        return alias in self._deleted
+
+    async def write(self, rollout: Rollout, expected_revision: int, actor: str,
+                    reason: str, *, floor: int = 0) -> Rollout:
+        self._check()
+        self._expect(rollout.alias, expected_revision)
+        stamped = stamp(rollout, expected_revision, actor, reason, floor)
         before = self._documents.get(rollout.alias, b"").decode()
         self._documents[rollout.alias] = dump_rollout(stamped)
-        self._revisions[rollout.alias] = stamped.revision
-        self._audit.setdefault(rollout.alias, []).append(AuditEntry(
-            id=f"{next(self._ids)}-0", revision=stamped.revision, actor=actor, reason=reason,
-            at=stamped.updated_at, before=lenient(before), after=stamped))
-        for feed in self._feeds:
-            feed.put_nowait((rollout.alias, stamped.revision))
+        self._deleted.discard(rollout.alias)
+        self._record(AuditEntry(id="", revision=stamped.revision, actor=actor, reason=reason,
+                                at=stamped.updated_at, before=lenient(before), after=stamped))
         return stamped
+
+    async def delete(self, alias: str, expected_revision: int, actor: str,
+                     reason: str) -> AuditEntry:
+        self._check()
+        self._expect(alias, expected_revision)
+        if alias not in self._documents:
+            raise NotFoundError(alias)
+        removed = parse_stored(alias, self._documents.pop(alias))
+        self._deleted.add(alias)
+        entry = AuditEntry(id="", revision=expected_revision + 1, actor=actor, reason=reason,
+                           at=now(), before=removed, after=removed, deleted=True)
+        return self._record(entry)
+
+    def _expect(self, alias: str, expected_revision: int) -> None:
+        current = self._revisions.get(alias, 0)
+        if current != expected_revision:
+            raise ConflictError(alias, expected_revision, current)
+
+    def _record(self, entry: AuditEntry) -> AuditEntry:
+        alias = entry.after.alias
+        entry = replace(entry, id=f"{next(self._ids)}-0")
+        self._revisions[alias] = entry.revision
+        self._audit.setdefault(alias, []).append(entry)
+        for feed in self._feeds:
+            feed.put_nowait((alias, entry.revision))
+        return entry
 
     async def set_coverage(self, alias: str, version: str, covered: int, total: int) -> None:
         self._check()

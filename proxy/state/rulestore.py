@@ -2,23 +2,23 @@
 
 Keys (``P`` is the prefix; ``{alias}`` is a hash tag so one alias's keys share a cluster slot):
 
-    P:{alias}:rules        hash  revision, doc (the rule document as JSON)
+    P:{alias}:rules        hash  revision, doc (the rule document as JSON), deleted (tombstone)
     P:{alias}:audit        stream of changes: revision, actor, reason, at, before, after
     P:{alias}:coverage     hash  "<version>:covered", "<version>:total" (backfill progress)
     P:{alias}:popularity   sorted set of document ids by query hits (backfill priority)
     P:aliases              set of declared aliases
     P:changes              pub/sub channel, message "<alias> <revision>"
 
-Atomic: one Lua script checks the revision, stores the document, appends the audit entry and
-publishes the change, so those three can never disagree. The alias is added to ``P:aliases``
-after the script succeeds, outside it: that set lives in no alias's slot. Redis errors become
-StoreUnavailable.
+Atomic: one Lua script checks the revision, stores the document (or, deleting, leaves a
+tombstone), updates ``P:aliases``, appends the audit entry and publishes the change, so none of
+them can disagree. The set lives in no alias's slot, so the script spans two slots: a single
+Redis (or a Sentinel-managed primary), not a Redis Cluster. Redis errors become StoreUnavailable.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -29,6 +29,7 @@ from proxy.state.base import (
     SharedWrites,
     coverage_fractions,
     lenient,
+    now,
     parse_stored,
     stamp,
 )
@@ -38,17 +39,40 @@ from rollout_rules.model import Rollout, dump_rollout, parse_rollout
 
 _AUDIT_MAXLEN = 10_000
 
+# KEYS: rules, audit, aliases. ARGV: expected revision, document ('' deletes), channel, actor,
+# reason, at, audit length, alias, floor. Returns {1, revision}, {0, current} on a lost
+# compare-and-set, or {-1, current} when there is nothing to delete.
 _CAS_SCRIPT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if current ~= tonumber(ARGV[1]) then return {0, current} end
 local before = redis.call('HGET', KEYS[1], 'doc') or ''
-local revision = current + 1
-redis.call('HSET', KEYS[1], 'revision', revision, 'doc', ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'revision', revision,
-           'actor', ARGV[4], 'reason', ARGV[5], 'at', ARGV[6], 'before', before, 'after', ARGV[2])
+local revision = math.max(current, tonumber(ARGV[9])) + 1
+local after = ARGV[2]
+if after == '' then
+  if before == '' then return {-1, current} end
+  redis.call('HSET', KEYS[1], 'revision', revision, 'deleted', '1')
+  redis.call('HDEL', KEYS[1], 'doc')
+  redis.call('SREM', KEYS[3], ARGV[8])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'revision', revision, 'actor',
+             ARGV[4], 'reason', ARGV[5], 'at', ARGV[6], 'before', before, 'after', before,
+             'deleted', '1')
+else
+  redis.call('HSET', KEYS[1], 'revision', revision, 'doc', after)
+  redis.call('HDEL', KEYS[1], 'deleted')
+  redis.call('SADD', KEYS[3], ARGV[8])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'revision', revision, 'actor',
+             ARGV[4], 'reason', ARGV[5], 'at', ARGV[6], 'before', before, 'after', after)
+end
 redis.call('PUBLISH', ARGV[3], ARGV[8] .. ' ' .. revision)
 return {1, revision}
 """
+
+
+class Stamp(NamedTuple):
+    actor: str
+    reason: str
+    at: str
+    floor: int = 0
 
 
 def open_store(settings: Settings, environ: Mapping[str, str]) -> RedisRuleStore:
@@ -96,21 +120,40 @@ class RedisRuleStore(SharedWrites):
 
     # -- writing ------------------------------------------------------------------------------
 
+    async def deleted(self, alias: str) -> bool:
+        async with unavailable_on_error(self.client):
+            return bool(await self.client.hexists(self._key(alias, "rules"), "deleted"))
+
     async def write(self, rollout: Rollout, expected_revision: int, actor: str,
-                    reason: str) -> Rollout:
+                    reason: str, *, floor: int = 0) -> Rollout:
         """Store ``rollout`` if the stored revision is still ``expected_revision``."""
-        stamped = stamp(rollout, expected_revision, actor, reason)
-        keys = [self._key(rollout.alias, "rules"), self._key(rollout.alias, "audit")]
-        argv: list[str | int | bytes] = [expected_revision, dump_rollout(stamped), self.channel,
-                                         actor, reason, stamped.updated_at, _AUDIT_MAXLEN,
-                                         rollout.alias]
+        stamped = stamp(rollout, expected_revision, actor, reason, floor)
+        await self._run(rollout.alias, expected_revision, dump_rollout(stamped),
+                        Stamp(actor, reason, stamped.updated_at, floor))
+        return stamped
+
+    async def delete(self, alias: str, expected_revision: int, actor: str,
+                     reason: str) -> AuditEntry:
+        removed = await self.get(alias)
+        at = now()
+        revision = await self._run(alias, expected_revision, b"", Stamp(actor, reason, at))
+        return AuditEntry(id="", revision=revision, actor=actor, reason=reason, at=at,
+                          before=removed, after=removed, deleted=True)
+
+    async def _run(self, alias: str, expected_revision: int, document: bytes,
+                   by: Stamp) -> int:
+        """The write script; an empty ``document`` deletes."""
+        keys = [self._key(alias, "rules"), self._key(alias, "audit"), f"{self.prefix}:aliases"]
+        argv: list[str | int | bytes] = [expected_revision, document, self.channel,
+                                         by.actor, by.reason, by.at, _AUDIT_MAXLEN, alias,
+                                         by.floor]
         async with unavailable_on_error(self.client):
             ok, revision = await self._cas(keys=keys, args=argv)
-            if ok:
-                await self.client.sadd(f"{self.prefix}:aliases", rollout.alias)
-        if not ok:
-            raise ConflictError(rollout.alias, expected_revision, int(revision))
-        return stamped
+        if ok == 0:
+            raise ConflictError(alias, expected_revision, int(revision))
+        if ok == -1:
+            raise NotFoundError(alias)
+        return int(revision)
 
     # -- coverage and popularity ---------------------------------------------------------------
 
@@ -178,4 +221,5 @@ def _audit_entry(entry_id: object, fields: Mapping[Any, Any]) -> AuditEntry:
     text = {_text(k): _text(v) for k, v in fields.items()}
     return AuditEntry(id=_text(entry_id), revision=int(text["revision"]), actor=text["actor"],
                       reason=text["reason"], at=text["at"],
-                      before=lenient(text.get("before", "")), after=parse_rollout(text["after"]))
+                      before=lenient(text.get("before", "")), after=parse_rollout(text["after"]),
+                      deleted=text.get("deleted") == "1")

@@ -8,7 +8,10 @@ message lost during an outage cannot leave a stale rule behind.
 
 Fail static: if Redis is unreachable the last good snapshot stays in force and ``connected`` says
 so. A stored document that does not parse is refused: the last good rule for that alias stays and
-``rejected`` names the fault.
+``rejected`` names the fault. An alias that disappears from the store without a deletion (a
+FLUSHALL, a failover to an empty replica) is kept too, with its coverage, and ``vanished`` says
+so until an operator restores it (any revision is then accepted: the store's count restarted)
+or deletes it on purpose, which leaves a tombstone every watcher obeys.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class RuleWatcher:
         self.rollouts: dict[str, Rollout] = {}
         self.coverage: dict[str, dict[str, float]] = {}
         self.rejected: dict[str, str] = {}
+        self.vanished: dict[str, str] = {}
         self.connected = False
         self.last_error: str | None = None
         self._last_refresh: float | None = None
@@ -73,8 +77,11 @@ class RuleWatcher:
             for alias in aliases:
                 await self.refresh_alias(alias)
             for gone in set(self.rollouts) - set(aliases):
-                self._install(gone, None)
-            self.coverage = {alias: await self.store.coverage(alias) for alias in aliases}
+                await self._gone(gone)
+            coverage = {alias: await self.store.coverage(alias) for alias in aliases}
+            kept = {alias: self.coverage[alias] for alias in self.vanished
+                    if alias in self.coverage}
+            self.coverage = {**coverage, **kept}
         except StoreUnavailable as exc:
             self._mark_down(exc)
             raise
@@ -83,9 +90,10 @@ class RuleWatcher:
 
     async def refresh_alias(self, alias: str) -> None:
         try:
-            rollout: Rollout | None = await self.store.get(alias)
+            rollout = await self.store.get(alias)
         except NotFoundError:
-            rollout = None
+            await self._gone(alias)
+            return
         except RuleError as exc:
             self.rejected = {**self.rejected, alias: str(exc)}
             log.warning("rule_rejected", alias=alias, error=str(exc),
@@ -93,11 +101,30 @@ class RuleWatcher:
             return
         self._install(alias, rollout)
 
+    async def _gone(self, alias: str) -> None:
+        """The store has no rule for an alias we serve: deleted on purpose, or lost."""
+        if alias not in self.rollouts:
+            return
+        if await self.store.deleted(alias):
+            self.vanished = {k: v for k, v in self.vanished.items() if k != alias}
+            self._install(alias, None)
+        elif alias not in self.vanished:
+            kept = self.rollouts[alias].revision
+            self.vanished = {**self.vanished, alias: (
+                f"gone from the rule store without a deletion; serving revision {kept} from "
+                f"memory until it is restored (POST /admin/aliases/{alias}/restore) or deleted")}
+            log.error("alias_vanished", alias=alias, kept_revision=kept,
+                      action="restore or delete it")
+
     def _install(self, alias: str, rollout: Rollout | None) -> None:
         current = self.rollouts.get(alias)
         if alias in self.rejected:
             self.rejected = {k: v for k, v in self.rejected.items() if k != alias}
-        if rollout is not None and current is not None and rollout.revision <= current.revision:
+        if alias in self.vanished and rollout is not None:
+            self.vanished = {k: v for k, v in self.vanished.items() if k != alias}
+            log.warning("alias_back", alias=alias, revision=rollout.revision)
+        elif rollout is not None and current is not None and \
+                rollout.revision <= current.revision:
             return  # a slower read of an older revision must not win
         if rollout is None:
             self.rollouts = {k: v for k, v in self.rollouts.items() if k != alias}

@@ -42,6 +42,12 @@ ROUTES: tuple[Route, ...] = (
           admin=True, parameters=(_LIMIT,)),
     Route("POST", "/admin/aliases/{alias}/percent", admin.set_percent, "Ramp the candidate",
           body=admin.PercentAction, admin=True),
+    Route("DELETE", "/admin/aliases/{alias}", admin.delete,
+          "Delete the alias on purpose (a reason is required); every proxy stops serving it",
+          body=admin.Action, admin=True),
+    Route("POST", "/admin/aliases/{alias}/restore", admin.restore,
+          "Write this proxy's last good rule back to a rule store that lost it",
+          body=admin.Action, admin=True, body_required=False),
     *(Route("POST", f"/admin/aliases/{{alias}}/{name}", handler, summary, body=admin.Action,
             admin=True, body_required=False)
       for name, handler, summary in (

@@ -16,7 +16,7 @@ from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
 from proxy.state.watcher import RuleWatcher
 from rollout_rules import ops
-from rollout_rules.errors import ConflictError, NotFoundError
+from rollout_rules.errors import ConflictError, NotFoundError, TransitionError
 from tests.eventually import eventually
 from tests.unit.core.rollouts import rollout
 
@@ -112,3 +112,42 @@ async def test_a_replace_needs_saying_so_and_starts_from_the_stored_revision(
                                   replace_existing=True)
     assert (replaced.revision, replaced.salt, replaced.updated_by) == (2, "again", "bob")
     assert [e.reason for e in await store.history("products")] == ["redeclare", "declare"]
+
+
+async def _lose_everything(store: RuleStore) -> None:
+    """What a FLUSHALL or a failover to an empty replica does to the store's data."""
+    if isinstance(store, MemoryRuleStore):
+        store.lose_everything()
+        return
+    assert isinstance(store, RedisRuleStore)
+    keys = [key async for key in store.client.scan_iter(match=f"{store.prefix}:*")]
+    await store.client.delete(*keys)
+
+
+async def test_a_deletion_leaves_a_tombstone_and_an_audit_entry(store: RuleStore) -> None:
+    declared = await store.create(rollout(percent=5), "alice", "declare")
+    entry = await store.delete("products", declared.revision, "bob", "retired")
+    assert (entry.revision, entry.actor, entry.deleted) == (2, "bob", True)
+    assert await store.deleted("products") and await store.aliases() == []
+    with pytest.raises(NotFoundError):
+        await store.get("products")
+    with pytest.raises(NotFoundError):
+        await store.delete("products", 2, "bob", "twice")
+    newest = (await store.history("products"))[0]
+    assert (newest.deleted, newest.reason, newest.after.percent) == (True, "retired", 5)
+    again = await store.create(rollout(percent=1), "carol", "back")  # revisions continue
+    assert again.revision == 3 and not await store.deleted("products")
+    assert await store.aliases() == ["products"]
+
+
+async def test_a_lost_rule_is_restored_after_every_revision_seen(store: RuleStore) -> None:
+    await store.create(rollout(percent=0), "alice", "declare")
+    change = await store.apply("products", partial(ops.set_percent, percent=30), "alice", "ramp")
+    snapshot = change.after
+    with pytest.raises(TransitionError):
+        await store.restore(snapshot, "bob", "nothing was lost")
+    await _lose_everything(store)
+    assert await store.aliases() == [] and not await store.deleted("products")
+    restored = await store.restore(snapshot, "bob", "from the proxy's memory")
+    assert (restored.revision, restored.percent) == (snapshot.revision + 1, 30)
+    assert await store.get("products") == restored and await store.aliases() == ["products"]

@@ -17,8 +17,8 @@ from proxy.control.operator import Operator
 from proxy.state.base import Change
 from proxy.web.bodies import read_json
 from proxy.web.errors import json_response
-from proxy.web.keys import OPERATOR
-from rollout_rules.errors import RuleError
+from proxy.web.keys import OPERATOR, WATCHER
+from rollout_rules.errors import NotFoundError, RuleError
 
 
 class Action(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,6 +67,23 @@ async def _act(request: web.Request, act: Act) -> web.Response:
     expected revision and force."""
     body = await read_json(request, Action) if request.can_read_body else Action()
     return json_response(await act(_operator(request), request.match_info["alias"], body))
+
+
+async def delete(request: web.Request) -> web.Response:
+    body = await read_json(request, Action) if request.can_read_body else Action()
+    entry = await _operator(request).delete(request.match_info["alias"], body.reason,
+                                            body.if_revision)
+    return json_response(entry)
+
+
+async def restore(request: web.Request) -> web.Response:
+    """Write this proxy's last good rule back to a store that lost it."""
+    alias = request.match_info["alias"]
+    snapshot = request.app[WATCHER].rollouts.get(alias)
+    if snapshot is None:
+        raise NotFoundError(alias)
+    body = await read_json(request, Action) if request.can_read_body else Action()
+    return json_response(await _operator(request).restore(snapshot, body.reason))
 
 
 async def pause(request: web.Request) -> web.Response:

@@ -1,9 +1,10 @@
 """``/healthz`` (alive), ``/readyz`` (can answer, with detail), ``/metrics``.
 
 Ready means: every version of every alias has its encoder loaded and a rules snapshot exists.
-Redis being down does not make a proxy unready: every proxy loses Redis at once, and pulling
-them all would turn a control-plane outage into a search outage. It serves the last good
-rules (fail static), and the detail and ``embedshift_rules_store_up`` say so.
+Redis being down, or losing its data, does not make a proxy unready: every proxy sees that at
+once, and pulling them all would turn a control-plane fault into a search outage. It serves the
+last good rules (fail static), and the detail, ``embedshift_rules_store_up`` and
+``embedshift_rules_vanished`` say so.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ async def readyz(request: web.Request) -> web.Response:
         "store": "connected" if watcher.connected else "unreachable: serving the last good rules",
         "age_s": None if watcher.age_s is None else round(watcher.age_s, 3),
         "rejected": watcher.rejected,
+        "vanished": watcher.vanished,
     }
     if watcher.last_error:
         rules["last_error"] = watcher.last_error
@@ -43,6 +45,8 @@ async def metrics(request: web.Request) -> web.Response:
     watcher, registry = request.app[WATCHER], request.app[METRICS]
     registry.rules_connected.set(1 if watcher.connected else 0)
     registry.rules_age.set(watcher.age_s if watcher.age_s is not None else -1)
+    for alias in set(watcher.rollouts) | set(watcher.vanished):
+        registry.vanished.labels(alias).set(1 if alias in watcher.vanished else 0)
     for alias, coverage in watcher.coverage.items():
         for version, fraction in coverage.items():
             registry.coverage.labels(alias, version).set(fraction)

@@ -148,7 +148,7 @@ async def test_a_password_protected_redis(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_watcher_sees_a_new_alias_and_a_removed_one(store: RedisRuleStore,
+async def test_watcher_sees_a_new_alias_a_lost_one_and_a_deleted_one(store: RedisRuleStore,
                                                           redis_server: EmbeddedRedis,
                                                           prefix: str) -> None:
     seen: list[tuple[str, Rollout | None]] = []
@@ -158,10 +158,16 @@ async def test_watcher_sees_a_new_alias_and_a_removed_one(store: RedisRuleStore,
     try:
         await store.create(rollout(alias="docs"), "alice", "declare")
         await eventually(lambda: "docs" in watcher.rollouts)
-        await store.client.delete(f"{prefix}:{{docs}}:rules")
+        declared = watcher.rollouts["docs"]
+        await store.client.delete(f"{prefix}:{{docs}}:rules")  # removed by hand: lost, not meant
         await store.client.srem(f"{prefix}:aliases", "docs")
+        await eventually(lambda: "docs" in watcher.vanished)
+        assert watcher.rollouts["docs"] == declared
+        restored = await store.restore(declared, "bob", "put back")
+        await eventually(lambda: "docs" not in watcher.vanished)
+        await store.delete("docs", restored.revision, "bob", "retired")
         await eventually(lambda: "docs" not in watcher.rollouts)
-        assert [alias for alias, _ in seen] == ["docs", "docs"] and seen[1][1] is None
+        assert [alias for alias, _ in seen] == ["docs", "docs", "docs"] and seen[2][1] is None
     finally:
         await watcher.stop()
         await watcher.store.aclose()

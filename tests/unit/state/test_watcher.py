@@ -59,6 +59,39 @@ async def test_an_older_revision_never_replaces_a_newer_one(store: MemoryRuleSto
     assert watcher.rollouts["products"].percent == 5
 
 
+async def test_a_rule_lost_by_the_store_is_kept_until_restored(store: MemoryRuleStore,
+                                                               watcher: RuleWatcher) -> None:
+    kept = watcher.rollouts["products"]
+    store.lose_everything()  # a FLUSHALL, or a failover to an empty replica
+    await eventually(lambda: "products" in watcher.vanished, timeout_s=2)
+    await asyncio.sleep(0.2)  # several full reads later, still served
+    assert watcher.rollouts["products"] == kept and watcher.connected
+    assert watcher.coverage == {"products": {"v2": 0.25}}
+    assert "restore" in watcher.vanished["products"]
+    restored = await store.restore(kept, "bob", "from memory")
+    await eventually(lambda: "products" not in watcher.vanished, timeout_s=2)
+    assert watcher.rollouts["products"] == restored
+
+
+async def test_a_redeclared_alias_wins_though_the_store_counts_from_one_again(
+        store: MemoryRuleStore, watcher: RuleWatcher) -> None:
+    await store.apply("products", partial(ops.set_percent, percent=5), "alice", "ramp")
+    await eventually(lambda: watcher.rollouts["products"].revision == 2, timeout_s=2)
+    store.lose_everything()
+    await eventually(lambda: "products" in watcher.vanished, timeout_s=2)
+    fresh = await store.create(rollout(percent=1), "carol", "declared again")
+    assert fresh.revision == 1
+    await eventually(lambda: watcher.rollouts["products"] == fresh, timeout_s=2)
+    assert watcher.vanished == {}
+
+
+async def test_a_deleted_alias_is_dropped_by_every_watcher(store: MemoryRuleStore,
+                                                           watcher: RuleWatcher) -> None:
+    await store.delete("products", 1, "alice", "retired")
+    await eventually(lambda: "products" not in watcher.rollouts, timeout_s=2)
+    assert watcher.vanished == {}
+
+
 class _SwallowsOneCancel(MemoryRuleStore):
     """Loses the first cancellation, as Python 3.11's asyncio.wait_for (inside redis-py) does
     when the cancel arrives just as the command it waits on completes."""
