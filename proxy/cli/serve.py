@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import structlog
-from aiohttp import web
 
 from proxy.cli.common import AddCommand
 from proxy.cli.demo import load_demo
@@ -30,6 +29,7 @@ from proxy.vectors.base import VectorStore
 from proxy.vectors.edge import EdgeStore
 from proxy.vectors.server import ServerStore
 from proxy.web.app import Deps, make_app
+from proxy.web.server import serve_until_signalled
 from rollout_rules.errors import NotFoundError
 from rollout_rules.model import Version
 
@@ -47,17 +47,13 @@ async def serve(settings: Settings, environ: Mapping[str, str]) -> None:
         await prepare_demo(rules, vectors, models)
     deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
                 models=models)
-    runner = web.AppRunner(make_app(settings, deps), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    print(_HINT.format(url=f"http://{settings.host}:{settings.port}"), flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    async def close_stores() -> None:
         await vectors.close()
         await rules.aclose()
+
+    await serve_until_signalled(make_app(settings, deps), settings,
+                                on_listening=lambda url: print(_HINT.format(url=url), flush=True),
+                                after_cleanup=close_stores)
 
 
 class Models(Protocol):
@@ -108,7 +104,7 @@ def add_parsers(add: AddCommand) -> None:
 
 
 _HINT = """
-embedshift is serving on {url} (Ctrl-C to stop). Try a search:
+embedshift is serving on {url} (Ctrl-C or SIGTERM drains, then stops). Try a search:
 
   curl -s {url}/v1/aliases/products/search -H 'Content-Type: application/json' \\
        -d '{{"query": "warm jacket for winter", "user_id": "alice", "limit": 3}}'

@@ -1,6 +1,7 @@
 """``/healthz`` (alive), ``/readyz`` (can answer, with detail), ``/metrics``.
 
-Ready means: every version of every alias has its encoder loaded and a rules snapshot exists.
+Ready means: every version of every alias has its encoder loaded, a rules snapshot exists and
+the proxy is not draining for a shutdown.
 Redis being down, or losing its data, does not make a proxy unready: every proxy sees that at
 once, and pulling them all would turn a control-plane fault into a search outage. It serves the
 last good rules (fail static), and the detail, ``embedshift_rules_store_up`` and
@@ -36,8 +37,10 @@ async def readyz(request: web.Request) -> web.Response:
     }
     if watcher.last_error:
         rules["last_error"] = watcher.last_error
-    ready = bool(watcher.rollouts) and not missing and request.app[READY].get("started", False)
-    detail = {"ready": ready, "rules": rules, "models_missing": missing}
+    draining = request.app[READY].get("draining", False)
+    ready = (bool(watcher.rollouts) and not missing and request.app[READY].get("started", False)
+             and not draining)
+    detail = {"ready": ready, "draining": draining, "rules": rules, "models_missing": missing}
     return json_response(detail, 200 if ready else 503)
 
 

@@ -1,0 +1,132 @@
+"""`embedshift serve` drains on SIGTERM: readyz turns 503, no request in flight is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy.state.redis_server import EmbeddedRedis
+from tests.paths import REPO
+
+pytestmark = pytest.mark.integration
+DRAIN_S, SHUTDOWN_S = 1.5, 5.0
+
+
+@dataclass
+class Serving:
+    process: subprocess.Popen[bytes]
+    base: str
+    log: Path
+
+
+@pytest.fixture
+def serving(tmp_path: Path, models_dir: Path) -> Iterator[Serving]:
+    """`embedshift serve` on embedded defaults in its own data folder, models linked in."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(models_dir)  # built once per test session, not again here
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = {**os.environ, "EMBEDSHIFT_DATA_DIR": str(data), "EMBEDSHIFT_PORT": str(port),
+           "EMBEDSHIFT_DRAIN_S": str(DRAIN_S), "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_S)}
+    for name in ("REDIS_URL", "QDRANT_URL"):
+        env.pop(name, None)
+    log = tmp_path / "serve.log"  # a file, not a pipe: one log line per query fills a pipe
+    with log.open("wb") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "proxy.cli.main", "serve"], cwd=REPO,
+                                   env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        yield Serving(process, f"http://127.0.0.1:{port}", log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        EmbeddedRedis(data, {}).stop()
+
+
+async def _wait_ready(serving: Serving, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert serving.process.poll() is None, serving.log.read_text()[-2000:]
+            try:
+                async with session.get(f"{serving.base}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.25)
+    raise AssertionError(f"not ready within {timeout_s}s")
+
+
+@dataclass
+class Load:
+    """Ten clients behind a load balancer that stops sending once readyz says 503."""
+
+    base: str
+    outcomes: list[int | str] = field(default_factory=list)
+    open: bool = True
+    saw_503_at: float | None = None
+
+    async def client(self, session: aiohttp.ClientSession, n: int) -> None:
+        i = 0
+        while self.open:
+            body = {"query": f"warm jacket {i % 20}", "user_id": f"user-{n}-{i}"}
+            try:
+                async with session.post(f"{self.base}/v1/aliases/products/search",
+                                        json=body) as response:
+                    await response.read()
+                    self.outcomes.append(response.status)
+            except aiohttp.ClientError as exc:
+                self.outcomes.append(type(exc).__name__)
+            i += 1
+            await asyncio.sleep(0.02)  # about 200 requests a second at most
+
+    async def balancer(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            async with session.get(f"{self.base}/readyz") as response:
+                if response.status == 503:
+                    self.saw_503_at = time.monotonic()
+                    await asyncio.sleep(0.3)  # it takes a balancer a moment to act
+                    self.open = False
+                    return
+            await asyncio.sleep(0.1)
+
+
+async def test_sigterm_under_load_loses_no_request_and_exits_within_the_bound(
+        serving: Serving) -> None:
+    await _wait_ready(serving, timeout_s=240)
+    load = Load(serving.base)
+    async with aiohttp.ClientSession() as session:
+        clients = [asyncio.create_task(load.client(session, n)) for n in range(10)]
+        watching = asyncio.create_task(load.balancer(session))
+        await asyncio.sleep(1.5)
+        before = len(load.outcomes)
+        signalled = time.monotonic()
+        serving.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(watching, timeout=10)
+        await asyncio.gather(*clients)
+    exit_code = await asyncio.to_thread(serving.process.wait, DRAIN_S + SHUTDOWN_S + 30)
+    stopped_after = time.monotonic() - signalled
+    outcomes = load.outcomes
+    print(f"{len(outcomes)} requests, {len(outcomes) - before} after SIGTERM, readyz 503 after "
+          f"{(load.saw_503_at or 0) - signalled:.2f}s, exit after {stopped_after:.2f}s "
+          f"(drain {DRAIN_S}s)")
+    assert load.saw_503_at is not None and load.saw_503_at - signalled < 1.0
+    assert before > 50 and len(outcomes) > before, (before, len(outcomes))
+    assert set(outcomes) == {200}, {o: outcomes.count(o) for o in set(outcomes)}
+    assert exit_code == 0, serving.log.read_text()[-2000:]
+    assert '"event":"stopped"' in serving.log.read_text()
+    assert DRAIN_S <= stopped_after < DRAIN_S + SHUTDOWN_S + 10, stopped_after
