@@ -30,7 +30,7 @@ from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
 from proxy.vectors.base import VectorStore, mismatches
 from proxy.web.auth import require_admin_token
-from proxy.web.errors import boundary
+from proxy.web.errors import boundary, expect_continue
 from proxy.web.keys import (
     METRICS,
     OPENAPI,
@@ -76,7 +76,8 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     app[READY] = {}
     app[OPENAPI] = document(ROUTES)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, route.path, route.handler,
+                             expect_handler=expect_continue)
 
     async def stop() -> None:
         await watcher.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from http import HTTPStatus
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -82,6 +83,22 @@ class GuardedHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        """What aiohttp answers before any handler runs (a request that is not valid HTTP), as
+        JSON like every other error. The parser's own message is not echoed: it can quote the
+        offending header, token and all."""
+        super().handle_error(request, status, exc, message)  # logs; refuses if already answering
+        phrase = HTTPStatus(status).phrase
+        what = "not valid HTTP/1.1" if status < 500 else "could not be handled"
+        body = msgspec.json.encode({"error": {
+            "status": status, "type": phrase.replace(" ", ""),
+            "message": f"the request is {what} ({type(exc).__name__ if exc else phrase})"}})
+        response = web.Response(body=body, status=status, content_type="application/json")
+        response.force_close()
+        return response
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         if self.transport is not None:

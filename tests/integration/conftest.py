@@ -118,8 +118,10 @@ class ProxyFactory:
         await rules.aclose()
         return rollout
 
-    async def start(self, refresh_interval_s: float = 3600.0,
-                    environ: dict[str, str] | None = None, **settings: Any) -> Proxy:
+    def app(self, refresh_interval_s: float = 3600.0, environ: dict[str, str] | None = None,
+            **settings: Any) -> tuple[Any, Settings, RedisRuleStore, InMemorySpanExporter,
+                                      FlakyStore]:
+        """A proxy app on this Redis and engine, not yet serving."""
         rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
         spans = InMemorySpanExporter()
         settings = {"admin_token": ADMIN_TOKEN, "override_token": OVERRIDE_TOKEN, **settings}
@@ -129,7 +131,11 @@ class ProxyFactory:
         deps = Deps(rules_store=rules, vector_store=store,
                     tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),
                     models=self.engine.model_cache(self.models_dir))
-        app = make_app(config, deps)
+        return make_app(config, deps), config, rules, spans, store
+
+    async def start(self, refresh_interval_s: float = 3600.0,
+                    environ: dict[str, str] | None = None, **settings: Any) -> Proxy:
+        app, _, rules, spans, store = self.app(refresh_interval_s, environ, **settings)
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         proxy = Proxy(client, app, spans, rules, store)
