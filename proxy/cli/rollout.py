@@ -117,8 +117,8 @@ def render_status(status: Status) -> str:
 
 
 def render_entry(entry: AuditEntry) -> str:
-    return (f"rev {entry.revision:<4} {entry.at}  {entry.actor:<24} "
-            f"{summarize_change(entry.before, entry.after)}  ({entry.reason})")
+    what = "deleted" if entry.deleted else summarize_change(entry.before, entry.after)
+    return f"rev {entry.revision:<4} {entry.at}  {entry.actor:<24} {what}  ({entry.reason})"
 
 
 def render_explanation(explanation: Explanation) -> str:

@@ -18,6 +18,8 @@ from rollout_rules.decide import Context, Decision, decide
 from rollout_rules.errors import ConflictError, RuleError
 from rollout_rules.model import Rollout
 
+RESTORED_TOTAL = 10_000
+
 
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     """A rollout as an operator sees it: the rule plus what coverage makes of it."""
@@ -92,14 +94,27 @@ class Operator:
             raise ConflictError(alias, expected_revision, current)
         return await self.store.delete(alias, current, self.actor, reason)
 
-    async def restore(self, rollout: Rollout, reason: str) -> Rollout:
-        """Write back a rule the store lost, from a proxy's last good snapshot."""
-        return await self.store.restore(rollout, self.actor,
-                                        reason or f"restored revision {rollout.revision}")
+    async def restore(self, rollout: Rollout, reason: str,
+                      coverage: dict[str, float] | None = None) -> Rollout:
+        """Write back a rule the store lost, from a proxy's last good snapshot, and the coverage
+        that proxy last read for each version the store now has none for (as a fraction in
+        0.01% steps: the backfill's next report replaces it with its counts)."""
+        restored = await self.store.restore(rollout, self.actor,
+                                            reason or f"restored revision {rollout.revision}")
+        recorded = await self.store.coverage(rollout.alias)
+        for version, fraction in (coverage or {}).items():
+            if version not in recorded and rollout.has_version(version):
+                await self.store.set_coverage(rollout.alias, version,
+                                              round(fraction * RESTORED_TOTAL), RESTORED_TOTAL)
+        return restored
 
     async def history(self, alias: str, limit: int = 20) -> list[AuditEntry]:
-        await self.store.get(alias)  # NotFoundError for an undeclared alias, not an empty list
-        return await self.store.history(alias, limit)
+        """Newest first; a deleted alias keeps its history. NotFoundError for an alias never
+        declared, not an empty list."""
+        entries = await self.store.history(alias, limit)
+        if not entries:
+            await self.store.get(alias)
+        return entries
 
     async def explain(self, alias: str, context: Context, override: str | None = None
                       ) -> Explanation:

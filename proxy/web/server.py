@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from http import HTTPStatus
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import msgspec
 import structlog

@@ -83,7 +83,8 @@ async def restore(request: web.Request) -> web.Response:
     if snapshot is None:
         raise NotFoundError(alias)
     body = await read_json(request, Action) if request.can_read_body else Action()
-    return json_response(await _operator(request).restore(snapshot, body.reason))
+    coverage = request.app[WATCHER].coverage.get(alias, {})
+    return json_response(await _operator(request).restore(snapshot, body.reason, coverage))
 
 
 async def pause(request: web.Request) -> web.Response:

@@ -63,6 +63,14 @@ def test_a_rollout_from_declaration_to_promotion(cli: Cli) -> None:
     assert {e["actor"] for e in history} == {"tester"}
     code, out, _ = cli("history", "products")
     assert "stable v1 -> v2" in out.splitlines()[0]
+    with pytest.raises(SystemExit) as usage:  # a deletion needs a reason
+        cli("delete", "products")
+    assert usage.value.code == 2
+    code, out, _ = cli("delete", "products", "--reason", "retired")
+    assert code == 0 and "deleted products" in out
+    assert cli("status", "products")[0] == 5
+    code, out, _ = cli("history", "products", "--limit", "1")
+    assert "deleted  (retired)" in out  # the audit trail outlives the alias
 
 
 def test_errors_exit_non_zero_with_one_clear_line(cli: Cli, tmp_path: Path) -> None:

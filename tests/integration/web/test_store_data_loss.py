@@ -61,6 +61,7 @@ async def test_redis_restarted_without_its_data_fails_no_search(
                                                 json={"reason": "redis lost its data"})
         assert restored.status == 200, await restored.text()
         assert (await restored.json())["percent"] == 30
+        assert await proxies[0].rules.coverage("products") == {"v1": 1.0, "v2": 1.0}
         for proxy in proxies:
             await eventually(lambda p=proxy: not p.app[WATCHER].vanished, timeout_s=5)
         deleted = await proxies[1].client.request("DELETE", "/admin/aliases/products",

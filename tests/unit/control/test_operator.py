@@ -53,3 +53,18 @@ async def test_bad_actions_are_refused_naming_what_is_wrong(operator: Operator) 
     with pytest.raises(ConflictError) as conflict:
         await operator.resume("products", expected_revision=1)
     assert (conflict.value.expected, conflict.value.actual) == (1, 2)
+
+
+async def test_a_deleted_alias_keeps_its_history_and_a_restore_brings_back_coverage() -> None:
+    store = MemoryRuleStore()
+    operator = Operator(store, "alice")
+    declared = await operator.declare(rollout(percent=20), "declare")
+    with pytest.raises(RuleError):
+        await operator.delete("products", " ")
+    await operator.delete("products", "retired")
+    assert [e.reason for e in await operator.history("products")] == ["retired", "declare"]
+    store.lose_everything()
+    restored = await operator.restore(declared, "from memory", {"v2": 0.6, "v9": 1.0})
+    assert restored.percent == 20
+    status = await operator.status("products")
+    assert status.coverage == {"v2": 0.6} and status.effective_percent == 20
