@@ -17,9 +17,10 @@ from rollout_rules.model import NAME_PATTERN
 if TYPE_CHECKING:
     from proxy.web.routes import Route
 
-_ERRORS = [(400, "bad input"), (401, "token missing or wrong"), (403, "admin API off"),
-           (404, "unknown alias"), (409, "conflict"), (413, "body too large"),
-           (503, "backend unavailable")]
+_ERRORS = [(400, "bad input"), (401, "token missing or wrong"),
+           (403, "feature off (admin API, version overrides)"), (404, "unknown alias"),
+           (408, "body too slow"), (409, "conflict"), (413, "body too large"),
+           (415, "unsupported Content-Encoding"), (503, "backend or rules unavailable")]
 
 
 async def serve_document(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.serving.search import SearchRequest, SearchResponse
+from proxy.web.auth import OVERRIDE_TOKEN_HEADER
 from proxy.web.errors import Handler
 from proxy.web.handlers import admin, health, search
 from proxy.web.openapi import serve_document
@@ -27,11 +28,15 @@ class Route:
 _LIMIT = {"name": "limit", "in": "query", "required": False,
           "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
 _VERSION = {"name": search.VERSION_HEADER, "in": "header", "required": False,
-            "schema": {"type": "string"}}
+            "schema": {"type": "string"},
+            "description": f"force a declared version; needs {OVERRIDE_TOKEN_HEADER}"}
+_OVERRIDE_TOKEN = {"name": OVERRIDE_TOKEN_HEADER, "in": "header", "required": False,
+                   "schema": {"type": "string"},
+                   "description": "the proxy's override token (EMBEDSHIFT_OVERRIDE_TOKEN)"}
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/aliases/{alias}/search", search.search, "Search an alias with text",
-          body=SearchRequest, answer=SearchResponse, parameters=(_VERSION,)),
+          body=SearchRequest, answer=SearchResponse, parameters=(_VERSION, _OVERRIDE_TOKEN)),
     Route("GET", "/healthz", health.healthz, "Alive"),
     Route("GET", "/readyz", health.readyz, "Ready, with detail (503 when not)"),
     Route("GET", "/metrics", health.metrics, "Prometheus metrics"),

@@ -17,6 +17,7 @@ from proxy.control.operator import Operator
 from proxy.models.catalog import default_rollout
 from proxy.web.app import check_collections
 from proxy.web.keys import WATCHER
+from proxy.web.routes import ROUTES
 from rollout_rules import ops
 from rollout_rules.bucket import bucket
 from rollout_rules.errors import ModelError
@@ -290,8 +291,13 @@ async def test_health_readiness_and_the_openapi_document(proxies: ProxyFactory) 
     assert ready["ready"] and ready["rules"]["store"] == "connected"
     assert ready["rules"]["aliases"] == {"products": 1}
     document = await (await proxy.client.get("/openapi.json")).json()
-    assert "/v1/aliases/{alias}/search" in document["paths"]
     assert "SearchRequest" in document["components"]["schemas"]
+    for route in ROUTES:  # the document is derived from the route table: nothing missing
+        operation = document["paths"][route.path][route.method.lower()]
+        assert ("security" in operation) == route.admin, route.path
+    search = document["paths"]["/v1/aliases/{alias}/search"]["post"]
+    assert {"X-Embedshift-Version", "X-Embedshift-Override-Token"} <= {
+        p["name"] for p in search["parameters"]}
 
 
 async def test_start_up_refuses_a_version_that_does_not_match_its_collection(
