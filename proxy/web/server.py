@@ -9,7 +9,8 @@ timeout (``proxy.web.bodies``). The listen backlog is ``backlog``.
 ``serve_until_signalled`` runs the app until SIGTERM or SIGINT, then drains: ``/readyz`` turns 503
 at once and the proxy keeps serving for ``drain_s`` so load balancers notice, then it stops
 listening, gives in-flight requests ``shutdown_timeout_s`` to finish, flushes spans and closes its
-stores (the app's cleanup). A second signal exits at once.
+stores (the app's cleanup). A second signal exits at once (one arriving within ``SAME_SIGNAL_S`` of
+the first is taken for the same signal delivered twice).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from proxy.config import Settings
 from proxy.web.keys import READY
 
 log = structlog.get_logger("embedshift.server")
+SAME_SIGNAL_S = 0.5
+"""A second signal this soon after the first is the same one: a terminal sends Ctrl-C to the
+whole process group and ``uv run`` forwards it to its child as well."""
 
 
 def _raw_error(status: int, reason: str, message: str) -> bytes:
@@ -145,11 +149,15 @@ async def serve_until_signalled(app: web.Application, settings: Settings,
     await runner.setup()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    first_at: list[float] = []
 
     def on_signal(signum: int) -> None:
         if stopping.is_set():
+            if first_at and loop.time() - first_at[0] < SAME_SIGNAL_S:
+                return  # one Ctrl-C, delivered twice: by the terminal and by `uv run`
             log.warning("second_signal", signal=signal.Signals(signum).name, action="exit now")
             os._exit(128 + signum)
+        first_at.append(loop.time())
         log.info("draining", signal=signal.Signals(signum).name, drain_s=settings.drain_s,
                  shutdown_timeout_s=settings.shutdown_timeout_s)
         app[READY]["draining"] = True

@@ -116,6 +116,8 @@ async def test_sigterm_under_load_loses_no_request_and_exits_within_the_bound(
         before = len(load.outcomes)
         signalled = time.monotonic()
         serving.process.send_signal(signal.SIGTERM)
+        serving.process.send_signal(signal.SIGTERM)  # the same signal delivered twice, as
+        # `uv run` under a terminal does: still one graceful drain
         await asyncio.wait_for(watching, timeout=10)
         await asyncio.gather(*clients)
     exit_code = await asyncio.to_thread(serving.process.wait, DRAIN_S + SHUTDOWN_S + 30)
@@ -130,3 +132,14 @@ async def test_sigterm_under_load_loses_no_request_and_exits_within_the_bound(
     assert exit_code == 0, serving.log.read_text()[-2000:]
     assert '"event":"stopped"' in serving.log.read_text()
     assert DRAIN_S <= stopped_after < DRAIN_S + SHUTDOWN_S + 10, stopped_after
+
+
+async def test_a_second_signal_later_exits_at_once(serving: Serving) -> None:
+    await _wait_ready(serving, timeout_s=240)
+    serving.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.8)  # draining: DRAIN_S has not passed
+    asked = time.monotonic()
+    serving.process.send_signal(signal.SIGTERM)
+    exit_code = await asyncio.to_thread(serving.process.wait, 10)
+    assert exit_code == 128 + signal.SIGTERM and time.monotonic() - asked < DRAIN_S
+    assert '"event":"second_signal"' in serving.log.read_text()
