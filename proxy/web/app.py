@@ -42,7 +42,7 @@ from proxy.web.keys import (
     WATCHER,
 )
 from proxy.web.openapi import document
-from proxy.web.routes import ROUTES
+from proxy.web.routes import ROUTES, UNMATCHED, no_route
 from rollout_rules.errors import ModelError
 from rollout_rules.model import Rollout
 
@@ -78,6 +78,7 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler,
                              expect_handler=expect_continue)
+    app.router.add_route("*", UNMATCHED, no_route, expect_handler=expect_continue)
 
     async def stop() -> None:
         await watcher.stop()

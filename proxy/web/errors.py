@@ -68,7 +68,9 @@ def route_of(request: web.Request) -> str:
     """The route's template (``/v1/aliases/{alias}/search``), never the raw path: a label
     must not take one value per alias or per probe of an unknown URL."""
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    if resource is None or resource.canonical == "/{unmatched}":
+        return "unmatched"
+    return resource.canonical
 
 
 @web.middleware
@@ -84,6 +86,8 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         response = error_response(exc.status, type(exc).__name__, _message(exc))
+        if "Allow" in exc.headers:  # a 405 says what the path takes
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception as exc:  # noqa: BLE001 - the boundary: whatever escaped is a 500
         response = _internal_error(request, exc)
     request.app[METRICS].http(route_of(request), request.method, response.status).inc()

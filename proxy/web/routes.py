@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
 
 from proxy.serving.search import SearchRequest, SearchResponse
 from proxy.web.auth import OVERRIDE_TOKEN_HEADER
@@ -61,3 +64,17 @@ ROUTES: tuple[Route, ...] = (
           ("rollback", admin.rollback, "Send everyone to stable and zero the percent"),
           ("promote", admin.promote, "Make the candidate stable"))),
 )
+
+
+UNMATCHED = "/{unmatched:.*}"
+"""The last route: every path no route matches lands here, inside the middlewares, so a 404, a
+405 or a bad ``Expect`` on an unknown path is JSON and counted like every other answer."""
+_TEMPLATES = [(re.compile("^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(route.path)) + "$"),
+               route.method) for route in ROUTES]
+
+
+async def no_route(request: web.Request) -> web.StreamResponse:
+    allowed = {method for pattern, method in _TEMPLATES if pattern.match(request.path)}
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound(text=f"no route {request.path[:100]!r}: see /openapi.json")

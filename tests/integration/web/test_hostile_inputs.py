@@ -128,3 +128,19 @@ async def test_a_500_is_traced_logged_with_its_traceback_and_counted(
             'status="500"} 1.0') in metrics
     assert ('embedshift_http_requests_total{method="GET",route="unmatched",status="404"} 1.0'
             in metrics)
+
+
+async def test_unknown_paths_wrong_methods_and_odd_expectations_are_json(
+        proxies: ProxyFactory) -> None:
+    await proxies.declare()
+    proxy = await proxies.start()
+    port = proxy.client.port or 0
+    _error(await _send(port, "GET", "/no/such/path"), 404)
+    wrong = await _send(port, "GET", SEARCH)
+    _error(wrong, 405)
+    assert wrong.headers["allow"] == "POST"
+    for path in ("/no/such/path", SEARCH):
+        _error(await _send(port, "POST", path, b'{"query": "x"}', {**JSON, "Expect": b"gzip"}),
+               417)
+    metrics = await (await proxy.client.get("/metrics")).text()
+    assert 'route="unmatched",status="405"' in metrics
