@@ -11,9 +11,10 @@ the background, as their rule arrives.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -61,27 +62,27 @@ class Encoders:
         self.by_key: dict[EncoderKey, Encoder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def load(self, rollout: Rollout) -> None:
-        """An encoder for every version of the rollout; ModelError for one that cannot be."""
+    async def load(self, rollout: Rollout) -> dict[str, str]:
+        """An encoder for every version of the rollout that can have one; returns why each
+        other version cannot (a missing folder, wrong dimensions), by version name."""
+        failed = {}
         for version in rollout.versions:
-            model = await self.models.get(version)
+            try:
+                model = await self.models.get(version)
+            except ModelError as exc:
+                failed[version.name] = str(exc)
+                continue
             if encoder_key(version) not in self.by_key:
                 self.by_key[encoder_key(version)] = QueryEncoder(
                     model, self.executor, query_prefix=version.query_prefix,
                     cache_size=self.cache_size)
+        return failed
 
-    def schedule(self, rollout: Rollout | None) -> None:
-        """Load in the background (a rule that arrived while serving)."""
-        if rollout is not None:
-            task = asyncio.create_task(self._load_logged(rollout))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _load_logged(self, rollout: Rollout) -> None:
-        try:
-            await self.load(rollout)
-        except ModelError as exc:
-            log.error("model_load_failed", alias=rollout.alias, error=str(exc))
+    def schedule(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background (preparing a rule that arrived while serving)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -92,6 +92,9 @@ class Searcher:
         self.metrics, self.tracer, self.log_queries = metrics, tracer, log_queries
         self.results = results if results is not None else ResultCache(0, 0)
         self.deadline_s = deadline_s
+        self.unavailable: dict[tuple[str, str], str] = {}
+        """(alias, version) that must not serve, and why (set by start-up checks): the
+        candidate's queries fall back to stable, stable's get a 503 naming the reason."""
 
     async def search(self, alias: str, request: SearchRequest, random_key: str) -> SearchResponse:
         started = time.perf_counter()
@@ -136,6 +139,9 @@ class Searcher:
     async def _find(self, alias: str, version: Version, query: Query) -> Found:
         """A recent answer of this version to the same query, else encode and search by the
         deadline (TimeoutError past it: the whole request is late, not just this version)."""
+        blocked = self.unavailable.get((alias, version.name))
+        if blocked is not None:
+            raise ModelError(f"{alias}: version {version.name} is unavailable: {blocked}")
         request = query.request
         key = result_key(version, query.text, request.limit, request.filter,
                          request.with_payload)

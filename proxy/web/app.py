@@ -3,9 +3,11 @@
 ``Deps`` are the parts a proxy runs on (rule store, vector store, tracer provider, model cache);
 ``make_app`` wires them in. On start-up the app reads the rules, loads one encoder per distinct
 model of every declared version, and checks each version against its collection (dimensions,
-distance, model id): a mismatch refuses to start, naming both sides, and stops everything start-up
-had begun (rule watcher, encoder pool). Encoders for versions declared later are loaded in the
-background when the rule arrives.
+distance, model id). A version that cannot load or does not match its collection is unavailable,
+named in /readyz with the reason: its alias alone is affected (the candidate's queries go to
+stable, stable's get a 503), never the other aliases. Rules that arrive later are prepared the same
+way in the background. A start-up that fails for any other reason stops everything it had begun
+(rule watcher, encoder pool).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ from proxy.web.keys import (
 )
 from proxy.web.openapi import document
 from proxy.web.routes import ROUTES, UNMATCHED, no_route
-from rollout_rules.errors import ModelError
-from rollout_rules.model import Rollout
+from rollout_rules.errors import BackendError, ModelError
+from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.app")
 MAX_BODY_BYTES = 64 * 1024
@@ -85,13 +87,36 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
         await encoders.close()
         executor.shutdown(wait=False, cancel_futures=True)
 
+    searcher = app[SEARCHER]
+
+    async def prepare(rollout: Rollout) -> None:
+        """Load the rule's encoders and check its collections; a version that fails either is
+        unavailable (its alias alone is affected), and says why in /readyz."""
+        problems = await encoders.load(rollout)
+        for version in rollout.versions:
+            if version.name not in problems:
+                found = await collection_problems(version, deps.vector_store)
+                if found:
+                    problems[version.name] = found
+        for name, reason in problems.items():
+            log.error("version_unavailable", alias=rollout.alias, version=name, reason=reason)
+        searcher.unavailable = {
+            **{k: v for k, v in searcher.unavailable.items() if k[0] != rollout.alias},
+            **{(rollout.alias, name): reason for name, reason in problems.items()}}
+
+    def on_change(alias: str, _before: Rollout | None, after: Rollout | None) -> None:
+        if after is None:
+            searcher.unavailable = {k: v for k, v in searcher.unavailable.items()
+                                    if k[0] != alias}
+        else:
+            encoders.schedule(prepare(after))
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        watcher.on_change = lambda _alias, _before, after: encoders.schedule(after)
+        watcher.on_change = on_change
         try:
             await watcher.start()
             for rollout in watcher.rollouts.values():
-                await encoders.load(rollout)
-                await check_collections(rollout, deps.vector_store)
+                await prepare(rollout)
         except BaseException:
             await stop()  # nothing start-up began may outlive a start that failed
             raise
@@ -104,15 +129,26 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     return app
 
 
-async def check_collections(rollout: Rollout, store: VectorStore) -> None:
-    """Refuse to serve a version whose collection was encoded differently."""
-    for version in rollout.versions:
+async def collection_problems(version: Version, store: VectorStore) -> str | None:
+    """Why a version must not serve from its collection (encoded differently), if it must not.
+    A missing collection, or a store that cannot say, is logged, not held against it."""
+    try:
         info = await store.describe(version.target)
-        if info is None:
-            log.warning("collection_missing", alias=rollout.alias, version=version.name,
-                        collection=version.target.collection)
-            continue
-        problems = mismatches(version, info)
-        if problems:
-            raise ModelError(f"{rollout.alias}: version {version.name} does not match its "
-                             f"collection: {'; '.join(problems)}")
+    except BackendError as exc:
+        log.warning("collection_unchecked", version=version.name,
+                    collection=version.target.collection, error=str(exc))
+        return None
+    if info is None:
+        log.warning("collection_missing", version=version.name,
+                    collection=version.target.collection)
+        return None
+    problems = mismatches(version, info)
+    return f"does not match its collection: {'; '.join(problems)}" if problems else None
+
+
+async def check_collections(rollout: Rollout, store: VectorStore) -> None:
+    """ModelError naming the first version whose collection was encoded differently."""
+    for version in rollout.versions:
+        problem = await collection_problems(version, store)
+        if problem:
+            raise ModelError(f"{rollout.alias}: version {version.name} {problem}")

@@ -1,7 +1,10 @@
 """``/healthz`` (alive), ``/readyz`` (can answer, with detail), ``/metrics``.
 
-Ready means: every version of every alias has its encoder loaded, a rules snapshot exists and
-the proxy is not draining for a shutdown.
+Ready means: start-up has loaded and checked every version it could, a rules snapshot exists and
+the proxy is not draining for a shutdown. A version that cannot serve (its model will not load, its
+collection was encoded differently) is named under ``unavailable`` with the reason but does not
+make the proxy unready: every instance would see the same fault, and pulling them all would take
+every alias out for one alias's mistake. ``models_missing`` lists versions still loading.
 Redis being down, or losing its data, does not make a proxy unready: every proxy sees that at
 once, and pulling them all would turn a control-plane fault into a search outage. It serves the
 last good rules (fail static), and the detail, ``embedshift_rules_store_up`` and
@@ -26,8 +29,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     watcher, searcher = request.app[WATCHER], request.app[SEARCHER]
+    unavailable = {f"{alias}/{name}": reason
+                   for (alias, name), reason in searcher.unavailable.items()}
     missing = [f"{alias}/{v.name}" for alias, rollout in watcher.rollouts.items()
-               for v in rollout.versions if encoder_key(v) not in searcher.encoders]
+               for v in rollout.versions if encoder_key(v) not in searcher.encoders
+               and f"{alias}/{v.name}" not in unavailable]
     rules: dict[str, Any] = {
         "aliases": {alias: r.revision for alias, r in watcher.rollouts.items()},
         "store": "connected" if watcher.connected else "unreachable: serving the last good rules",
@@ -38,9 +44,9 @@ async def readyz(request: web.Request) -> web.Response:
     if watcher.last_error:
         rules["last_error"] = watcher.last_error
     draining = request.app[READY].get("draining", False)
-    ready = (bool(watcher.rollouts) and not missing and request.app[READY].get("started", False)
-             and not draining)
-    detail = {"ready": ready, "draining": draining, "rules": rules, "models_missing": missing}
+    ready = bool(watcher.rollouts) and request.app[READY].get("started", False) and not draining
+    detail = {"ready": ready, "draining": draining, "rules": rules, "models_missing": missing,
+              "unavailable": unavailable}
     return json_response(detail, 200 if ready else 503)
 
 
