@@ -93,8 +93,14 @@ class Searcher:
         self.results = results if results is not None else ResultCache(0, 0)
         self.deadline_s = deadline_s
         self.unavailable: dict[tuple[str, str], str] = {}
-        """(alias, version) that must not serve, and why (set by start-up checks): the
+        """(alias, version) that must not serve, and why (see ``mark_unavailable``): the
         candidate's queries fall back to stable, stable's get a 503 naming the reason."""
+
+    def mark_unavailable(self, alias: str, reasons: Mapping[str, str]) -> None:
+        """Replace what is unavailable of ``alias``: ``reasons`` by version name, empty when
+        every version may serve (or the alias is gone)."""
+        self.unavailable = {**{k: v for k, v in self.unavailable.items() if k[0] != alias},
+                            **{(alias, name): reason for name, reason in reasons.items()}}
 
     async def search(self, alias: str, request: SearchRequest, random_key: str) -> SearchResponse:
         started = time.perf_counter()

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 
@@ -29,6 +30,7 @@ from rollout_rules.model import Rollout
 
 log = structlog.get_logger("embedshift.rules")
 
+T = TypeVar("T")
 OnChange = Callable[[str, Rollout | None, Rollout | None], None]
 
 
@@ -106,7 +108,7 @@ class RuleWatcher:
         if alias not in self.rollouts:
             return
         if await self.store.deleted(alias):
-            self.vanished = {k: v for k, v in self.vanished.items() if k != alias}
+            self.vanished = _without(self.vanished, alias)
             self._install(alias, None)
         elif alias not in self.vanished:
             kept = self.rollouts[alias].revision
@@ -119,15 +121,15 @@ class RuleWatcher:
     def _install(self, alias: str, rollout: Rollout | None) -> None:
         current = self.rollouts.get(alias)
         if alias in self.rejected:
-            self.rejected = {k: v for k, v in self.rejected.items() if k != alias}
+            self.rejected = _without(self.rejected, alias)
         if alias in self.vanished and rollout is not None:
-            self.vanished = {k: v for k, v in self.vanished.items() if k != alias}
+            self.vanished = _without(self.vanished, alias)
             log.warning("alias_back", alias=alias, revision=rollout.revision)
         elif rollout is not None and current is not None and \
                 rollout.revision <= current.revision:
             return  # a slower read of an older revision must not win
         if rollout is None:
-            self.rollouts = {k: v for k, v in self.rollouts.items() if k != alias}
+            self.rollouts = _without(self.rollouts, alias)
         else:
             self.rollouts = {**self.rollouts, alias: rollout}
         if self.on_change is not None and current != rollout:
@@ -158,3 +160,8 @@ class RuleWatcher:
             log.warning("rules_store_unreachable", error=str(exc), serving="last good snapshot",
                         aliases=len(self.rollouts))
         self.connected, self.last_error = False, str(exc)
+
+
+def _without(mapping: dict[str, T], key: str) -> dict[str, T]:
+    """A new dict without ``key``: the snapshot's dicts are replaced whole, never mutated."""
+    return {k: v for k, v in mapping.items() if k != key}

@@ -32,7 +32,7 @@ from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
 from proxy.vectors.base import VectorStore, mismatches
 from proxy.web.auth import require_admin_token
-from proxy.web.errors import boundary, expect_continue
+from proxy.web.errors import UNMATCHED, boundary, expect_continue
 from proxy.web.keys import (
     METRICS,
     OPENAPI,
@@ -44,8 +44,8 @@ from proxy.web.keys import (
     WATCHER,
 )
 from proxy.web.openapi import document
-from proxy.web.routes import ROUTES, UNMATCHED, no_route
-from rollout_rules.errors import BackendError, ModelError
+from proxy.web.routes import ROUTES, UNMATCHED_PATH, no_route
+from rollout_rules.errors import BackendError
 from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.app")
@@ -80,7 +80,8 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler,
                              expect_handler=expect_continue)
-    app.router.add_route("*", UNMATCHED, no_route, expect_handler=expect_continue)
+    app.router.add_route("*", UNMATCHED_PATH, no_route, name=UNMATCHED,
+                         expect_handler=expect_continue)
 
     async def stop() -> None:
         await watcher.stop()
@@ -100,14 +101,11 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
                     problems[version.name] = found
         for name, reason in problems.items():
             log.error("version_unavailable", alias=rollout.alias, version=name, reason=reason)
-        searcher.unavailable = {
-            **{k: v for k, v in searcher.unavailable.items() if k[0] != rollout.alias},
-            **{(rollout.alias, name): reason for name, reason in problems.items()}}
+        searcher.mark_unavailable(rollout.alias, problems)
 
     def on_change(alias: str, _before: Rollout | None, after: Rollout | None) -> None:
         if after is None:
-            searcher.unavailable = {k: v for k, v in searcher.unavailable.items()
-                                    if k[0] != alias}
+            searcher.mark_unavailable(alias, {})
         else:
             encoders.schedule(prepare(after))
 
@@ -145,10 +143,3 @@ async def collection_problems(version: Version, store: VectorStore) -> str | Non
     problems = mismatches(version, info)
     return f"does not match its collection: {'; '.join(problems)}" if problems else None
 
-
-async def check_collections(rollout: Rollout, store: VectorStore) -> None:
-    """ModelError naming the first version whose collection was encoded differently."""
-    for version in rollout.versions:
-        problem = await collection_problems(version, store)
-        if problem:
-            raise ModelError(f"{rollout.alias}: version {version.name} {problem}")

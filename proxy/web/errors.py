@@ -52,14 +52,22 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-def error_response(status: int, kind: str, message: str, field: str | None = None
-                   ) -> web.Response:
+def error_body(status: int, kind: str, message: str, field: str | None = None) -> bytes:
+    """``{"error": {"status", "type", "message", "field"?}}``: every error, wherever answered."""
     error: dict[str, Any] = {"status": status, "type": kind, "message": message}
     if field is not None:
         error["field"] = field
-    return json_response({"error": error}, status)
+    return _ENCODER.encode({"error": error})
 
 
+def error_response(status: int, kind: str, message: str, field: str | None = None
+                   ) -> web.Response:
+    return web.Response(body=error_body(status, kind, message, field), status=status,
+                        content_type="application/json")
+
+
+UNMATCHED = "unmatched"
+"""The name of the catch-all route (``proxy.web.routes``) and the label it is counted under."""
 TRACE_ID = web.RequestKey("trace_id", str)
 """Where a handler that started its own span leaves the trace id, for the boundary to report."""
 
@@ -67,10 +75,10 @@ TRACE_ID = web.RequestKey("trace_id", str)
 def route_of(request: web.Request) -> str:
     """The route's template (``/v1/aliases/{alias}/search``), never the raw path: a label
     must not take one value per alias or per probe of an unknown URL."""
-    resource = request.match_info.route.resource
-    if resource is None or resource.canonical == "/{unmatched}":
-        return "unmatched"
-    return resource.canonical
+    route = request.match_info.route
+    if route.resource is None or route.name == UNMATCHED:
+        return UNMATCHED
+    return route.resource.canonical
 
 
 @web.middleware
@@ -112,15 +120,16 @@ def _message(exc: web.HTTPException) -> str:
 
 
 def _internal_error(request: web.Request, exc: Exception) -> web.Response:
+    route = route_of(request)
     trace_id = request.get(TRACE_ID)
     if trace_id is None:
-        span = request.app[TRACER].start_span(f"{request.method} {route_of(request)}",
+        span = request.app[TRACER].start_span(f"{request.method} {route}",
                                               kind=SpanKind.SERVER)
         span.record_exception(exc)
         span.set_status(StatusCode.ERROR, type(exc).__name__)
         span.end()
         trace_id = format(span.get_span_context().trace_id, "032x")
-    log.error("unhandled_error", route=route_of(request), method=request.method,
+    log.error("unhandled_error", route=route, method=request.method,
               error_type=type(exc).__name__, error=str(exc)[:500], trace_id=trace_id,
               exc_info=exc)
     return error_response(500, "InternalError", f"internal error (trace {trace_id})")

@@ -66,9 +66,10 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-UNMATCHED = "/{unmatched:.*}"
-"""The last route: every path no route matches lands here, inside the middlewares, so a 404, a
-405 or a bad ``Expect`` on an unknown path is JSON and counted like every other answer."""
+UNMATCHED_PATH = "/{path:.*}"
+"""The last route (named ``errors.UNMATCHED``): every path no route matches lands here, inside the
+middlewares, so a 404, a 405 or a bad ``Expect`` on an unknown path is JSON and counted like every
+other answer."""
 _TEMPLATES = [(re.compile("^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(route.path)) + "$"),
                route.method) for route in ROUTES]
 

@@ -21,12 +21,12 @@ import signal
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-import msgspec
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.config import Settings
+from proxy.web.errors import error_body, error_response
 from proxy.web.keys import READY
 
 log = structlog.get_logger("embedshift.server")
@@ -35,10 +35,10 @@ SAME_SIGNAL_S = 0.5
 whole process group and ``uv run`` forwards it to its child as well."""
 
 
-def _raw_error(status: int, reason: str, message: str) -> bytes:
-    body = msgspec.json.encode({"error": {"status": status, "type": reason.replace(" ", ""),
-                                          "message": message}})
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+def _raw_error(status: HTTPStatus, message: str) -> bytes:
+    """A whole JSON error response, for a connection no request handler will answer."""
+    body = error_body(status, status.phrase.replace(" ", ""), message)
+    return (f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
@@ -58,8 +58,8 @@ class GuardedHandler(RequestHandler):
         if manager is not None and len(manager.connections) > self._settings.max_connections:
             log.warning("connection_refused", reason="max_connections",
                         limit=self._settings.max_connections)
-            self._refuse(503, "Service Unavailable", "too many open connections: the limit is "
-                         f"{self._settings.max_connections}; retry shortly")
+            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "too many open connections: the limit "
+                         f"is {self._settings.max_connections}; retry shortly")
 
     def data_received(self, data: bytes) -> None:
         requests_before = self._request_count
@@ -80,7 +80,7 @@ class GuardedHandler(RequestHandler):
         if self._request_count == requests_then:
             log.info("connection_cut", reason="header_timeout",
                      timeout_s=self._settings.header_timeout_s)
-            self._refuse(408, "Request Timeout", "the request head did not arrive within "
+            self._refuse(HTTPStatus.REQUEST_TIMEOUT, "the request head did not arrive within "
                          f"{self._settings.header_timeout_s:g}s")
 
     def _cancel_head_timer(self) -> None:
@@ -97,19 +97,15 @@ class GuardedHandler(RequestHandler):
         super().handle_error(request, status, exc, message)  # logs; refuses if already answering
         phrase = HTTPStatus(status).phrase
         what = "not valid HTTP/1.1" if status < 500 else "could not be handled"
-        body = msgspec.json.encode({"error": {
-            "status": status, "type": phrase.replace(" ", ""),
-            "message": f"the request is {what} ({type(exc).__name__ if exc else phrase})"}})
-        response = web.Response(body=body, status=status, content_type="application/json")
+        response = error_response(status, phrase.replace(" ", ""), f"the request is {what} "
+                                  f"({type(exc).__name__ if exc else phrase})")
         response.force_close()
         return response
 
-    def _refuse(self, status: int, reason: str, message: str) -> None:
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
         if self.transport is not None:
-            self.transport.write(_raw_error(status, reason, message))
-        self.force_close()
-        if self.transport is not None:
-            self.transport.close()
+            self.transport.write(_raw_error(status, message))
+        self.force_close()  # closes the transport once the answer is written
 
 
 class GuardedSite(web.TCPSite):

@@ -27,6 +27,7 @@ from proxy.vectors.edge import EdgeStore
 from proxy.web.app import Deps, make_app
 from rollout_rules.errors import BackendError
 from rollout_rules.model import Rollout, Target
+from tests.conftest import make_server
 
 ADMIN_TOKEN = "test-admin-token"
 OVERRIDE_TOKEN = "test-override-token"
@@ -154,3 +155,17 @@ async def proxies(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
     factory = ProxyFactory(redis_server.url, prefix, demo_engine, models_dir)
     yield factory
     await factory.close()
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path, prefix: str, demo_engine: Engine, models_dir: Path
+                    ) -> AsyncIterator[tuple[EmbeddedRedis, ProxyFactory]]:
+    """A redis-server of this test's own, to kill or to empty, and proxies on it."""
+    server = make_server(tmp_path)
+    server.start()
+    factory = ProxyFactory(server.url, prefix, demo_engine, models_dir)
+    try:
+        yield server, factory
+    finally:
+        await factory.close()
+        server.stop()

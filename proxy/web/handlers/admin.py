@@ -65,12 +65,17 @@ Act = Callable[[Operator, str, Action], Awaitable[Change]]
 async def _act(request: web.Request, act: Act) -> web.Response:
     """Run one state action on the alias in the path, with the optional body's reason,
     expected revision and force."""
-    body = await read_json(request, Action) if request.can_read_body else Action()
+    body = await _optional_body(request)
     return json_response(await act(_operator(request), request.match_info["alias"], body))
 
 
+async def _optional_body(request: web.Request) -> Action:
+    """The action's body; no body means no reason, no expected revision, no force."""
+    return await read_json(request, Action) if request.can_read_body else Action()
+
+
 async def delete(request: web.Request) -> web.Response:
-    body = await read_json(request, Action) if request.can_read_body else Action()
+    body = await _optional_body(request)
     entry = await _operator(request).delete(request.match_info["alias"], body.reason,
                                             body.if_revision)
     return json_response(entry)
@@ -82,7 +87,7 @@ async def restore(request: web.Request) -> web.Response:
     snapshot = request.app[WATCHER].rollouts.get(alias)
     if snapshot is None:
         raise NotFoundError(alias)
-    body = await read_json(request, Action) if request.can_read_body else Action()
+    body = await _optional_body(request)
     coverage = request.app[WATCHER].coverage.get(alias, {})
     return json_response(await _operator(request).restore(snapshot, body.reason, coverage))
 
