@@ -12,17 +12,22 @@ from proxy.models.fake import HashModel
 from proxy.models.loader import ModelCache
 from proxy.vectors.base import Hit, PointIn, VectorLike
 from proxy.vectors.memory import MemoryStore
-from rollout_rules.errors import BackendError
-from rollout_rules.model import Rollout, Target
+from rollout_rules.errors import BackendError, ModelError
+from rollout_rules.model import Rollout, Target, Version
 
 CATALOGUE = ["warm winter jacket", "rain jacket for downpours", "camp stove that boils water",
              "ultralight tent for two", "sleeping bag for freezing nights", "trail running shoes"]
 
 
-def fake_models() -> ModelCache:
-    """Each version's model is a HashModel named after its model id (so v1 and v2 differ)."""
-    return ModelCache(models_dir=None,  # type: ignore[arg-type]  # the fake loads no folder
-                      load=lambda v: HashModel(v.model, v.dimensions))
+def fake_models(unloadable: str | None = None) -> ModelCache:
+    """Each version's model is a HashModel named after its model id (so v1 and v2 differ);
+    the model id ``unloadable`` cannot be loaded, as a typo in a path cannot."""
+    def load(version: Version) -> HashModel:
+        if version.model == unloadable:
+            raise ModelError(f"model {unloadable} is not a folder and not in the catalogue")
+        return HashModel(version.model, version.dimensions)
+
+    return ModelCache(models_dir=None, load=load)  # type: ignore[arg-type]  # loads no folder
 
 
 class BreakableStore(MemoryStore):

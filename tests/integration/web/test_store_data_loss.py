@@ -4,74 +4,67 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from pathlib import Path
 
 import pytest
 
+from proxy.state.redis_server import EmbeddedRedis
 from proxy.web.keys import WATCHER
-from tests.conftest import make_server
 from tests.eventually import eventually
-from tests.integration.conftest import ADMIN_TOKEN, Engine, ProxyFactory
+from tests.integration.conftest import ADMIN_TOKEN, ProxyFactory
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 async def test_redis_restarted_without_its_data_fails_no_search(
-        tmp_path: Path, prefix: str, demo_engine: Engine, models_dir: Path) -> None:
-    server = make_server(tmp_path)
+        own_redis: tuple[EmbeddedRedis, ProxyFactory]) -> None:
+    server, factory = own_redis
+    await factory.declare(percent=30)
+    proxies = [await factory.start(refresh_interval_s=0.1) for _ in range(2)]
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            proxy = proxies[i % 2]
+            response = await proxy.client.post("/v1/aliases/products/search",
+                                               json={"query": f"tent {i}", "user_id": f"u{i}"})
+            statuses.append(response.status)
+            i += 1
+            await asyncio.sleep(0.005)
+
+    running = asyncio.create_task(traffic())
+    await asyncio.sleep(0.3)
+    server.kill()
+    for data in server.dir.glob("appendonly*"):  # as a failover to an empty replica
+        shutil.rmtree(data) if data.is_dir() else data.unlink()
     server.start()
-    factory = ProxyFactory(server.url, prefix, demo_engine, models_dir)
-    try:
-        await factory.declare(percent=30)
-        proxies = [await factory.start(refresh_interval_s=0.1) for _ in range(2)]
-        statuses: list[int] = []
-        stop = asyncio.Event()
+    for proxy in proxies:
+        await eventually(lambda p=proxy: "products" in p.app[WATCHER].vanished, timeout_s=5)
+    await asyncio.sleep(0.5)  # more traffic and more full reads of an empty store
+    for proxy in proxies:
+        ready = await proxy.client.get("/readyz")
+        detail = await ready.json()
+        assert ready.status == 200 and "products" in detail["rules"]["vanished"]
+        metrics = await (await proxy.client.get("/metrics")).text()
+        assert 'embedshift_rules_vanished{alias="products"} 1.0' in metrics
+    stop.set()
+    await running
+    assert len(statuses) > 20 and set(statuses) == {200}, sorted(set(statuses))
 
-        async def traffic() -> None:
-            i = 0
-            while not stop.is_set():
-                proxy = proxies[i % 2]
-                response = await proxy.client.post("/v1/aliases/products/search",
-                                                   json={"query": f"tent {i}", "user_id": f"u{i}"})
-                statuses.append(response.status)
-                i += 1
-                await asyncio.sleep(0.005)
-
-        running = asyncio.create_task(traffic())
-        await asyncio.sleep(0.3)
-        server.kill()
-        for data in server.dir.glob("appendonly*"):  # as a failover to an empty replica
-            shutil.rmtree(data) if data.is_dir() else data.unlink()
-        server.start()
-        for proxy in proxies:
-            await eventually(lambda p=proxy: "products" in p.app[WATCHER].vanished, timeout_s=5)
-        await asyncio.sleep(0.5)  # more traffic and more full reads of an empty store
-        for proxy in proxies:
-            ready = await proxy.client.get("/readyz")
-            detail = await ready.json()
-            assert ready.status == 200 and "products" in detail["rules"]["vanished"]
-            metrics = await (await proxy.client.get("/metrics")).text()
-            assert 'embedshift_rules_vanished{alias="products"} 1.0' in metrics
-        stop.set()
-        await running
-        assert len(statuses) > 20 and set(statuses) == {200}, sorted(set(statuses))
-
-        restored = await proxies[0].client.post("/admin/aliases/products/restore", headers=AUTH,
-                                                json={"reason": "redis lost its data"})
-        assert restored.status == 200, await restored.text()
-        assert (await restored.json())["percent"] == 30
-        assert await proxies[0].rules.coverage("products") == {"v1": 1.0, "v2": 1.0}
-        for proxy in proxies:
-            await eventually(lambda p=proxy: not p.app[WATCHER].vanished, timeout_s=5)
-        deleted = await proxies[1].client.request("DELETE", "/admin/aliases/products",
-                                                  headers=AUTH, json={"reason": "retired"})
-        assert deleted.status == 200 and (await deleted.json())["deleted"] is True
-        for proxy in proxies:
-            await eventually(lambda p=proxy: "products" not in p.app[WATCHER].rollouts,
-                             timeout_s=5)
-            gone = await proxy.client.post("/v1/aliases/products/search", json={"query": "x"})
-            assert gone.status == 404
-    finally:
-        await factory.close()
-        server.stop()
+    restored = await proxies[0].client.post("/admin/aliases/products/restore", headers=AUTH,
+                                            json={"reason": "redis lost its data"})
+    assert restored.status == 200, await restored.text()
+    assert (await restored.json())["percent"] == 30
+    assert await proxies[0].rules.coverage("products") == {"v1": 1.0, "v2": 1.0}
+    for proxy in proxies:
+        await eventually(lambda p=proxy: not p.app[WATCHER].vanished, timeout_s=5)
+    deleted = await proxies[1].client.request("DELETE", "/admin/aliases/products",
+                                              headers=AUTH, json={"reason": "retired"})
+    assert deleted.status == 200 and (await deleted.json())["deleted"] is True
+    for proxy in proxies:
+        await eventually(lambda p=proxy: "products" not in p.app[WATCHER].rollouts,
+                         timeout_s=5)
+        gone = await proxy.client.post("/v1/aliases/products/search", json={"query": "x"})
+        assert gone.status == 404

@@ -13,24 +13,12 @@ from msgspec.structs import replace
 from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.config import Settings
-from proxy.models.fake import HashModel
 from proxy.models.loader import ModelCache
 from proxy.state.memory import MemoryRuleStore
 from proxy.web.app import Deps, make_app
-from rollout_rules.errors import ModelError
-from rollout_rules.model import Rollout, Version
+from rollout_rules.model import Rollout
 from tests.unit.core.rollouts import rollout
 from tests.unit.fakes import BreakableStore, fake_models, load_catalogue
-
-
-def _models_without(broken: str) -> ModelCache:
-    """HashModels, except that the model ``broken`` cannot be loaded (a typo in a path)."""
-    def load(version: Version) -> HashModel:
-        if version.model == broken:
-            raise ModelError(f"model {broken} is not a folder and not in the catalogue")
-        return HashModel(version.model, version.dimensions)
-
-    return ModelCache(models_dir=None, load=load)  # type: ignore[arg-type]  # loads no folder
 
 
 def _with_v2_model(declared: Rollout, model: str) -> Rollout:
@@ -88,7 +76,7 @@ async def test_one_alias_with_a_broken_model_does_not_stop_another(
     docs = rollout(alias="docs", versions=[
         {"name": "v1", "model": "m/typo", "dimensions": 384, "target": {"collection": "p_v1"}},
         {"name": "v2", "model": "m/l6", "dimensions": 384, "target": {"collection": "p_v2"}}])
-    client = await _client([rollout(), docs], _models_without("m/typo"))
+    client = await _client([rollout(), docs], fake_models(unloadable="m/typo"))
     cleanup.append(client)
     status, answer = await _search(client, "products")
     assert status == 200 and answer["hits"]
