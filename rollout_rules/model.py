@@ -80,9 +80,11 @@ DEFAULT_STEPS = (
 
 
 class CoverageGate(_Frozen, frozen=True):
-    """Caps the candidate's share by how much of the corpus it has re-encoded."""
+    """Caps the candidate's share by how much of the corpus it has re-encoded: by documents
+    (done / total) or by popularity (the share of recent answer hits already re-encoded)."""
 
     enabled: bool = True
+    basis: Literal["documents", "popularity"] = "documents"
     steps: tuple[CoverageStep, ...] = DEFAULT_STEPS
 
 

@@ -44,7 +44,7 @@ class Operator:
 
     async def status(self, alias: str) -> Status:
         rollout = await self.store.get(alias)
-        return status_of(rollout, await self.store.coverage(alias))
+        return status_of(rollout, await self.store.coverage(alias, rollout.coverage_gate.basis))
 
     async def statuses(self) -> list[Status]:
         return [await self.status(alias) for alias in await self.store.aliases()]
@@ -76,7 +76,7 @@ class Operator:
 
     async def promote(self, alias: str, reason: str = "", force: bool = False,
                       expected_revision: int | None = None) -> Change:
-        coverage = await self.store.coverage(alias)
+        coverage = await self.store.coverage(alias)  # by documents: promote needs every one
 
         def action(rollout: Rollout) -> Rollout:
             return ops.promote(rollout, coverage.get(rollout.candidate or ""), force=force)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 from msgspec.structs import replace
@@ -86,20 +86,28 @@ class RuleStore(Protocol):
     async def apply_with_retry(self, alias: str, action: Callable[[Rollout], Rollout],
                                actor: str, reason: str, attempts: int = 5) -> Change: ...
 
-    async def set_coverage(self, alias: str, version: str, covered: int, total: int) -> None: ...
+    async def set_coverage(self, alias: str, version: str, covered: int, total: int,
+                           popular: float | None = None) -> None:
+        """Record a version's coverage (and, when measured, the share of popular documents it
+        holds) and announce it, so every proxy's gate follows at once."""
+        ...
 
-    async def add_covered(self, alias: str, version: str, count: int) -> None: ...
-
-    async def coverage(self, alias: str) -> dict[str, float]: ...
+    async def coverage(self, alias: str, basis: CoverageBasis = "documents"
+                       ) -> dict[str, float]:
+        """Coverage per version that has reported a total, by documents or by popularity
+        (documents where popularity was never measured)."""
+        ...
 
     async def record_hits(self, alias: str, doc_ids: Sequence[str],
                           weight: float = 1.0) -> None: ...
 
     async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]: ...
 
-    def changes(self, on_subscribed: OnSubscribed = None) -> AsyncIterator[tuple[str, int]]:
-        """(alias, revision) as changes are announced; StoreUnavailable when the feed is lost.
-        ``on_subscribed`` runs once the subscription stands, so nothing falls between."""
+    def changes(self, on_subscribed: OnSubscribed = None
+                ) -> AsyncIterator[tuple[str, int | None]]:
+        """(alias, revision) as rule changes are announced, (alias, None) as coverage changes;
+        StoreUnavailable when the feed is lost. ``on_subscribed`` runs once the subscription
+        stands, so nothing falls between."""
         ...
 
     async def aclose(self) -> None: ...
@@ -194,12 +202,34 @@ def lenient(document: str) -> Rollout | None:
         return None
 
 
-def coverage_fractions(fields: dict[str, int]) -> dict[str, float]:
-    """``{"<version>:covered": n, "<version>:total": m}`` as a fraction per version that has
-    reported a total."""
+CoverageBasis = Literal["documents", "popularity"]
+COVERAGE_MESSAGE = "coverage"  # announced on the change feed in place of a revision
+PPM = 1_000_000
+
+
+def coverage_fields(version: str, covered: int, total: int, popular: float | None
+                    ) -> dict[str, int]:
+    """A version's coverage as stored: counts, and the popular share in parts per million."""
+    fields = {f"{version}:covered": covered, f"{version}:total": total}
+    if popular is not None:
+        fields[f"{version}:popular_ppm"] = round(min(1.0, max(0.0, popular)) * PPM)
+    return fields
+
+
+def coverage_fractions(fields: dict[str, int], basis: CoverageBasis = "documents"
+                       ) -> dict[str, float]:
+    """``{"<version>:covered": n, "<version>:total": m, "<version>:popular_ppm": p}`` as a
+    fraction per version that has reported a total."""
     totals = {k.rsplit(":", 1)[0]: v for k, v in fields.items() if k.endswith(":total")}
-    return {version: min(1.0, fields.get(f"{version}:covered", 0) / total) if total else 0.0
-            for version, total in totals.items()}
+    fractions = {}
+    for version, total in totals.items():
+        popular = fields.get(f"{version}:popular_ppm")
+        if basis == "popularity" and popular is not None:
+            fractions[version] = popular / PPM
+        else:
+            fractions[version] = min(1.0, fields.get(f"{version}:covered", 0) / total) \
+                if total else 0.0
+    return fractions
 
 
 def now() -> str:

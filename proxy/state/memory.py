@@ -16,8 +16,10 @@ from msgspec.structs import replace
 
 from proxy.state.base import (
     AuditEntry,
+    CoverageBasis,
     OnSubscribed,
     SharedWrites,
+    coverage_fields,
     coverage_fractions,
     lenient,
     now,
@@ -38,7 +40,7 @@ class MemoryRuleStore(SharedWrites):
         self._coverage: dict[str, dict[str, int]] = {}
         self._popularity: dict[str, dict[str, float]] = {}
         self._deleted: set[str] = set()
-        self._feeds: set[asyncio.Queue[tuple[str, int]]] = set()
+        self._feeds: set[asyncio.Queue[tuple[str, int | None]]] = set()
         self._ids = itertools.count(1)
         self.available = True
 
@@ -123,19 +125,18 @@ class MemoryRuleStore(SharedWrites):
             feed.put_nowait((alias, entry.revision))
         return entry
 
-    async def set_coverage(self, alias: str, version: str, covered: int, total: int) -> None:
+    async def set_coverage(self, alias: str, version: str, covered: int, total: int,
+                           popular: float | None = None) -> None:
         self._check()
         self._coverage.setdefault(alias, {}).update(
-            {f"{version}:covered": covered, f"{version}:total": total})
+            coverage_fields(version, covered, total, popular))
+        for feed in self._feeds:
+            feed.put_nowait((alias, None))
 
-    async def add_covered(self, alias: str, version: str, count: int) -> None:
+    async def coverage(self, alias: str, basis: CoverageBasis = "documents"
+                       ) -> dict[str, float]:
         self._check()
-        fields = self._coverage.setdefault(alias, {})
-        fields[f"{version}:covered"] = fields.get(f"{version}:covered", 0) + count
-
-    async def coverage(self, alias: str) -> dict[str, float]:
-        self._check()
-        return coverage_fractions(self._coverage.get(alias, {}))
+        return coverage_fractions(self._coverage.get(alias, {}), basis)
 
     async def record_hits(self, alias: str, doc_ids: Sequence[str], weight: float = 1.0) -> None:
         self._check()
@@ -149,9 +150,9 @@ class MemoryRuleStore(SharedWrites):
         return sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:count]
 
     async def changes(self, on_subscribed: OnSubscribed = None
-                      ) -> AsyncIterator[tuple[str, int]]:
+                      ) -> AsyncIterator[tuple[str, int | None]]:
         self._check()
-        feed: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        feed: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
         self._feeds.add(feed)
         try:
             if on_subscribed is not None:

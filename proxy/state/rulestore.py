@@ -4,10 +4,10 @@ Keys (``P`` is the prefix; ``{alias}`` is a hash tag so one alias's keys share a
 
     P:{alias}:rules        hash  revision, doc (the rule document as JSON), deleted (tombstone)
     P:{alias}:audit        stream of changes: revision, actor, reason, at, before, after
-    P:{alias}:coverage     hash  "<version>:covered", "<version>:total" (backfill progress)
+    P:{alias}:coverage     hash  "<version>:covered", ":total", ":popular_ppm" (backfill progress)
     P:{alias}:popularity   sorted set of document ids by query hits (backfill priority)
     P:aliases              set of declared aliases
-    P:changes              pub/sub channel, message "<alias> <revision>"
+    P:changes              pub/sub channel, "<alias> <revision>" or "<alias> coverage"
 
 Atomic: one Lua script checks the revision, stores the document (or, deleting, leaves a
 tombstone), updates ``P:aliases``, appends the audit entry and publishes the change, so none of
@@ -24,9 +24,12 @@ import redis.asyncio as aioredis
 
 from proxy.config import Settings
 from proxy.state.base import (
+    COVERAGE_MESSAGE,
     AuditEntry,
+    CoverageBasis,
     OnSubscribed,
     SharedWrites,
+    coverage_fields,
     coverage_fractions,
     lenient,
     now,
@@ -157,22 +160,20 @@ class RedisRuleStore(SharedWrites):
 
     # -- coverage and popularity ---------------------------------------------------------------
 
-    async def set_coverage(self, alias: str, version: str, covered: int, total: int) -> None:
+    async def set_coverage(self, alias: str, version: str, covered: int, total: int,
+                           popular: float | None = None) -> None:
+        fields = coverage_fields(version, covered, total, popular)
         async with unavailable_on_error(self.client):
-            await self.client.hset(self._key(alias, "coverage"),
-                                   mapping={f"{version}:covered": covered,
-                                            f"{version}:total": total})
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(self._key(alias, "coverage"), mapping=fields)  # type: ignore[arg-type]
+            pipe.publish(self.channel, f"{alias} {COVERAGE_MESSAGE}")
+            await pipe.execute()
 
-    async def add_covered(self, alias: str, version: str, count: int) -> None:
-        """Many backfill workers add what they finished; Redis keeps the sum."""
-        async with unavailable_on_error(self.client):
-            await self.client.hincrby(self._key(alias, "coverage"), f"{version}:covered", count)
-
-    async def coverage(self, alias: str) -> dict[str, float]:
-        """Coverage fraction per version that has reported a total."""
+    async def coverage(self, alias: str, basis: CoverageBasis = "documents"
+                       ) -> dict[str, float]:
         async with unavailable_on_error(self.client):
             raw = await self.client.hgetall(self._key(alias, "coverage"))
-        return coverage_fractions({_text(k): int(v) for k, v in raw.items()})
+        return coverage_fractions({_text(k): int(v) for k, v in raw.items()}, basis)
 
     async def record_hits(self, alias: str, doc_ids: Sequence[str], weight: float = 1.0) -> None:
         async with unavailable_on_error(self.client):
@@ -190,7 +191,7 @@ class RedisRuleStore(SharedWrites):
     # -- notifications -------------------------------------------------------------------------
 
     async def changes(self, on_subscribed: OnSubscribed = None
-                      ) -> AsyncIterator[tuple[str, int]]:
+                      ) -> AsyncIterator[tuple[str, int | None]]:
         """Yield (alias, revision) as changes are published; raises StoreUnavailable on loss."""
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
@@ -206,10 +207,12 @@ class RedisRuleStore(SharedWrites):
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
 
 
-def _parse_change(data: object) -> tuple[str, int] | None:
+def _parse_change(data: object) -> tuple[str, int | None] | None:
     if not isinstance(data, bytes):
         return None
     alias, _, revision = data.decode().partition(" ")
+    if revision == COVERAGE_MESSAGE:
+        return alias, None
     return (alias, int(revision)) if revision.isdigit() else None
 
 

@@ -80,7 +80,7 @@ class RuleWatcher:
                 await self.refresh_alias(alias)
             for gone in set(self.rollouts) - set(aliases):
                 await self._gone(gone)
-            coverage = {alias: await self.store.coverage(alias) for alias in aliases}
+            coverage = {alias: await self._coverage_of(alias) for alias in aliases}
             kept = {alias: self.coverage[alias] for alias in self.vanished
                     if alias in self.coverage}
             self.coverage = {**coverage, **kept}
@@ -89,6 +89,17 @@ class RuleWatcher:
             raise
         self.connected, self.last_error = True, None
         self._last_refresh = time.monotonic()
+
+    async def _coverage_of(self, alias: str) -> dict[str, float]:
+        """The figure the alias's coverage gate reads (documents, or popularity)."""
+        rollout = self.rollouts.get(alias)
+        basis = rollout.coverage_gate.basis if rollout is not None else "documents"
+        return await self.store.coverage(alias, basis)
+
+    async def refresh_coverage(self, alias: str) -> None:
+        """Re-read one alias's coverage: the backfill announced progress."""
+        if alias in self.rollouts and alias not in self.vanished:
+            self.coverage = {**self.coverage, alias: await self._coverage_of(alias)}
 
     async def refresh_alias(self, alias: str) -> None:
         try:
@@ -142,8 +153,11 @@ class RuleWatcher:
                 async for alias, revision in self.store.changes(on_subscribed=self.refresh_all):
                     backoff = 0.05
                     current = self.rollouts.get(alias)
-                    if current is None or revision > current.revision:
+                    if revision is None:
+                        await self.refresh_coverage(alias)
+                    elif current is None or revision > current.revision:
                         await self.refresh_alias(alias)
+                        await self.refresh_coverage(alias)  # the gate's basis may have changed
             except StoreUnavailable as exc:
                 self._mark_down(exc)
             await asyncio.sleep(backoff)

@@ -39,6 +39,13 @@ class PointIn(msgspec.Struct, frozen=True):
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class Stored(msgspec.Struct, frozen=True):
+    """A stored point as read back: its id and (the asked-for part of) its payload."""
+
+    id: PointId
+    payload: dict[str, Any]
+
+
 class CollectionInfo(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     dimensions: int
@@ -61,6 +68,24 @@ class VectorStore(Protocol):
 
     async def describe(self, target: Target) -> CollectionInfo | None: ...
 
+    async def scroll(self, target: Target, offset: PointId | None, limit: int,
+                     fields: Sequence[str] | None = None
+                     ) -> tuple[list[Stored], PointId | None]:
+        """A page of the version's points in id order, and the offset of the next page (None
+        after the last); ``fields`` picks payload keys (None: the whole payload)."""
+        ...
+
+    async def retrieve(self, target: Target, ids: Sequence[PointId],
+                       fields: Sequence[str] | None = None) -> list[Stored]:
+        """The version's points among ``ids`` (absent ones are left out)."""
+        ...
+
+    async def count(self, target: Target) -> int:
+        """How many points the version has (only its own in a shared collection)."""
+        ...
+
+    async def delete(self, target: Target, ids: Sequence[PointId]) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -68,6 +93,11 @@ def hit(point: Any, with_payload: bool) -> Hit:
     """A scored point from either engine as our Hit (ids: int, or UUIDs as strings)."""
     return Hit(point.id if isinstance(point.id, int) else str(point.id), point.score,
                point.payload if with_payload else None)
+
+
+def stored(point: Any) -> Stored:
+    """A record from either engine as our Stored (ids: int, or UUIDs as strings)."""
+    return Stored(point.id if isinstance(point.id, int) else str(point.id), point.payload or {})
 
 
 def floats(vector: VectorLike) -> list[float]:

@@ -23,11 +23,14 @@ from proxy.vectors.base import (
     DISTANCES,
     CollectionInfo,
     Hit,
+    PointId,
     PointIn,
+    Stored,
     VectorLike,
     backend_errors,
     floats,
     hit,
+    stored,
     with_target,
 )
 from rollout_rules.errors import BackendError, RuleError
@@ -102,7 +105,10 @@ class EdgeStore:
             return
         config = self._config(version.dimensions, version.metric, target.vector_name)
         path.mkdir(parents=True, exist_ok=True)
-        self._shards[target.collection] = edge.EdgeShard.create(str(path), config)
+        shard = self._shards[target.collection] = edge.EdgeShard.create(str(path), config)
+        for key in target.payload_match:  # versions sharing a collection filter on these
+            shard.update(edge.UpdateOperation.create_field_index(
+                key, edge.PayloadSchemaType.Keyword))
         (path / SIDECAR).write_text(json.dumps({
             "dimensions": version.dimensions, "metric": version.metric,
             "model_id": version.model, "vector_name": target.vector_name}))
@@ -131,11 +137,50 @@ class EdgeStore:
                               metric=meta["metric"], model_id=meta["model_id"],
                               points=info.points_count)
 
+    async def scroll(self, target: Target, offset: PointId | None, limit: int,
+                     fields: Sequence[str] | None = None
+                     ) -> tuple[list[Stored], PointId | None]:
+        request = edge.ScrollRequest(offset=offset, limit=limit, with_vector=False,
+                                     with_payload=_payload(fields),
+                                     filter=to_edge_filter(with_target(None, target)))
+        shard = await self._shard(target.collection)
+        with backend_errors(target.collection, "scroll"):
+            records, following = await self._call(shard.scroll, request)
+        return [stored(r) for r in records], _point_id(following)
+
+    async def retrieve(self, target: Target, ids: Sequence[PointId],
+                       fields: Sequence[str] | None = None) -> list[Stored]:
+        if not ids:
+            return []
+        shard = await self._shard(target.collection)
+        with backend_errors(target.collection, "retrieve"):
+            records = await self._call(shard.retrieve, list(ids), _payload(fields), False)
+        return [stored(r) for r in records]
+
+    async def count(self, target: Target) -> int:
+        request = edge.CountRequest(exact=True, filter=to_edge_filter(with_target(None, target)))
+        shard = await self._shard(target.collection)
+        with backend_errors(target.collection, "count"):
+            return int(await self._call(shard.count, request))
+
+    async def delete(self, target: Target, ids: Sequence[PointId]) -> None:
+        shard = await self._shard(target.collection)
+        with backend_errors(target.collection, "delete"):
+            await self._call(shard.update, edge.UpdateOperation.delete_points(list(ids)))
+
     async def close(self) -> None:
         for shard in self._shards.values():
             shard.close()
         self._shards.clear()
         self._pool.shutdown(wait=True)
+
+
+def _payload(fields: Sequence[str] | None) -> Any:
+    return True if fields is None else edge.PayloadSelector.Include(list(fields))
+
+
+def _point_id(value: Any) -> PointId | None:
+    return None if value is None else value if isinstance(value, int) else str(value)
 
 
 def to_edge_filter(query_filter: models.Filter | None) -> edge.Filter | None:

@@ -15,5 +15,7 @@ from proxy.vectors.server import ServerStore
 
 
 class MemoryStore(ServerStore):
+    payload_indexes = False
+
     def __init__(self) -> None:
         super().__init__(AsyncQdrantClient(location=":memory:"))

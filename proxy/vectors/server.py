@@ -15,11 +15,14 @@ from proxy.vectors.base import (
     DISTANCES,
     CollectionInfo,
     Hit,
+    PointId,
     PointIn,
+    Stored,
     VectorLike,
     backend_errors,
     floats,
     hit,
+    stored,
     with_target,
 )
 from rollout_rules.errors import BackendError
@@ -28,6 +31,8 @@ from rollout_rules.model import Target, Version
 
 class ServerStore:
     """A Qdrant server (and, on qdrant-client's in-memory mode, the fake in ``memory``)."""
+
+    payload_indexes = True  # qdrant-client's local mode has none (and warns)
 
     def __init__(self, client: AsyncQdrantClient) -> None:
         self.client = client
@@ -53,6 +58,10 @@ class ServerStore:
                 return
             await self.client.create_collection(target.collection, vectors_config=vectors,
                                                 metadata={"model_id": version.model})
+            # versions sharing a collection filter on these keys
+            for key in target.payload_match if self.payload_indexes else ():
+                await self.client.create_payload_index(target.collection, key,
+                                                       models.PayloadSchemaType.KEYWORD)
 
     async def upsert(self, target: Target, points: Sequence[PointIn]) -> None:
         structs = [models.PointStruct(id=p.id, payload={**p.payload, **target.payload_match},
@@ -78,6 +87,39 @@ class ServerStore:
         metric = {v: k for k, v in DISTANCES.items()}[params.distance.value]
         return CollectionInfo(name=target.collection, dimensions=params.size, metric=metric,
                               model_id=metadata.get("model_id"), points=info.points_count or 0)
+
+    async def scroll(self, target: Target, offset: PointId | None, limit: int,
+                     fields: Sequence[str] | None = None
+                     ) -> tuple[list[Stored], PointId | None]:
+        with backend_errors(target.collection, "scroll"):
+            records, following = await self.client.scroll(
+                target.collection, scroll_filter=with_target(None, target), limit=limit,
+                offset=offset, with_payload=True if fields is None else list(fields),
+                with_vectors=False)
+        return ([stored(r) for r in records],
+                None if following is None else following if isinstance(following, int)
+                else str(following))
+
+    async def retrieve(self, target: Target, ids: Sequence[PointId],
+                       fields: Sequence[str] | None = None) -> list[Stored]:
+        if not ids:
+            return []
+        with backend_errors(target.collection, "retrieve"):
+            records = await self.client.retrieve(
+                target.collection, list(ids), with_vectors=False,
+                with_payload=True if fields is None else list(fields))
+        return [stored(r) for r in records]
+
+    async def count(self, target: Target) -> int:
+        with backend_errors(target.collection, "count"):
+            result = await self.client.count(target.collection,
+                                             count_filter=with_target(None, target), exact=True)
+        return result.count
+
+    async def delete(self, target: Target, ids: Sequence[PointId]) -> None:
+        with backend_errors(target.collection, "delete"):
+            await self.client.delete(target.collection,
+                                     points_selector=models.PointIdsList(points=list(ids)))
 
     async def close(self) -> None:
         await self.client.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -75,8 +74,11 @@ async def test_an_expected_revision_that_moved_is_a_conflict(store: RuleStore) -
 
 
 async def test_coverage_and_popularity(store: RuleStore) -> None:
-    await store.set_coverage("products", "v2", 0, 200)
-    await asyncio.gather(*(store.add_covered("products", "v2", 10) for _ in range(15)))
+    await store.set_coverage("products", "v2", 150, 200)
+    assert await store.coverage("products") == {"v2": 0.75}
+    assert await store.coverage("products", "popularity") == {"v2": 0.75}  # not measured yet
+    await store.set_coverage("products", "v2", 150, 200, popular=0.9)
+    assert await store.coverage("products", "popularity") == {"v2": 0.9}
     assert await store.coverage("products") == {"v2": 0.75}
     await store.record_hits("products", ["d1", "d2", "d1"])
     await store.record_hits("products", ["d3"], weight=5)

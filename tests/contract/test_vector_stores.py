@@ -92,3 +92,31 @@ async def test_a_missing_collection_is_a_backend_error_naming_it(store: VectorSt
         await store.search(target, [0.1] * 8, 3, None, True)
     with pytest.raises(BackendError, match="never_created"):
         await store.upsert(target, [PointIn(1, [0.1] * 8)])
+
+
+async def test_points_read_back_page_by_page_counted_and_deleted(store: VectorStore) -> None:
+    """What ingestion and the backfill need: scroll a version's points (its own only, in a
+    shared collection), pick payload keys, retrieve by id, count, delete."""
+    v1 = _version("v1", Target(collection="both", payload_match={"mv": "v1"}))
+    v2 = _version("v2", Target(collection="both", payload_match={"mv": "v2"}))
+    await store.ensure_collection(v1.target, v1)
+    await store.upsert(v1.target, [PointIn(i, [0.1 * i + 0.1] * 8, {"n": i, "doc": {"t": "x"}})
+                                   for i in range(25)])
+    await store.upsert(v2.target, [PointIn(100 + i, [0.2] * 8, {"n": i}) for i in range(5)])
+    seen, offset, pages = [], None, 0
+    while True:
+        page, offset = await store.scroll(v1.target, offset, 10, fields=["n"])
+        seen += page
+        pages += 1
+        if offset is None:
+            break
+    assert [p.id for p in seen] == list(range(25)) and pages == 3
+    assert all(p.payload == {"n": p.id} for p in seen)
+    assert await store.count(v1.target) == 25 and await store.count(v2.target) == 5
+    got = await store.retrieve(v1.target, [3, 999, 4], fields=["doc.t"])
+    assert sorted((p.id, p.payload["doc"]["t"]) for p in got) == [(3, "x"), (4, "x")]
+    whole = await store.retrieve(v1.target, [5])
+    assert whole[0].payload == {"n": 5, "doc": {"t": "x"}, "mv": "v1"}
+    await store.delete(v1.target, [3, 4])
+    assert await store.count(v1.target) == 23
+    assert await store.retrieve(v1.target, [3, 4]) == []
