@@ -22,6 +22,8 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     edge_search_threads EMBEDSHIFT_EDGE_SEARCH_THREADS  embedded engine: search threads per
                                                    shard (1)
     log_queries         EMBEDSHIFT_LOG_QUERIES     put query text in logs (off)
+    popularity_sample   EMBEDSHIFT_POPULARITY_SAMPLE  share of answers whose hits are counted
+                                                   for the backfill's order (0.2; 0: off)
     request_timeout_s   EMBEDSHIFT_TIMEOUT_S       a search answers 503 past this (10)
     header_timeout_s    EMBEDSHIFT_HEADER_TIMEOUT_S  a request's head must arrive within (10)
     body_timeout_s      EMBEDSHIFT_BODY_TIMEOUT_S  its body within, else 408 (10)
@@ -66,6 +68,7 @@ _ENV = {
     "result_cache_ttl_s": "EMBEDSHIFT_RESULT_CACHE_TTL_S",
     "edge_search_threads": "EMBEDSHIFT_EDGE_SEARCH_THREADS",
     "log_queries": "EMBEDSHIFT_LOG_QUERIES",
+    "popularity_sample": "EMBEDSHIFT_POPULARITY_SAMPLE",
     "request_timeout_s": "EMBEDSHIFT_TIMEOUT_S",
     "header_timeout_s": "EMBEDSHIFT_HEADER_TIMEOUT_S",
     "body_timeout_s": "EMBEDSHIFT_BODY_TIMEOUT_S",
@@ -97,6 +100,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     result_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
     edge_search_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     log_queries: bool = False
+    popularity_sample: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.2
     request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0

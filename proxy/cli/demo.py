@@ -1,21 +1,21 @@
 """The demo: a small outdoor-gear catalogue of the project's own words, loaded for ``serve``.
 
-300 documents are generated deterministically (kinds x variants). All of them go into v1's
-collection and the first 60% into v2's, so the coverage gate has something to do: the candidate
-starts capped at 25% until the rest is backfilled.
+300 documents are generated deterministically (kinds x variants) and written through ingestion:
+all of them into v1's collection and the first 60% into v2's, so the coverage gate has something
+to do (the candidate starts capped at 25%) and ``embedshift backfill products`` has the rest to
+re-encode.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
-from proxy.models.encoders import TextModel
-from proxy.vectors.base import PointIn, VectorStore
-from rollout_rules.model import Rollout
+from proxy.ingest.documents import DOC_ID_FIELD, TEXT_FIELD, Document, document_of
+from proxy.ingest.writer import Ingestor
+from proxy.vectors.base import VectorStore
+from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.demo")
 V2_SHARE = 0.6
@@ -80,27 +80,26 @@ def demo_documents() -> list[dict[str, Any]]:
     return documents
 
 
-async def load_demo(rollout: Rollout, models: Mapping[str, TextModel], store: VectorStore
-                    ) -> dict[str, tuple[int, int]]:
-    """Encode the catalogue into each version's collection (v2 partly); idempotent.
-    Returns each version's (covered, total) for the coverage gate."""
-    documents = demo_documents()
-    coverage = {}
+async def load_demo(rollout: Rollout, ingestor: Ingestor) -> None:
+    """Write the catalogue through ingestion into each version (v2 in part), once: a version
+    that already holds its share, with the source text, is left as it is."""
+    documents = [Document(id=d["id"], text=f"{d['title']}. {d['text']}",
+                          payload={k: d[k] for k in ("title", "text", "category", "price")})
+                 for d in demo_documents()]
     for version in rollout.versions:
         share = 1.0 if version.name == rollout.stable else V2_SHARE
         chosen = documents[: round(len(documents) * share)]
-        info = await store.describe(version.target)
-        if info is None or info.points < len(chosen):
-            await store.ensure_collection(version.target, version)
-            model = models[version.name]
-            texts = [f"{d['title']} {d['text']}" for d in chosen]
-            vectors = await asyncio.to_thread(model.embed_many, texts)
-            points = [PointIn(d["id"], vector.tolist(), {k: d[k] for k in
-                                                         ("title", "text", "category", "price")})
-                      for d, vector in zip(chosen, vectors, strict=True)]
-            await store.upsert(version.target, points)
-            await store.optimize(version.target)
-            log.info("demo_loaded", version=version.name, collection=version.target.collection,
-                     documents=len(points))
-        coverage[version.name] = (len(chosen), len(documents))
-    return coverage
+        if await _holds(ingestor.store, version, len(chosen)):
+            continue
+        await ingestor.write_version(version, chosen)
+        await ingestor.store.optimize(version.target)
+        log.info("demo_loaded", version=version.name, collection=version.target.collection,
+                 documents=len(chosen))
+    await ingestor.update_coverage(rollout)
+
+
+async def _holds(store: VectorStore, version: Version, count: int) -> bool:
+    if await store.describe(version.target) is None or await store.count(version.target) < count:
+        return False
+    first, _ = await store.scroll(version.target, None, 1, [TEXT_FIELD, DOC_ID_FIELD])
+    return bool(first) and document_of(first[0].payload) is not None  # written with its text

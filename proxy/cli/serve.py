@@ -12,15 +12,14 @@ import argparse
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import Protocol
 
 import structlog
 
 from proxy.cli.common import AddCommand
 from proxy.cli.demo import load_demo
 from proxy.config import Settings
+from proxy.ingest.writer import Ingestor
 from proxy.models.catalog import default_rollout
-from proxy.models.encoders import TextModel
 from proxy.models.loader import ModelCache
 from proxy.state.base import RuleStore
 from proxy.state.rulestore import open_store
@@ -31,22 +30,21 @@ from proxy.vectors.server import ServerStore
 from proxy.web.app import Deps, make_app
 from proxy.web.server import serve_until_signalled
 from rollout_rules.errors import NotFoundError
-from rollout_rules.model import Version
 
 DEMO_ALIAS = "products"
 log = structlog.get_logger("embedshift.serve")
 
 
-async def serve(settings: Settings, environ: Mapping[str, str]) -> None:
+async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = True) -> None:
     rules = open_store(settings, environ)
     vectors: VectorStore = (
         ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key) if settings.qdrant_url
         else EdgeStore(settings.data_path / "qdrant", search_threads=settings.edge_search_threads))
     models = ModelCache(settings.models_path)  # the demo and the request path share them
-    if settings.redis_url is None and settings.qdrant_url is None:
-        await prepare_demo(rules, vectors, models)
+    if demo and settings.redis_url is None and settings.qdrant_url is None:
+        await prepare_demo(rules, Ingestor(vectors, rules, models))
     deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
-                models=models)
+                models=models, jobs=rules.backfill_queue)
     async def close_stores() -> None:
         await vectors.close()
         await rules.aclose()
@@ -56,29 +54,23 @@ async def serve(settings: Settings, environ: Mapping[str, str]) -> None:
                                 after_cleanup=close_stores)
 
 
-class Models(Protocol):
-    async def get(self, version: Version) -> TextModel: ...
-
-
-async def prepare_demo(rules: RuleStore, vectors: VectorStore, models: Models) -> None:
-    """Declare the demo alias and load its catalogue, once: coverage is seeded only where none
-    is recorded, so a restart never overwrites what an operator or the backfill wrote."""
+async def prepare_demo(rules: RuleStore, ingestor: Ingestor) -> None:
+    """Declare the demo alias (unless deleted on purpose) and load its catalogue, once; the
+    coverage is counted from what the collections hold."""
     try:
         rollout = await rules.get(DEMO_ALIAS)
     except NotFoundError:
+        if await rules.deleted(DEMO_ALIAS):
+            return
         rollout = await rules.create(default_rollout(DEMO_ALIAS), "embedshift serve",
                                      "demo alias declared by serve")
-    loaded = {}
     for version in rollout.versions:
-        loaded[version.name] = await models.get(version)
+        await ingestor.models.get(version)
         print(f"model {version.name}: {version.model} ready", flush=True)
-    recorded = await rules.coverage(DEMO_ALIAS)  # an operator's or the backfill's: keep it
-    for name, (covered, total) in (await load_demo(rollout, loaded, vectors)).items():
-        if name not in recorded:
-            await rules.set_coverage(DEMO_ALIAS, name, covered, total)
+    await load_demo(rollout, ingestor)
 
 
-def run(settings: Settings, environ: Mapping[str, str]) -> None:
+def run(settings: Settings, environ: Mapping[str, str], demo: bool = True) -> None:
     configure_logging()  # JSON lines unless a person is watching the terminal
     try:
         import uvloop
@@ -87,11 +79,11 @@ def run(settings: Settings, environ: Mapping[str, str]) -> None:
     except ImportError:  # uvloop is Linux/macOS only; asyncio's loop serves elsewhere
         loop_factory = None
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as r:
-        r.run(serve(settings, environ))
+        r.run(serve(settings, environ, demo))
 
 
 def command(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> None:
-    run(settings, environ)
+    run(settings, environ, demo=not args.no_demo)
 
 
 def add_parsers(add: AddCommand) -> None:
@@ -101,6 +93,8 @@ def add_parsers(add: AddCommand) -> None:
                                   "127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: EMBEDSHIFT_PORT, "
                                             "else 8080)")
+    p.add_argument("--no-demo", action="store_true",
+                   help="serve only the aliases the rules declare (no demo catalogue)")
 
 
 _HINT = """

@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.models.encoders import Encoder, clean_text
 from proxy.models.loader import EncoderKey, encoder_key
+from proxy.serving.popularity import HitRecorder
 from proxy.serving.resultcache import ResultCache, result_key
 from proxy.telemetry import Attr, Metrics
 from proxy.vectors.base import Hit, VectorStore, parse_filter
@@ -87,8 +88,9 @@ class Searcher:
     def __init__(self, rules: Rules, encoders: Mapping[EncoderKey, Encoder], *,
                  store: VectorStore, metrics: Metrics, tracer: Tracer,
                  results: ResultCache | None = None, deadline_s: float = 10.0,
-                 log_queries: bool = False) -> None:
+                 log_queries: bool = False, hits: HitRecorder | None = None) -> None:
         self.rules, self.encoders, self.store = rules, encoders, store
+        self.hits = hits
         self.metrics, self.tracer, self.log_queries = metrics, tracer, log_queries
         self.results = results if results is not None else ResultCache(0, 0)
         self.deadline_s = deadline_s
@@ -228,6 +230,8 @@ class Searcher:
             Attr.CACHE_HIT: found.vector_cached, Attr.RESULT_CACHE_HIT: found.result_cached,
             Attr.PROVIDER: "embedshift"}
         span.set_attributes(attributes)
+        if self.hits is not None:
+            self.hits.record(rollout, version, hits)
         trace_id = format(span.get_span_context().trace_id, "032x")
         extra = {"query": text} if self.log_queries else {}
         log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),

@@ -14,7 +14,7 @@ concurrent writer makes it raise ConflictError rather than overwrite silently.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -98,8 +98,9 @@ class RuleStore(Protocol):
         (documents where popularity was never measured)."""
         ...
 
-    async def record_hits(self, alias: str, doc_ids: Sequence[str],
-                          weight: float = 1.0) -> None: ...
+    async def record_hits(self, alias: str, counts: Mapping[str, float]) -> None:
+        """Add answer hits per point id (the backfill takes the most-answered first)."""
+        ...
 
     async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]: ...
 

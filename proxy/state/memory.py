@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping
 
 from msgspec.structs import replace
 
@@ -138,11 +138,11 @@ class MemoryRuleStore(SharedWrites):
         self._check()
         return coverage_fractions(self._coverage.get(alias, {}), basis)
 
-    async def record_hits(self, alias: str, doc_ids: Sequence[str], weight: float = 1.0) -> None:
+    async def record_hits(self, alias: str, counts: Mapping[str, float]) -> None:
         self._check()
         scores = self._popularity.setdefault(alias, {})
-        for doc_id in doc_ids:
-            scores[doc_id] = scores.get(doc_id, 0.0) + weight
+        for point, count in counts.items():
+            scores[point] = scores.get(point, 0.0) + count
 
     async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]:
         self._check()

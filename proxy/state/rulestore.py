@@ -17,7 +17,7 @@ Redis (or a Sentinel-managed primary), not a Redis Cluster. Redis errors become 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -37,6 +37,7 @@ from proxy.state.base import (
     stamp,
 )
 from proxy.state.client import connect, redis_url, unavailable_on_error
+from proxy.state.jobs import BackfillQueue
 from rollout_rules.errors import ConflictError, NotFoundError
 from rollout_rules.model import Rollout, dump_rollout, parse_rollout
 
@@ -175,11 +176,11 @@ class RedisRuleStore(SharedWrites):
             raw = await self.client.hgetall(self._key(alias, "coverage"))
         return coverage_fractions({_text(k): int(v) for k, v in raw.items()}, basis)
 
-    async def record_hits(self, alias: str, doc_ids: Sequence[str], weight: float = 1.0) -> None:
+    async def record_hits(self, alias: str, counts: Mapping[str, float]) -> None:
         async with unavailable_on_error(self.client):
             pipe = self.client.pipeline(transaction=False)
-            for doc_id in doc_ids:
-                pipe.zincrby(self._key(alias, "popularity"), weight, doc_id)
+            for point, count in counts.items():
+                pipe.zincrby(self._key(alias, "popularity"), count, point)
             await pipe.execute()
 
     async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]:
@@ -187,6 +188,10 @@ class RedisRuleStore(SharedWrites):
             rows = await self.client.zrevrange(self._key(alias, "popularity"), 0, count - 1,
                                                withscores=True)
         return [(_text(row[0]), float(row[1])) for row in rows]
+
+    def backfill_queue(self, alias: str, version: str) -> BackfillQueue:
+        """The work queue of the backfill of ``alias`` into ``version``."""
+        return BackfillQueue(self.client, self.prefix, alias, version)
 
     # -- notifications -------------------------------------------------------------------------
 

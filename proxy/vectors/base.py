@@ -24,6 +24,9 @@ from rollout_rules.model import Target, Version
 
 PointId = int | str
 VectorLike = Sequence[float] | NDArray[np.float32]
+RESERVED = "_embedshift"
+"""The payload key under which a point carries its source text and envelope (see
+``proxy.ingest.documents``); search answers leave it out."""
 DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid", "manhattan": "Manhattan"}
 
 
@@ -91,8 +94,12 @@ class VectorStore(Protocol):
 
 def hit(point: Any, with_payload: bool) -> Hit:
     """A scored point from either engine as our Hit (ids: int, or UUIDs as strings)."""
-    return Hit(point.id if isinstance(point.id, int) else str(point.id), point.score,
-               point.payload if with_payload else None)
+    payload = None
+    if with_payload:
+        payload = point.payload or {}
+        if RESERVED in payload:
+            payload = {k: v for k, v in payload.items() if k != RESERVED}
+    return Hit(point.id if isinstance(point.id, int) else str(point.id), point.score, payload)
 
 
 def stored(point: Any) -> Stored:

@@ -23,17 +23,24 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.config import Settings
 from proxy.control.operator import Operator
+from proxy.ingest.backfill import Backfill, QueueFactory
+from proxy.ingest.writer import Ingestor
 from proxy.models.encoders import default_threads
 from proxy.models.loader import Encoders, ModelCache
+from proxy.serving.popularity import HitRecorder
 from proxy.serving.resultcache import ResultCache
 from proxy.serving.search import Searcher
 from proxy.state.base import RuleStore
+from proxy.state.jobs import BackfillQueue
 from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
 from proxy.vectors.base import VectorStore, mismatches
 from proxy.web.auth import require_admin_token
+from proxy.web.bodies import MAX_DOCUMENTS_BYTES
 from proxy.web.errors import UNMATCHED, boundary, expect_continue
 from proxy.web.keys import (
+    BACKFILL,
+    INGESTOR,
     METRICS,
     OPENAPI,
     OPERATOR,
@@ -45,11 +52,10 @@ from proxy.web.keys import (
 )
 from proxy.web.openapi import document
 from proxy.web.routes import ROUTES, UNMATCHED_PATH, no_route
-from rollout_rules.errors import BackendError
+from rollout_rules.errors import BackendError, FeatureOff
 from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.app")
-MAX_BODY_BYTES = 64 * 1024
 
 
 @dataclass
@@ -58,11 +64,12 @@ class Deps:
     vector_store: VectorStore
     tracer_provider: TracerProvider
     models: ModelCache
+    jobs: QueueFactory | None = None  # the backfill's work queue (Redis); None: no backfill
 
 
 def make_app(settings: Settings, deps: Deps) -> web.Application:
     app = web.Application(middlewares=[boundary, require_admin_token],
-                          client_max_size=MAX_BODY_BYTES)
+                          client_max_size=MAX_DOCUMENTS_BYTES)
     metrics = Metrics()
     executor = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="encode")
     encoders = Encoders(deps.models, executor, settings.cache_size)
@@ -70,20 +77,21 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     tracer = deps.tracer_provider.get_tracer("embedshift")
     app[SETTINGS], app[METRICS], app[WATCHER], app[TRACER] = settings, metrics, watcher, tracer
     results = ResultCache(settings.result_cache_size, settings.result_cache_ttl_s)
+    recorder = HitRecorder(deps.rules_store, settings.popularity_sample)
     app[SEARCHER] = Searcher(watcher, encoders.by_key, store=deps.vector_store, metrics=metrics,
                              tracer=tracer, results=results,
                              deadline_s=settings.request_timeout_s,
-                             log_queries=settings.log_queries)
+                             log_queries=settings.log_queries, hits=recorder)
+    ingestor = app[INGESTOR] = Ingestor(deps.vector_store, deps.rules_store, deps.models)
+    backfill = app[BACKFILL] = Backfill(ingestor, deps.jobs or _no_jobs,
+                                        f"{settings.host}:{settings.port}")
     app[OPERATOR] = Operator(deps.rules_store, "admin-api")
     app[READY] = {}
-    app[OPENAPI] = document(ROUTES)
-    for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler,
-                             expect_handler=expect_continue)
-    app.router.add_route("*", UNMATCHED_PATH, no_route, name=UNMATCHED,
-                         expect_handler=expect_continue)
+    _add_routes(app)
 
     async def stop() -> None:
+        await backfill.close()
+        await recorder.stop()
         await watcher.stop()
         await encoders.close()
         executor.shutdown(wait=False, cancel_futures=True)
@@ -118,6 +126,7 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
         except BaseException:
             await stop()  # nothing start-up began may outlive a start that failed
             raise
+        recorder.start()
         app[READY]["started"] = True
         yield
         await stop()
@@ -125,6 +134,19 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _add_routes(app: web.Application) -> None:
+    app[OPENAPI] = document(ROUTES)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler,
+                             expect_handler=expect_continue)
+    app.router.add_route("*", UNMATCHED_PATH, no_route, name=UNMATCHED,
+                         expect_handler=expect_continue)
+
+
+def _no_jobs(alias: str, version: str) -> BackfillQueue:
+    raise FeatureOff("the backfill needs the Redis rule store (its work queue lives there)")
 
 
 async def collection_problems(version: Version, store: VectorStore) -> str | None:

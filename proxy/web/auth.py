@@ -1,9 +1,11 @@
-"""Bearer tokens: the admin API and alert webhook need the admin token, a request that names its
-own model version needs the override token. Compared in constant time, as bytes, never echoed."""
+"""Bearer tokens: the admin API, ingestion and the alert webhook need the admin token, a request
+that names its own model version needs the override token. Compared in constant time, as bytes,
+never echoed."""
 
 from __future__ import annotations
 
 import hmac
+import re
 
 from aiohttp import web
 
@@ -11,7 +13,7 @@ from proxy.web.errors import Handler
 from proxy.web.keys import SETTINGS
 from rollout_rules.errors import AccessError, FeatureOff
 
-ADMIN_PATHS = ("/admin", "/v1/alerts")
+ADMIN_PATHS = re.compile(r"^/(admin|v1/alerts)(/|$)|^/v1/aliases/[^/]+/documents(/|$)")
 OVERRIDE_TOKEN_HEADER = "X-Embedshift-Override-Token"
 
 
@@ -34,7 +36,7 @@ def bearer(request: web.Request) -> str | None:
 
 @web.middleware
 async def require_admin_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(ADMIN_PATHS):
+    if ADMIN_PATHS.match(request.path):
         check_token(bearer(request), request.app[SETTINGS].admin_token,
                     off="EMBEDSHIFT_ADMIN_TOKEN", scheme="'Authorization: Bearer <token>' header")
     return await handler(request)

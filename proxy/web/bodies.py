@@ -20,12 +20,16 @@ from rollout_rules.errors import RuleError
 from rollout_rules.model import rule_error
 
 T = TypeVar("T")
+MAX_BODY_BYTES = 64 * 1024  # a search or an admin action
+MAX_DOCUMENTS_BYTES = 8 * 1024 * 1024  # a batch of documents (the app's own ceiling)
 ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 MAX_DEPTH = 32
 _OPEN, _CLOSE, _QUOTE, _ESCAPE = frozenset(b"[{"), frozenset(b"]}"), ord('"'), ord("\\")
 
 
-async def read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_bytes, request.content_length)
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ENCODINGS:
         raise web.HTTPUnsupportedMediaType(  # the value is not echoed: headers can hold secrets
@@ -33,7 +37,10 @@ async def read_body(request: web.Request) -> bytes:
     timeout_s = request.app[SETTINGS].body_timeout_s
     try:
         async with asyncio.timeout(timeout_s):
-            return await request.read()
+            body = await request.read()
+        if len(body) > max_bytes:  # chunked, or decompressed past the limit
+            raise web.HTTPRequestEntityTooLarge(max_bytes, len(body))
+        return body
     except TimeoutError:
         raise web.HTTPRequestTimeout(
             text=f"the body did not arrive within {timeout_s:g}s") from None
@@ -86,6 +93,6 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise RuleError("body", f"not valid JSON: {exc}") from exc
 
 
-async def read_json(request: web.Request, kind: type[T]) -> T:
+async def read_json(request: web.Request, kind: type[T], max_bytes: int = MAX_BODY_BYTES) -> T:
     """The request's body decoded into ``kind``, strictly (see the module)."""
-    return decode(await read_body(request), kind)
+    return decode(await read_body(request, max_bytes), kind)

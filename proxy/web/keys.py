@@ -9,6 +9,8 @@ from opentelemetry.trace import Tracer
 
 from proxy.config import Settings
 from proxy.control.operator import Operator
+from proxy.ingest.backfill import Backfill
+from proxy.ingest.writer import Ingestor
 from proxy.serving.search import Searcher
 from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
@@ -21,3 +23,5 @@ METRICS = web.AppKey("metrics", Metrics)
 TRACER = web.AppKey("tracer", Tracer)
 READY = web.AppKey("ready", dict)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
+INGESTOR = web.AppKey("ingestor", Ingestor)
+BACKFILL = web.AppKey("backfill", Backfill)

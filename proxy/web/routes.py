@@ -8,10 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.ingest.backfill import Options, Progress
 from proxy.serving.search import SearchRequest, SearchResponse
 from proxy.web.auth import OVERRIDE_TOKEN_HEADER
 from proxy.web.errors import Handler
-from proxy.web.handlers import admin, health, search
+from proxy.web.handlers import admin, documents, health, search
 from proxy.web.openapi import serve_document
 
 
@@ -40,6 +41,12 @@ _OVERRIDE_TOKEN = {"name": OVERRIDE_TOKEN_HEADER, "in": "header", "required": Fa
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/aliases/{alias}/search", search.search, "Search an alias with text",
           body=SearchRequest, answer=SearchResponse, parameters=(_VERSION, _OVERRIDE_TOKEN)),
+    Route("POST", "/v1/aliases/{alias}/documents", documents.ingest,
+          "Write documents into every active version (admin token)",
+          body=documents.DocumentBatch, answer=documents.IngestAnswer, admin=True),
+    Route("DELETE", "/v1/aliases/{alias}/documents/{doc_id}", documents.delete_document,
+          "Remove a document from every version (admin token)", admin=True,
+          body_required=False),
     Route("GET", "/healthz", health.healthz, "Alive"),
     Route("GET", "/readyz", health.readyz, "Ready, with detail (503 when not)"),
     Route("GET", "/metrics", health.metrics, "Prometheus metrics"),
@@ -56,6 +63,14 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/aliases/{alias}/restore", admin.restore,
           "Write this proxy's last good rule back to a rule store that lost it",
           body=admin.Action, admin=True, body_required=False),
+    Route("POST", "/admin/aliases/{alias}/backfill", documents.start_backfill,
+          "Start or resume the candidate's backfill in this proxy", body=Options,
+          answer=Progress, admin=True, body_required=False),
+    Route("GET", "/admin/aliases/{alias}/backfill", documents.backfill_status,
+          "The backfill's progress and coverage", answer=Progress, admin=True),
+    Route("POST", "/admin/aliases/{alias}/backfill/stop", documents.stop_backfill,
+          "Stop this proxy's backfill workers (the plan stays; start resumes it)",
+          answer=Progress, admin=True, body_required=False),
     *(Route("POST", f"/admin/aliases/{{alias}}/{name}", handler, summary, body=admin.Action,
             admin=True, body_required=False)
       for name, handler, summary in (

@@ -80,8 +80,8 @@ async def test_coverage_and_popularity(store: RuleStore) -> None:
     await store.set_coverage("products", "v2", 150, 200, popular=0.9)
     assert await store.coverage("products", "popularity") == {"v2": 0.9}
     assert await store.coverage("products") == {"v2": 0.75}
-    await store.record_hits("products", ["d1", "d2", "d1"])
-    await store.record_hits("products", ["d3"], weight=5)
+    await store.record_hits("products", {"d1": 1, "d2": 1})
+    await store.record_hits("products", {"d3": 5, "d1": 1})
     assert await store.most_popular("products", 2) == [("d3", 5.0), ("d1", 2.0)]
 
 

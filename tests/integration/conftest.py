@@ -15,10 +15,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from proxy.cli.demo import load_demo
 from proxy.config import Settings
+from proxy.ingest.writer import Ingestor
 from proxy.models.catalog import default_rollout, resolve
 from proxy.models.encoders import OnnxModel
 from proxy.models.loader import ModelCache
 from proxy.state.client import connect
+from proxy.state.memory import MemoryRuleStore
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
 from proxy.telemetry import tracer_provider
@@ -51,9 +53,14 @@ def demo_engine(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     rollout = default_rollout("products")
     models = {(v.model, v.quantization): OnnxModel(resolve(v, models_dir), threads=1)
               for v in rollout.versions}
-    coverage = asyncio.run(load_demo(
-        rollout, {v.name: models[(v.model, v.quantization)] for v in rollout.versions}, store))
-    yield Engine(store, coverage, models)
+    cache = ModelCache(models_dir, load=lambda v: models[(v.model, v.quantization)])
+
+    async def load() -> dict[str, tuple[int, int]]:
+        await load_demo(rollout, Ingestor(store, MemoryRuleStore(), cache))
+        total = await store.count(rollout.version(rollout.stable).target)
+        return {v.name: (await store.count(v.target), total) for v in rollout.versions}
+
+    yield Engine(store, asyncio.run(load()), models)
     asyncio.run(store.close())
 
 

@@ -15,15 +15,15 @@ from proxy.config import Settings
 def test_serve_listens_where_its_flags_say(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def run(settings: Settings, environ: Mapping[str, str]) -> None:
-        seen.update(host=settings.host, port=settings.port)
+    def run(settings: Settings, environ: Mapping[str, str], demo: bool = True) -> None:
+        seen.update(host=settings.host, port=settings.port, demo=demo)
 
     monkeypatch.setattr(serve, "run", run)
     environ = {"EMBEDSHIFT_HOST": "127.0.0.9", "EMBEDSHIFT_PORT": "8000"}
     assert main(["serve", "--host", "127.0.0.2", "--port", "9001"], environ) == 0
-    assert seen == {"host": "127.0.0.2", "port": 9001}
-    assert main(["serve"], environ) == 0
-    assert seen == {"host": "127.0.0.9", "port": 8000}
+    assert seen == {"host": "127.0.0.2", "port": 9001, "demo": True}
+    assert main(["serve", "--no-demo"], environ) == 0
+    assert seen == {"host": "127.0.0.9", "port": 8000, "demo": False}
 
 
 def test_a_port_out_of_range_is_an_error_naming_the_setting(

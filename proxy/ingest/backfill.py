@@ -1,0 +1,264 @@
+"""The backfill: re-encode into the candidate every document stable holds and it lacks, most
+answered first, by N workers sharing one Redis work queue, at a rate that spares live queries.
+
+Planning reads stable's and the candidate's document ids from the store (the source text stays
+in stable's payload), orders what is missing by answer hits (the proxy's popularity record), and
+queues it in batches (``proxy.state.jobs``). A plan already in Redis is resumed, never redone.
+Each worker claims a batch under a lease, reads its documents from stable, encodes them with the
+candidate's model, writes them, and only then counts the batch done; coverage is recounted from
+the store after every batch and announced, so every proxy's gate follows the backfill at once.
+Documents ingested meanwhile are dual-written and need no backfill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+import msgspec
+import structlog
+
+from proxy.ingest.documents import (
+    DOC_ID_FIELD,
+    PointId,
+    document_of,
+    parse_point_id,
+)
+from proxy.ingest.writer import Coverage, Ingestor
+from proxy.state.jobs import BackfillQueue, Claim, JobStatus
+from proxy.vectors.base import RESERVED
+from rollout_rules.errors import BackendError, ModelError, RuleError, StoreUnavailable
+from rollout_rules.model import Rollout, Version
+
+log = structlog.get_logger("embedshift.backfill")
+SCROLL_PAGE = 1000
+QueueFactory = Callable[[str, str], BackfillQueue]
+
+
+class Options(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a backfill runs (the body of ``POST /admin/aliases/{alias}/backfill``)."""
+
+    workers: int = msgspec.field(default=1)
+    rate: float | None = None  # documents per second across this process's workers; None: all
+    batch_size: int = 64
+    lease_s: float = 30.0
+
+    def check(self) -> Options:
+        if not 1 <= self.workers <= 64:
+            raise RuleError("workers", "from 1 to 64")
+        if self.rate is not None and not self.rate > 0:
+            raise RuleError("rate", "documents per second, more than 0 (omit it for no limit)")
+        if not 1 <= self.batch_size <= 1024:
+            raise RuleError("batch_size", "from 1 to 1024")
+        if not 1 <= self.lease_s <= 3600:
+            raise RuleError("lease_s", "from 1 to 3600 seconds")
+        return self
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``embedshift backfill --status`` shows."""
+
+    alias: str
+    version: str | None
+    state: str  # none, running, stopped, done
+    job: JobStatus | None
+    running_here: int  # workers of this process on it
+    rate_docs_s: float | None
+    eta_s: float | None
+    skipped: int  # stable points without source text (cannot be re-encoded)
+    coverage: list[Coverage]
+
+
+class RateLimit:
+    """Documents per second shared by the workers of one process (None: unlimited)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self._next = time.monotonic()
+
+    async def take(self, documents: int) -> None:
+        if self.rate is None:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + documents / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+async def missing_ids(ingestor: Ingestor, stable: Version, candidate: Version
+                      ) -> list[PointId]:
+    """Stable's point ids whose document the candidate lacks, in id order."""
+    store = ingestor.store
+    have: set[object] = set()
+    if await store.describe(candidate.target) is not None:
+        offset: PointId | None = None
+        while True:
+            page, offset = await store.scroll(candidate.target, offset, SCROLL_PAGE,
+                                              [DOC_ID_FIELD])
+            have.update(p.payload.get(RESERVED, {}).get("doc_id", p.id) for p in page)
+            if offset is None:
+                break
+    missing: list[PointId] = []
+    offset = None
+    while True:
+        page, offset = await store.scroll(stable.target, offset, SCROLL_PAGE, [DOC_ID_FIELD])
+        missing += [p.id for p in page if p.payload.get(RESERVED, {}).get("doc_id", p.id)
+                    not in have]
+        if offset is None:
+            return missing
+
+
+def by_popularity(ids: Sequence[PointId], popular: Sequence[tuple[str, float]]
+                  ) -> list[PointId]:
+    """``ids`` with the most-answered first (in popularity order), the rest in their order."""
+    wanted = set(ids)
+    first = [parse_point_id(key) for key, _ in popular]
+    first = [i for i in first if i in wanted]
+    chosen = set(first)
+    return first + [i for i in ids if i not in chosen]
+
+
+def batched(ids: Sequence[PointId], size: int) -> list[list[PointId]]:
+    return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
+
+
+class Backfill:
+    """One alias's backfill in this process: plan (or resume), run workers, report."""
+
+    def __init__(self, ingestor: Ingestor, queues: QueueFactory, worker_prefix: str) -> None:
+        self.ingestor, self.queues, self.worker_prefix = ingestor, queues, worker_prefix
+        self.tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self.started: dict[str, tuple[float, int]] = {}  # alias: (monotonic, done_docs then)
+        self.skipped: dict[str, int] = {}
+
+    async def plan(self, rollout: Rollout, options: Options) -> JobStatus:
+        """Queue the missing documents, most answered first, unless a plan is in Redis (a
+        finished one is replaced by a fresh plan)."""
+        stable, candidate = _pair(rollout)
+        queue = self.queues(rollout.alias, candidate.name)
+        status = await queue.status()
+        if status.exists and not status.finished:
+            return status
+        if status.exists:
+            await queue.clear()
+        missing = await missing_ids(self.ingestor, stable, candidate)
+        popular = await self.ingestor.rules.most_popular(rollout.alias, max(len(missing), 1))
+        ordered = by_popularity(missing, popular)
+        await queue.create(batched(ordered, options.batch_size))
+        log.info("backfill_planned", alias=rollout.alias, version=candidate.name,
+                 documents=len(ordered), popular_first=sum(1 for _ in popular))
+        return await queue.status()
+
+    async def start(self, rollout: Rollout, options: Options) -> Progress:
+        """Plan or resume, then run ``options.workers`` workers here until the queue is empty."""
+        options.check()
+        if self.running(rollout.alias):
+            raise RuleError("backfill", f"a backfill of {rollout.alias} is already running here")
+        status = await self.plan(rollout, options)
+        _, candidate = _pair(rollout)
+        await self.queues(rollout.alias, candidate.name).set_stopped(False)
+        await self.ingestor.update_coverage(rollout)
+        limit = RateLimit(options.rate)
+        self.started[rollout.alias] = (time.monotonic(), status.done_docs)
+        self.skipped[rollout.alias] = 0
+        self.tasks[rollout.alias] = [
+            asyncio.create_task(self.work(rollout, options, limit, f"{self.worker_prefix}/{n}"),
+                                name=f"backfill-{rollout.alias}-{n}")
+            for n in range(options.workers)]
+        return await self.progress(rollout)
+
+    def running(self, alias: str) -> int:
+        return sum(1 for t in self.tasks.get(alias, []) if not t.done())
+
+    async def work(self, rollout: Rollout, options: Options, limit: RateLimit,
+                   worker: str) -> None:
+        """Claim, encode, write, finish; until the queue is empty. A failed batch is left to
+        its lease (another claim retries it); Redis unreachable: wait and retry."""
+        stable, candidate = _pair(rollout)
+        queue = self.queues(rollout.alias, candidate.name)
+        while True:
+            try:
+                claim = await queue.claim(worker, options.lease_s)
+                if claim is None:
+                    status = await queue.status()
+                    if status.finished:
+                        await self.ingestor.update_coverage(rollout)
+                        log.info("backfill_done", alias=rollout.alias, worker=worker)
+                        return
+                    await asyncio.sleep(min(1.0, options.lease_s / 4))  # others' leases
+                    continue
+                await limit.take(len(claim.ids))
+                written = await self.run_batch(rollout, stable, candidate, claim)
+                if await queue.finish(worker, claim, written):
+                    await self.ingestor.update_coverage(rollout)
+                else:
+                    log.warning("backfill_lease_lost", alias=rollout.alias, batch=claim.batch)
+            except (BackendError, ModelError) as exc:
+                log.warning("backfill_batch_failed", alias=rollout.alias, worker=worker,
+                            error=str(exc), retry="after the lease expires")
+                await asyncio.sleep(1.0)
+            except StoreUnavailable as exc:
+                log.warning("backfill_waiting_for_redis", alias=rollout.alias, error=str(exc))
+                await asyncio.sleep(1.0)
+
+    async def run_batch(self, rollout: Rollout, stable: Version, candidate: Version,
+                        claim: Claim) -> int:
+        """Re-encode one batch from stable's stored text into the candidate; how many."""
+        points = await self.ingestor.store.retrieve(stable.target, claim.ids)
+        documents = [d for d in (document_of(p.payload) for p in points) if d is not None]
+        skipped = len(points) - len(documents)
+        if skipped:
+            self.skipped[rollout.alias] = self.skipped.get(rollout.alias, 0) + skipped
+            log.warning("backfill_no_source_text", alias=rollout.alias, points=skipped)
+        await self.ingestor.write_version(candidate, documents)
+        return len(documents)
+
+    async def stop(self, rollout: Rollout) -> Progress:
+        """Stop this process's workers (what they leased returns to the queue when the lease
+        expires); the plan stays in Redis, so ``start`` resumes it."""
+        tasks = self.tasks.pop(rollout.alias, [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if rollout.candidate is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.queues(rollout.alias, rollout.candidate).set_stopped(True)
+        return await self.progress(rollout)
+
+    async def progress(self, rollout: Rollout) -> Progress:
+        coverage = await self.ingestor.update_coverage(rollout) if rollout.candidate else []
+        if rollout.candidate is None:
+            return Progress(alias=rollout.alias, version=None, state="none", job=None,
+                            running_here=0, rate_docs_s=None, eta_s=None, skipped=0,
+                            coverage=coverage)
+        job = await self.queues(rollout.alias, rollout.candidate).status()
+        here = self.running(rollout.alias)
+        rate = eta = None
+        if rollout.alias in self.started and here:
+            since, done_then = self.started[rollout.alias]
+            elapsed = time.monotonic() - since
+            if elapsed > 0 and job.done_docs > done_then:
+                rate = (job.done_docs - done_then) / elapsed
+                eta = max(0, job.total_docs - job.done_docs) / rate
+        state = ("none" if not job.exists else "done" if job.finished
+                 else "running" if here or (job.leased and not job.stopped) else "stopped")
+        return Progress(alias=rollout.alias, version=rollout.candidate, state=state, job=job,
+                        running_here=here, rate_docs_s=rate, eta_s=eta,
+                        skipped=self.skipped.get(rollout.alias, 0), coverage=coverage)
+
+    async def close(self) -> None:
+        for tasks in self.tasks.values():
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*(t for ts in self.tasks.values() for t in ts),
+                             return_exceptions=True)
+        self.tasks.clear()
+
+
+def _pair(rollout: Rollout) -> tuple[Version, Version]:
+    if rollout.candidate is None:
+        raise RuleError("candidate", f"{rollout.alias} has no candidate to backfill")
+    return rollout.version(rollout.stable), rollout.version(rollout.candidate)

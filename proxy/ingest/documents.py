@@ -1,0 +1,117 @@
+"""Documents as users bring them, and how each becomes a point in every version (pure).
+
+A document is ``{"id": ..., "text": ..., "payload": {...}}``: a JSONL line or an item of the API's
+body. In each version it becomes one point whose id is derived from the document id alone (so
+writing it again replaces it: ingestion is idempotent), carrying the user's payload and, under
+``_embedshift``, the source text and the envelope of the version that encoded it, so any vector
+can be traced to the model that made it and re-encoded later by the backfill.
+
+Point ids: a non-negative integer document id is its own point id; any other id, and any id in a
+version that shares its collection with another (``payload_match``), becomes a UUID5 of the id
+(and the version), so two versions' points never collide.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any
+
+import msgspec
+
+from proxy.vectors.base import RESERVED
+from rollout_rules.errors import RuleError
+from rollout_rules.model import Target, Version
+
+DOC_ID_FIELD = f"{RESERVED}.doc_id"
+TEXT_FIELD = f"{RESERVED}.text"
+MAX_TEXT_CHARS = 100_000
+MAX_ID_INT = 2**63 - 1
+_NAMESPACE = uuid.UUID("8f0f6a39-4a0e-5a7e-9d6c-2e51f5e0a7b1")
+
+DocId = (Annotated[int, msgspec.Meta(ge=0, le=MAX_ID_INT)]
+         | Annotated[str, msgspec.Meta(min_length=1, max_length=256)])
+PointId = int | str
+
+
+class Document(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: DocId
+    text: str
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def checked(document: Document) -> Document:
+    """The document with its text cleaned; RuleError naming the field otherwise."""
+    if RESERVED in document.payload:
+        raise RuleError("payload", f"{RESERVED!r} is reserved for embedshift's own fields")
+    text = " ".join(document.text.split())
+    if not text:
+        raise RuleError("text", "is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise RuleError("text", f"is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    return msgspec.structs.replace(document, text=text)
+
+
+def decode_document(raw: bytes | str) -> Document:
+    """One JSON document, checked; RuleError naming the field on any fault."""
+    try:
+        return checked(msgspec.json.decode(raw, type=Document))
+    except msgspec.ValidationError as exc:
+        field, _, message = _where(str(exc))
+        raise RuleError(field, message) from exc
+    except msgspec.DecodeError as exc:
+        raise RuleError("line", f"not valid JSON ({exc})") from exc
+
+
+def read_lines(lines: Iterable[bytes | str]) -> Iterator[tuple[int, Document | RuleError]]:
+    """(line number, document or what is wrong with it) for every non-blank line."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, decode_document(line)
+        except RuleError as exc:
+            yield number, exc
+
+
+def point_id(doc_id: DocId, version: Version) -> PointId:
+    """The document's point id in a version: stable, so writing again replaces it."""
+    shared = bool(version.target.payload_match)
+    if isinstance(doc_id, int) and not shared:
+        return doc_id
+    key = f"{version.name}\x00{doc_id!r}" if shared else repr(doc_id)
+    return str(uuid.uuid5(_NAMESPACE, key))
+
+
+def same_point_ids(a: Target, b: Target) -> bool:
+    """Whether two versions give a document the same point id (neither shares a collection)."""
+    return not a.payload_match and not b.payload_match
+
+
+def point_payload(document: Document, version: Version) -> dict[str, Any]:
+    """The user's payload plus the source text and the envelope of the encoding version."""
+    return {**document.payload, RESERVED: {
+        "doc_id": document.id, "text": document.text, "model": version.model,
+        "version": version.name, "dimensions": version.dimensions, "metric": version.metric,
+        "normalized": version.normalized}}
+
+
+def document_of(payload: dict[str, Any]) -> Document | None:
+    """The document a stored point was made from; None when it carries no source text."""
+    own = payload.get(RESERVED)
+    if not isinstance(own, dict) or not isinstance(own.get("text"), str) or \
+            not isinstance(own.get("doc_id"), (int, str)):
+        return None
+    user = {k: v for k, v in payload.items() if k != RESERVED}
+    return Document(id=own["doc_id"], text=own["text"], payload=user)
+
+
+def parse_point_id(text: str) -> PointId:
+    """A point id kept as text (popularity keys) back as the engine takes it."""
+    return int(text) if text.isdigit() else text
+
+
+def _where(text: str) -> tuple[str, str, str]:
+    message, _, path = text.partition(" - at `$")
+    field = path.rstrip("`").lstrip(".") or "document"
+    return field, "", message

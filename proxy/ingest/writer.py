@@ -1,0 +1,173 @@
+"""Ingestion with dual-write, and the coverage it leaves behind.
+
+``Ingestor.write`` encodes a batch of documents with the encoder of **every** active version
+(stable, candidate, and the previous stable kept for rollback) and writes each version's points,
+creating its collection on first use. A version that fails is reported per document and can be
+retried (writing again replaces); a document is covered in a version only once its point is
+there, because coverage is counted from the store, never added up: nothing half-written or
+written twice is ever counted.
+
+Coverage of a version is ``points in it / points in stable``; its popularity-weighted share is
+the part of the recently most-answered documents (by hit count) that it already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from proxy.ingest.documents import (
+    DOC_ID_FIELD,
+    DocId,
+    Document,
+    PointId,
+    parse_point_id,
+    point_id,
+    point_payload,
+    same_point_ids,
+)
+from proxy.models.encoders import TextModel
+from proxy.state.base import RuleStore
+from proxy.vectors.base import RESERVED, PointIn, VectorStore
+from rollout_rules.errors import BackendError, ModelError
+from rollout_rules.model import Rollout, Version
+
+log = structlog.get_logger("embedshift.ingest")
+POPULAR_SAMPLE = 1000  # the most-answered documents the popularity-weighted share is read over
+
+
+class Models(Protocol):
+    async def get(self, version: Version) -> TextModel: ...
+
+
+class DocumentResult(msgspec.Struct, frozen=True, kw_only=True):
+    id: DocId
+    written: list[str]  # versions that hold the document now
+    failed: dict[str, str] = msgspec.field(default_factory=dict)  # version: why not
+
+
+class Coverage(msgspec.Struct, frozen=True, kw_only=True):
+    version: str
+    covered: int
+    total: int
+    popular: float | None  # None until the proxy has recorded answers
+
+
+def active_versions(rollout: Rollout) -> list[Version]:
+    """The versions a document must reach: stable, candidate and the previous stable."""
+    names = {rollout.stable, rollout.candidate, rollout.previous_stable} - {None}
+    return [v for v in rollout.versions if v.name in names]
+
+
+async def encode(model: TextModel, texts: Sequence[str]) -> NDArray[np.float32]:
+    """Documents' vectors, off the event loop (the model is shared with the request path)."""
+    return await asyncio.to_thread(model.embed_many, list(texts))
+
+
+class Ingestor:
+    def __init__(self, store: VectorStore, rules: RuleStore, models: Models) -> None:
+        self.store, self.rules, self.models = store, rules, models
+        self._ready: set[tuple[str, str]] = set()  # (collection, version) known to exist
+
+    async def write(self, rollout: Rollout, documents: Sequence[Document],
+                    versions: Sequence[Version] | None = None) -> list[DocumentResult]:
+        """Write ``documents`` into every active version (or ``versions``); per document, which
+        versions hold it and why the others do not."""
+        written: dict[str, list[str]] = {str(d.id): [] for d in documents}
+        failed: dict[str, dict[str, str]] = {str(d.id): {} for d in documents}
+        for version in versions if versions is not None else active_versions(rollout):
+            try:
+                await self.write_version(version, documents)
+            except (BackendError, ModelError) as exc:
+                log.warning("ingest_failed", alias=rollout.alias, version=version.name,
+                            documents=len(documents), error=str(exc))
+                for d in documents:
+                    failed[str(d.id)][version.name] = str(exc)
+                continue
+            for d in documents:
+                written[str(d.id)].append(version.name)
+        await self.update_coverage(rollout)
+        return [DocumentResult(id=d.id, written=written[str(d.id)], failed=failed[str(d.id)])
+                for d in documents]
+
+    async def write_version(self, version: Version, documents: Sequence[Document]) -> None:
+        """Encode and upsert into one version; raises on failure (nothing is counted then)."""
+        if not documents:
+            return
+        model = await self.models.get(version)
+        vectors = await encode(model, [d.text for d in documents])
+        await self.ensure(version)
+        await self.store.upsert(version.target, [
+            PointIn(point_id(d.id, version), vector.tolist(), point_payload(d, version))
+            for d, vector in zip(documents, vectors, strict=True)])
+
+    async def ensure(self, version: Version) -> None:
+        key = (version.target.collection, version.name)
+        if key not in self._ready:
+            await self.store.ensure_collection(version.target, version)
+            self._ready.add(key)
+
+    async def delete(self, rollout: Rollout, doc_id: DocId) -> list[str]:
+        """Remove a document from every declared version that has a collection; the names of
+        the versions it was removed from."""
+        removed = []
+        for version in rollout.versions:
+            if await self.store.describe(version.target) is None:
+                continue
+            await self.store.delete(version.target, [point_id(doc_id, version)])
+            removed.append(version.name)
+        await self.update_coverage(rollout)
+        return removed
+
+    async def update_coverage(self, rollout: Rollout) -> list[Coverage]:
+        """Count every active version against stable and record it (announced to proxies)."""
+        stable = rollout.version(rollout.stable)
+        total = await self._count(stable)
+        figures = []
+        for version in active_versions(rollout):
+            covered = min(total, await self._count(version))
+            popular = await self.popular_share(rollout, version)
+            await self.rules.set_coverage(rollout.alias, version.name, covered, total, popular)
+            figures.append(Coverage(version=version.name, covered=covered, total=total,
+                                    popular=popular))
+        return figures
+
+    async def _count(self, version: Version) -> int:
+        if await self.store.describe(version.target) is None:
+            return 0
+        return await self.store.count(version.target)
+
+    async def popular_share(self, rollout: Rollout, version: Version) -> float | None:
+        """The share of answer hits, over the most-answered documents, that ``version`` holds;
+        None when no answers were recorded."""
+        popular = await self.rules.most_popular(rollout.alias, POPULAR_SAMPLE)
+        weight = sum(score for _, score in popular)
+        if not popular or weight <= 0:
+            return None
+        stable = rollout.version(rollout.stable)
+        if version.name == stable.name:
+            return 1.0
+        if await self.store.describe(version.target) is None:
+            return 0.0
+        ids = [parse_point_id(key) for key, _ in popular]
+        mapped = await self.candidate_ids(stable, version, ids)
+        held = {p.id for p in await self.store.retrieve(version.target, list(mapped), [])}
+        covered = sum(score for key, score in popular
+                      if mapped.get(parse_point_id(key)) in held)
+        return covered / weight
+
+    async def candidate_ids(self, stable: Version, version: Version, ids: Sequence[PointId]
+                            ) -> dict[PointId, PointId]:
+        """Stable point id -> the same document's point id in ``version``."""
+        if same_point_ids(stable.target, version.target):
+            return {i: i for i in ids}
+        points = await self.store.retrieve(stable.target, ids, [DOC_ID_FIELD])
+        return {p.id: point_id(p.payload[RESERVED]["doc_id"], version) for p in points
+                if RESERVED in p.payload}
+

@@ -1,0 +1,75 @@
+"""Which documents answers return, recorded for the backfill (most-answered first).
+
+A sampled share of answers adds its hit ids to a counter in memory, on the request path at the
+cost of a dict update; a background task adds the counts to Redis once a second, off the response
+path. If Redis is down the counts are dropped (they are a priority hint, not data), and the
+counter is bounded so a flood of distinct ids cannot grow it without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+import structlog
+
+from proxy.state.base import RuleStore
+from proxy.vectors.base import Hit
+from rollout_rules.errors import StoreUnavailable
+from rollout_rules.model import Rollout, Version
+
+log = structlog.get_logger("embedshift.popularity")
+MAX_PENDING = 50_000  # distinct (alias, id) pairs kept between flushes
+
+
+class HitRecorder:
+    def __init__(self, store: RuleStore, sample: float, flush_s: float = 1.0) -> None:
+        self.store, self.sample, self.flush_s = store, sample, flush_s
+        self.pending: dict[str, Counter[str]] = {}
+        self._size = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, rollout: Rollout, version: Version, hits: Sequence[Hit]) -> None:
+        """Count an answer's hits, if sampled and if its ids are stable's point ids."""
+        if not hits or self.sample <= 0 or random.random() >= self.sample:
+            return
+        stable = rollout.version(rollout.stable)
+        if version.name != stable.name and (version.target.payload_match or
+                                            stable.target.payload_match):
+            return  # a shared collection's ids are the version's own, not stable's
+        counts = self.pending.setdefault(rollout.alias, Counter())
+        for hit in hits:
+            key = str(hit.id)
+            if key not in counts:
+                if self._size >= MAX_PENDING:
+                    continue
+                self._size += 1
+            counts[key] += 1
+
+    async def flush(self) -> None:
+        pending, self.pending, self._size = self.pending, {}, 0
+        for alias, counts in pending.items():
+            try:
+                await self.store.record_hits(alias, counts)
+            except StoreUnavailable as exc:
+                log.warning("popularity_dropped", alias=alias, ids=len(counts), error=str(exc))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="popularity-flush")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(StoreUnavailable):
+            await self.flush()

@@ -1,0 +1,80 @@
+"""Ingestion over HTTP: ``POST /v1/aliases/{alias}/documents`` writes a batch into every active
+version (token required), ``DELETE .../documents/{id}`` removes one from every version; and the
+backfill under ``/admin/aliases/{alias}/backfill`` (start or resume, progress, stop), which on
+embedded defaults must run here, inside the process that holds the engine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+
+from proxy.ingest.backfill import Options
+from proxy.ingest.documents import DocId, Document, checked
+from proxy.ingest.writer import DocumentResult
+from proxy.web.bodies import MAX_DOCUMENTS_BYTES, read_json
+from proxy.web.errors import json_response
+from proxy.web.keys import BACKFILL, INGESTOR, WATCHER
+from rollout_rules.errors import NotFoundError, RuleError
+from rollout_rules.model import Rollout
+
+MAX_DOCUMENTS = 1000
+
+
+class DocumentBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    documents: Annotated[list[Document], msgspec.Meta(min_length=1, max_length=MAX_DOCUMENTS)]
+
+
+class IngestAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    written: int  # documents every active version holds now
+    failed: int  # documents some version could not take (retry them: writing again replaces)
+    results: list[DocumentResult]
+
+
+def _rollout(request: web.Request) -> Rollout:
+    alias = request.match_info["alias"]
+    rollout = request.app[WATCHER].rollouts.get(alias)
+    if rollout is None:
+        raise NotFoundError(alias)
+    return rollout
+
+
+async def ingest(request: web.Request) -> web.Response:
+    rollout = _rollout(request)
+    batch = await read_json(request, DocumentBatch, MAX_DOCUMENTS_BYTES)
+    documents, seen = [], set()
+    for i, document in enumerate(batch.documents):
+        try:
+            documents.append(checked(document))
+        except RuleError as exc:
+            raise RuleError(f"documents[{i}].{exc.field}", exc.message) from None
+        if document.id in seen:
+            raise RuleError(f"documents[{i}].id", f"{document.id!r} appears twice in the batch")
+        seen.add(document.id)
+    results = await request.app[INGESTOR].write(rollout, documents)
+    failed = sum(1 for r in results if r.failed)
+    answer = IngestAnswer(written=len(results) - failed, failed=failed, results=list(results))
+    return json_response(answer, status=207 if failed else 200)
+
+
+async def delete_document(request: web.Request) -> web.Response:
+    rollout = _rollout(request)
+    raw = request.match_info["doc_id"]
+    doc_id: DocId = int(raw) if raw.isdigit() and len(raw) < 19 else raw
+    removed = await request.app[INGESTOR].delete(rollout, doc_id)
+    return json_response({"id": doc_id, "removed_from": removed})
+
+
+async def start_backfill(request: web.Request) -> web.Response:
+    rollout = _rollout(request)
+    options = await read_json(request, Options) if request.can_read_body else Options()
+    return json_response(await request.app[BACKFILL].start(rollout, options.check()))
+
+
+async def backfill_status(request: web.Request) -> web.Response:
+    return json_response(await request.app[BACKFILL].progress(_rollout(request)))
+
+
+async def stop_backfill(request: web.Request) -> web.Response:
+    return json_response(await request.app[BACKFILL].stop(_rollout(request)))
