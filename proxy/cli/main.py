@@ -2,7 +2,7 @@
 
 Every failure prints one line on stderr and exits non-zero, with a code per kind of failure (see
 ``EXIT_CODES``). The commands live one group a module: ``rollout`` (the operator's actions),
-``models`` (build, list, eval), ``serve`` and ``redis``.
+``data`` (ingest, backfill), ``models`` (build, list, eval), ``serve`` and ``redis``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
-from proxy.cli import models, redis, rollout, serve
+from proxy.cli import data, models, redis, rollout, serve
 from proxy.cli.common import Runner
 from proxy.config import load_settings
 from rollout_rules.errors import (
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
-    for group in (rollout, serve, models, redis):
+    for group in (rollout, data, serve, models, redis):
         group.add_parsers(add)
     return parser
 

@@ -50,7 +50,8 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
         await rules.aclose()
 
     await serve_until_signalled(make_app(settings, deps), settings,
-                                on_listening=lambda url: print(_HINT.format(url=url), flush=True),
+                                on_listening=lambda url: print(
+                                    (_HINT if demo else _OWN_HINT).format(url=url), flush=True),
                                 after_cleanup=close_stores)
 
 
@@ -110,6 +111,17 @@ and, in another terminal, move traffic:
   uv run embedshift explain products --user alice
   uv run embedshift rollback products --reason "p99 regression"
   uv run embedshift history products
+
+Health: {url}/readyz   Metrics: {url}/metrics   API: {url}/openapi.json
+"""
+
+_OWN_HINT = """
+embedshift is serving on {url} the aliases the rules declare (Ctrl-C or SIGTERM drains, then
+stops). Declare yours, write your documents, backfill the candidate:
+
+  uv run embedshift init ALIAS --file rules.toml
+  uv run embedshift ingest ALIAS documents.jsonl
+  uv run embedshift backfill ALIAS
 
 Health: {url}/readyz   Metrics: {url}/metrics   API: {url}/openapi.json
 """

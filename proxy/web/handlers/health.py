@@ -44,7 +44,8 @@ async def readyz(request: web.Request) -> web.Response:
     if watcher.last_error:
         rules["last_error"] = watcher.last_error
     draining = request.app[READY].get("draining", False)
-    ready = bool(watcher.rollouts) and request.app[READY].get("started", False) and not draining
+    ready = watcher.age_s is not None and request.app[READY].get("started", False) and \
+        not draining  # rules read at least once (no alias declared yet is a snapshot too)
     detail = {"ready": ready, "draining": draining, "rules": rules, "models_missing": missing,
               "unavailable": unavailable}
     return json_response(detail, 200 if ready else 503)

@@ -1,0 +1,276 @@
+"""The data commands: ``ingest`` a JSONL file, ``backfill`` the candidate (start or resume,
+watch, ``--status``, ``--stop``). On embedded defaults the engine lives inside the proxy process,
+so both talk to the running proxy's API (``--url``, with the admin token); progress is a bar on a
+terminal and a JSON line every few seconds otherwise, on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from tqdm import tqdm
+
+from proxy.cli.common import AddCommand, Result
+from proxy.config import Settings
+from proxy.ingest.documents import Document, read_lines
+from rollout_rules.errors import (
+    AccessError,
+    NotFoundError,
+    RuleError,
+    StoreUnavailable,
+)
+
+JSON_EVERY_S = 5.0
+
+
+class ProxyUnreachable(StoreUnavailable):
+    """The proxy's API did not answer."""
+
+
+class Api:
+    """The proxy's HTTP API, its errors raised as the CLI's own."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        if not token:
+            raise AccessError("set EMBEDSHIFT_ADMIN_TOKEN to the proxy's admin token (ingestion "
+                              "and the backfill go through its API)")
+        self.url = url.rstrip("/")
+        self.session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"},
+                                             timeout=aiohttp.ClientTimeout(total=300))
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else msgspec.json.encode(body)
+        try:
+            async with self.session.request(method, self.url + path, data=data, headers={
+                    "Content-Type": "application/json"}) as response:
+                raw = await response.read()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ProxyUnreachable(f"cannot reach the proxy at {self.url} ({exc}); is "
+                                   "`embedshift serve` running there?") from None
+        answer = msgspec.json.decode(raw) if raw else None
+        if response.status >= 400:
+            error = (answer or {}).get("error", {}) if isinstance(answer, dict) else {}
+            message = error.get("message", f"HTTP {response.status}")
+            if response.status in (401, 403):
+                raise AccessError(message)
+            if response.status == 404:
+                raise NotFoundError(message)
+            raise RuleError(error.get("field") or "request", message)
+        return response.status, answer
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def _url(args: argparse.Namespace, settings: Settings) -> str:
+    return args.url or f"http://{settings.host}:{settings.port}"
+
+
+class Reporter:
+    """A bar on a terminal; a JSON line every few seconds otherwise (both on stderr)."""
+
+    def __init__(self, what: str, total: int, unit: str) -> None:
+        self.what, self.tty = what, sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit=unit, desc=what, file=sys.stderr) if self.tty else None
+        self.last = 0.0
+
+    def update(self, done: int, total: int, **extra: Any) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.set_postfix({k: v for k, v in extra.items() if v is not None},
+                                 refresh=False)
+            self.bar.refresh()
+        elif time.monotonic() - self.last >= JSON_EVERY_S or done >= total:
+            self.last = time.monotonic()
+            line = {"progress": self.what, "done": done, "total": total, **extra}
+            print(msgspec.json.encode(line).decode(), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- ingest ------------------------------------------------------------------------------------
+
+def _batches(path: Path, size: int, invalid: list[str]
+             ) -> Iterator[list[tuple[int, Document]]]:
+    batch: list[tuple[int, Document]] = []
+    seen: dict[object, int] = {}
+    with path.open("rb") as lines:
+        for number, parsed in read_lines(lines):
+            if isinstance(parsed, RuleError):
+                invalid.append(f"{path}:{number}: {parsed.field}: {parsed.message}")
+                continue
+            if parsed.id in seen:
+                invalid.append(f"{path}:{number}: id: {parsed.id!r} already on line "
+                               f"{seen[parsed.id]}")
+                continue
+            seen[parsed.id] = number
+            batch.append((number, parsed))
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
+               ) -> Result:
+    path = Path(args.file)
+    if not path.is_file():
+        raise RuleError("FILE", f"{path} is not a file")
+    if not 1 <= args.batch <= 1000:
+        raise RuleError("--batch", "from 1 to 1000 documents")
+    invalid: list[str] = []
+    batches = list(_batches(path, args.batch, invalid))  # a bad line is named before any write
+    return asyncio.run(ingest(args, settings, path, batches, invalid))
+
+
+async def ingest(args: argparse.Namespace, settings: Settings, path: Path,
+                 batches: list[list[tuple[int, Document]]], invalid: list[str]) -> Result:
+    total = sum(map(len, batches)) + len(invalid)
+    api = Api(_url(args, settings), settings.admin_token)
+    failures: list[str] = []
+    written = 0
+    report = Reporter(f"ingest {args.alias}", total, "doc")
+    try:
+        for batch in batches:
+            body = {"documents": [msgspec.to_builtins(d) for _, d in batch]}
+            _, answer = await api.call("POST", f"/v1/aliases/{args.alias}/documents", body)
+            for (number, _), result in zip(batch, answer["results"], strict=True):
+                if result["failed"]:
+                    failures += [f"{path}:{number}: id {result['id']!r}: version {v}: {why}"
+                                 for v, why in result["failed"].items()]
+                else:
+                    written += 1
+            report.update(written + len(failures) + len(invalid), total,
+                          failed=len(failures) or None, invalid=len(invalid) or None)
+    finally:
+        report.close()
+        await api.close()
+    for line in invalid + failures:
+        print(line, file=sys.stderr)
+    summary = {"file": str(path), "documents": total, "written": written,
+               "failed": len(failures), "invalid": len(invalid)}
+    if invalid or failures:
+        print(msgspec.json.encode(summary).decode() if args.json else _ingest_text(summary))
+        raise RuleError(str(path), f"{len(invalid)} invalid lines and {len(failures)} failed "
+                                   "writes (listed above; fix and run again: writing a "
+                                   "document again replaces it)")
+    return summary, _ingest_text(summary)
+
+
+def _ingest_text(s: dict[str, Any]) -> str:
+    return (f"{s['file']}: {s['written']} of {s['documents']} documents written to every "
+            f"active version ({s['failed']} failed, {s['invalid']} invalid)")
+
+
+# -- backfill ----------------------------------------------------------------------------------
+
+async def backfill(args: argparse.Namespace, settings: Settings) -> Result:
+    api = Api(_url(args, settings), settings.admin_token)
+    path = f"/admin/aliases/{args.alias}/backfill"
+    try:
+        if args.status:
+            _, progress = await api.call("GET", path)
+            return progress, render_progress(progress)
+        if args.stop:
+            _, progress = await api.call("POST", path + "/stop")
+            return progress, render_progress(progress)
+        options: dict[str, Any] = {"workers": args.workers, "batch_size": args.batch}
+        if args.rate is not None:
+            options["rate"] = args.rate
+        _, progress = await api.call("POST", path, options)
+        if args.detach:
+            return progress, render_progress(progress)
+        return await _watch(api, path, progress)
+    finally:
+        await api.close()
+
+
+async def _watch(api: Api, path: str, progress: dict[str, Any]) -> Result:
+    job = progress.get("job") or {}
+    report = Reporter(f"backfill {progress['alias']} -> {progress['version']}",
+                      job.get("total_docs", 0), "doc")
+    try:
+        while True:
+            job = progress.get("job") or {}
+            report.update(job.get("done_docs", 0), job.get("total_docs", 0),
+                          coverage=_coverage(progress), rate=_round(progress["rate_docs_s"]),
+                          eta_s=_round(progress["eta_s"]))
+            if progress["state"] != "running":
+                break
+            await asyncio.sleep(0.5)
+            _, progress = await api.call("GET", path)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("stopped watching; the backfill goes on in the proxy (`embedshift backfill "
+              f"{progress['alias']} --stop` stops it)", file=sys.stderr)
+        raise
+    finally:
+        report.close()
+    return progress, render_progress(progress)
+
+
+def _coverage(progress: dict[str, Any]) -> str | None:
+    for figure in progress.get("coverage", []):
+        if figure["version"] == progress.get("version") and figure["total"]:
+            return f"{figure['covered'] / figure['total']:.1%}"
+    return None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def render_progress(p: dict[str, Any]) -> str:
+    job = p.get("job") or {}
+    lines = [f"backfill {p['alias']} -> {p['version']}: {p['state']}"
+             + (f", {job.get('done_docs', 0)} of {job.get('total_docs', 0)} documents "
+                f"re-encoded" if job.get("exists") else "")
+             + (f", {p['rate_docs_s']:.0f} docs/s" if p.get("rate_docs_s") else "")
+             + (f", about {p['eta_s']:.0f} s left" if p.get("eta_s") else "")]
+    for c in p.get("coverage", []):
+        popular = "" if c["popular"] is None else f", {c['popular']:.1%} of popular answers"
+        share = c["covered"] / c["total"] if c["total"] else 0.0
+        lines.append(f"  {c['version']}: {c['covered']} of {c['total']} documents "
+                     f"({share:.1%}){popular}")
+    if p.get("skipped"):
+        lines.append(f"  {p['skipped']} stable points have no source text and were skipped")
+    return "\n".join(lines)
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
+                 ) -> Result:
+    return asyncio.run(backfill(args, settings))
+
+
+def add_parsers(add: AddCommand) -> None:
+    def with_url(p: argparse.ArgumentParser) -> None:
+        p.add_argument("alias")
+        p.add_argument("--url", help="the proxy's address (default: http://EMBEDSHIFT_HOST:"
+                                     "EMBEDSHIFT_PORT, else http://127.0.0.1:8080)")
+
+    p = add("ingest", cmd_ingest, "write a JSONL file of documents (id, text, optional "
+                                       "payload) into every active version, via the proxy")
+    with_url(p)
+    p.add_argument("file", help="JSON lines: {\"id\": ..., \"text\": ..., \"payload\": {...}}")
+    p.add_argument("--batch", type=int, default=64, help="documents per request (64)")
+    p = add("backfill", cmd_backfill, "re-encode into the candidate what stable holds and "
+                                           "it lacks, most-queried first (in the proxy)")
+    with_url(p)
+    p.add_argument("--workers", type=int, default=1, help="workers in the proxy (1)")
+    p.add_argument("--rate", type=float, help="documents per second at most (default: no limit)")
+    p.add_argument("--batch", type=int, default=64, help="documents per claimed batch (64)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--status", action="store_true", help="show progress and exit")
+    group.add_argument("--stop", action="store_true", help="stop the proxy's workers (the "
+                                                           "plan stays; run again to resume)")
+    group.add_argument("--detach", action="store_true", help="start and exit without watching")

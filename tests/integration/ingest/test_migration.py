@@ -1,0 +1,161 @@
+"""A user's corpus goes from an empty v2 to covered, and the gate follows it.
+
+Dual-write ingestion, the backfill (shared by workers, most-answered first, beside live
+ingestion) and the coverage every proxy learns of; on the real redis-server, Qdrant's engine
+and the ONNX models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from msgspec.structs import replace
+
+from proxy.ingest.backfill import Options
+from proxy.state.watcher import RuleWatcher
+from proxy.vectors.base import RESERVED
+from rollout_rules.coverage import cap_bp
+from rollout_rules.decide import Context, decide
+from tests.integration.ingest.conftest import Migration, corpus
+
+USERS = 2000
+L3, L6 = "sentence-transformers/paraphrase-MiniLM-L3-v2", "sentence-transformers/all-MiniLM-L6-v2"
+
+
+async def test_ingestion_writes_every_version_with_its_envelope_and_again_changes_nothing(
+        migration: Migration) -> None:
+    rollout = await migration.declare()
+    documents = corpus(1200)
+    for start in range(0, len(documents), 200):
+        results = await migration.ingestor.write(rollout, documents[start:start + 200])
+        assert all(r.written == ["v1", "v2"] and not r.failed for r in results)
+    for name, model in (("v1", L3), ("v2", L6)):
+        assert sorted(await migration.ids(rollout, name)) == list(range(1200))  # type: ignore[type-var]
+        point = (await migration.store.retrieve(rollout.version(name).target, [17]))[0]
+        assert point.payload[RESERVED] == {
+            "doc_id": 17, "text": documents[17].text, "model": model, "version": name,
+            "dimensions": 384, "metric": "cosine", "normalized": True}
+        assert point.payload["n"] == 17
+    assert await migration.rules.coverage("docs") == {"v1": 1.0, "v2": 1.0}
+    before = dict(migration.encoded)
+    await migration.ingestor.write(rollout, documents[:200])  # the same file again
+    assert await migration.store.count(rollout.version("v2").target) == 1200
+    assert migration.encoded[L6] == before[L6] + 200  # re-encoded, replaced, not added
+
+
+async def test_two_workers_share_the_corpus_and_no_batch_is_done_twice(
+        migration: Migration) -> None:
+    stable_only = await migration.declare(candidate=False)
+    await migration.ingestor.write(stable_only, corpus(1500))
+    rollout = await migration.declare()
+    assert await migration.rules.coverage("docs") == {"v1": 1.0}  # v2 not counted yet
+    backfill = migration.backfill()
+    progress = await backfill.start(rollout, Options(workers=2, batch_size=50))
+    assert progress.running_here == 2 and progress.job is not None
+    await asyncio.wait_for(asyncio.gather(*backfill.tasks["docs"]), 300)
+    progress = await backfill.progress(rollout)
+    assert progress.state == "done"
+    assert progress.job is not None and progress.job.done_batches == 30
+    assert progress.job.done_docs == 1500
+    assert migration.encoded[L6] == 1500  # every document encoded exactly once for v2
+    assert sorted(await migration.ids(rollout, "v2")) == list(range(1500))  # type: ignore[type-var]
+    assert await migration.rules.coverage("docs") == {"v1": 1.0, "v2": 1.0}
+    again = await backfill.start(rollout, Options())  # nothing left: a new plan, empty
+    await asyncio.wait_for(asyncio.gather(*backfill.tasks["docs"]), 60)
+    assert again.job is not None and again.job.total_docs == 0
+    assert migration.encoded[L6] == 1500
+
+
+async def test_documents_ingested_during_a_backfill_reach_both_versions(
+        migration: Migration) -> None:
+    await migration.ingestor.write(await migration.declare(candidate=False), corpus(1000))
+    rollout = await migration.declare()
+    backfill = migration.backfill()
+    await backfill.start(rollout, Options(workers=1, batch_size=40, rate=400))
+    for start in range(1000, 1300, 50):  # new documents, and rewrites of old ones, meanwhile
+        await migration.ingestor.write(rollout, corpus(50, start) + corpus(5, start - 900))
+        await asyncio.sleep(0.1)
+    assert backfill.running("docs") == 1, "the backfill finished before ingestion: too fast"
+    await asyncio.wait_for(asyncio.gather(*backfill.tasks["docs"]), 300)
+    for name in ("v1", "v2"):
+        assert sorted(await migration.ids(rollout, name)) == list(range(1300))  # type: ignore[type-var]
+    assert await migration.rules.coverage("docs") == {"v1": 1.0, "v2": 1.0}
+
+
+async def test_the_most_answered_documents_are_backfilled_first(migration: Migration) -> None:
+    await migration.ingestor.write(await migration.declare(candidate=False), corpus(1500))
+    popular = list(range(1400, 1500))  # the last in id order: only popularity brings them first
+    await migration.rules.record_hits("docs", {str(i): 50 - i % 40 for i in popular})
+    await migration.rules.record_hits("docs", {str(i): 1 for i in range(0, 1400, 7)})
+    rollout = await migration.declare()
+    backfill = migration.backfill()
+    await backfill.start(rollout, Options(workers=1, batch_size=50, rate=1500))
+    seen: list[tuple[float, float]] = []
+    while backfill.running("docs"):
+        fractions = await migration.rules.coverage("docs")
+        weighted = await migration.rules.coverage("docs", "popularity")
+        if 0 < fractions.get("v2", 0) < 1:
+            seen.append((fractions["v2"], weighted["v2"]))
+        await asyncio.sleep(0.05)
+    assert len(seen) >= 3, f"too few readings during the backfill: {seen}"
+    assert all(w > p for p, w in seen), seen  # popularity-weighted leads plain throughout
+    early = [w for p, w in seen if p <= 0.1]
+    assert early and max(early) > 0.9, seen  # a tenth done covers nine tenths of the answers
+
+
+async def test_every_proxy_learns_of_coverage_at_once_and_the_share_follows_it(
+        migration: Migration) -> None:
+    """The backfill announces coverage; a watcher (what every proxy serves from) has it within
+    half a second, and the share of users its snapshot routes to v2 stays within the gate's cap
+    at every step while the backfill runs."""
+    await migration.ingestor.write(await migration.declare(candidate=False), corpus(1500))
+    rollout = await migration.declare()
+    rollout = await migration.rules.write(replace(rollout, percent=100.0), rollout.revision,
+                                          "tests", "all in, as far as coverage allows")
+    watcher = RuleWatcher(migration.rules, refresh_interval_s=3600)  # notifications only
+    await watcher.start()
+    lags: list[float] = []
+    shares: list[tuple[float, float]] = []  # (cap %, measured %)
+
+    def measure() -> None:
+        snapshot = watcher.rollouts["docs"]
+        coverage = watcher.coverage["docs"].get("v2")
+        routed = sum(decide(snapshot, Context(user_id=f"user-{n}"), coverage).version == "v2"
+                     for n in range(USERS))
+        shares.append((cap_bp(snapshot.coverage_gate, coverage) / 100, 100 * routed / USERS))
+
+    try:
+        backfill = migration.backfill()
+        await backfill.start(rollout, Options(workers=1, batch_size=100, rate=600))
+        last = None
+        while True:
+            running = backfill.running("docs")
+            stored = (await migration.rules.coverage("docs")).get("v2")
+            if stored is not None and stored != last:
+                began = time.monotonic()
+                while watcher.coverage.get("docs", {}).get("v2") != stored:
+                    await asyncio.sleep(0.002)
+                    if time.monotonic() - began > 2:
+                        break
+                if watcher.coverage["docs"].get("v2") == stored:
+                    lags.append(time.monotonic() - began)
+                    measure()
+                last = stored
+            if not running:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await watcher.stop()
+    assert len(lags) >= 5 and max(lags) < 0.5, lags
+    assert all(cap - 4 <= share <= cap + 4 for cap, share in shares), shares
+    caps = [cap for cap, _ in shares]
+    assert caps[0] <= 5 and caps[-1] == 100 and caps == sorted(caps), shares
+
+
+@pytest.mark.parametrize("bad", [{"workers": 0}, {"rate": 0}, {"batch_size": 5000}])
+def test_backfill_options_out_of_range_name_the_field(bad: dict[str, float]) -> None:
+    from rollout_rules.errors import RuleError
+    with pytest.raises(RuleError) as caught:
+        Options(**bad).check()  # type: ignore[arg-type]
+    assert caught.value.field == next(iter(bad))
