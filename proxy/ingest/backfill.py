@@ -34,6 +34,11 @@ from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.backfill")
 SCROLL_PAGE = 1000
+DEFAULT_RATE: float | None = None
+"""Documents/s when a backfill names no rate: none. A worker encodes on one thread (the shared
+model's), which leaves the other cores to queries: on 2 cores, live p99 during a 1-worker
+backfill was 1.12x of none at 40 queries/s (``loadtest/bench_backfill.py``). Give ``--rate``
+to go gentler, ``--workers`` to go faster."""
 QueueFactory = Callable[[str, str], BackfillQueue]
 
 
@@ -41,7 +46,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """How a backfill runs (the body of ``POST /admin/aliases/{alias}/backfill``)."""
 
     workers: int = msgspec.field(default=1)
-    rate: float | None = None  # documents per second across this process's workers; None: all
+    rate: float | None = DEFAULT_RATE  # documents/s across this process's workers; None: all
     batch_size: int = 64
     lease_s: float = 30.0
 
