@@ -90,7 +90,8 @@ class Reporter:
             self.bar.refresh()
         elif time.monotonic() - self.last >= JSON_EVERY_S or done >= total:
             self.last = time.monotonic()
-            line = {"progress": self.what, "done": done, "total": total, **extra}
+            line = {"progress": self.what, "done": done, "total": total,
+                    **{k: v for k, v in extra.items() if v is not None}}
             print(msgspec.json.encode(line).decode(), file=sys.stderr, flush=True)
 
     def close(self) -> None:

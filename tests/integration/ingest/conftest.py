@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from msgspec.structs import replace
 
+from loadtest.corpus import corpus
 from proxy.config import Settings
 from proxy.ingest.backfill import Backfill
-from proxy.ingest.documents import Document
 from proxy.ingest.writer import Ingestor
 from proxy.models.catalog import default_rollout
 from proxy.models.encoders import TextModel
@@ -26,23 +26,7 @@ from rollout_rules.errors import ConflictError
 from rollout_rules.model import Rollout
 from tests.integration.conftest import Engine
 
-_ADJECTIVES = ["quiet", "rapid", "ancient", "bright", "hidden", "frozen", "gentle", "bitter",
-               "golden", "hollow"]
-_NOUNS = ["river", "engine", "library", "forest", "protein", "market", "glacier", "theorem",
-          "harbor", "enzyme", "comet", "village"]
-_VERBS = ["changes", "protects", "measures", "feeds", "explains", "slows", "lights", "shapes"]
-
-
-def corpus(n: int, start: int = 0) -> list[Document]:
-    """``n`` short distinct documents, ids ``start`` .. ``start + n - 1``."""
-    documents = []
-    for i in range(start, start + n):
-        a, b, c = _ADJECTIVES[i % 10], _NOUNS[(i // 10) % 12], _VERBS[(i // 120) % 8]
-        d = _NOUNS[(i * 7) % 12]
-        documents.append(Document(id=i, text=f"The {a} {b} {c} the {d} (note {i}).",
-                                  payload={"n": i, "group": i % 5}))
-    return documents
-
+__all__ = ["CountingModel", "Migration", "corpus"]
 
 class CountingModel:
     """A real model that counts the documents it encodes (to prove none is done twice)."""
