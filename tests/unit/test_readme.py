@@ -11,11 +11,11 @@ from tests.paths import REPO
 README = (REPO / "README.md").read_text()
 
 
-def test_the_readme_rule_document_is_valid() -> None:
-    block = re.search(r"```toml\n(.*?)```", README, re.DOTALL)
-    assert block is not None
-    rollout = parse_rollout({"alias": "products", **tomllib.loads(block[1])})
-    assert rollout.version("v2").target.payload_match == {"model_version": "v2"}
+def test_the_readme_rule_documents_are_valid() -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", README, re.DOTALL)
+    rollouts = [parse_rollout({"alias": "products", **tomllib.loads(b)}) for b in blocks]
+    assert [r.alias for r in rollouts] == ["articles", "products"]
+    assert rollouts[1].version("v2").target.payload_match == {"model_version": "v2"}
 
 
 def test_ci_runs_the_readme_test_command() -> None:
