@@ -56,8 +56,11 @@ def rollback(rollout: Rollout) -> Rollout:
     return replace(rollout, percent=0.0, state=State.ROLLED_BACK)
 
 
-def promote(rollout: Rollout, coverage: float | None, force: bool = False) -> Rollout:
-    """Make the candidate the stable version for everyone; the old stable is kept for rollback."""
+def promote(rollout: Rollout, coverage: float | None, force: bool = False,
+            unverified: str | None = None) -> Rollout:
+    """Make the candidate the stable version for everyone; the old stable is kept for rollback.
+    Refused below full coverage, or when ``unverified`` says why the candidate's documents were
+    not shown to match stable's, unless forced."""
     candidate = _require_candidate(rollout, "promote")
     if rollout.state is State.ROLLED_BACK:
         raise TransitionError(f"{rollout.alias}: {candidate} was rolled back; ramp it again "
@@ -67,6 +70,10 @@ def promote(rollout: Rollout, coverage: float | None, force: bool = False) -> Ro
         raise TransitionError(
             f"{rollout.alias}: {candidate}'s backfill coverage is {_fraction(coverage)}, promotion "
             f"needs {_fraction(needed)} (finish the backfill, or force it)")
+    if unverified is not None and not force:
+        raise TransitionError(f"{rollout.alias}: {candidate} cannot be promoted: {unverified} "
+                              f"(run `embedshift verify {rollout.alias}`, or force it with a "
+                              "reason)")
     return replace(rollout, stable=candidate, candidate=None, previous_stable=rollout.stable,
                    percent=0.0, state=State.PROMOTED)
 

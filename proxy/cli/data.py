@@ -1,7 +1,8 @@
 """The data commands: ``ingest`` a JSONL file, ``backfill`` the candidate (start or resume,
-watch, ``--status``, ``--stop``). On embedded defaults the engine lives inside the proxy process,
-so both talk to the running proxy's API (``--url``, with the admin token); progress is a bar on a
-terminal and a JSON line every few seconds otherwise, on stderr."""
+watch, ``--status``, ``--stop``), ``verify`` it against stable. On embedded defaults the engine
+lives inside the proxy process, so they talk to the running proxy's API (``--url``, with the
+admin token); progress is a bar on a terminal and a JSON line every few seconds otherwise, on
+stderr."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from rollout_rules.errors import (
     NotFoundError,
     RuleError,
     StoreUnavailable,
+    TransitionError,
 )
 
 JSON_EVERY_S = 5.0
@@ -248,6 +250,44 @@ def render_progress(p: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_verify(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
+               ) -> Result:
+    report = asyncio.run(_verify(args, settings))
+    text = render_report(report)
+    if not report["passed"]:
+        print(msgspec.json.encode(report).decode() if args.json else text)
+        raise TransitionError(f"{args.alias}: {report['candidate']} failed verification")
+    return report, text
+
+
+async def _verify(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    api = Api(_url(args, settings), settings.admin_token)
+    try:
+        _, report = await api.call("POST", f"/admin/aliases/{args.alias}/verify",
+                                   {"sample": args.sample})
+    finally:
+        await api.close()
+    return dict(report)
+
+
+def render_report(r: dict[str, Any]) -> str:
+    verdict = "PASSED" if r["passed"] else "FAILED"
+    lines = [f"verify {r['alias']}: {r['candidate']} against {r['stable']} {verdict}",
+             f"  documents   {r['stable_documents']} in {r['stable']}, "
+             f"{r['candidate_documents']} in {r['candidate']}",
+             f"  missing     {r['missing']} in {r['stable']} but not {r['candidate']}"
+             + (f": {r['missing_ids']}" if r["missing"] else ""),
+             f"  extra       {r['extra']} in {r['candidate']} but not {r['stable']}"
+             + (f": {r['extra_ids']}" if r["extra"] else ""),
+             f"  envelopes   {r['envelope_mismatches']} not {r['candidate']}'s own"]
+    lines += [f"    {example}" for example in r["envelope_examples"]]
+    cosine = "-" if r["min_cosine"] is None else f"{r['min_cosine']:.6f}"
+    lines.append(f"  vectors     {r['sampled']} re-encoded, lowest cosine {cosine} "
+                 f"(needs >= 0.999)" + (f", off: {r['vector_mismatch_ids']}"
+                                        if r["vector_mismatch_ids"] else ""))
+    return "\n".join(lines)
+
+
 def cmd_backfill(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
                  ) -> Result:
     return asyncio.run(backfill(args, settings))
@@ -275,3 +315,8 @@ def add_parsers(add: AddCommand) -> None:
     group.add_argument("--stop", action="store_true", help="stop the proxy's workers (the "
                                                            "plan stays; run again to resume)")
     group.add_argument("--detach", action="store_true", help="start and exit without watching")
+    p = add("verify", cmd_verify, "check the candidate holds exactly stable's documents, each "
+                                  "encoded by its model (promote asks for a pass)")
+    with_url(p)
+    p.add_argument("--sample", type=int, default=50, help="points re-encoded to check their "
+                                                         "vectors (50)")

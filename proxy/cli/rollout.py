@@ -189,7 +189,8 @@ def add_parsers(add: AddCommand) -> None:
     writer("rollback", cmd_rollback, "send everyone to stable and zero the candidate's percent",
            reason_required=True)
     p = writer("promote", cmd_promote, "make the candidate stable for everyone")
-    p.add_argument("--force", action="store_true", help="promote below full backfill coverage")
+    p.add_argument("--force", action="store_true", help="promote below full coverage or without "
+                                                        "a passed verify (needs --reason)")
     writer("delete", cmd_delete, "delete an alias on purpose: every proxy stops serving it",
            reason_required=True)
     p = command("history", cmd_history, "the audit trail of an alias, newest first")

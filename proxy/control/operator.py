@@ -76,12 +76,38 @@ class Operator:
 
     async def promote(self, alias: str, reason: str = "", force: bool = False,
                       expected_revision: int | None = None) -> Change:
+        """Make the candidate stable: refused unless its coverage is complete and its last
+        ``verify`` passed, or forced with a reason (the audit entry says it was forced)."""
+        if force and not reason.strip():
+            raise RuleError("reason", "forcing a promotion needs a reason: say why the gate "
+                                      "may be skipped")
+        current = await self.store.get(alias)
         coverage = await self.store.coverage(alias)  # by documents: promote needs every one
+        unverified = await self.unverified(current)
 
         def action(rollout: Rollout) -> Rollout:
-            return ops.promote(rollout, coverage.get(rollout.candidate or ""), force=force)
+            return ops.promote(rollout, coverage.get(rollout.candidate or ""), force=force,
+                               unverified=unverified if rollout.candidate ==
+                               current.candidate else "the candidate changed meanwhile")
 
-        return await self._apply(alias, action, reason or "promoted", expected_revision)
+        why = f"forced: {reason}" if force else reason or "promoted"
+        return await self._apply(alias, action, why, expected_revision)
+
+    async def unverified(self, rollout: Rollout) -> str | None:
+        """Why the candidate does not count as verified; None when its last verify passed
+        against the current stable."""
+        if rollout.candidate is None:
+            return None
+        report = await self.store.verification(rollout.alias, rollout.candidate)
+        if report is None:
+            return "it was never verified"
+        if report.get("stable") != rollout.stable:
+            return f"it was verified against {report.get('stable')}, stable is {rollout.stable}"
+        if not report.get("passed"):
+            return (f"its last verify failed ({report.get('missing')} missing, "
+                    f"{report.get('extra')} extra, {report.get('envelope_mismatches')} envelope "
+                    f"mismatches, {len(report.get('vector_mismatch_ids') or [])} vectors off)")  # type: ignore[arg-type]
+        return None
 
     async def delete(self, alias: str, reason: str, expected_revision: int | None = None
                      ) -> AuditEntry:

@@ -104,6 +104,13 @@ class RuleStore(Protocol):
 
     async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]: ...
 
+    async def record_verification(self, alias: str, version: str,
+                                  report: Mapping[str, object]) -> None:
+        """Keep the last ``verify`` report of a candidate (``promote`` asks for a pass)."""
+        ...
+
+    async def verification(self, alias: str, version: str) -> dict[str, object] | None: ...
+
     def changes(self, on_subscribed: OnSubscribed = None
                 ) -> AsyncIterator[tuple[str, int | None]]:
         """(alias, revision) as rule changes are announced, (alias, None) as coverage changes;

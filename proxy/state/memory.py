@@ -39,6 +39,7 @@ class MemoryRuleStore(SharedWrites):
         self._audit: dict[str, list[AuditEntry]] = {}
         self._coverage: dict[str, dict[str, int]] = {}
         self._popularity: dict[str, dict[str, float]] = {}
+        self._verified: dict[tuple[str, str], dict[str, object]] = {}
         self._deleted: set[str] = set()
         self._feeds: set[asyncio.Queue[tuple[str, int | None]]] = set()
         self._ids = itertools.count(1)
@@ -54,7 +55,7 @@ class MemoryRuleStore(SharedWrites):
 
     def lose_everything(self) -> None:
         for kept in (self._documents, self._revisions, self._audit, self._coverage,
-                     self._popularity):
+                     self._popularity, self._verified):
             kept.clear()
         self._deleted.clear()
 
@@ -148,6 +149,15 @@ class MemoryRuleStore(SharedWrites):
         self._check()
         scores = self._popularity.get(alias, {})
         return sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:count]
+
+    async def record_verification(self, alias: str, version: str,
+                                  report: Mapping[str, object]) -> None:
+        self._check()
+        self._verified[(alias, version)] = dict(report)
+
+    async def verification(self, alias: str, version: str) -> dict[str, object] | None:
+        self._check()
+        return self._verified.get((alias, version))
 
     async def changes(self, on_subscribed: OnSubscribed = None
                       ) -> AsyncIterator[tuple[str, int | None]]:

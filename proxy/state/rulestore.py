@@ -6,6 +6,8 @@ Keys (``P`` is the prefix; ``{alias}`` is a hash tag so one alias's keys share a
     P:{alias}:audit        stream of changes: revision, actor, reason, at, before, after
     P:{alias}:coverage     hash  "<version>:covered", ":total", ":popular_ppm" (backfill progress)
     P:{alias}:popularity   sorted set of document ids by query hits (backfill priority)
+    P:{alias}:verify       hash  version -> its last ``verify`` report (JSON)
+    P:{alias}:backfill:*   the backfill's work queue (``proxy.state.jobs``)
     P:aliases              set of declared aliases
     P:changes              pub/sub channel, "<alias> <revision>" or "<alias> coverage"
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NamedTuple
 
+import msgspec
 import redis.asyncio as aioredis
 
 from proxy.config import Settings
@@ -188,6 +191,17 @@ class RedisRuleStore(SharedWrites):
             rows = await self.client.zrevrange(self._key(alias, "popularity"), 0, count - 1,
                                                withscores=True)
         return [(_text(row[0]), float(row[1])) for row in rows]
+
+    async def record_verification(self, alias: str, version: str,
+                                  report: Mapping[str, object]) -> None:
+        async with unavailable_on_error(self.client):
+            await self.client.hset(self._key(alias, "verify"), version,
+                                   msgspec.json.encode(report))
+
+    async def verification(self, alias: str, version: str) -> dict[str, object] | None:
+        async with unavailable_on_error(self.client):
+            raw = await self.client.hget(self._key(alias, "verify"), version)
+        return None if raw is None else msgspec.json.decode(raw, type=dict[str, object])
 
     def backfill_queue(self, alias: str, version: str) -> BackfillQueue:
         """The work queue of the backfill of ``alias`` into ``version``."""

@@ -47,6 +47,7 @@ class Stored(msgspec.Struct, frozen=True):
 
     id: PointId
     payload: dict[str, Any]
+    vector: list[float] | None = None
 
 
 class CollectionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,8 +80,10 @@ class VectorStore(Protocol):
         ...
 
     async def retrieve(self, target: Target, ids: Sequence[PointId],
-                       fields: Sequence[str] | None = None) -> list[Stored]:
-        """The version's points among ``ids`` (absent ones are left out)."""
+                       fields: Sequence[str] | None = None, vectors: bool = False
+                       ) -> list[Stored]:
+        """The version's points among ``ids`` (absent ones are left out), with their vectors
+        (the version's own) if asked."""
         ...
 
     async def count(self, target: Target) -> int:
@@ -102,9 +105,13 @@ def hit(point: Any, with_payload: bool) -> Hit:
     return Hit(point.id if isinstance(point.id, int) else str(point.id), point.score, payload)
 
 
-def stored(point: Any) -> Stored:
+def stored(point: Any, vector_name: str | None = None) -> Stored:
     """A record from either engine as our Stored (ids: int, or UUIDs as strings)."""
-    return Stored(point.id if isinstance(point.id, int) else str(point.id), point.payload or {})
+    vector = point.vector
+    if isinstance(vector, dict):
+        vector = vector.get(vector_name or "")
+    return Stored(point.id if isinstance(point.id, int) else str(point.id), point.payload or {},
+                  None if vector is None else list(vector))
 
 
 def floats(vector: VectorLike) -> list[float]:

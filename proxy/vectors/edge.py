@@ -149,13 +149,14 @@ class EdgeStore:
         return [stored(r) for r in records], _point_id(following)
 
     async def retrieve(self, target: Target, ids: Sequence[PointId],
-                       fields: Sequence[str] | None = None) -> list[Stored]:
+                       fields: Sequence[str] | None = None, vectors: bool = False
+                       ) -> list[Stored]:
         if not ids:
             return []
         shard = await self._shard(target.collection)
         with backend_errors(target.collection, "retrieve"):
-            records = await self._call(shard.retrieve, list(ids), _payload(fields), False)
-        return [stored(r) for r in records]
+            records = await self._call(shard.retrieve, list(ids), _payload(fields), vectors)
+        return [stored(r, target.vector_name) for r in records]
 
     async def count(self, target: Target) -> int:
         request = edge.CountRequest(exact=True, filter=to_edge_filter(with_target(None, target)))

@@ -101,14 +101,15 @@ class ServerStore:
                 else str(following))
 
     async def retrieve(self, target: Target, ids: Sequence[PointId],
-                       fields: Sequence[str] | None = None) -> list[Stored]:
+                       fields: Sequence[str] | None = None, vectors: bool = False
+                       ) -> list[Stored]:
         if not ids:
             return []
         with backend_errors(target.collection, "retrieve"):
             records = await self.client.retrieve(
-                target.collection, list(ids), with_vectors=False,
+                target.collection, list(ids), with_vectors=vectors,
                 with_payload=True if fields is None else list(fields))
-        return [stored(r) for r in records]
+        return [stored(r, target.vector_name) for r in records]
 
     async def count(self, target: Target) -> int:
         with backend_errors(target.collection, "count"):

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.ingest.backfill import Options, Progress
+from proxy.ingest.verify import Report
 from proxy.serving.search import SearchRequest, SearchResponse
 from proxy.web.auth import OVERRIDE_TOKEN_HEADER
 from proxy.web.errors import Handler
@@ -71,6 +72,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/aliases/{alias}/backfill/stop", documents.stop_backfill,
           "Stop this proxy's backfill workers (the plan stays; start resumes it)",
           answer=Progress, admin=True, body_required=False),
+    Route("POST", "/admin/aliases/{alias}/verify", documents.run_verify,
+          "Check the candidate holds exactly stable's documents, each from its model; "
+          "promote asks for a pass", body=documents.VerifyOptions, answer=Report, admin=True,
+          body_required=False),
     *(Route("POST", f"/admin/aliases/{{alias}}/{name}", handler, summary, body=admin.Action,
             admin=True, body_required=False)
       for name, handler, summary in (

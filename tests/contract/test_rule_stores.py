@@ -83,6 +83,9 @@ async def test_coverage_and_popularity(store: RuleStore) -> None:
     await store.record_hits("products", {"d1": 1, "d2": 1})
     await store.record_hits("products", {"d3": 5, "d1": 1})
     assert await store.most_popular("products", 2) == [("d3", 5.0), ("d1", 2.0)]
+    assert await store.verification("products", "v2") is None
+    await store.record_verification("products", "v2", {"passed": True, "missing": 0})
+    assert await store.verification("products", "v2") == {"passed": True, "missing": 0}
 
 
 async def test_a_change_reaches_a_watcher_by_notification_alone(

@@ -117,6 +117,10 @@ async def test_points_read_back_page_by_page_counted_and_deleted(store: VectorSt
     assert sorted((p.id, p.payload["doc"]["t"]) for p in got) == [(3, "x"), (4, "x")]
     whole = await store.retrieve(v1.target, [5])
     assert whole[0].payload == {"n": 5, "doc": {"t": "x"}, "mv": "v1"}
+    assert whole[0].vector is None
+    [with_vector] = await store.retrieve(v1.target, [5], [], vectors=True)
+    assert with_vector.vector is not None and len(with_vector.vector) == 8
+    assert np.allclose(with_vector.vector, [8 ** -0.5] * 8, atol=1e-5)  # cosine: normalised
     await store.delete(v1.target, [3, 4])
     assert await store.count(v1.target) == 23
     assert await store.retrieve(v1.target, [3, 4]) == []

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from proxy.ingest.backfill import Options
 from proxy.ingest.documents import DocId, Document, checked
+from proxy.ingest.verify import verify
 from proxy.ingest.writer import DocumentResult
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES, read_json
 from proxy.web.errors import json_response
@@ -78,3 +79,19 @@ async def backfill_status(request: web.Request) -> web.Response:
 
 async def stop_backfill(request: web.Request) -> web.Response:
     return json_response(await request.app[BACKFILL].stop(_rollout(request)))
+
+
+class VerifyOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    sample: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 50
+
+
+async def run_verify(request: web.Request) -> web.Response:
+    """Compare the candidate with stable here (the engine is in this process), keep the report
+    where ``promote`` looks for it, and answer it."""
+    rollout = _rollout(request)
+    options = await read_json(request, VerifyOptions) if request.can_read_body else \
+        VerifyOptions()
+    report = await verify(request.app[INGESTOR], rollout, options.sample)
+    await request.app[INGESTOR].rules.record_verification(
+        rollout.alias, report.candidate, msgspec.to_builtins(report))
+    return json_response(report)

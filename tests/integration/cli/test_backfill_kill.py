@@ -140,27 +140,34 @@ def test_a_backfill_killed_five_times_resumes_to_exactly_stables_documents(
     final = json.loads(capsys.readouterr().out)
     assert final["state"] == "done", final
     assert final["job"]["done_docs"] >= 1, final
+    assert proxy.cli("verify", "docs", "--sample", "20") == 0
+    assert "verify docs: v2 against v1 PASSED" in capsys.readouterr().out
+    assert main(["promote", "docs", "--reason", "verified"], proxy.env) == 0
     proxy.kill(signal.SIGTERM)
 
-    async def check() -> None:
-        rules = RedisRuleStore(connect(Settings(), proxy.env["REDIS_URL"]),
-                               proxy.env["EMBEDSHIFT_REDIS_PREFIX"])
-        assert await rules.coverage("docs") == {"v1": 1.0, "v2": 1.0}
-        await rules.aclose()
-        store = EdgeStore(proxy.data / "qdrant")
-        rollout = default_rollout("docs")
-        ids = {}
-        for name in ("v1", "v2"):
-            found, offset = [], None
-            while True:
-                page, offset = await store.scroll(rollout.version(name).target, offset, 1000,
-                                                  ["_embedshift.doc_id"])
-                found += [p.payload["_embedshift"]["doc_id"] for p in page]
-                if offset is None:
-                    break
-            ids[name] = found
-            assert await store.count(rollout.version(name).target) == DOCS
-        await store.close()
-        assert sorted(ids["v1"]) == sorted(ids["v2"]) == list(range(DOCS))
+    asyncio.run(check(proxy))
 
-    asyncio.run(check())
+
+async def check(proxy: Proxy) -> None:
+    """Read back from Redis and the engine's files what the killed proxies left."""
+    rules = RedisRuleStore(connect(Settings(), proxy.env["REDIS_URL"]),
+                           proxy.env["EMBEDSHIFT_REDIS_PREFIX"])
+    assert await rules.coverage("docs") == {"v1": 1.0, "v2": 1.0}
+    assert (await rules.get("docs")).stable == "v2"
+    await rules.aclose()
+    store = EdgeStore(proxy.data / "qdrant")
+    rollout = default_rollout("docs")
+    ids = {}
+    for name in ("v1", "v2"):
+        found, offset = [], None
+        while True:
+            page, offset = await store.scroll(rollout.version(name).target, offset, 1000,
+                                              ["_embedshift.doc_id"])
+            found += [p.payload["_embedshift"]["doc_id"] for p in page]
+            if offset is None:
+                break
+        ids[name] = found
+        assert await store.count(rollout.version(name).target) == DOCS
+    await store.close()
+    assert sorted(ids["v1"]) == sorted(ids["v2"]) == list(range(DOCS))
+

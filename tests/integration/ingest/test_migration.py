@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 from msgspec.structs import replace
 
+from proxy.control.operator import Operator
 from proxy.ingest.backfill import Options
+from proxy.ingest.verify import verify
 from proxy.state.watcher import RuleWatcher
 from proxy.vectors.base import RESERVED
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, decide
+from rollout_rules.errors import TransitionError
 from tests.integration.ingest.conftest import Migration, corpus
 
 USERS = 2000
@@ -159,3 +163,40 @@ def test_backfill_options_out_of_range_name_the_field(bad: dict[str, float]) -> 
     with pytest.raises(RuleError) as caught:
         Options(**bad).check()  # type: ignore[arg-type]
     assert caught.value.field == next(iter(bad))
+
+
+async def test_verify_finds_what_is_missing_extra_or_encoded_by_another_model(
+        migration: Migration) -> None:
+    """And once mended it passes, which is what promote asks for."""
+    stable_only = await migration.declare(candidate=False)
+    documents = corpus(300)
+    await migration.ingestor.write(stable_only, documents)
+    rollout = await migration.declare()
+    v2 = rollout.version("v2")
+    await migration.ingestor.write_version(v2, documents[:290])
+    await migration.ingestor.write_version(v2, corpus(1, 5000))  # only in the candidate
+    impostor = replace(v2, model=L3)  # the right shape, the wrong model
+    await migration.ingestor.write_version(impostor, [documents[7]])
+    report = await verify(migration.ingestor, rollout, sample=400, seed=1)
+    assert not report.passed
+    assert (report.missing, report.missing_ids) == (10, list(range(290, 300)))
+    assert (report.extra, report.extra_ids) == (1, [5000])
+    assert report.envelope_mismatches == 1
+    assert report.envelope_examples == [f"7: model is {L3!r}, v2 is {L6!r}"]
+    assert report.vector_mismatch_ids == [7] and report.sampled == 291
+    operator = Operator(migration.rules, "tests")
+    await migration.rules.record_verification("docs", "v2", msgspec.to_builtins(report))
+    await migration.ingestor.update_coverage(rollout)
+    with pytest.raises(TransitionError, match=r"coverage is 97\.0%"):
+        await operator.promote("docs")
+
+    await migration.ingestor.delete(rollout, 5000)
+    await migration.ingestor.write_version(v2, documents[7:8])
+    backfill = migration.backfill()
+    await backfill.start(rollout, Options())
+    await asyncio.wait_for(asyncio.gather(*backfill.tasks["docs"]), 120)
+    report = await verify(migration.ingestor, rollout, sample=50, seed=2)
+    assert report.passed and report.min_cosine is not None and report.min_cosine >= 0.999
+    await migration.rules.record_verification("docs", "v2", msgspec.to_builtins(report))
+    promoted = (await operator.promote("docs", "verified")).after
+    assert (promoted.stable, promoted.previous_stable) == ("v2", "v1")

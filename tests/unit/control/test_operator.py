@@ -28,11 +28,23 @@ async def test_a_ramp_is_recorded_with_its_actor_and_capped_by_coverage(
     assert [e.reason for e in await operator.history("products")] == ["first ramp", "declare"]
 
 
-async def test_promote_needs_full_coverage_and_keeps_the_old_stable(operator: Operator) -> None:
+async def test_promote_needs_full_coverage_and_a_passed_verify_and_keeps_the_old_stable(
+        operator: Operator) -> None:
     await operator.set_coverage("products", "v2", 90, 100)
     with pytest.raises(TransitionError, match="coverage"):
         await operator.promote("products")
     await operator.set_coverage("products", "v2", 100, 100)
+    with pytest.raises(TransitionError, match="never verified"):
+        await operator.promote("products")
+    failed = {"stable": "v1", "passed": False, "missing": 3, "extra": 0,
+              "envelope_mismatches": 0, "vector_mismatch_ids": []}
+    await operator.store.record_verification("products", "v2", failed)
+    with pytest.raises(TransitionError, match=r"last verify failed \(3 missing"):
+        await operator.promote("products")
+    with pytest.raises(RuleError, match="needs a reason"):
+        await operator.promote("products", force=True)
+    await operator.store.record_verification("products", "v2", {**failed, "passed": True,
+                                                                "missing": 0})
     after = (await operator.promote("products")).after
     assert (after.stable, after.candidate, after.previous_stable) == ("v2", None, "v1")
     back = (await operator.rollback("products", "worse than before")).after
@@ -68,3 +80,10 @@ async def test_a_deleted_alias_keeps_its_history_and_a_restore_brings_back_cover
     assert restored.percent == 20
     status = await operator.status("products")
     assert status.coverage == {"v2": 0.6} and status.effective_percent == 20
+
+
+async def test_a_forced_promotion_says_so_in_the_audit(operator: Operator) -> None:
+    await operator.promote("products", "the golden set judged it; coverage catches up", True)
+    entry = (await operator.history("products", 1))[0]
+    assert entry.reason == "forced: the golden set judged it; coverage catches up"
+    assert entry.after.stable == "v2"

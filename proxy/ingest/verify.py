@@ -1,0 +1,129 @@
+"""``verify``: does the candidate hold exactly stable's documents, each encoded by its model?
+
+Three checks, all read from the store: the document ids of stable and candidate are compared both
+ways; every candidate point's envelope (model, version, dimensions, metric, normalisation) must be
+the candidate's own; and a random sample of candidate points is re-encoded from its stored text
+with the candidate's model, each stored vector agreeing with the fresh one to cosine >= 0.999.
+The report is kept in the rule store, where ``promote`` looks for a pass.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from proxy.ingest.documents import DOC_ID_FIELD, PointId, document_of
+from proxy.ingest.writer import Ingestor, encode
+from proxy.state.base import now
+from proxy.vectors.base import RESERVED, Stored, VectorStore
+from rollout_rules.errors import RuleError
+from rollout_rules.model import Rollout, Version
+
+MIN_COSINE = 0.999
+SHOWN = 20  # ids listed per finding; the counts are whole
+ENVELOPE = ("model", "version", "dimensions", "metric", "normalized")
+
+
+class Report(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    stable: str
+    candidate: str
+    revision: int
+    at: str
+    stable_documents: int
+    candidate_documents: int
+    missing: int  # in stable, not in the candidate
+    missing_ids: list[Any]
+    extra: int  # in the candidate, not in stable
+    extra_ids: list[Any]
+    envelope_mismatches: int
+    envelope_examples: list[str]
+    sampled: int
+    min_cosine: float | None
+    vector_mismatch_ids: list[Any]
+    passed: bool
+
+
+async def _pages(store: VectorStore, version: Version, fields: list[str]
+                 ) -> list[Stored]:
+    points: list[Stored] = []
+    offset: PointId | None = None
+    while True:
+        page, offset = await store.scroll(version.target, offset, 1000, fields)
+        points += page
+        if offset is None:
+            return points
+
+
+def _doc_id(point: Stored) -> Any:
+    own = point.payload.get(RESERVED)
+    return own.get("doc_id", point.id) if isinstance(own, dict) else point.id
+
+
+def envelope_problems(version: Version, points: list[Stored]) -> Iterator[str]:
+    expected = {"model": version.model, "version": version.name,
+                "dimensions": version.dimensions, "metric": version.metric,
+                "normalized": version.normalized}
+    for point in points:
+        own = point.payload.get(RESERVED)
+        if not isinstance(own, dict):
+            yield f"{_doc_id(point)!r}: no envelope (not written by embedshift)"
+            continue
+        for field in ENVELOPE:
+            if own.get(field) != expected[field]:
+                yield (f"{_doc_id(point)!r}: {field} is {own.get(field)!r}, "
+                       f"{version.name} is {expected[field]!r}")
+
+
+async def verify(ingestor: Ingestor, rollout: Rollout, sample: int = 50,
+                 seed: int | None = None) -> Report:
+    if rollout.candidate is None:
+        raise RuleError("candidate", f"{rollout.alias} has no candidate to verify")
+    if not 0 <= sample <= 10_000:
+        raise RuleError("sample", "from 0 to 10000 points")
+    store = ingestor.store
+    stable, candidate = rollout.version(rollout.stable), rollout.version(rollout.candidate)
+    stable_points = (await _pages(store, stable, [DOC_ID_FIELD])
+                     if await store.describe(stable.target) else [])
+    candidate_points = (await _pages(store, candidate, [f"{RESERVED}.{f}" for f in
+                                                        ("doc_id", *ENVELOPE)])
+                        if await store.describe(candidate.target) else [])
+    stable_ids = {_doc_id(p) for p in stable_points}
+    candidate_ids = {_doc_id(p) for p in candidate_points}
+    missing, extra = stable_ids - candidate_ids, candidate_ids - stable_ids
+    problems = list(envelope_problems(candidate, candidate_points))
+    chosen = random.Random(seed).sample(candidate_points, min(sample, len(candidate_points)))
+    cosines, bad = await _resample(ingestor, candidate, [p.id for p in chosen])
+    passed = not missing and not extra and not problems and not bad and bool(stable_ids)
+    return Report(alias=rollout.alias, stable=stable.name, candidate=candidate.name,
+                  revision=rollout.revision, at=now(), stable_documents=len(stable_ids),
+                  candidate_documents=len(candidate_ids), missing=len(missing),
+                  missing_ids=sorted(missing, key=str)[:SHOWN], extra=len(extra),
+                  extra_ids=sorted(extra, key=str)[:SHOWN], envelope_mismatches=len(problems),
+                  envelope_examples=problems[:SHOWN], sampled=len(cosines),
+                  min_cosine=round(min(cosines), 6) if cosines else None,
+                  vector_mismatch_ids=bad[:SHOWN], passed=passed)
+
+
+async def _resample(ingestor: Ingestor, version: Version, ids: list[PointId]
+                    ) -> tuple[list[float], list[Any]]:
+    """Cosine of each stored vector with its text re-encoded now; the ids below the bar."""
+    if not ids:
+        return [], []
+    points = await ingestor.store.retrieve(version.target, ids, vectors=True)
+    documents = [(p, document_of(p.payload)) for p in points]
+    usable = [(p, d) for p, d in documents if d is not None and p.vector is not None]
+    if not usable:
+        return [], [_doc_id(p) for p, _ in documents]
+    model = await ingestor.models.get(version)
+    fresh = await encode(model, [d.text for _, d in usable])
+    stored = np.asarray([p.vector for p, _ in usable], dtype=np.float32)
+    cosines = (np.sum(stored * fresh, axis=1) /
+               (np.linalg.norm(stored, axis=1) * np.linalg.norm(fresh, axis=1)))
+    bad = [_doc_id(p) for (p, _), c in zip(usable, cosines, strict=True) if c < MIN_COSINE]
+    bad += [_doc_id(p) for p, d in documents if d is None or p.vector is None]
+    return [float(c) for c in cosines], bad
