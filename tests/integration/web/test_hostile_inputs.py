@@ -17,6 +17,7 @@ from tests.integration.web.rawhttp import Answer, request
 pytestmark = pytest.mark.integration
 
 SEARCH = "/v1/aliases/products/search"
+DOCUMENTS = "/v1/aliases/products/documents"
 JSON = {"Content-Type": b"application/json"}
 ADMIN = {**JSON, "Authorization": f"Bearer {ADMIN_TOKEN}".encode()}
 
@@ -67,6 +68,25 @@ CASES = [Case(*case) for case in [
      JSON, 400, "geo_radius"),
     ("a key with no condition", SEARCH,
      b'{"query": "x", "filter": {"must": [{"key": "category"}]}}', JSON, 400, "nothing"),
+    ("documents without the token", DOCUMENTS, b'{"documents": []}', JSON, 401, "Bearer"),
+    ("no documents", DOCUMENTS, b'{"documents": []}', ADMIN, 400, "documents"),
+    ("a document without text", DOCUMENTS, b'{"documents": [{"id": 1}]}', ADMIN, 400, "text"),
+    ("a document with blank text", DOCUMENTS, b'{"documents": [{"id": 1, "text": " "}]}', ADMIN,
+     400, "documents[0].text"),
+    ("a negative document id", DOCUMENTS, b'{"documents": [{"id": -4, "text": "a"}]}', ADMIN,
+     400, "documents[0].id"),
+    ("the same id twice", DOCUMENTS,
+     b'{"documents": [{"id": 1, "text": "a"}, {"id": 1, "text": "b"}]}', ADMIN, 400,
+     "documents[1].id"),
+    ("embedshift's own payload key", DOCUMENTS,
+     b'{"documents": [{"id": 1, "text": "a", "payload": {"_embedshift": 1}}]}', ADMIN, 400,
+     "reserved"),
+    ("documents past 8 MiB", DOCUMENTS, b'{"documents": [' + b" " * (9 << 20) + b"]}", ADMIN,
+     413, ""),
+    ("a backfill with no workers", "/admin/aliases/products/backfill", b'{"workers": 0}',
+     ADMIN, 400, "workers"),
+    ("a verify sample too large", "/admin/aliases/products/verify", b'{"sample": 99999}', ADMIN,
+     400, "sample"),
 ]]
 
 
