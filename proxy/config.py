@@ -22,6 +22,7 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     edge_search_threads EMBEDSHIFT_EDGE_SEARCH_THREADS  embedded engine: search threads per
                                                    shard (1)
     log_queries         EMBEDSHIFT_LOG_QUERIES     put query text in logs (off)
+    archive_keep        EMBEDSHIFT_ARCHIVE_KEEP    archives kept per alias, newest first (3)
     popularity_sample   EMBEDSHIFT_POPULARITY_SAMPLE  share of answers whose hits are counted
                                                    for the backfill's order (0.2; 0: off)
     request_timeout_s   EMBEDSHIFT_TIMEOUT_S       a search answers 503 past this (10)
@@ -69,6 +70,7 @@ _ENV = {
     "edge_search_threads": "EMBEDSHIFT_EDGE_SEARCH_THREADS",
     "log_queries": "EMBEDSHIFT_LOG_QUERIES",
     "popularity_sample": "EMBEDSHIFT_POPULARITY_SAMPLE",
+    "archive_keep": "EMBEDSHIFT_ARCHIVE_KEEP",
     "request_timeout_s": "EMBEDSHIFT_TIMEOUT_S",
     "header_timeout_s": "EMBEDSHIFT_HEADER_TIMEOUT_S",
     "body_timeout_s": "EMBEDSHIFT_BODY_TIMEOUT_S",
@@ -101,6 +103,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     edge_search_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     log_queries: bool = False
     popularity_sample: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.2
+    archive_keep: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
@@ -113,6 +116,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def archives_path(self) -> Path:
+        return self.data_path / "archives"
 
     @property
     def models_path(self) -> Path:

@@ -78,6 +78,14 @@ def promote(rollout: Rollout, coverage: float | None, force: bool = False,
                    percent=0.0, state=State.PROMOTED)
 
 
+def retire(rollout: Rollout) -> Rollout:
+    """Let go of the previous stable version: no rollback to it any more, and it may be
+    archived."""
+    if rollout.previous_stable is None:
+        raise TransitionError(f"{rollout.alias}: no previous stable version to retire")
+    return replace(rollout, previous_stable=None)
+
+
 def _require_candidate(rollout: Rollout, action: str) -> str:
     if rollout.candidate is None:
         raise TransitionError(f"{rollout.alias}: no candidate version to {action} "

@@ -288,6 +288,28 @@ def render_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_archive(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
+                ) -> Result:
+    action = "unarchive" if args.command == "unarchive" else "archive"
+    info = asyncio.run(_post(args, settings,
+                             f"/admin/aliases/{args.alias}/versions/{args.version}/{action}"))
+    verb = "written back from" if action == "unarchive" else "archived to"
+    text = (f"{info['alias']}/{info['version']}: {info['points']} points of "
+            f"{info['collection']} {verb} {info['file']}")
+    if info.get("removed"):
+        text += f"\n  older archives removed: {', '.join(info['removed'])}"
+    return info, text
+
+
+async def _post(args: argparse.Namespace, settings: Settings, path: str) -> dict[str, Any]:
+    api = Api(_url(args, settings), settings.admin_token)
+    try:
+        _, answer = await api.call("POST", path)
+    finally:
+        await api.close()
+    return dict(answer)
+
+
 def cmd_backfill(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
                  ) -> Result:
     return asyncio.run(backfill(args, settings))
@@ -320,3 +342,10 @@ def add_parsers(add: AddCommand) -> None:
     with_url(p)
     p.add_argument("--sample", type=int, default=50, help="points re-encoded to check their "
                                                          "vectors (50)")
+    p = add("archive", cmd_archive, "export a version no rule names to a file under the data "
+                                    "folder, then delete its points")
+    with_url(p)
+    p.add_argument("version")
+    p = add("unarchive", cmd_archive, "write a version's newest archive back, searchable")
+    with_url(p)
+    p.add_argument("version")

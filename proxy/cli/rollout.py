@@ -57,6 +57,10 @@ async def cmd_promote(operator: Operator, args: argparse.Namespace) -> Result:
     return _changed(change, operator)
 
 
+async def cmd_retire(operator: Operator, args: argparse.Namespace) -> Result:
+    return _changed(await operator.retire(args.alias, args.reason, args.if_revision), operator)
+
+
 async def cmd_delete(operator: Operator, args: argparse.Namespace) -> Result:
     entry = await operator.delete(args.alias, args.reason, args.if_revision)
     return entry, (f"deleted {args.alias} at revision {entry.revision} (by {entry.actor}); "
@@ -191,6 +195,8 @@ def add_parsers(add: AddCommand) -> None:
     p = writer("promote", cmd_promote, "make the candidate stable for everyone")
     p.add_argument("--force", action="store_true", help="promote below full coverage or without "
                                                         "a passed verify (needs --reason)")
+    writer("retire", cmd_retire, "let go of the previous stable version (no rollback to it; "
+                                 "it may then be archived)", reason_required=True)
     writer("delete", cmd_delete, "delete an alias on purpose: every proxy stops serving it",
            reason_required=True)
     p = command("history", cmd_history, "the audit trail of an alias, newest first")

@@ -74,6 +74,13 @@ class Operator:
             raise RuleError("reason", "a rollback needs a reason: say what went wrong")
         return await self._apply(alias, ops.rollback, reason, expected_revision)
 
+    async def retire(self, alias: str, reason: str, expected_revision: int | None = None
+                     ) -> Change:
+        """Drop the previous stable version (a rollback can no longer reach it)."""
+        if not reason.strip():
+            raise RuleError("reason", "retiring the previous stable needs a reason")
+        return await self._apply(alias, ops.retire, reason, expected_revision)
+
     async def promote(self, alias: str, reason: str = "", force: bool = False,
                       expected_revision: int | None = None) -> Change:
         """Make the candidate stable: refused unless its coverage is complete and its last

@@ -73,10 +73,14 @@ class VectorStore(Protocol):
     async def describe(self, target: Target) -> CollectionInfo | None: ...
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,
-                     fields: Sequence[str] | None = None
+                     fields: Sequence[str] | None = None, vectors: bool = False
                      ) -> tuple[list[Stored], PointId | None]:
         """A page of the version's points in id order, and the offset of the next page (None
         after the last); ``fields`` picks payload keys (None: the whole payload)."""
+        ...
+
+    async def drop(self, target: Target) -> None:
+        """Delete the collection (every version in it); nothing if it does not exist."""
         ...
 
     async def retrieve(self, target: Target, ids: Sequence[PointId],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -138,15 +139,27 @@ class EdgeStore:
                               points=info.points_count)
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,
-                     fields: Sequence[str] | None = None
+                     fields: Sequence[str] | None = None, vectors: bool = False
                      ) -> tuple[list[Stored], PointId | None]:
-        request = edge.ScrollRequest(offset=offset, limit=limit, with_vector=False,
+        request = edge.ScrollRequest(offset=offset, limit=limit, with_vector=vectors,
                                      with_payload=_payload(fields),
                                      filter=to_edge_filter(with_target(None, target)))
         shard = await self._shard(target.collection)
         with backend_errors(target.collection, "scroll"):
             records, following = await self._call(shard.scroll, request)
-        return [stored(r) for r in records], _point_id(following)
+        return [stored(r, target.vector_name) for r in records], _point_id(following)
+
+    async def drop(self, target: Target) -> None:
+        with backend_errors(target.collection, "dropping the collection"):
+            await self._call(self._drop, target.collection)
+
+    def _drop(self, collection: str) -> None:
+        shard = self._shards.pop(collection, None)
+        if shard is not None:
+            shard.close()
+        path = self.root / collection
+        if path.exists():
+            shutil.rmtree(path)
 
     async def retrieve(self, target: Target, ids: Sequence[PointId],
                        fields: Sequence[str] | None = None, vectors: bool = False

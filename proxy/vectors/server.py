@@ -89,14 +89,14 @@ class ServerStore:
                               model_id=metadata.get("model_id"), points=info.points_count or 0)
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,
-                     fields: Sequence[str] | None = None
+                     fields: Sequence[str] | None = None, vectors: bool = False
                      ) -> tuple[list[Stored], PointId | None]:
         with backend_errors(target.collection, "scroll"):
             records, following = await self.client.scroll(
                 target.collection, scroll_filter=with_target(None, target), limit=limit,
                 offset=offset, with_payload=True if fields is None else list(fields),
-                with_vectors=False)
-        return ([stored(r) for r in records],
+                with_vectors=vectors)
+        return ([stored(r, target.vector_name) for r in records],
                 None if following is None else following if isinstance(following, int)
                 else str(following))
 
@@ -110,6 +110,11 @@ class ServerStore:
                 target.collection, list(ids), with_vectors=vectors,
                 with_payload=True if fields is None else list(fields))
         return [stored(r, target.vector_name) for r in records]
+
+    async def drop(self, target: Target) -> None:
+        with backend_errors(target.collection, "dropping the collection"):
+            if await self.client.collection_exists(target.collection):
+                await self.client.delete_collection(target.collection)
 
     async def count(self, target: Target) -> int:
         with backend_errors(target.collection, "count"):

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.ingest.archive import ArchiveInfo
 from proxy.ingest.backfill import Options, Progress
 from proxy.ingest.verify import Report
 from proxy.serving.search import SearchRequest, SearchResponse
@@ -76,13 +77,20 @@ ROUTES: tuple[Route, ...] = (
           "Check the candidate holds exactly stable's documents, each from its model; "
           "promote asks for a pass", body=documents.VerifyOptions, answer=Report, admin=True,
           body_required=False),
+    Route("POST", "/admin/aliases/{alias}/versions/{version}/archive",
+          documents.archive_version, "Export a version no rule names to a file, then delete "
+          "its points", answer=ArchiveInfo, admin=True, body_required=False),
+    Route("POST", "/admin/aliases/{alias}/versions/{version}/unarchive",
+          documents.unarchive_version, "Write a version's newest archive back",
+          answer=ArchiveInfo, admin=True, body_required=False),
     *(Route("POST", f"/admin/aliases/{{alias}}/{name}", handler, summary, body=admin.Action,
             admin=True, body_required=False)
       for name, handler, summary in (
           ("pause", admin.pause, "Send everyone to stable, keeping the percent"),
           ("resume", admin.resume, "Bring the paused candidate back to its percent"),
           ("rollback", admin.rollback, "Send everyone to stable and zero the percent"),
-          ("promote", admin.promote, "Make the candidate stable"))),
+          ("promote", admin.promote, "Make the candidate stable"),
+          ("retire", admin.retire, "Let go of the previous stable (then it may be archived)"))),
 )
 
 

@@ -124,3 +124,8 @@ async def test_points_read_back_page_by_page_counted_and_deleted(store: VectorSt
     await store.delete(v1.target, [3, 4])
     assert await store.count(v1.target) == 23
     assert await store.retrieve(v1.target, [3, 4]) == []
+    page, _ = await store.scroll(v2.target, None, 2, [], vectors=True)
+    assert [len(p.vector or []) for p in page] == [8, 8]
+    await store.drop(v1.target)
+    assert await store.describe(v1.target) is None
+    await store.drop(v1.target)  # dropping what is gone is nothing

@@ -100,6 +100,10 @@ async def resume(request: web.Request) -> web.Response:
     return await _act(request, lambda op, alias, b: op.resume(alias, b.reason, b.if_revision))
 
 
+async def retire(request: web.Request) -> web.Response:
+    return await _act(request, lambda op, alias, b: op.retire(alias, b.reason, b.if_revision))
+
+
 async def rollback(request: web.Request) -> web.Response:
     return await _act(request, lambda op, alias, b: op.rollback(alias, b.reason, b.if_revision))
 

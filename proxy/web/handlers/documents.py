@@ -10,13 +10,14 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from proxy.ingest.archive import archive, unarchive
 from proxy.ingest.backfill import Options
 from proxy.ingest.documents import DocId, Document, checked
 from proxy.ingest.verify import verify
 from proxy.ingest.writer import DocumentResult
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES, read_json
 from proxy.web.errors import json_response
-from proxy.web.keys import BACKFILL, INGESTOR, WATCHER
+from proxy.web.keys import BACKFILL, INGESTOR, SETTINGS, WATCHER
 from rollout_rules.errors import NotFoundError, RuleError
 from rollout_rules.model import Rollout
 
@@ -95,3 +96,16 @@ async def run_verify(request: web.Request) -> web.Response:
     await request.app[INGESTOR].rules.record_verification(
         rollout.alias, report.candidate, msgspec.to_builtins(report))
     return json_response(report)
+
+
+async def archive_version(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    info = await archive(request.app[INGESTOR], _rollout(request), request.match_info["version"],
+                         settings.archives_path, settings.archive_keep)
+    return json_response(info)
+
+
+async def unarchive_version(request: web.Request) -> web.Response:
+    info = await unarchive(request.app[INGESTOR], _rollout(request),
+                           request.match_info["version"], request.app[SETTINGS].archives_path)
+    return json_response(info)

@@ -7,20 +7,23 @@ and the ONNX models."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 import msgspec
 import pytest
 from msgspec.structs import replace
 
 from proxy.control.operator import Operator
+from proxy.ingest.archive import archive, unarchive
 from proxy.ingest.backfill import Options
 from proxy.ingest.verify import verify
 from proxy.state.watcher import RuleWatcher
 from proxy.vectors.base import RESERVED
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, decide
-from rollout_rules.errors import TransitionError
+from rollout_rules.errors import RuleError, TransitionError
 from tests.integration.ingest.conftest import Migration, corpus
 
 USERS = 2000
@@ -200,3 +203,29 @@ async def test_verify_finds_what_is_missing_extra_or_encoded_by_another_model(
     await migration.rules.record_verification("docs", "v2", msgspec.to_builtins(report))
     promoted = (await operator.promote("docs", "verified")).after
     assert (promoted.stable, promoted.previous_stable) == ("v2", "v1")
+
+
+async def test_archive_refuses_a_named_version_and_unarchive_brings_it_back_searchable(
+        migration: Migration, tmp_path: Path) -> None:
+    rollout = await migration.declare()
+    documents = corpus(200)
+    await migration.ingestor.write(rollout, documents)
+    report = await verify(migration.ingestor, rollout, sample=10)
+    await migration.rules.record_verification("docs", "v2", msgspec.to_builtins(report))
+    promoted = (await Operator(migration.rules, "tests").promote("docs", "verified")).after
+    with pytest.raises(RuleError, match=r"still names v1 \(previous_stable\)"):
+        await archive(migration.ingestor, promoted, "v1", tmp_path, keep=1)
+    retired = (await Operator(migration.rules, "tests").retire("docs", "v2 holds")).after
+    v1 = retired.version("v1")
+    info = await archive(migration.ingestor, retired, "v1", tmp_path, keep=1)
+    assert info.points == 200 and await asyncio.to_thread(os.path.exists, info.file)
+    assert await migration.store.describe(v1.target) is None
+    back = await unarchive(migration.ingestor, retired, "v1", tmp_path)
+    assert back.points == 200 and await migration.store.count(v1.target) == 200
+    model = await migration.models.get(v1)
+    hits = await migration.store.search(v1.target, model.embed([documents[42].text])[0], 1,
+                                        None, True)
+    assert hits[0].id == 42 and hits[0].payload == {"n": 42, "group": 2}
+    again = await archive(migration.ingestor, retired, "v1", tmp_path, keep=1)
+    assert again.removed == [info.file]
+    assert not await asyncio.to_thread(os.path.exists, info.file)

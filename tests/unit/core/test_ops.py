@@ -48,6 +48,22 @@ def test_promote_needs_coverage_unless_forced() -> None:
     assert ops.promote(rollout(percent=100), None, force=True).stable == "v2"
 
 
+def test_promote_refuses_an_unverified_candidate_unless_forced() -> None:
+    with pytest.raises(TransitionError, match="cannot be promoted: it was never verified"):
+        ops.promote(rollout(percent=100), 1.0, unverified="it was never verified")
+    forced = ops.promote(rollout(percent=100), 1.0, force=True, unverified="never verified")
+    assert forced.stable == "v2"
+
+
+def test_retire_lets_go_of_the_previous_stable_and_then_nothing_rolls_back() -> None:
+    retired = ops.retire(ops.promote(rollout(percent=100), 1.0))
+    assert (retired.stable, retired.previous_stable) == ("v2", None)
+    with pytest.raises(TransitionError, match="no previous stable"):
+        ops.retire(retired)
+    with pytest.raises(TransitionError, match="nothing to roll back"):
+        ops.rollback(retired)
+
+
 def test_rollback_after_promotion_restores_the_previous_stable() -> None:
     restored = ops.rollback(ops.promote(rollout(percent=100), 1.0))
     assert (restored.stable, restored.candidate, restored.state) == ("v1", "v2", State.ROLLED_BACK)

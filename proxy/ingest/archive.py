@@ -1,0 +1,163 @@
+"""``archive``: export a retired version's points to a file, then delete them; ``unarchive``
+brings the newest export back, searchable again.
+
+An archive is gzip'd JSON lines under ``<data>/archives/<alias>/``: a header (the version's
+envelope, the point count, when) and one line per point (id, vector, payload with the source
+text). It is the same file for Qdrant's embedded engine and a server, and holds everything a
+rollback to that version needs. A version any rule still names (stable, candidate,
+previous_stable, an override; or another alias's version on the same collection) is refused. The
+newest ``keep`` archives of an alias are kept, older ones deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from proxy.ingest.writer import Ingestor
+from proxy.state.base import RuleStore, now
+from proxy.vectors.base import PointIn, Stored
+from rollout_rules.errors import NotFoundError, RuleError
+from rollout_rules.model import Rollout, Version
+
+BATCH = 256
+
+
+class ArchiveInfo(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    version: str
+    collection: str
+    file: str
+    points: int
+    at: str
+    removed: list[str] = msgspec.field(default_factory=list)  # older archives pruned
+
+
+class _Header(msgspec.Struct, frozen=True, kw_only=True):
+    embedshift_archive: int
+    alias: str
+    version: Version
+    points: int
+    at: str
+
+
+class _Point(msgspec.Struct, frozen=True):
+    id: int | str
+    vector: list[float]
+    payload: dict[str, Any]
+
+
+def references(rollout: Rollout, name: str) -> list[str]:
+    """The fields of a rule that name version ``name`` (pure)."""
+    found = [field for field, value in (("stable", rollout.stable),
+                                        ("candidate", rollout.candidate),
+                                        ("previous_stable", rollout.previous_stable))
+             if value == name]
+    found += [f"overrides.users.{u}" for u, v in rollout.overrides.users.items() if v == name]
+    found += [f"overrides.tenants.{t}" for t, v in rollout.overrides.tenants.items()
+              if v == name]
+    return found
+
+
+async def check_unreferenced(rules: RuleStore, rollout: Rollout, version: Version) -> None:
+    named = references(rollout, version.name)
+    if named:
+        raise RuleError("version", f"{rollout.alias}'s rule still names {version.name} "
+                                   f"({', '.join(named)}); archive it once nothing does "
+                                   "(after a promote, declare the rule again without "
+                                   "previous_stable)")
+    for alias in await rules.aliases():
+        if alias == rollout.alias:
+            continue
+        other = await rules.get(alias)
+        if any(v.target.collection == version.target.collection for v in other.versions):
+            raise RuleError("version", f"alias {alias} also declares collection "
+                                       f"{version.target.collection}")
+
+
+async def archive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Path,
+                  keep: int) -> ArchiveInfo:
+    version = rollout.version(name)
+    await check_unreferenced(ingestor.rules, rollout, version)
+    store = ingestor.store
+    if await store.describe(version.target) is None:
+        raise NotFoundError(f"{rollout.alias}/{name}: collection {version.target.collection} "
+                            "does not exist (archived already?)")
+    at = now()
+    path = folder / rollout.alias / f"{name}-{at.replace(':', '').replace('.', '-')}.jsonl.gz"
+    points = [p async for p in _all(ingestor, version)]
+    await asyncio.to_thread(_write, path, _Header(embedshift_archive=1, alias=rollout.alias,
+                                                  version=version, points=len(points), at=at),
+                            points)
+    if version.target.payload_match:  # a shared collection: only this version's points go
+        for start in range(0, len(points), BATCH):
+            await store.delete(version.target, [p.id for p in points[start:start + BATCH]])
+    else:
+        await store.drop(version.target)
+    removed = await asyncio.to_thread(_prune, folder / rollout.alias, keep)
+    return ArchiveInfo(alias=rollout.alias, version=name, collection=version.target.collection,
+                       file=str(path), points=len(points), at=at, removed=removed)
+
+
+async def _all(ingestor: Ingestor, version: Version) -> Any:
+    offset = None
+    while True:
+        page, offset = await ingestor.store.scroll(version.target, offset, 1000, None, True)
+        for point in page:
+            yield point
+        if offset is None:
+            return
+
+
+def _write(path: Path, header: _Header, points: list[Stored]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with gzip.open(partial, "wb") as out:
+        out.write(msgspec.json.encode(header) + b"\n")
+        for p in points:
+            out.write(msgspec.json.encode(_Point(p.id, p.vector or [], p.payload)) + b"\n")
+    partial.rename(path)  # a file is whole or absent
+
+
+def _prune(folder: Path, keep: int) -> list[str]:
+    files = sorted(folder.glob("*.jsonl.gz"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        old.unlink()
+    return [str(f) for f in files[keep:]]
+
+
+def newest(folder: Path, alias: str, name: str) -> Path:
+    files = sorted((folder / alias).glob(f"{name}-*.jsonl.gz"),
+                   key=lambda f: f.stat().st_mtime, reverse=True)
+    if not files:
+        raise NotFoundError(f"{alias}/{name}: no archive in {folder / alias}")
+    return files[0]
+
+
+def _read(path: Path) -> tuple[_Header, list[_Point]]:
+    with gzip.open(path, "rb") as lines:
+        rows: Iterator[bytes] = iter(lines)
+        header = msgspec.json.decode(next(rows), type=_Header)
+        return header, [msgspec.json.decode(row, type=_Point) for row in rows if row.strip()]
+
+
+async def unarchive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Path
+                    ) -> ArchiveInfo:
+    """Write the newest archive of ``name`` back, as it was archived."""
+    path = newest(folder, rollout.alias, name)
+    header, points = await asyncio.to_thread(_read, path)
+    version = header.version
+    await ingestor.store.ensure_collection(version.target, version)
+    for start in range(0, len(points), BATCH):
+        await ingestor.store.upsert(version.target, [
+            PointIn(p.id, p.vector, p.payload) for p in points[start:start + BATCH]])
+    await ingestor.store.optimize(version.target)
+    return ArchiveInfo(alias=rollout.alias, version=name, collection=version.target.collection,
+                       file=str(path), points=len(points),
+                       at=datetime.now(UTC).isoformat(timespec="milliseconds"))
