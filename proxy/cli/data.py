@@ -64,7 +64,8 @@ class Api:
                 raise AccessError(message)
             if response.status == 404:
                 raise NotFoundError(message)
-            raise RuleError(error.get("field") or "request", message)
+            field = error.get("field") or "request"
+            raise RuleError(field, message.removeprefix(f"{field}: "))
         return response.status, answer
 
     async def close(self) -> None:

@@ -70,8 +70,7 @@ async def check_unreferenced(rules: RuleStore, rollout: Rollout, version: Versio
     if named:
         raise RuleError("version", f"{rollout.alias}'s rule still names {version.name} "
                                    f"({', '.join(named)}); archive it once nothing does "
-                                   "(after a promote, declare the rule again without "
-                                   "previous_stable)")
+                                   f"(a previous stable: `embedshift retire {rollout.alias}`)")
     for alias in await rules.aliases():
         if alias == rollout.alias:
             continue
