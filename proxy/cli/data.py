@@ -289,6 +289,32 @@ def render_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
+             ) -> Result:
+    body: dict[str, Any] = {"sample": args.sample, "max_workers": args.workers}
+    if args.price_per_1k is not None:
+        body["price_per_1k"] = args.price_per_1k
+    p = asyncio.run(_post(args, settings, f"/admin/aliases/{args.alias}/plan", body))
+    lines = [f"plan {p['alias']}: re-encode {p['to_encode']} of {p['documents']} documents "
+             f"into {p['candidate']} ({p['model']})",
+             f"  measured    {p['docs_per_s']} docs/s per worker on {p['sampled']} of your "
+             f"documents, {p['tokens_per_doc']} tokens each ({p['cores']} cores here)",
+             f"  tokens      {p['tokens']:,}",
+             f"  storage     {p['storage_bytes'] / 1e6:,.1f} MB for {p['candidate']}'s "
+             "collection (vectors, payload, index)"]
+    lines += [f"  {w['workers']} worker{'s' if w['workers'] > 1 else ' '}   "
+              f"{_duration(w['seconds'])}" for w in p["wall_time"]]
+    if p["cost"] is not None:
+        lines.append(f"  cost        {p['cost']:,.2f} at {p['price_per_1k_tokens']} per 1k "
+                     "tokens")
+    return p, "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+            if seconds < 7200 else f"{seconds / 3600:.1f} h")
+
+
 def cmd_archive(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
                 ) -> Result:
     action = "unarchive" if args.command == "unarchive" else "archive"
@@ -302,10 +328,11 @@ def cmd_archive(args: argparse.Namespace, settings: Settings, environ: Mapping[s
     return info, text
 
 
-async def _post(args: argparse.Namespace, settings: Settings, path: str) -> dict[str, Any]:
+async def _post(args: argparse.Namespace, settings: Settings, path: str,
+                body: Any = None) -> dict[str, Any]:
     api = Api(_url(args, settings), settings.admin_token)
     try:
-        _, answer = await api.call("POST", path)
+        _, answer = await api.call("POST", path, body)
     finally:
         await api.close()
     return dict(answer)
@@ -343,6 +370,12 @@ def add_parsers(add: AddCommand) -> None:
     with_url(p)
     p.add_argument("--sample", type=int, default=50, help="points re-encoded to check their "
                                                          "vectors (50)")
+    p = add("plan", cmd_plan, "measure the candidate's encoder on your documents and say what "
+                              "the backfill will take (time, tokens, storage, cost)")
+    with_url(p)
+    p.add_argument("--sample", type=int, default=200, help="documents encoded to measure (200)")
+    p.add_argument("--workers", type=int, default=4, help="estimate for 1..N workers (4)")
+    p.add_argument("--price-per-1k", type=float, help="a price per 1,000 tokens, for the cost")
     p = add("archive", cmd_archive, "export a version no rule names to a file under the data "
                                     "folder, then delete its points")
     with_url(p)

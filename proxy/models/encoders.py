@@ -54,6 +54,10 @@ class TextModel(Protocol):
         """As ``embed``, for a corpus: in batches of ``batch_size``."""
         ...
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """The tokens the model reads of each text (after truncation at its max length)."""
+        ...
+
 
 class Encoder(Protocol):
     """What the search path needs of an encoder: QueryEncoder over a real or a fake model."""
@@ -121,6 +125,9 @@ class OnnxModel:
         into runs whose padded size stays within ``PADDING_BUDGET`` of their real tokens.
         """
         return self._embed_encodings(self.tokenizer.encode_batch(list(texts)))
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
 
     def _embed_encodings(self, encodings: Sequence[Encoding]) -> Vector:
         lengths = [sum(e.attention_mask) for e in encodings]

@@ -44,6 +44,9 @@ class HashModel:
     def embed_many(self, texts: Sequence[str], batch_size: int = 32) -> Vector:
         return self.embed(texts)  # no batches to plan: a text's vector is computed alone
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(text.split()) for text in texts]
+
 
 def _features(text: str) -> list[str]:
     words = text.lower().split()

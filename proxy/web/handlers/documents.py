@@ -13,6 +13,7 @@ from aiohttp import web
 from proxy.ingest.archive import archive, unarchive
 from proxy.ingest.backfill import Options
 from proxy.ingest.documents import DocId, Document, checked
+from proxy.ingest.plan import plan
 from proxy.ingest.verify import verify
 from proxy.ingest.writer import DocumentResult
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES, read_json
@@ -109,3 +110,17 @@ async def unarchive_version(request: web.Request) -> web.Response:
     info = await unarchive(request.app[INGESTOR], _rollout(request),
                            request.match_info["version"], request.app[SETTINGS].archives_path)
     return json_response(info)
+
+
+class PlanOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    sample: int = 200
+    max_workers: int = 4
+    price_per_1k: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+async def run_plan(request: web.Request) -> web.Response:
+    """Measure the candidate's encoder on stable's texts here and say what a backfill takes."""
+    rollout = _rollout(request)
+    options = await read_json(request, PlanOptions) if request.can_read_body else PlanOptions()
+    return json_response(await plan(request.app[INGESTOR], rollout, options.sample,
+                                    options.max_workers, options.price_per_1k))

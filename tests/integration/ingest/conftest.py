@@ -38,6 +38,9 @@ class CountingModel:
     def embed(self, texts: Sequence[str]) -> Any:
         return self.inner.embed(texts)
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.count_tokens(texts)
+
     def embed_many(self, texts: Sequence[str], batch_size: int = 32) -> Any:
         self.counts[self.model_id] = self.counts.get(self.model_id, 0) + len(texts)
         vectors: np.ndarray[Any, Any] = self.inner.embed_many(texts, batch_size)

@@ -18,6 +18,7 @@ from msgspec.structs import replace
 from proxy.control.operator import Operator
 from proxy.ingest.archive import archive, unarchive
 from proxy.ingest.backfill import Options
+from proxy.ingest.plan import plan
 from proxy.ingest.verify import verify
 from proxy.state.watcher import RuleWatcher
 from proxy.vectors.base import RESERVED
@@ -229,3 +230,20 @@ async def test_archive_refuses_a_named_version_and_unarchive_brings_it_back_sear
     again = await archive(migration.ingestor, retired, "v1", tmp_path, keep=1)
     assert again.removed == [info.file]
     assert not await asyncio.to_thread(os.path.exists, info.file)
+
+
+async def test_plan_measures_the_candidate_on_the_corpus_and_counts_what_is_left(
+        migration: Migration) -> None:
+    documents = corpus(400)
+    await migration.ingestor.write(await migration.declare(candidate=False), documents)
+    rollout = await migration.declare()
+    await migration.ingestor.write_version(rollout.version("v2"), documents[:100])
+    found = await plan(migration.ingestor, rollout, sample=50, max_workers=2,
+                       price_per_1k=0.1)
+    model = await migration.models.get(rollout.version("v2"))
+    tokens = model.count_tokens([d.text for d in documents[:50]])
+    assert (found.documents, found.to_encode, found.sampled) == (400, 300, 50)
+    assert found.tokens_per_doc == round(sum(tokens) / 50, 1) and 10 < found.tokens_per_doc < 40
+    assert found.docs_per_s > 0 and found.tokens == round(300 * sum(tokens) / 50)
+    assert found.cost == round(found.tokens / 1000 * 0.1, 2)
+    assert found.wall_time[0].seconds > 0 and found.storage_bytes > 400 * 384 * 4

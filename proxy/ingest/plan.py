@@ -1,0 +1,99 @@
+"""``plan``: what re-encoding the corpus into the candidate will take, measured here first.
+
+The candidate's own model encodes a sample of stable's stored texts on this machine (the thread
+count a backfill worker uses) to measure documents/s and tokens per document; the rest is
+arithmetic over the corpus size (``estimate``, pure): wall time at 1..N workers (a worker
+encodes on one thread, so workers scale up to the cores and no further), the candidate
+collection's size (vectors, payload, index links) and, given a price per thousand tokens, what
+an encoding service would charge for the same tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import msgspec
+
+from proxy.ingest.documents import DOC_ID_FIELD, TEXT_FIELD, document_of
+from proxy.ingest.writer import Ingestor, encode
+from rollout_rules.errors import RuleError
+from rollout_rules.model import Rollout
+
+HNSW_LINK_BYTES = 16 * 2 * 4  # m=16 links at layer 0, both ways, 4-byte ids
+ENVELOPE_BYTES = 160  # the envelope's JSON beside the source text
+
+
+class Workers(msgspec.Struct, frozen=True):
+    workers: int
+    seconds: float
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    candidate: str
+    model: str
+    documents: int  # stable holds
+    to_encode: int  # the candidate lacks
+    sampled: int
+    docs_per_s: float  # one worker, measured here
+    tokens_per_doc: float
+    tokens: int  # to encode
+    cores: int
+    wall_time: list[Workers]
+    storage_bytes: int  # the candidate's collection, whole
+    price_per_1k_tokens: float | None
+    cost: float | None
+
+
+def estimate(*, documents: int, to_encode: int, docs_per_s: float, tokens_per_doc: float,
+             text_bytes_per_doc: float, dimensions: int, cores: int, max_workers: int,
+             price_per_1k: float | None) -> dict[str, object]:
+    """The arithmetic of a plan (pure)."""
+    tokens = round(to_encode * tokens_per_doc)
+    per_point = dimensions * 4 + text_bytes_per_doc + ENVELOPE_BYTES + HNSW_LINK_BYTES
+    return {
+        "tokens": tokens,
+        "wall_time": [Workers(w, round(to_encode / (docs_per_s * min(w, cores)), 1))
+                      for w in range(1, max_workers + 1)] if docs_per_s > 0 else [],
+        "storage_bytes": round(documents * per_point),
+        "cost": None if price_per_1k is None else round(tokens / 1000 * price_per_1k, 2),
+    }
+
+
+async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_workers: int = 4,
+               price_per_1k: float | None = None) -> Plan:
+    if rollout.candidate is None:
+        raise RuleError("candidate", f"{rollout.alias} has no candidate to plan for")
+    if not 10 <= sample <= 5000:
+        raise RuleError("sample", "from 10 to 5000 documents")
+    if not 1 <= max_workers <= 64:
+        raise RuleError("max_workers", "from 1 to 64")
+    store = ingestor.store
+    stable, candidate = rollout.version(rollout.stable), rollout.version(rollout.candidate)
+    documents = await store.count(stable.target) if await store.describe(stable.target) else 0
+    have = (await store.count(candidate.target)
+            if await store.describe(candidate.target) else 0)
+    page, _ = (await store.scroll(stable.target, None, sample, [TEXT_FIELD, DOC_ID_FIELD])
+               if documents else ([], None))
+    texts = [d.text for d in (document_of(p.payload) for p in page) if d is not None]
+    if not texts:
+        raise RuleError("documents", f"{stable.name} holds no documents with source text to "
+                                     "measure (ingest some first)")
+    model = await ingestor.models.get(candidate)
+    await encode(model, texts[:8])  # warm
+    began = time.perf_counter()
+    await encode(model, texts)
+    docs_per_s = len(texts) / (time.perf_counter() - began)
+    tokens_per_doc = sum(model.count_tokens(texts)) / len(texts)
+    text_bytes = sum(len(t.encode()) for t in texts) / len(texts)
+    cores = os.cpu_count() or 1
+    figures = estimate(documents=documents, to_encode=max(0, documents - have),
+                       docs_per_s=docs_per_s, tokens_per_doc=tokens_per_doc,
+                       text_bytes_per_doc=text_bytes, dimensions=candidate.dimensions,
+                       cores=cores, max_workers=max_workers, price_per_1k=price_per_1k)
+    return Plan(alias=rollout.alias, candidate=candidate.name, model=candidate.model,
+                documents=documents, to_encode=max(0, documents - have), sampled=len(texts),
+                docs_per_s=round(docs_per_s, 1), tokens_per_doc=round(tokens_per_doc, 1),
+                cores=cores, price_per_1k_tokens=price_per_1k,
+                **figures)  # type: ignore[arg-type]

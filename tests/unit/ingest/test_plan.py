@@ -1,0 +1,19 @@
+"""A plan's arithmetic: workers scale to the cores and no further, cost follows tokens."""
+
+from __future__ import annotations
+
+from proxy.ingest.plan import ENVELOPE_BYTES, HNSW_LINK_BYTES, Workers, estimate
+
+
+def test_workers_scale_up_to_the_cores_and_cost_follows_the_tokens() -> None:
+    figures = estimate(documents=10_000, to_encode=7_200, docs_per_s=2.0, tokens_per_doc=250,
+                       text_bytes_per_doc=1000, dimensions=384, cores=2, max_workers=3,
+                       price_per_1k=0.02)
+    assert figures["tokens"] == 1_800_000
+    assert figures["wall_time"] == [Workers(1, 3600.0), Workers(2, 1800.0), Workers(3, 1800.0)]
+    assert figures["storage_bytes"] == 10_000 * (384 * 4 + 1000 + ENVELOPE_BYTES +
+                                                 HNSW_LINK_BYTES)
+    assert figures["cost"] == 36.0
+    assert estimate(documents=1, to_encode=1, docs_per_s=1, tokens_per_doc=1,
+                    text_bytes_per_doc=1, dimensions=1, cores=1, max_workers=1,
+                    price_per_1k=None)["cost"] is None
