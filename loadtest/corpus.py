@@ -1,9 +1,10 @@
 """A synthetic corpus of short distinct documents, for tests, examples and load.
 
-    uv run python -m loadtest.corpus articles.jsonl 2000
+    uv run python -m loadtest.corpus articles.jsonl 2000 [--golden golden/]
 
 writes JSON lines ``{"id": ..., "text": ..., "payload": {...}}``, the format ``embedshift
-ingest`` reads.
+ingest`` reads; with ``--golden``, a BEIR-layout golden set over it (every tenth document asked
+for in other words: ``queries.jsonl`` and ``qrels/test.tsv``) for ``embedshift eval --alias``.
 """
 
 from __future__ import annotations
@@ -33,14 +34,36 @@ def corpus(n: int, start: int = 0) -> list[Document]:
     return documents
 
 
+def golden(documents: list[Document]) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Every tenth document asked for in other words, and the document that answers it."""
+    chosen = documents[::10]
+    queries = {f"q{d.id}": d.text.replace("The ", "").replace("(note", "number").rstrip(").")
+               for d in chosen}
+    return queries, {f"q{d.id}": {str(d.id): 1} for d in chosen}
+
+
+def write_golden(folder: Path, documents: list[Document]) -> None:
+    queries, qrels = golden(documents)
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / "queries.jsonl").write_text("".join(
+        msgspec.json.encode({"_id": q, "text": t}).decode() + "\n" for q, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{score}\n" for q, rel in qrels.items() for d, score in rel.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="write a synthetic JSONL corpus")
     parser.add_argument("file")
     parser.add_argument("count", type=int)
+    parser.add_argument("--golden", help="also write a golden set (BEIR layout) to this folder")
     args = parser.parse_args()
-    lines = [msgspec.json.encode(d).decode() for d in corpus(args.count)]
+    documents = corpus(args.count)
+    lines = [msgspec.json.encode(d).decode() for d in documents]
     Path(args.file).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.count} documents to {args.file}")
+    if args.golden:
+        write_golden(Path(args.golden), documents)
+        print(f"wrote {len(documents[::10])} judged queries to {args.golden}")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,15 @@ class GuardPolicy(_Frozen, frozen=True):
     window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
+class PromotionPolicy(_Frozen, frozen=True):
+    """What ``promote`` asks beyond full coverage and a passed ``verify``: a golden-set judgement
+    (``embedshift eval --alias``) where the candidate's nDCG@10 is at most ``max_ndcg_drop``
+    below stable's. A failed judgement always blocks; ``require_quality`` blocks without one."""
+
+    require_quality: bool = False
+    max_ndcg_drop: Fraction = 0.01
+
+
 class Rollout(_Frozen, frozen=True):
     """One alias's rule: which version is stable, which is the candidate, and how far it goes."""
 
@@ -121,6 +130,7 @@ class Rollout(_Frozen, frozen=True):
     coverage_gate: CoverageGate = msgspec.field(default_factory=CoverageGate)
     overrides: Overrides = msgspec.field(default_factory=Overrides)
     guard: GuardPolicy = msgspec.field(default_factory=GuardPolicy)
+    promotion: PromotionPolicy = msgspec.field(default_factory=PromotionPolicy)
     previous_stable: Name | None = None
     revision: Annotated[int, msgspec.Meta(ge=0)] = 0
     updated_by: str = ""

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from proxy.cli.common import AddCommand, Result
 from proxy.config import Settings
 from proxy.ingest.documents import Document, read_lines
+from proxy.models.evaluation import load_golden
 from rollout_rules.errors import (
     AccessError,
     NotFoundError,
@@ -64,6 +65,8 @@ class Api:
                 raise AccessError(message)
             if response.status == 404:
                 raise NotFoundError(message)
+            if response.status >= 500:
+                raise StoreUnavailable(f"the proxy could not do it: {message}")
             field = error.get("field") or "request"
             raise RuleError(field, message.removeprefix(f"{field}: "))
         return response.status, answer
@@ -313,6 +316,26 @@ def cmd_plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str,
 def _duration(seconds: float) -> str:
     return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
             if seconds < 7200 else f"{seconds / 3600:.1f} h")
+
+
+def cmd_quality(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
+                ) -> Result:
+    """``eval --alias``: the golden set searched through the alias's real collections, by the
+    proxy that holds them; kept for ``promote``."""
+    queries, qrels = load_golden(Path(args.dataset))
+    j = asyncio.run(_post(args, settings, f"/admin/aliases/{args.alias}/quality",
+                          {"queries": queries, "qrels": qrels}))
+    verdict = "PASSED" if j["passed"] else "FAILED"
+    text = (f"{j['alias']} on {Path(args.dataset).name} ({j['queries']} queries, through the "
+            f"collections): nDCG@10 {j['stable']} {j['stable_ndcg_at_10']:.4f}, "
+            f"{j['candidate']} {j['candidate_ndcg_at_10']:.4f} "
+            f"({j['candidate_ndcg_at_10'] - j['stable_ndcg_at_10']:+.4f}; allowed drop "
+            f"{j['max_ndcg_drop']}) {verdict}")
+    if not j["passed"]:
+        print(msgspec.json.encode(j).decode() if args.json else text)
+        raise TransitionError(f"{args.alias}: {j['candidate']} is worse than {j['stable']} on "
+                              "the golden set; promote will refuse it")
+    return j, text
 
 
 def cmd_archive(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]

@@ -1,16 +1,16 @@
-"""The model commands: ``models build``, ``models list`` and ``eval`` (no Redis needed, except
-``eval --alias``, which reads the alias's versions)."""
+"""The model commands: ``models build``, ``models list`` and ``eval`` (models compared in
+memory; ``eval --alias`` instead judges an alias through its collections, in the proxy)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
 
 from proxy.cli.common import AddCommand, Result
+from proxy.cli.data import cmd_quality
 from proxy.config import Settings
 from proxy.models.catalog import (
     L3_ID,
@@ -23,7 +23,6 @@ from proxy.models.catalog import (
 )
 from proxy.models.encoders import OnnxModel, default_threads
 from proxy.models.evaluation import Scores, evaluate, load_beir
-from proxy.state.rulestore import open_store
 from rollout_rules.model import Version
 
 METRICS = [("nDCG@10", "ndcg_at_10"), ("recall@10", "recall_at_10"),
@@ -88,21 +87,9 @@ def run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
 
 def run_eval_command(args: argparse.Namespace, settings: Settings,
                      environ: Mapping[str, str]) -> Result:
-    versions = default_versions()
     if args.alias:
-        versions = asyncio.run(_alias_versions(args.alias, settings, environ))
-    return run_eval(args, settings.models_path, versions)
-
-
-async def _alias_versions(alias: str, settings: Settings, environ: Mapping[str, str]
-                          ) -> list[Version]:
-    store = open_store(settings, environ)
-    try:
-        rollout = await store.get(alias)
-    finally:
-        await store.aclose()
-    names = [rollout.stable] + ([rollout.candidate] if rollout.candidate else [])
-    return [rollout.version(name) for name in names]
+        return cmd_quality(args, settings, environ)
+    return run_eval(args, settings.models_path, default_versions())
 
 
 def add_parsers(add: AddCommand) -> None:
@@ -112,6 +99,9 @@ def add_parsers(add: AddCommand) -> None:
     p = add("eval", run_eval_command, "retrieval quality per version on a BEIR-format dataset")
     p.add_argument("--dataset", required=True, help="folder with corpus.jsonl, queries.jsonl, "
                                                     "qrels/test.tsv")
-    p.add_argument("--alias", help="evaluate this alias's stable and candidate (default: the "
-                                   "default v1/v2 pair)")
+    p.add_argument("--alias", help="judge this alias's stable and candidate through their real "
+                                   "collections, in the running proxy, and keep the result for "
+                                   "promote (default: the v1/v2 pair, in memory)")
+    p.add_argument("--url", help="the proxy's address, with --alias (default: "
+                                 "http://EMBEDSHIFT_HOST:EMBEDSHIFT_PORT)")
     p.add_argument("--max-docs", type=int, help="keep the judged documents plus others up to N")

@@ -11,7 +11,7 @@ from functools import partial
 
 import msgspec
 
-from proxy.state.base import AuditEntry, Change, RuleStore
+from proxy.state.base import AuditEntry, Change, RuleStore, quality_key
 from rollout_rules import ops
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, Decision, decide
@@ -101,8 +101,9 @@ class Operator:
         return await self._apply(alias, action, why, expected_revision)
 
     async def unverified(self, rollout: Rollout) -> str | None:
-        """Why the candidate does not count as verified; None when its last verify passed
-        against the current stable."""
+        """Why the candidate may not be promoted yet: its last verify did not pass against the
+        current stable, or its golden-set judgement failed (or is missing where the rule
+        requires one); None when nothing stands in the way."""
         if rollout.candidate is None:
             return None
         report = await self.store.verification(rollout.alias, rollout.candidate)
@@ -111,9 +112,26 @@ class Operator:
         if report.get("stable") != rollout.stable:
             return f"it was verified against {report.get('stable')}, stable is {rollout.stable}"
         if not report.get("passed"):
+            off = report.get("vector_mismatch_ids")
             return (f"its last verify failed ({report.get('missing')} missing, "
                     f"{report.get('extra')} extra, {report.get('envelope_mismatches')} envelope "
-                    f"mismatches, {len(report.get('vector_mismatch_ids') or [])} vectors off)")  # type: ignore[arg-type]
+                    f"mismatches, {len(off) if isinstance(off, list) else 0} vectors off)")
+        return await self.unjudged(rollout, rollout.candidate)
+
+    async def unjudged(self, rollout: Rollout, candidate: str) -> str | None:
+        """Why the golden-set judgement stands in the way, if it does."""
+        judged = await self.store.verification(rollout.alias, quality_key(candidate))
+        if judged is None or judged.get("stable") != rollout.stable:
+            return ("it has no golden-set judgement (embedshift eval --alias "
+                    f"{rollout.alias} --dataset ...)") if rollout.promotion.require_quality \
+                else None
+        before, after = judged.get("stable_ndcg_at_10"), judged.get("candidate_ndcg_at_10")
+        if not isinstance(before, float | int) or not isinstance(after, float | int):
+            return "its golden-set judgement is unreadable"
+        margin = rollout.promotion.max_ndcg_drop
+        if after < before - margin - 1e-12:
+            return (f"its nDCG@10 on the golden set is {after:.4f}, stable's {before:.4f}: "
+                    f"more than {margin} worse")
         return None
 
     async def delete(self, alias: str, reason: str, expected_revision: int | None = None

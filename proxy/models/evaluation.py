@@ -1,6 +1,7 @@
 """Retrieval quality on a BEIR-format dataset: what ``embedshift eval`` reports per version.
 
-It is not yet a promotion gate (``promote`` checks coverage only). A dataset folder holds
+This compares models in memory, before any data is in place; the promotion gate searches the
+real collections instead (``proxy.ingest.quality``). A dataset folder holds
 ``corpus.jsonl`` ({_id, title, text}), ``queries.jsonl`` ({_id, text}) and ``qrels/test.tsv``
 (query-id, corpus-id, score, with a header). Documents are encoded as "title text" (as BEIR and
 MTEB do), queries with the version's query prefix; search is exact, by dot product over all
@@ -40,6 +41,18 @@ class Scores(msgspec.Struct, frozen=True, kw_only=True):
     mrr_at_10: float
     queries: int
     documents: int
+
+
+def load_golden(folder: Path, split: str = "test") -> tuple[dict[str, str], Qrels]:
+    """A BEIR folder's judged queries and qrels only (the corpus is already in the
+    collections): what ``eval --alias`` sends through them."""
+    for part in ("queries.jsonl", f"qrels/{split}.tsv"):
+        if not (folder / part).is_file():
+            raise RuleError("dataset", f"{folder} has no {part} (expected BEIR format)")
+    qrels = _read_qrels(folder / "qrels" / f"{split}.tsv")
+    queries = {row["_id"]: row["text"] for row in _jsonl(folder / "queries.jsonl")
+               if row["_id"] in qrels}
+    return queries, qrels
 
 
 def load_beir(folder: Path, split: str = "test", max_docs: int | None = None) -> Dataset:

@@ -240,5 +240,10 @@ def coverage_fractions(fields: dict[str, int], basis: CoverageBasis = "documents
     return fractions
 
 
+def quality_key(candidate: str) -> str:
+    """Where a candidate's golden-set judgement is kept, beside its ``verify`` report."""
+    return f"{candidate}@quality"
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

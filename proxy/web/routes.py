@@ -11,6 +11,7 @@ from aiohttp import web
 from proxy.ingest.archive import ArchiveInfo
 from proxy.ingest.backfill import Options, Progress
 from proxy.ingest.plan import Plan
+from proxy.ingest.quality import Judgement
 from proxy.ingest.verify import Report
 from proxy.serving.search import SearchRequest, SearchResponse
 from proxy.web.auth import OVERRIDE_TOKEN_HEADER
@@ -77,6 +78,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/aliases/{alias}/plan", documents.run_plan,
           "Measure the candidate's encoder here and estimate the backfill: time, storage, cost",
           body=documents.PlanOptions, answer=Plan, admin=True, body_required=False),
+    Route("POST", "/admin/aliases/{alias}/quality", documents.run_quality,
+          "Judge stable and candidate on a golden set through their collections (nDCG@10)",
+          body=documents.GoldenSet, answer=Judgement, admin=True),
     Route("POST", "/admin/aliases/{alias}/verify", documents.run_verify,
           "Check the candidate holds exactly stable's documents, each from its model; "
           "promote asks for a pass", body=documents.VerifyOptions, answer=Report, admin=True,

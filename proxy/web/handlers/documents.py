@@ -14,8 +14,10 @@ from proxy.ingest.archive import archive, unarchive
 from proxy.ingest.backfill import Options
 from proxy.ingest.documents import DocId, Document, checked
 from proxy.ingest.plan import plan
+from proxy.ingest.quality import judge
 from proxy.ingest.verify import verify
 from proxy.ingest.writer import DocumentResult
+from proxy.state.base import quality_key
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES, read_json
 from proxy.web.errors import json_response
 from proxy.web.keys import BACKFILL, INGESTOR, SETTINGS, WATCHER
@@ -124,3 +126,19 @@ async def run_plan(request: web.Request) -> web.Response:
     options = await read_json(request, PlanOptions) if request.can_read_body else PlanOptions()
     return json_response(await plan(request.app[INGESTOR], rollout, options.sample,
                                     options.max_workers, options.price_per_1k))
+
+
+class GoldenSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    queries: Annotated[dict[str, str], msgspec.Meta(min_length=1, max_length=10_000)]
+    qrels: dict[str, dict[str, int]]
+
+
+async def run_quality(request: web.Request) -> web.Response:
+    """Judge stable and candidate on the golden set through their collections; keep it where
+    ``promote`` looks."""
+    rollout = _rollout(request)
+    golden = await read_json(request, GoldenSet, MAX_DOCUMENTS_BYTES)
+    judgement = await judge(request.app[INGESTOR], rollout, golden.queries, golden.qrels)
+    await request.app[INGESTOR].rules.record_verification(
+        rollout.alias, quality_key(judgement.candidate), msgspec.to_builtins(judgement))
+    return json_response(judgement)

@@ -15,11 +15,14 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
+from loadtest.corpus import golden
 from proxy.control.operator import Operator
 from proxy.ingest.archive import archive, unarchive
 from proxy.ingest.backfill import Options
 from proxy.ingest.plan import plan
+from proxy.ingest.quality import judge
 from proxy.ingest.verify import verify
+from proxy.state.base import quality_key
 from proxy.state.watcher import RuleWatcher
 from proxy.vectors.base import RESERVED
 from rollout_rules.coverage import cap_bp
@@ -247,3 +250,32 @@ async def test_plan_measures_the_candidate_on_the_corpus_and_counts_what_is_left
     assert found.docs_per_s > 0 and found.tokens == round(300 * sum(tokens) / 50)
     assert found.cost == round(found.tokens / 1000 * 0.1, 2)
     assert found.wall_time[0].seconds > 0 and found.storage_bytes > 400 * 384 * 4
+
+
+async def test_promote_refuses_a_candidate_worse_on_the_golden_set_and_allows_a_good_one(
+        migration: Migration) -> None:
+    """The golden set is searched through the real collections: a v2 whose points were encoded
+    by another model than its queries scores badly there, whatever the model could do."""
+    rollout = await migration.declare()
+    documents = corpus(300)
+    await migration.ingestor.write(rollout, documents)
+    queries, qrels = golden(documents)
+    operator = Operator(migration.rules, "tests")
+    report = await verify(migration.ingestor, rollout, sample=10)
+    await migration.rules.record_verification("docs", "v2", msgspec.to_builtins(report))
+
+    good = await judge(migration.ingestor, rollout, queries, qrels)
+    assert good.passed and good.queries == 30
+    assert good.stable_ndcg_at_10 > 0.5 and good.candidate_ndcg_at_10 > 0.5, good
+
+    impostor = replace(rollout.version("v2"), model=L3)  # v2's points, made by v1's model
+    await migration.ingestor.write_version(impostor, documents)
+    bad = await judge(migration.ingestor, rollout, queries, qrels)
+    assert not bad.passed and bad.candidate_ndcg_at_10 < bad.stable_ndcg_at_10 - 0.1, bad
+    await migration.rules.record_verification("docs", quality_key("v2"),
+                                              msgspec.to_builtins(bad))
+    with pytest.raises(TransitionError, match="nDCG@10 on the golden set is"):
+        await operator.promote("docs")
+    await migration.rules.record_verification("docs", quality_key("v2"),
+                                              msgspec.to_builtins(good))
+    assert (await operator.promote("docs", "judged")).after.stable == "v2"

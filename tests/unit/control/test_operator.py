@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from msgspec.structs import replace
 
 from proxy.control.operator import Operator
+from proxy.state.base import quality_key
 from proxy.state.memory import MemoryRuleStore
 from rollout_rules.errors import ConflictError, NotFoundError, RuleError, TransitionError
+from rollout_rules.model import PromotionPolicy
 from tests.unit.core.rollouts import rollout
 
 
@@ -87,3 +90,17 @@ async def test_a_forced_promotion_says_so_in_the_audit(operator: Operator) -> No
     entry = (await operator.history("products", 1))[0]
     assert entry.reason == "forced: the golden set judged it; coverage catches up"
     assert entry.after.stable == "v2"
+
+
+async def test_a_rule_that_requires_a_judgement_refuses_promotion_without_one() -> None:
+    store = MemoryRuleStore()
+    strict = replace(rollout(percent=100), promotion=PromotionPolicy(require_quality=True))
+    await store.create(strict, "setup", "declare")
+    await store.set_coverage("products", "v2", 100, 100)
+    await store.record_verification("products", "v2", {"stable": "v1", "passed": True})
+    operator = Operator(store, "alice@ops")
+    with pytest.raises(TransitionError, match="no golden-set judgement"):
+        await operator.promote("products")
+    await store.record_verification("products", quality_key("v2"), {
+        "stable": "v1", "stable_ndcg_at_10": 0.60, "candidate_ndcg_at_10": 0.595})
+    assert (await operator.promote("products")).after.stable == "v2"  # within the 0.01 drop

@@ -1,0 +1,73 @@
+"""The golden-set judgement ``promote`` asks for: nDCG@10 of stable and candidate, each searched
+through its real collection with its own encoder (not an in-memory re-encode), so what is judged
+is what users would get, backfill gaps and all.
+
+The golden set is BEIR's queries and qrels; qrels name the user's document ids. A judgement
+passes when the candidate's nDCG@10 is at most the rule's ``promotion.max_ndcg_drop`` below
+stable's; it is kept with the rule revision it judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from proxy.ingest.documents import DOC_ID_FIELD
+from proxy.ingest.writer import Ingestor, encode
+from proxy.models.evaluation import ndcg
+from proxy.state.base import now
+from proxy.vectors.base import RESERVED
+from rollout_rules.errors import RuleError
+from rollout_rules.model import Rollout, Version
+
+K = 10
+
+
+class Judgement(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    revision: int
+    stable: str
+    candidate: str
+    queries: int
+    stable_ndcg_at_10: float
+    candidate_ndcg_at_10: float
+    max_ndcg_drop: float
+    passed: bool
+    at: str
+
+
+async def ndcg_through(ingestor: Ingestor, version: Version, queries: Mapping[str, str],
+                       qrels: Mapping[str, Mapping[str, int]]) -> float:
+    """Mean nDCG@10 of ``version`` searched in its collection (0 when it has none yet)."""
+    if await ingestor.store.describe(version.target) is None:
+        return 0.0
+    model = await ingestor.models.get(version)
+    ids = list(queries)
+    vectors = await encode(model, [version.query_prefix + queries[q] for q in ids])
+    total = 0.0
+    for query_id, vector in zip(ids, vectors, strict=True):
+        hits = await ingestor.store.search(version.target, vector, K, None, False)
+        points = await ingestor.store.retrieve(version.target, [h.id for h in hits],
+                                               [DOC_ID_FIELD])
+        doc_of = {p.id: str(p.payload.get(RESERVED, {}).get("doc_id", p.id)) for p in points}
+        ranking = [doc_of.get(h.id, str(h.id)) for h in hits]
+        total += ndcg(ranking, qrels.get(query_id, {}), K)
+    return total / len(ids)
+
+
+async def judge(ingestor: Ingestor, rollout: Rollout, queries: Mapping[str, str],
+                qrels: Mapping[str, Mapping[str, int]]) -> Judgement:
+    if rollout.candidate is None:
+        raise RuleError("candidate", f"{rollout.alias} has no candidate to judge")
+    judged = {q: text for q, text in queries.items() if qrels.get(q)}
+    if not judged:
+        raise RuleError("qrels", "no query has a judged document")
+    stable, candidate = rollout.version(rollout.stable), rollout.version(rollout.candidate)
+    before = await ndcg_through(ingestor, stable, judged, qrels)
+    after = await ndcg_through(ingestor, candidate, judged, qrels)
+    margin = rollout.promotion.max_ndcg_drop
+    return Judgement(alias=rollout.alias, revision=rollout.revision, stable=stable.name,
+                     candidate=candidate.name, queries=len(judged),
+                     stable_ndcg_at_10=round(before, 4), candidate_ndcg_at_10=round(after, 4),
+                     max_ndcg_drop=margin, passed=after >= before - margin - 1e-12, at=now())
