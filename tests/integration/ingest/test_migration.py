@@ -66,10 +66,10 @@ async def test_two_workers_share_the_corpus_and_no_batch_is_done_twice(
     assert progress.running_here == 2 and progress.job is not None
     await asyncio.wait_for(asyncio.gather(*backfill.tasks["docs"]), 300)
     progress = await backfill.progress(rollout)
-    assert progress.state == "done"
-    assert progress.job is not None and progress.job.done_batches == 30
-    assert progress.job.done_docs == 1500
-    assert migration.encoded[L6] == 1500  # every document encoded exactly once for v2
+    assert progress.state == "done", progress
+    assert progress.job is not None and progress.job.done_batches == 30, progress
+    assert progress.job.done_docs == 1500, progress
+    assert migration.encoded[L6] == 1500, (migration.encoded, progress)  # each exactly once
     assert sorted(await migration.ids(rollout, "v2")) == list(range(1500))  # type: ignore[type-var]
     assert await migration.rules.coverage("docs") == {"v1": 1.0, "v2": 1.0}
     again = await backfill.start(rollout, Options())  # nothing left: a new plan, empty
