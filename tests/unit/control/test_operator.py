@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from msgspec.structs import replace
 
@@ -104,3 +106,22 @@ async def test_a_rule_that_requires_a_judgement_refuses_promotion_without_one() 
     await store.record_verification("products", quality_key("v2"), {
         "stable": "v1", "stable_ndcg_at_10": 0.60, "candidate_ndcg_at_10": 0.595})
     assert (await operator.promote("products")).after.stable == "v2"  # within the 0.01 drop
+
+
+async def test_promote_rollback_promote_leaves_consistent_rules_and_audit(
+        operator: Operator) -> None:
+    await operator.set_coverage("products", "v2", 100, 100)
+    await operator.store.record_verification("products", "v2", {"stable": "v1", "passed": True})
+    await operator.set_percent("products", 100, "all in")
+    first = (await operator.promote("products", "first promotion")).after
+    back = (await operator.rollback("products", "worse in production")).after
+    assert (back.stable, back.candidate, back.previous_stable, back.state, back.percent) == \
+        ("v1", "v2", None, "rolled_back", 0)
+    await operator.set_percent("products", 100, "fixed, again")
+    again = (await operator.promote("products", "second promotion")).after
+    assert (again.stable, again.candidate, again.previous_stable) == ("v2", None, "v1")
+    assert again.revision == first.revision + 3
+    history = await operator.history("products")
+    assert [e.reason for e in history[:4]] == ["second promotion", "fixed, again",
+                                               "worse in production", "first promotion"]
+    assert all(newer.before == older.after for newer, older in itertools.pairwise(history))
