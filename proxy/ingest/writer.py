@@ -74,6 +74,7 @@ class Ingestor:
     def __init__(self, store: VectorStore, rules: RuleStore, models: Models) -> None:
         self.store, self.rules, self.models = store, rules, models
         self._ready: set[tuple[str, str]] = set()  # (collection, version) known to exist
+        self._creating = asyncio.Lock()
 
     async def write(self, rollout: Rollout, documents: Sequence[Document],
                     versions: Sequence[Version] | None = None) -> list[DocumentResult]:
@@ -101,17 +102,20 @@ class Ingestor:
         if not documents:
             return
         model = await self.models.get(version)
+        await self.ensure(version)  # before encoding: a failure here wastes no encode
         vectors = await encode(model, [d.text for d in documents])
-        await self.ensure(version)
         await self.store.upsert(version.target, [
             PointIn(point_id(d.id, version), vector.tolist(), point_payload(d, version))
             for d, vector in zip(documents, vectors, strict=True)])
 
     async def ensure(self, version: Version) -> None:
         key = (version.target.collection, version.name)
-        if key not in self._ready:
-            await self.store.ensure_collection(version.target, version)
-            self._ready.add(key)
+        if key in self._ready:
+            return
+        async with self._creating:  # concurrent first writes create it once
+            if key not in self._ready:
+                await self.store.ensure_collection(version.target, version)
+                self._ready.add(key)
 
     async def delete(self, rollout: Rollout, doc_id: DocId) -> list[str]:
         """Remove a document from every declared version that has a collection; the names of

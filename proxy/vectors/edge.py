@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +52,7 @@ class EdgeStore:
         self.root = root
         self.search_threads = search_threads
         self._shards: dict[str, edge.EdgeShard] = {}
+        self._opening = threading.Lock()  # one thread creates, loads or drops a shard at a time
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qdrant-edge")
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -65,6 +67,10 @@ class EdgeStore:
         return shard
 
     def _load(self, collection: str) -> edge.EdgeShard:
+        with self._opening:
+            return self._load_locked(collection)
+
+    def _load_locked(self, collection: str) -> edge.EdgeShard:
         shard = self._shards.get(collection)  # another call may have loaded it meanwhile
         if shard is None:
             meta = self._sidecar(collection)
@@ -101,6 +107,12 @@ class EdgeStore:
             await self._call(self._create, target, version)
 
     def _create(self, target: Target, version: Version) -> None:
+        """Two writers creating one collection at once (two backfill workers' first batches)
+        must not open two shards on one folder: the lock makes the second see the first's."""
+        with self._opening:
+            self._create_locked(target, version)
+
+    def _create_locked(self, target: Target, version: Version) -> None:
         path = self.root / target.collection
         if (path / SIDECAR).exists():
             return
@@ -154,6 +166,10 @@ class EdgeStore:
             await self._call(self._drop, target.collection)
 
     def _drop(self, collection: str) -> None:
+        with self._opening:
+            self._drop_locked(collection)
+
+    def _drop_locked(self, collection: str) -> None:
         shard = self._shards.pop(collection, None)
         if shard is not None:
             shard.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -129,3 +130,13 @@ async def test_points_read_back_page_by_page_counted_and_deleted(store: VectorSt
     await store.drop(v1.target)
     assert await store.describe(v1.target) is None
     await store.drop(v1.target)  # dropping what is gone is nothing
+
+
+async def test_writers_creating_one_collection_at_once_create_it_once(
+        store: VectorStore) -> None:
+    """Two backfill workers' first batches arrive together: one collection, every point kept."""
+    version = _version("v2", Target(collection="raced"))
+    await asyncio.gather(*(store.ensure_collection(version.target, version) for _ in range(8)))
+    await asyncio.gather(*(store.upsert(version.target, [PointIn(i, [0.1 * (i + 1)] * 8)])
+                           for i in range(8)))
+    assert await store.count(version.target) == 8
