@@ -22,7 +22,7 @@ import msgspec
 
 from proxy.ingest.writer import Ingestor
 from proxy.state.base import RuleStore, now
-from proxy.vectors.base import PointIn, Stored
+from proxy.vectors.base import PointIn, Stored, scroll_all
 from rollout_rules.errors import NotFoundError, RuleError
 from rollout_rules.model import Rollout, Version
 
@@ -90,7 +90,7 @@ async def archive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Path,
                             "does not exist (archived already?)")
     at = now()
     path = folder / rollout.alias / f"{name}-{at.replace(':', '').replace('.', '-')}.jsonl.gz"
-    points = [p async for p in _all(ingestor, version)]
+    points = [p async for p in scroll_all(store, version.target, vectors=True)]
     await asyncio.to_thread(_write, path, _Header(embedshift_archive=1, alias=rollout.alias,
                                                   version=version, points=len(points), at=at),
                             points)
@@ -102,16 +102,6 @@ async def archive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Path,
     removed = await asyncio.to_thread(_prune, folder / rollout.alias, keep)
     return ArchiveInfo(alias=rollout.alias, version=name, collection=version.target.collection,
                        file=str(path), points=len(points), at=at, removed=removed)
-
-
-async def _all(ingestor: Ingestor, version: Version) -> Any:
-    offset = None
-    while True:
-        page, offset = await ingestor.store.scroll(version.target, offset, 1000, None, True)
-        for point in page:
-            yield point
-        if offset is None:
-            return
 
 
 def _write(path: Path, header: _Header, points: list[Stored]) -> None:

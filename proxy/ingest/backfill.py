@@ -23,17 +23,17 @@ import structlog
 from proxy.ingest.documents import (
     DOC_ID_FIELD,
     PointId,
+    doc_id_of,
     document_of,
     parse_point_id,
 )
 from proxy.ingest.writer import Coverage, Ingestor
 from proxy.state.jobs import BackfillQueue, Claim, JobStatus
-from proxy.vectors.base import RESERVED
+from proxy.vectors.base import scroll_all
 from rollout_rules.errors import BackendError, ModelError, RuleError, StoreUnavailable
 from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.backfill")
-SCROLL_PAGE = 1000
 DEFAULT_RATE: float | None = None
 """Documents/s when a backfill names no rate: none. A worker encodes on one thread (the shared
 model's), which leaves the other cores to queries: on 2 cores, live p99 during a 1-worker
@@ -97,23 +97,11 @@ async def missing_ids(ingestor: Ingestor, stable: Version, candidate: Version
                       ) -> list[PointId]:
     """Stable's point ids whose document the candidate lacks, in id order."""
     store = ingestor.store
-    have: set[object] = set()
+    have = set()
     if await store.describe(candidate.target) is not None:
-        offset: PointId | None = None
-        while True:
-            page, offset = await store.scroll(candidate.target, offset, SCROLL_PAGE,
-                                              [DOC_ID_FIELD])
-            have.update(p.payload.get(RESERVED, {}).get("doc_id", p.id) for p in page)
-            if offset is None:
-                break
-    missing: list[PointId] = []
-    offset = None
-    while True:
-        page, offset = await store.scroll(stable.target, offset, SCROLL_PAGE, [DOC_ID_FIELD])
-        missing += [p.id for p in page if p.payload.get(RESERVED, {}).get("doc_id", p.id)
-                    not in have]
-        if offset is None:
-            return missing
+        have = {doc_id_of(p) async for p in scroll_all(store, candidate.target, [DOC_ID_FIELD])}
+    return [p.id async for p in scroll_all(store, stable.target, [DOC_ID_FIELD])
+            if doc_id_of(p) not in have]
 
 
 def by_popularity(ids: Sequence[PointId], popular: Sequence[tuple[str, float]]

@@ -19,9 +19,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from proxy.vectors.base import RESERVED
+from proxy.vectors.base import RESERVED, Stored
 from rollout_rules.errors import RuleError
-from rollout_rules.model import Target, Version
+from rollout_rules.model import Version, rule_error
 
 DOC_ID_FIELD = f"{RESERVED}.doc_id"
 TEXT_FIELD = f"{RESERVED}.text"
@@ -57,8 +57,7 @@ def decode_document(raw: bytes | str) -> Document:
     try:
         return checked(msgspec.json.decode(raw, type=Document))
     except msgspec.ValidationError as exc:
-        field, _, message = _where(str(exc))
-        raise RuleError(field, message) from exc
+        raise rule_error(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise RuleError("line", f"not valid JSON ({exc})") from exc
 
@@ -83,11 +82,6 @@ def point_id(doc_id: DocId, version: Version) -> PointId:
     return str(uuid.uuid5(_NAMESPACE, key))
 
 
-def same_point_ids(a: Target, b: Target) -> bool:
-    """Whether two versions give a document the same point id (neither shares a collection)."""
-    return not a.payload_match and not b.payload_match
-
-
 def point_payload(document: Document, version: Version) -> dict[str, Any]:
     """The user's payload plus the source text and the envelope of the encoding version."""
     return {**document.payload, RESERVED: {
@@ -106,12 +100,13 @@ def document_of(payload: dict[str, Any]) -> Document | None:
     return Document(id=own["doc_id"], text=own["text"], payload=user)
 
 
+def doc_id_of(point: Stored) -> Any:
+    """The document a stored point was made from (its point id when written without one)."""
+    own = point.payload.get(RESERVED)
+    return own.get("doc_id", point.id) if isinstance(own, dict) else point.id
+
+
 def parse_point_id(text: str) -> PointId:
     """A point id kept as text (popularity keys) back as the engine takes it."""
     return int(text) if text.isdigit() else text
 
-
-def _where(text: str) -> tuple[str, str, str]:
-    message, _, path = text.partition(" - at `$")
-    field = path.rstrip("`").lstrip(".") or "document"
-    return field, "", message

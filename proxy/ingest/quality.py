@@ -13,11 +13,10 @@ from collections.abc import Mapping
 
 import msgspec
 
-from proxy.ingest.documents import DOC_ID_FIELD
+from proxy.ingest.documents import DOC_ID_FIELD, doc_id_of
 from proxy.ingest.writer import Ingestor, encode
 from proxy.models.evaluation import ndcg
 from proxy.state.base import now
-from proxy.vectors.base import RESERVED
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout, Version
 
@@ -50,7 +49,7 @@ async def ndcg_through(ingestor: Ingestor, version: Version, queries: Mapping[st
         hits = await ingestor.store.search(version.target, vector, K, None, False)
         points = await ingestor.store.retrieve(version.target, [h.id for h in hits],
                                                [DOC_ID_FIELD])
-        doc_of = {p.id: str(p.payload.get(RESERVED, {}).get("doc_id", p.id)) for p in points}
+        doc_of = {p.id: str(doc_id_of(p)) for p in points}
         ranking = [doc_of.get(h.id, str(h.id)) for h in hits]
         total += ndcg(ranking, qrels.get(query_id, {}), K)
     return total / len(ids)

@@ -16,10 +16,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from proxy.ingest.documents import DOC_ID_FIELD, PointId, document_of
+from proxy.ingest.documents import DOC_ID_FIELD, PointId, doc_id_of, document_of
 from proxy.ingest.writer import Ingestor, encode
 from proxy.state.base import now
-from proxy.vectors.base import RESERVED, Stored, VectorStore
+from proxy.vectors.base import RESERVED, Stored, VectorStore, scroll_all
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout, Version
 
@@ -48,20 +48,8 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     passed: bool
 
 
-async def _pages(store: VectorStore, version: Version, fields: list[str]
-                 ) -> list[Stored]:
-    points: list[Stored] = []
-    offset: PointId | None = None
-    while True:
-        page, offset = await store.scroll(version.target, offset, 1000, fields)
-        points += page
-        if offset is None:
-            return points
-
-
-def _doc_id(point: Stored) -> Any:
-    own = point.payload.get(RESERVED)
-    return own.get("doc_id", point.id) if isinstance(own, dict) else point.id
+async def _pages(store: VectorStore, version: Version, fields: list[str]) -> list[Stored]:
+    return [p async for p in scroll_all(store, version.target, fields)]
 
 
 def envelope_problems(version: Version, points: list[Stored]) -> Iterator[str]:
@@ -71,11 +59,11 @@ def envelope_problems(version: Version, points: list[Stored]) -> Iterator[str]:
     for point in points:
         own = point.payload.get(RESERVED)
         if not isinstance(own, dict):
-            yield f"{_doc_id(point)!r}: no envelope (not written by embedshift)"
+            yield f"{doc_id_of(point)!r}: no envelope (not written by embedshift)"
             continue
         for field in ENVELOPE:
             if own.get(field) != expected[field]:
-                yield (f"{_doc_id(point)!r}: {field} is {own.get(field)!r}, "
+                yield (f"{doc_id_of(point)!r}: {field} is {own.get(field)!r}, "
                        f"{version.name} is {expected[field]!r}")
 
 
@@ -92,8 +80,8 @@ async def verify(ingestor: Ingestor, rollout: Rollout, sample: int = 50,
     candidate_points = (await _pages(store, candidate, [f"{RESERVED}.{f}" for f in
                                                         ("doc_id", *ENVELOPE)])
                         if await store.describe(candidate.target) else [])
-    stable_ids = {_doc_id(p) for p in stable_points}
-    candidate_ids = {_doc_id(p) for p in candidate_points}
+    stable_ids = {doc_id_of(p) for p in stable_points}
+    candidate_ids = {doc_id_of(p) for p in candidate_points}
     missing, extra = stable_ids - candidate_ids, candidate_ids - stable_ids
     problems = list(envelope_problems(candidate, candidate_points))
     chosen = random.Random(seed).sample(candidate_points, min(sample, len(candidate_points)))
@@ -118,12 +106,12 @@ async def _resample(ingestor: Ingestor, version: Version, ids: list[PointId]
     documents = [(p, document_of(p.payload)) for p in points]
     usable = [(p, d) for p, d in documents if d is not None and p.vector is not None]
     if not usable:
-        return [], [_doc_id(p) for p, _ in documents]
+        return [], [doc_id_of(p) for p, _ in documents]
     model = await ingestor.models.get(version)
     fresh = await encode(model, [d.text for _, d in usable])
     stored = np.asarray([p.vector for p, _ in usable], dtype=np.float32)
     cosines = (np.sum(stored * fresh, axis=1) /
                (np.linalg.norm(stored, axis=1) * np.linalg.norm(fresh, axis=1)))
-    bad = [_doc_id(p) for (p, _), c in zip(usable, cosines, strict=True) if c < MIN_COSINE]
-    bad += [_doc_id(p) for p, d in documents if d is None or p.vector is None]
+    bad = [doc_id_of(p) for (p, _), c in zip(usable, cosines, strict=True) if c < MIN_COSINE]
+    bad += [doc_id_of(p) for p, d in documents if d is None or p.vector is None]
     return [float(c) for c in cosines], bad

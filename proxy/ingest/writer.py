@@ -30,11 +30,10 @@ from proxy.ingest.documents import (
     parse_point_id,
     point_id,
     point_payload,
-    same_point_ids,
 )
 from proxy.models.encoders import TextModel
 from proxy.state.base import RuleStore
-from proxy.vectors.base import RESERVED, PointIn, VectorStore
+from proxy.vectors.base import RESERVED, PointIn, VectorStore, same_point_ids
 from rollout_rules.errors import BackendError, ModelError
 from rollout_rules.model import Rollout, Version
 
@@ -133,10 +132,12 @@ class Ingestor:
         """Count every active version against stable and record it (announced to proxies)."""
         stable = rollout.version(rollout.stable)
         total = await self._count(stable)
+        answered = await self.rules.most_popular(rollout.alias, POPULAR_SAMPLE)  # read once
         figures = []
         for version in active_versions(rollout):
-            covered = min(total, await self._count(version))
-            popular = await self.popular_share(rollout, version)
+            covered = total if version.name == stable.name else \
+                min(total, await self._count(version))
+            popular = await self.popular_share(rollout, version, answered)
             await self.rules.set_coverage(rollout.alias, version.name, covered, total, popular)
             figures.append(Coverage(version=version.name, covered=covered, total=total,
                                     popular=popular))
@@ -147,10 +148,10 @@ class Ingestor:
             return 0
         return await self.store.count(version.target)
 
-    async def popular_share(self, rollout: Rollout, version: Version) -> float | None:
-        """The share of answer hits, over the most-answered documents, that ``version`` holds;
-        None when no answers were recorded."""
-        popular = await self.rules.most_popular(rollout.alias, POPULAR_SAMPLE)
+    async def popular_share(self, rollout: Rollout, version: Version,
+                            popular: Sequence[tuple[str, float]]) -> float | None:
+        """The share of answer hits, over the most-answered documents (``popular``), that
+        ``version`` holds; None when no answers were recorded."""
         weight = sum(score for _, score in popular)
         if not popular or weight <= 0:
             return None

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import structlog
 
 from proxy.state.base import RuleStore
-from proxy.vectors.base import Hit
+from proxy.vectors.base import Hit, same_point_ids
 from rollout_rules.errors import StoreUnavailable
 from rollout_rules.model import Rollout, Version
 
@@ -37,8 +37,7 @@ class HitRecorder:
         if not hits or self.sample <= 0 or random.random() >= self.sample:
             return
         stable = rollout.version(rollout.stable)
-        if version.name != stable.name and (version.target.payload_match or
-                                            stable.target.payload_match):
+        if version.name != stable.name and not same_point_ids(version.target, stable.target):
             return  # a shared collection's ids are the version's own, not stable's
         counts = self.pending.setdefault(rollout.alias, Counter())
         for hit in hits:

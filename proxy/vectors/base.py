@@ -9,7 +9,7 @@ the collection) and refuse what they cannot express with RuleError.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -107,6 +107,23 @@ def hit(point: Any, with_payload: bool) -> Hit:
         if RESERVED in payload:
             payload = {k: v for k, v in payload.items() if k != RESERVED}
     return Hit(point.id if isinstance(point.id, int) else str(point.id), point.score, payload)
+
+
+async def scroll_all(store: VectorStore, target: Target, fields: Sequence[str] | None = None,
+                     vectors: bool = False, page: int = 1000) -> AsyncIterator[Stored]:
+    """Every point of a version, page by page (``scroll`` until it says there is no more)."""
+    offset: PointId | None = None
+    while True:
+        points, offset = await store.scroll(target, offset, page, fields, vectors)
+        for point in points:
+            yield point
+        if offset is None:
+            return
+
+
+def same_point_ids(a: Target, b: Target) -> bool:
+    """Whether two versions give a document the same point id (neither shares a collection)."""
+    return not a.payload_match and not b.payload_match
 
 
 def stored(point: Any, vector_name: str | None = None) -> Stored:
