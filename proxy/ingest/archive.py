@@ -99,6 +99,7 @@ async def archive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Path,
             await store.delete(version.target, [p.id for p in points[start:start + BATCH]])
     else:
         await store.drop(version.target)
+        ingestor.forget(version)
     removed = await asyncio.to_thread(_prune, folder / rollout.alias, keep)
     return ArchiveInfo(alias=rollout.alias, version=name, collection=version.target.collection,
                        file=str(path), points=len(points), at=at, removed=removed)

@@ -116,6 +116,10 @@ class Ingestor:
                 await self.store.ensure_collection(version.target, version)
                 self._ready.add(key)
 
+    def forget(self, version: Version) -> None:
+        """The version's collection was dropped: the next write creates it again."""
+        self._ready.discard((version.target.collection, version.name))
+
     async def delete(self, rollout: Rollout, doc_id: DocId) -> list[str]:
         """Remove a document from every declared version that has a collection; the names of
         the versions it was removed from."""

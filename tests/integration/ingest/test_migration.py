@@ -237,6 +237,8 @@ async def test_archive_refuses_a_named_version_and_unarchive_brings_it_back_sear
     assert hits[0].id == 42 and hits[0].payload == {"n": 42, "group": 2}
     again = await archive(migration.ingestor, retired, "v1", tmp_path, keep=1)
     assert again.removed == [info.file]
+    await migration.ingestor.write_version(v1, documents[:3])  # declared again and written to
+    assert await migration.store.count(v1.target) == 3
     assert not await asyncio.to_thread(os.path.exists, info.file)
 
 
