@@ -26,6 +26,12 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     popularity_sample   EMBEDSHIFT_POPULARITY_SAMPLE  share of answers whose hits are counted
                                                    for the backfill's order (0.2; 0: off)
     request_timeout_s   EMBEDSHIFT_TIMEOUT_S       a search answers 503 past this (10)
+    guard_tick_s        EMBEDSHIFT_GUARD_TICK_S    how often the guard judges and a guarded ramp
+                                                   looks at its step (1; 0: no guard loop)
+    shadow_concurrency  EMBEDSHIFT_SHADOW_CONCURRENCY  shadow searches at once; more are
+                                                   dropped (4)
+    alert_alias_label   EMBEDSHIFT_ALERT_ALIAS_LABEL  the alert label naming the alias to roll
+                                                   back (embedshift_alias)
     header_timeout_s    EMBEDSHIFT_HEADER_TIMEOUT_S  a request's head must arrive within (10)
     body_timeout_s      EMBEDSHIFT_BODY_TIMEOUT_S  its body within, else 408 (10)
     keepalive_s         EMBEDSHIFT_KEEPALIVE_S     an idle connection is closed after (15)
@@ -72,6 +78,9 @@ _ENV = {
     "popularity_sample": "EMBEDSHIFT_POPULARITY_SAMPLE",
     "archive_keep": "EMBEDSHIFT_ARCHIVE_KEEP",
     "request_timeout_s": "EMBEDSHIFT_TIMEOUT_S",
+    "guard_tick_s": "EMBEDSHIFT_GUARD_TICK_S",
+    "shadow_concurrency": "EMBEDSHIFT_SHADOW_CONCURRENCY",
+    "alert_alias_label": "EMBEDSHIFT_ALERT_ALIAS_LABEL",
     "header_timeout_s": "EMBEDSHIFT_HEADER_TIMEOUT_S",
     "body_timeout_s": "EMBEDSHIFT_BODY_TIMEOUT_S",
     "keepalive_s": "EMBEDSHIFT_KEEPALIVE_S",
@@ -103,6 +112,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     edge_search_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     log_queries: bool = False
     popularity_sample: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.2
+    guard_tick_s: Annotated[float, msgspec.Meta(ge=0.0, le=60.0)] = 1.0
+    shadow_concurrency: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 4
+    alert_alias_label: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = \
+        "embedshift_alias"
     archive_keep: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0

@@ -111,6 +111,7 @@ def check_sampler(environ: Mapping[str, str]) -> None:
             raise RuleError("OTEL_TRACES_SAMPLER_ARG", f"{raw!r}: must be a number from 0 to 1")
 
 
+_SHARE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
                     1.0, 2.0)
 
@@ -150,6 +151,26 @@ class Metrics:
                               "it", ["alias"], registry=r)
         self.rules_age = Gauge("embedshift_rules_age_seconds",
                                "Seconds since rules were last read in full", registry=r)
+        self.shadows = Counter("embedshift_shadow", "Shadow searches by outcome (compared, "
+                               "timed, failed, dropped)", ["alias", "version", "result"],
+                               registry=r)
+        self.shadow_overlap = Histogram("embedshift_shadow_overlap",
+                                        "Overlap@10 of stable's answer and the shadowed "
+                                        "version's", ["alias", "version"],
+                                        buckets=_SHARE_BUCKETS, registry=r)
+        self.shadow_rank_correlation = Histogram(
+            "embedshift_shadow_rank_correlation", "Spearman's rho of the ids both answers share",
+            ["alias", "version"], buckets=(-0.5, 0.0, 0.5, 0.8, 0.9, 1.0), registry=r)
+        self.shadow_latency = Histogram("embedshift_shadow_seconds",
+                                        "A shadow search, whole (encode and search)",
+                                        ["alias", "version"], buckets=_LATENCY_BUCKETS,
+                                        registry=r)
+        self.guard_state = Gauge("embedshift_guard_verdict",
+                                 "The guard's last verdict per alias: 1 healthy, 0 no verdict, "
+                                 "-1 breach", ["alias"], registry=r)
+        self.guard_rollbacks = Counter("embedshift_guard_rollbacks",
+                                       "Rollbacks this proxy made: by its guard or an alert",
+                                       ["alias", "by"], registry=r)
         self.http_requests = Counter("embedshift_http_requests",
                                      "HTTP answers by route, method and status (every route, "
                                      "errors included)", ["route", "method", "status"],

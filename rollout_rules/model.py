@@ -98,13 +98,21 @@ class Overrides(_Frozen, frozen=True):
 
 
 class GuardPolicy(_Frozen, frozen=True):
-    """When the proxy rolls the candidate back by itself (read by the guard)."""
+    """When the proxy rolls the candidate back by itself (read by ``rollout_rules.guard``):
+    bounds on the version under test, the traffic it needs before judging, how long it looks
+    back, the false-alarm rate of its sequential test, the share of stable's queries also sent
+    to the other version (shadow traffic), and how long it keeps watching after a promote."""
 
     enabled: bool = True
     max_error_rate: Fraction = 0.05
+    max_fallback_rate: Fraction = 0.05
     max_p99_ms: Annotated[float, msgspec.Meta(gt=0)] = 250.0
+    min_overlap: Fraction = 0.0  # mean shadow overlap@10 below this is a breach; 0: not judged
     min_requests: Annotated[int, msgspec.Meta(ge=1)] = 50
-    window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    window_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
+    alpha: Annotated[float, msgspec.Meta(gt=0, lt=0.5)] = 0.01
+    shadow_share: Fraction = 0.0
+    watch_s: Annotated[float, msgspec.Meta(ge=0)] = 1800.0
 
 
 class PromotionPolicy(_Frozen, frozen=True):

@@ -11,6 +11,7 @@ from functools import partial
 
 import msgspec
 
+from proxy.control.verdicts import GuardStatus, RampStatus, guard_status, ramp_status
 from proxy.state.base import AuditEntry, Change, RuleStore, quality_key
 from rollout_rules import ops
 from rollout_rules.coverage import cap_bp
@@ -29,6 +30,8 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     candidate_coverage: float | None
     coverage_cap_percent: float
     effective_percent: float
+    guard: GuardStatus | None = None  # the guard's last verdict on this revision
+    ramp: RampStatus | None = None  # the guarded ramp, if one is planned
 
 
 class Explanation(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,7 +47,9 @@ class Operator:
 
     async def status(self, alias: str) -> Status:
         rollout = await self.store.get(alias)
-        return status_of(rollout, await self.store.coverage(alias, rollout.coverage_gate.basis))
+        found = status_of(rollout, await self.store.coverage(alias, rollout.coverage_gate.basis))
+        return msgspec.structs.replace(found, guard=await guard_status(self.store, rollout),
+                                       ramp=await ramp_status(self.store, rollout))
 
     async def statuses(self) -> list[Status]:
         return [await self.status(alias) for alias in await self.store.aliases()]

@@ -23,8 +23,10 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.models.encoders import Encoder, clean_text
 from proxy.models.loader import EncoderKey, encoder_key
+from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.popularity import HitRecorder
 from proxy.serving.resultcache import ResultCache, result_key
+from proxy.serving.shadow import Shadow
 from proxy.telemetry import Attr, Metrics
 from proxy.vectors.base import Hit, VectorStore, parse_filter
 from rollout_rules.decide import STABLE_FOR_ALL, Context, Decision, Reason, decide
@@ -88,9 +90,12 @@ class Searcher:
     def __init__(self, rules: Rules, encoders: Mapping[EncoderKey, Encoder], *,
                  store: VectorStore, metrics: Metrics, tracer: Tracer,
                  results: ResultCache | None = None, deadline_s: float = 10.0,
-                 log_queries: bool = False, hits: HitRecorder | None = None) -> None:
+                 log_queries: bool = False, hits: HitRecorder | None = None,
+                 cohorts: CohortRecorder | None = None, shadow: Shadow | None = None) -> None:
         self.rules, self.encoders, self.store = rules, encoders, store
         self.hits = hits
+        self.cohorts = cohorts if cohorts is not None else CohortRecorder()
+        self.shadow = shadow
         self.metrics, self.tracer, self.log_queries = metrics, tracer, log_queries
         self.results = results if results is not None else ResultCache(0, 0)
         self.deadline_s = deadline_s
@@ -127,11 +132,19 @@ class Searcher:
                                        f"{allowed})")
         span = trace.get_current_span()
         deadline = asyncio.get_running_loop().time() + self.deadline_s  # for both attempts
-        query = Query(text, request, query_filter, coverage, deadline)
+        query = Query(text, request, query_filter, coverage, deadline, rollout.revision,
+                      rollout.guard.max_p99_ms)
+        cohorts = self.cohorts
         try:
-            found = await self._find(alias, rollout.version(decision.version), query)
+            found = await self.find(alias, rollout.version(decision.version), query)
+        except TimeoutError:
+            cohorts.answered(alias, rollout.revision, decision.version, failed=True)
+            raise
         except (BackendError, ModelError) as exc:
-            if decision.version == rollout.stable:
+            stable = decision.version == rollout.stable
+            cohorts.answered(alias, rollout.revision, decision.version, failed=True,
+                             fallback=not stable)
+            if stable:
                 self.metrics.child(self.metrics.errors, alias, decision.version,
                                    "stable_failed").inc()
                 raise
@@ -140,11 +153,15 @@ class Searcher:
             log.warning("candidate_failed", alias=alias, version=decision.version,
                         error=str(exc), answered_by=rollout.stable)
             decision = replace(decision, version=rollout.stable, reason=Reason.FALLBACK)
-            found = await self._find(alias, rollout.version(rollout.stable), query)
+            found = await self.find(alias, rollout.version(rollout.stable), query)
+        else:
+            cohorts.answered(alias, rollout.revision, decision.version)
+            if self.shadow is not None and decision.version == rollout.stable:
+                self.shadow.maybe(self, rollout, query, found.hits)
         return self._answer(alias, rollout, decision, found, started=started, span=span,
                             text=text)
 
-    async def _find(self, alias: str, version: Version, query: Query) -> Found:
+    async def find(self, alias: str, version: Version, query: Query) -> Found:
         """A recent answer of this version to the same query, else encode and search by the
         deadline (TimeoutError past it: the whole request is late, not just this version)."""
         blocked = self.unavailable.get((alias, version.name))
@@ -158,13 +175,12 @@ class Searcher:
         if hits is not None:
             return Found(hits, result_cached=True, vector_cached=True)
         async with asyncio.timeout_at(query.deadline):
-            found = await self._search_version(alias, version, query.text, request,
-                                               query.filter)
+            found = await self._search_version(alias, version, query)
         self.results.put(key, coverage, found.hits)
         return found
 
-    async def _search_version(self, alias: str, version: Version, text: str,
-                              request: SearchRequest, query_filter: Any) -> Found:
+    async def _search_version(self, alias: str, version: Version, query: Query) -> Found:
+        text, request = query.text, query.request
         encoder = self.encoders.get(encoder_key(version))
         if encoder is None:
             raise ModelError(f"no encoder loaded for {version.name} ({version.model})")
@@ -186,15 +202,17 @@ class Searcher:
                  Attr.DB_COLLECTION: version.target.collection}
         try:
             hits = await self.store.search(version.target, vector, request.limit,
-                                           query_filter, request.with_payload)
+                                           query.filter, request.with_payload)
         except BaseException as exc:
             if isinstance(exc, BackendError):
                 metrics.child(metrics.errors, alias, version.name, "search").inc()
             self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
                              stage, exc)
             raise
-        metrics.child(metrics.search_latency, alias, version.name).observe(
-            (time.time_ns() - searching) / 1e9)
+        searched = time.time_ns() - searching
+        metrics.child(metrics.search_latency, alias, version.name).observe(searched / 1e9)
+        self.cohorts.searched(alias, query.revision, version.name, searched / 1e6,
+                              query.slow_ms)
         self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
                          {**stage, Attr.HIT_COUNT: len(hits)})
         return Found(hits, result_cached=False, vector_cached=cache_hit)
@@ -254,6 +272,8 @@ class Query(NamedTuple):
     filter: Any  # the request's filter, parsed once
     coverage: dict[str, float]  # the alias's coverage per version, read once
     deadline: float  # loop time by which both attempts must be done
+    revision: int  # of the rule that decided it: the guard's cohorts are per revision
+    slow_ms: float  # a store search longer than this counts as slow (the guard's p99 bound)
 
 
 class Found(NamedTuple):

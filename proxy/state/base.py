@@ -111,6 +111,26 @@ class RuleStore(Protocol):
 
     async def verification(self, alias: str, version: str) -> dict[str, object] | None: ...
 
+    async def put_guard(self, alias: str, field: str, value: bytes) -> None:
+        """Keep a guard record: each instance's counts (field = the instance) and the last
+        verdict (field ``verdict``); the guard decides what is stale."""
+        ...
+
+    async def guard_records(self, alias: str) -> dict[str, bytes]: ...
+
+    async def drop_guard(self, alias: str, field: str) -> None: ...
+
+    async def take_lease(self, alias: str, name: str, holder: str, ttl_s: float) -> bool:
+        """Hold the lease ``name`` of an alias for ``ttl_s`` (taking it if free or expired,
+        extending it if ``holder`` has it); False while another holder has it."""
+        ...
+
+    async def put_ramp(self, alias: str, plan: bytes | None) -> None:
+        """Store (None: remove) the alias's guarded ramp plan."""
+        ...
+
+    async def ramp(self, alias: str) -> bytes | None: ...
+
     def changes(self, on_subscribed: OnSubscribed = None
                 ) -> AsyncIterator[tuple[str, int | None]]:
         """(alias, revision) as rule changes are announced, (alias, None) as coverage changes;

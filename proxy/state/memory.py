@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Mapping
 
 from msgspec.structs import replace
@@ -41,6 +42,9 @@ class MemoryRuleStore(SharedWrites):
         self._popularity: dict[str, dict[str, float]] = {}
         self._verified: dict[tuple[str, str], dict[str, object]] = {}
         self._deleted: set[str] = set()
+        self._guard: dict[str, dict[str, bytes]] = {}
+        self._leases: dict[tuple[str, str], tuple[str, float]] = {}
+        self._ramps: dict[str, bytes] = {}
         self._feeds: set[asyncio.Queue[tuple[str, int | None]]] = set()
         self._ids = itertools.count(1)
         self.available = True
@@ -55,7 +59,8 @@ class MemoryRuleStore(SharedWrites):
 
     def lose_everything(self) -> None:
         for kept in (self._documents, self._revisions, self._audit, self._coverage,
-                     self._popularity, self._verified):
+                     self._popularity, self._verified, self._guard, self._leases,
+                     self._ramps):
             kept.clear()
         self._deleted.clear()
 
@@ -158,6 +163,38 @@ class MemoryRuleStore(SharedWrites):
     async def verification(self, alias: str, version: str) -> dict[str, object] | None:
         self._check()
         return self._verified.get((alias, version))
+
+    async def put_guard(self, alias: str, field: str, value: bytes) -> None:
+        self._check()
+        self._guard.setdefault(alias, {})[field] = value
+
+    async def guard_records(self, alias: str) -> dict[str, bytes]:
+        self._check()
+        return dict(self._guard.get(alias, {}))
+
+    async def drop_guard(self, alias: str, field: str) -> None:
+        self._check()
+        self._guard.get(alias, {}).pop(field, None)
+
+    async def take_lease(self, alias: str, name: str, holder: str, ttl_s: float) -> bool:
+        self._check()
+        now = time.monotonic()
+        current = self._leases.get((alias, name))
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self._leases[(alias, name)] = (holder, now + ttl_s)
+        return True
+
+    async def put_ramp(self, alias: str, plan: bytes | None) -> None:
+        self._check()
+        if plan is None:
+            self._ramps.pop(alias, None)
+        else:
+            self._ramps[alias] = plan
+
+    async def ramp(self, alias: str) -> bytes | None:
+        self._check()
+        return self._ramps.get(alias)
 
     async def changes(self, on_subscribed: OnSubscribed = None
                       ) -> AsyncIterator[tuple[str, int | None]]:

@@ -7,6 +7,9 @@ Keys (``P`` is the prefix; ``{alias}`` is a hash tag so one alias's keys share a
     P:{alias}:coverage     hash  "<version>:covered", ":total", ":popular_ppm" (backfill progress)
     P:{alias}:popularity   sorted set of document ids by query hits (backfill priority)
     P:{alias}:verify       hash  version -> its last ``verify`` report (JSON)
+    P:{alias}:guard        hash  instance -> its cohort counts; ``verdict`` -> the last verdict
+    P:{alias}:lease:NAME   string: who holds a lease (the guarded ramp's leader), with a TTL
+    P:{alias}:ramp         string: the guarded ramp plan (JSON)
     P:{alias}:backfill:*   the backfill's work queue (``proxy.state.jobs``)
     P:aliases              set of declared aliases
     P:changes              pub/sub channel, "<alias> <revision>" or "<alias> coverage"
@@ -45,6 +48,15 @@ from rollout_rules.errors import ConflictError, NotFoundError
 from rollout_rules.model import Rollout, dump_rollout, parse_rollout
 
 _AUDIT_MAXLEN = 10_000
+_GUARD_TTL_S = 86_400
+
+# KEYS: the lease. ARGV: holder, ttl ms. Take a free lease, or extend one the holder has.
+_LEASE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 # KEYS: rules, audit, aliases. ARGV: expected revision, document ('' deletes), channel, actor,
 # reason, at, audit length, alias, floor. Returns {1, revision}, {0, current} on a lost
@@ -203,6 +215,43 @@ class RedisRuleStore(SharedWrites):
             raw = await self.client.hget(self._key(alias, "verify"), version)
         return None if raw is None else msgspec.json.decode(raw, type=dict[str, object])
 
+    # -- the guard and the ramp --------------------------------------------------------------
+
+    async def put_guard(self, alias: str, field: str, value: bytes) -> None:
+        key = self._key(alias, "guard")
+        async with unavailable_on_error(self.client):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(key, field, value)
+            pipe.expire(key, _GUARD_TTL_S)  # an alias no proxy serves any more is forgotten
+            await pipe.execute()
+
+    async def guard_records(self, alias: str) -> dict[str, bytes]:
+        async with unavailable_on_error(self.client):
+            raw = await self.client.hgetall(self._key(alias, "guard"))
+        return {_text(k): _bytes(v) for k, v in raw.items()}
+
+    async def drop_guard(self, alias: str, field: str) -> None:
+        async with unavailable_on_error(self.client):
+            await self.client.hdel(self._key(alias, "guard"), field)
+
+    async def take_lease(self, alias: str, name: str, holder: str, ttl_s: float) -> bool:
+        async with unavailable_on_error(self.client):
+            taken = await self.client.eval(_LEASE_SCRIPT, 1, self._key(alias, f"lease:{name}"),
+                                           holder, max(1, round(ttl_s * 1000)))
+        return bool(taken)
+
+    async def put_ramp(self, alias: str, plan: bytes | None) -> None:
+        async with unavailable_on_error(self.client):
+            if plan is None:
+                await self.client.delete(self._key(alias, "ramp"))
+            else:
+                await self.client.set(self._key(alias, "ramp"), plan)
+
+    async def ramp(self, alias: str) -> bytes | None:
+        async with unavailable_on_error(self.client):
+            raw = await self.client.get(self._key(alias, "ramp"))
+        return None if raw is None else _bytes(raw)
+
     def backfill_queue(self, alias: str, version: str) -> BackfillQueue:
         """The work queue of the backfill of ``alias`` into ``version``."""
         return BackfillQueue(self.client, self.prefix, alias, version)
@@ -237,6 +286,10 @@ def _parse_change(data: object) -> tuple[str, int | None] | None:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _audit_entry(entry_id: object, fields: Mapping[Any, Any]) -> AuditEntry:

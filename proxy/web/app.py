@@ -13,6 +13,9 @@ way in the background. A start-up that fails for any other reason stops everythi
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,14 +25,19 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.config import Settings
+from proxy.control.alerts import AlertHandler
+from proxy.control.guard import GuardLoop
 from proxy.control.operator import Operator
+from proxy.control.ramp import RampScheduler
 from proxy.ingest.backfill import Backfill, QueueFactory
 from proxy.ingest.writer import Ingestor
 from proxy.models.encoders import default_threads
 from proxy.models.loader import Encoders, ModelCache
+from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.popularity import HitRecorder
 from proxy.serving.resultcache import ResultCache
 from proxy.serving.search import Searcher
+from proxy.serving.shadow import Shadow
 from proxy.state.base import RuleStore
 from proxy.state.jobs import BackfillQueue
 from proxy.state.watcher import RuleWatcher
@@ -39,7 +47,9 @@ from proxy.web.auth import require_admin_token
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES
 from proxy.web.errors import UNMATCHED, boundary, expect_continue
 from proxy.web.keys import (
+    ALERTS,
     BACKFILL,
+    GUARD,
     INGESTOR,
     METRICS,
     OPENAPI,
@@ -76,27 +86,25 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     watcher = RuleWatcher(deps.rules_store, settings.refresh_interval_s)
     tracer = deps.tracer_provider.get_tracer("embedshift")
     app[SETTINGS], app[METRICS], app[WATCHER], app[TRACER] = settings, metrics, watcher, tracer
-    results = ResultCache(settings.result_cache_size, settings.result_cache_ttl_s)
     recorder = HitRecorder(deps.rules_store, settings.popularity_sample)
-    app[SEARCHER] = Searcher(watcher, encoders.by_key, store=deps.vector_store, metrics=metrics,
-                             tracer=tracer, results=results,
-                             deadline_s=settings.request_timeout_s,
-                             log_queries=settings.log_queries, hits=recorder)
-    ingestor = app[INGESTOR] = Ingestor(deps.vector_store, deps.rules_store, deps.models)
-    backfill = app[BACKFILL] = Backfill(ingestor, deps.jobs or _no_jobs,
-                                        f"{settings.host}:{settings.port}")
-    app[OPERATOR] = Operator(deps.rules_store, "admin-api")
+    shadow = Shadow(metrics, settings.shadow_concurrency)
+    searcher = app[SEARCHER] = Searcher(
+        watcher, encoders.by_key, store=deps.vector_store, metrics=metrics, tracer=tracer,
+        results=ResultCache(settings.result_cache_size, settings.result_cache_ttl_s),
+        deadline_s=settings.request_timeout_s, log_queries=settings.log_queries,
+        hits=recorder, cohorts=CohortRecorder(), shadow=shadow)
+    guard, backfill = _add_operations(app, settings, deps, watcher, searcher.cohorts)
     app[READY] = {}
     _add_routes(app)
 
     async def stop() -> None:
+        await guard.stop()
+        await shadow.close()
         await backfill.close()
         await recorder.stop()
         await watcher.stop()
         await encoders.close()
         executor.shutdown(wait=False, cancel_futures=True)
-
-    searcher = app[SEARCHER]
 
     async def prepare(rollout: Rollout) -> None:
         """Load the rule's encoders and check its collections; a version that fails either is
@@ -127,6 +135,7 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
             await stop()  # nothing start-up began may outlive a start that failed
             raise
         recorder.start()
+        guard.start()
         app[READY]["started"] = True
         yield
         await stop()
@@ -134,6 +143,25 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _add_operations(app: web.Application, settings: Settings, deps: Deps,
+                    watcher: RuleWatcher, cohorts: CohortRecorder
+                    ) -> tuple[GuardLoop, Backfill]:
+    """What writes rules and data beside the operator: ingestion and the backfill, the alert
+    webhook, this instance's guard loop (and the guarded ramp it drives)."""
+    store = deps.rules_store
+    app[OPERATOR] = Operator(store, "admin-api")
+    ingestor = app[INGESTOR] = Ingestor(deps.vector_store, store, deps.models)
+    backfill = app[BACKFILL] = Backfill(ingestor, deps.jobs or _no_jobs,
+                                        f"{settings.host}:{settings.port}")
+    app[ALERTS] = AlertHandler(store, settings.alert_alias_label)
+    instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    guard = app[GUARD] = GuardLoop(store, lambda: watcher.rollouts, cohorts.window,
+                                   app[METRICS], instance=instance,
+                                   tick_s=settings.guard_tick_s,
+                                   ramp=RampScheduler(store, instance, settings.guard_tick_s))
+    return guard, backfill
 
 
 def _add_routes(app: web.Application) -> None:

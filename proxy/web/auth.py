@@ -13,7 +13,7 @@ from proxy.web.errors import Handler
 from proxy.web.keys import SETTINGS
 from rollout_rules.errors import AccessError, FeatureOff
 
-ADMIN_PATHS = re.compile(r"^/(admin|v1/alerts)(/|$)|^/v1/aliases/[^/]+/documents(/|$)")
+ADMIN_PATHS = re.compile(r"^/(admin|alerts)(/|$)|^/v1/aliases/[^/]+/documents(/|$)")
 OVERRIDE_TOKEN_HEADER = "X-Embedshift-Override-Token"
 
 

@@ -8,6 +8,8 @@ from aiohttp import web
 from opentelemetry.trace import Tracer
 
 from proxy.config import Settings
+from proxy.control.alerts import AlertHandler
+from proxy.control.guard import GuardLoop
 from proxy.control.operator import Operator
 from proxy.ingest.backfill import Backfill
 from proxy.ingest.writer import Ingestor
@@ -25,3 +27,5 @@ READY = web.AppKey("ready", dict)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 INGESTOR = web.AppKey("ingestor", Ingestor)
 BACKFILL = web.AppKey("backfill", Backfill)
+ALERTS = web.AppKey("alerts", AlertHandler)
+GUARD = web.AppKey("guard", GuardLoop)

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.control.alerts import Answer, Notification
 from proxy.ingest.archive import ArchiveInfo
 from proxy.ingest.backfill import Options, Progress
 from proxy.ingest.plan import Plan
@@ -16,8 +17,9 @@ from proxy.ingest.verify import Report
 from proxy.serving.search import SearchRequest, SearchResponse
 from proxy.web.auth import OVERRIDE_TOKEN_HEADER
 from proxy.web.errors import Handler
-from proxy.web.handlers import admin, documents, health, search
+from proxy.web.handlers import admin, alerts, documents, health, search
 from proxy.web.openapi import serve_document
+from rollout_rules.ramp import RampPlan
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,15 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/aliases/{alias}/versions/{version}/unarchive",
           documents.unarchive_version, "Write a version's newest archive back",
           answer=ArchiveInfo, admin=True, body_required=False),
+    Route("POST", "/admin/aliases/{alias}/ramp", admin.start_ramp,
+          "Plan a guarded ramp: each step taken only while the guard finds the candidate "
+          "healthy", body=admin.RampRequest, answer=RampPlan, admin=True),
+    Route("POST", "/admin/aliases/{alias}/ramp/{action}", admin.control_ramp,
+          "Pause, resume or abort the guarded ramp (action: pause, resume, abort)",
+          answer=RampPlan, admin=True, body_required=False),
+    Route("POST", "/alerts/alertmanager", alerts.alertmanager,
+          "Alertmanager's webhook (version 4): a firing alert naming an alias rolls it back "
+          "(admin token)", body=Notification, answer=Answer, admin=True),
     *(Route("POST", f"/admin/aliases/{{alias}}/{name}", handler, summary, body=admin.Action,
             admin=True, body_required=False)
       for name, handler, summary in (

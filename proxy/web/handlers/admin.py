@@ -13,6 +13,7 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from proxy.control import ramp
 from proxy.control.operator import Operator
 from proxy.state.base import Change
 from proxy.web.bodies import read_json
@@ -111,3 +112,21 @@ async def rollback(request: web.Request) -> web.Response:
 async def promote(request: web.Request) -> web.Response:
     return await _act(request, lambda op, alias, b: op.promote(alias, b.reason, b.force,
                                                                b.if_revision))
+
+
+class RampRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    steps: Annotated[list[float], msgspec.Meta(min_length=1, max_length=100)]
+    every_s: float
+
+
+async def start_ramp(request: web.Request) -> web.Response:
+    body = await read_json(request, RampRequest)
+    plan = await ramp.start_ramp(_operator(request).store, request.match_info["alias"],
+                                 tuple(body.steps), body.every_s, _operator(request).actor)
+    return json_response(plan)
+
+
+async def control_ramp(request: web.Request) -> web.Response:
+    plan = await ramp.control_ramp(_operator(request).store, request.match_info["alias"],
+                                   request.match_info["action"])
+    return json_response(plan)
