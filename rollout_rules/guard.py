@@ -33,6 +33,9 @@ from rollout_rules.model import GuardPolicy, Rollout, State
 # The upper bounds (ms) of the latency buckets every instance counts in; the last is +inf.
 LATENCY_BOUNDS_MS = (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, math.inf)
 SLOW_SHARE = 0.01  # p99 above a bound <=> more than 1% of searches above it
+# The mixture's spread: the size of difference the test is tuned to find. A rollback is for a
+# difference of several points (a version failing, or slow, for one user in ten), not a tenth.
+TAU = 0.1
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -158,7 +161,7 @@ def _proportion_breach(test: Window, baseline: Window, policy: GuardPolicy) -> s
     (stable never falls back, so its ratio is no baseline)."""
     n, m, alpha = test.requests, baseline.requests, policy.alpha
     if test.errors / n > policy.max_error_rate and proportions_differ(
-            test.errors, n, baseline.errors, m, tau=policy.max_error_rate, alpha=alpha):
+            test.errors, n, baseline.errors, m, tau=TAU, alpha=alpha):
         return (f"error ratio {test.errors / n:.2%} ({test.errors}/{n}) against baseline "
                 f"{baseline.errors / m:.2%} ({baseline.errors}/{m}), bound "
                 f"{policy.max_error_rate:.2%}")
@@ -168,7 +171,7 @@ def _proportion_breach(test: Window, baseline: Window, policy: GuardPolicy) -> s
                 f"{policy.max_fallback_rate:.2%}")
     s, r = test.searches, baseline.searches
     if min(s, r) >= policy.min_requests and test.slow / s > SLOW_SHARE and proportions_differ(
-            test.slow, s, baseline.slow, r, tau=SLOW_SHARE, alpha=alpha):
+            test.slow, s, baseline.slow, r, tau=TAU, alpha=alpha):
         return (f"search p99 {_ms(test.p99_ms)}, over {policy.max_p99_ms:g} ms (baseline "
                 f"{_ms(baseline.p99_ms)}): {test.slow / s:.2%} of {s} searches over it, "
                 f"baseline {baseline.slow / r:.2%} of {r}")
@@ -186,7 +189,7 @@ def _overlap_breach(test: Window, baseline: Window, policy: GuardPolicy) -> str 
         return None
     square = (test.overlap_sq + baseline.overlap_sq) / n
     variance = max(square - mean * mean, 0.01)  # a floor: overlap@10 moves in steps of 0.1
-    if not msprt_rejects(policy.min_overlap - mean, variance / n, tau=0.1, alpha=policy.alpha):
+    if not msprt_rejects(policy.min_overlap - mean, variance / n, tau=TAU, alpha=policy.alpha):
         return None
     return (f"shadow overlap@10 {mean:.2f} over {n} queries, below {policy.min_overlap:.2f}")
 
@@ -202,7 +205,7 @@ def proportions_differ(x: int, n: int, y: int, m: int, *, tau: float, alpha: flo
 def proportion_exceeds(x: int, n: int, bound: float, *, alpha: float) -> bool:
     """Whether x/n exceeds ``bound`` beyond what chance allows (one-sided one-sample mSPRT)."""
     p = (x + 0.5) / (n + 1)
-    return msprt_rejects(x / n - bound, p * (1 - p) / n, tau=max(bound, SLOW_SHARE),
+    return msprt_rejects(x / n - bound, p * (1 - p) / n, tau=TAU,
                          alpha=alpha)
 
 

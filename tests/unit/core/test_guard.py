@@ -1,0 +1,154 @@
+"""The guard's verdict: breaches beyond doubt, no verdict on thin traffic, no false alarms A/A."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from msgspec.structs import replace
+
+from rollout_rules.guard import (
+    LATENCY_BOUNDS_MS,
+    Outcome,
+    Window,
+    bucket_of,
+    cohorts,
+    shadow_target,
+    total,
+    verdict,
+)
+from rollout_rules.model import GuardPolicy, State
+from tests.unit.core.rollouts import rollout as make_rollout
+
+POLICY = GuardPolicy()
+
+
+def window(n: int, errors: int = 0, slow: int = 0, fallbacks: int = 0) -> Window:
+    latency = [0] * len(LATENCY_BOUNDS_MS)
+    latency[bucket_of(1.0)] = n - slow
+    latency[bucket_of(400.0)] = slow
+    return Window(requests=n, errors=errors, fallbacks=fallbacks, searches=n, slow=slow,
+                  latency=tuple(latency))
+
+
+def test_a_candidate_that_fails_is_a_breach_naming_its_figures() -> None:
+    found = verdict(window(100, errors=30, fallbacks=30), window(100, errors=1), POLICY)
+    assert found.outcome is Outcome.BREACH
+    assert "error ratio 30.00% (30/100)" in found.reason
+    assert found.figures["test_error_ratio"] == pytest.approx(0.3)
+
+
+def test_a_slow_candidate_is_a_breach_on_its_store_p99() -> None:
+    found = verdict(window(100, slow=20), window(100), POLICY)
+    assert found.outcome is Outcome.BREACH
+    assert found.reason.startswith("search p99 <= 512 ms, over 250 ms (baseline <= 1 ms)")
+
+
+def test_fallbacks_alone_are_judged_against_the_bound() -> None:
+    """A version that is unavailable falls back without an error: still a breach."""
+    found = verdict(window(200, fallbacks=60), window(200), POLICY)
+    assert found.outcome is Outcome.BREACH and "fallback ratio 30.00%" in found.reason
+
+
+def test_thin_traffic_gives_no_verdict_however_bad_it_looks() -> None:
+    found = verdict(window(20, errors=20), window(500), POLICY)
+    assert found.outcome is Outcome.NO_VERDICT
+    assert "20 test and 500 baseline searches, at least 50 each" in found.reason
+
+
+def test_a_small_difference_past_the_bound_is_not_yet_proof() -> None:
+    """6% against 5% on 100 searches each: past the bound, but chance explains it."""
+    assert verdict(window(100, errors=6), window(100, errors=5), POLICY).outcome is \
+        Outcome.HEALTHY
+
+
+def test_worse_than_baseline_but_within_bounds_is_healthy() -> None:
+    assert verdict(window(10_000, errors=400), window(10_000, errors=100), POLICY).outcome is \
+        Outcome.HEALTHY
+
+
+def test_shadow_overlap_collapse_is_a_breach_when_the_policy_asks() -> None:
+    policy = replace(POLICY, min_overlap=0.3)
+    collapsed = Window(requests=100, searches=100, overlap_n=100, overlap_sum=5.0,
+                       overlap_sq=0.5)
+    assert verdict(collapsed, window(100), policy).reason.startswith(
+        "shadow overlap@10 0.05 over 100 queries, below 0.30")
+    assert verdict(collapsed, window(100), POLICY).outcome is Outcome.HEALTHY
+
+
+def test_windows_add_up_bucket_by_bucket() -> None:
+    merged = total([window(10, errors=1, slow=2), window(30, errors=2)])
+    assert (merged.requests, merged.errors, merged.slow) == (40, 3, 2)
+    assert sum(merged.latency) == 40 and merged.p99_ms == 512
+
+
+def _aa_run(seed: int, policy: GuardPolicy, seconds: int = 600, rate: int = 100) -> int | None:
+    """A/A: both cohorts draw from one distribution (errors and slow searches exactly at the
+    policy's bounds, the hardest case), judged every simulated second over a sliding window;
+    the second of the first false alarm, if any."""
+    rng = np.random.default_rng(seed)
+    n = rng.poisson(rate, seconds)
+    t_n = rng.binomial(n, 0.5)
+    b_n = n - t_n
+    cohort = {}
+    for name, size in (("t", t_n), ("b", b_n)):
+        errors = rng.binomial(size, policy.max_error_rate)
+        cohort[name] = [np.concatenate([[0], np.cumsum(a)]) for a in (
+            size, errors, rng.binomial(size, 0.01))]
+    span = int(policy.window_s)
+    for second in range(seconds):
+        low, high = max(0, second + 1 - span), second + 1
+        t = [int(c[high] - c[low]) for c in cohort["t"]]
+        b = [int(c[high] - c[low]) for c in cohort["b"]]
+        found = verdict(Window(requests=t[0], errors=t[1], fallbacks=t[1], searches=t[0],
+                               slow=t[2]),
+                        Window(requests=b[0], errors=b[1], searches=b[0], slow=b[2]), policy)
+        if found.breach:
+            return second
+    return None
+
+
+def test_identical_versions_raise_no_false_alarm_in_99_of_100_runs() -> None:
+    """Ten simulated minutes at 100 queries/s, a verdict every second, 100 seeds."""
+    alarms = {seed: at for seed in range(100) if (at := _aa_run(seed, POLICY)) is not None}
+    print(f"\nA/A: false alarms in {len(alarms)} of 100 runs of 600 ticks: {alarms}")
+    assert len(alarms) <= 1
+
+
+def test_a_real_difference_is_found_within_seconds() -> None:
+    """The same simulation with the test cohort failing 30% of the time from second 0."""
+    rng = np.random.default_rng(7)
+    t, b, found_at = Window(), Window(), None
+    for second in range(1, 30):
+        k = int(rng.binomial(100, 0.5))
+        errors = int(rng.binomial(k, 0.3))
+        t = t + Window(requests=k, errors=errors, fallbacks=errors, searches=k)
+        b = b + Window(requests=100 - k, searches=100 - k)
+        if verdict(t, b, POLICY).breach:
+            found_at = second
+            break
+    print(f"\nfound at second {found_at} with {t.requests} test searches")
+    assert found_at is not None and found_at <= 3
+
+
+def test_the_guard_judges_the_candidate_while_it_ramps_and_the_promote_while_watched() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ramping = make_rollout(percent=10)
+    assert cohorts(ramping, now) == ("v2", "v1", False)
+    assert cohorts(replace(ramping, percent=0), now) is None
+    assert cohorts(replace(ramping, state=State.PAUSED), now) is None
+    promoted = replace(ramping, stable="v2", candidate=None, previous_stable="v1", percent=0,
+                       state=State.PROMOTED, updated_at="2026-01-01T00:00:00.000Z")
+    assert cohorts(promoted, now + timedelta(minutes=29)) == ("v2", "v1", True)
+    assert cohorts(promoted, now + timedelta(minutes=31)) is None
+    assert cohorts(replace(ramping, guard=replace(POLICY, enabled=False)), now) is None
+
+
+def test_shadow_traffic_goes_to_the_version_watched_only_when_asked() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ramping = make_rollout(percent=0)
+    shadowed = replace(ramping, guard=replace(POLICY, shadow_share=0.1))
+    assert shadow_target(ramping, now) is None
+    assert shadow_target(shadowed, now) == "v2"
+    assert shadow_target(replace(shadowed, state=State.ROLLED_BACK), now) is None

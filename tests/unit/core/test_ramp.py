@@ -1,0 +1,73 @@
+"""A guarded ramp steps only after a healthy, long-enough step that coverage allows; else waits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from msgspec.structs import replace
+
+from rollout_rules.errors import RuleError
+from rollout_rules.guard import Outcome
+from rollout_rules.model import Rollout, State
+from rollout_rules.ramp import Move, RampPlan, new_plan, next_move
+from tests.unit.core.rollouts import rollout as make_rollout
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def started(percent: float = 5, index: int = 0, revision: int = 2
+            ) -> tuple[RampPlan, Rollout]:
+    rollout = replace(make_rollout(percent=percent), revision=revision)
+    plan = replace(new_plan(rollout, (5, 25, 100), 60, "ops"), index=index,
+                   step_started=T0.isoformat(), step_revision=revision)
+    return plan, rollout
+
+
+def test_the_first_step_is_taken_at_once_if_coverage_allows() -> None:
+    rollout = make_rollout(percent=0)
+    plan = new_plan(rollout, (5, 25, 100), 60, "ops")
+    assert next_move(plan, rollout, None, 100, T0).percent == 5
+    waiting = next_move(plan, rollout, None, 2, T0)
+    assert waiting.move is Move.WAIT and "coverage allows 2%" in waiting.note
+
+
+def test_a_step_lasts_its_time_then_advances_only_when_healthy() -> None:
+    plan, rollout = started()
+    early = next_move(plan, rollout, Outcome.HEALTHY, 100, T0 + timedelta(seconds=30))
+    assert early.move is Move.WAIT and "30 s to go" in early.note
+    later = T0 + timedelta(seconds=61)
+    assert next_move(plan, rollout, Outcome.HEALTHY, 100, later).percent == 25
+    thin = next_move(plan, rollout, Outcome.NO_VERDICT, 100, later)
+    assert thin.move is Move.WAIT and "too little traffic" in thin.note
+    assert next_move(plan, rollout, None, 100, later).move is Move.WAIT
+    assert next_move(plan, rollout, Outcome.BREACH, 100, later).move is Move.WAIT
+
+
+def test_the_last_healthy_step_finishes_the_plan() -> None:
+    plan, rollout = started(percent=100, index=2)
+    assert next_move(plan, rollout, Outcome.HEALTHY, 100,
+                     T0 + timedelta(seconds=61)).move is Move.FINISH
+
+
+def test_a_rollback_a_new_candidate_or_a_hand_set_percent_stop_the_plan() -> None:
+    plan, rollout = started()
+    later = T0 + timedelta(seconds=61)
+    rolled = replace(rollout, state=State.ROLLED_BACK, percent=0, updated_by="guard",
+                     reason="guard: error ratio 30%")
+    assert next_move(plan, rolled, None, 100, later).note == \
+        "rolled back by guard: guard: error ratio 30%"
+    by_hand = replace(rollout, percent=50, revision=3, updated_by="alice")
+    assert "alice set 50% by hand" in next_move(plan, by_hand, None, 100, later).note
+    paused = replace(rollout, state=State.PAUSED, revision=3)
+    assert next_move(plan, paused, Outcome.HEALTHY, 100, later).move is Move.WAIT
+    resumed = replace(rollout, revision=4)  # paused and resumed: same percent, goes on
+    assert next_move(plan, resumed, Outcome.HEALTHY, 100, later).move is Move.ADVANCE
+
+
+@pytest.mark.parametrize(("steps", "every"), [((), 60), ((5, 5), 60), ((0, 10), 60),
+                                               ((5, 101), 60), ((5.001,), 60), ((5,), 0)])
+def test_a_bad_plan_is_refused_naming_the_field(steps: tuple[float, ...], every: float) -> None:
+    with pytest.raises(RuleError) as caught:
+        new_plan(make_rollout(), steps, every, "ops")
+    assert caught.value.field in ("steps", "every")
