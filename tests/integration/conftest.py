@@ -28,7 +28,7 @@ from proxy.vectors.base import VectorStore
 from proxy.vectors.edge import EdgeStore
 from proxy.web.app import Deps, make_app
 from rollout_rules.errors import BackendError
-from rollout_rules.model import Rollout, Target
+from rollout_rules.model import GuardPolicy, Rollout, Target
 from tests.conftest import make_server
 
 ADMIN_TOKEN = "test-admin-token"
@@ -72,6 +72,7 @@ class FlakyStore:
         self.broken: set[str] = set()
         self.hanging: set[str] = set()
         self.exploding: set[str] = set()  # a bug, not a backend failure: nothing catches it
+        self.slow: dict[str, float] = {}  # collection -> seconds added to each search
 
     async def search(self, target: Target, *args: Any, **kwargs: Any) -> Any:
         if target.collection in self.broken:
@@ -80,6 +81,8 @@ class FlakyStore:
             await asyncio.sleep(3600)
         if target.collection in self.exploding:
             raise RuntimeError(f"injected bug in {target.collection}")
+        if target.collection in self.slow:
+            await asyncio.sleep(self.slow[target.collection])
         return await self.inner.search(target, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -108,9 +111,13 @@ class ProxyFactory:
         self.started: list[Proxy] = []
 
     async def declare(self, percent: float = 0, full_coverage: bool = True,
-                      allow_request: bool = False) -> Rollout:
+                      allow_request: bool = False, guard: GuardPolicy | None = None
+                      ) -> Rollout:
         rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
         declared = default_rollout("products")
+        if guard is not None:
+            from msgspec.structs import replace
+            declared = replace(declared, guard=guard)
         if allow_request:
             from msgspec.structs import replace
             declared = replace(declared, overrides=replace(declared.overrides,
