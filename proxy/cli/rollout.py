@@ -1,4 +1,4 @@
-"""The rollout commands: declare, status, set, pause, resume, rollback, promote, delete,
+"""The rollout commands: declare, status, set, ramp, pause, resume, rollback, promote, delete,
 history, explain, coverage; each a thin call on the operator in ``proxy.control``, rendered
 for people."""
 
@@ -11,13 +11,16 @@ from typing import Any
 import msgspec
 
 from proxy.cli.common import AddCommand, OperatorCommand, Result, with_operator
+from proxy.control import ramp
 from proxy.control.operator import Explanation, Operator, Status
+from proxy.control.verdicts import GuardStatus
 from proxy.models.catalog import default_rollout
 from proxy.state.base import AuditEntry, Change
 from rollout_rules.decide import Context
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout, parse_rollout
 from rollout_rules.ops import summarize_change
+from rollout_rules.ramp import RampPlan
 
 # -- commands ----------------------------------------------------------------------------------
 
@@ -90,6 +93,37 @@ async def cmd_coverage(operator: Operator, args: argparse.Namespace) -> Result:
     return status, render_status(status)
 
 
+async def cmd_ramp(operator: Operator, args: argparse.Namespace) -> Result:
+    action = next((a for a in ("pause", "resume", "abort") if getattr(args, a)), None)
+    if action is not None:
+        plan = await ramp.control_ramp(operator.store, args.alias, action)
+    elif args.steps is None or args.every is None:
+        raise RuleError("--steps", "give --steps and --every to plan a ramp, or one of "
+                                   "--pause, --resume, --abort")
+    else:
+        plan = await ramp.start_ramp(operator.store, args.alias, parse_steps(args.steps),
+                                     parse_duration(args.every), operator.actor)
+    return plan, f"{args.alias}: guarded ramp {render_ramp(plan)}"
+
+
+def parse_steps(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise RuleError("--steps", f"{text!r}: percentages separated by commas, e.g. "
+                                   "5,10,25,50,100") from exc
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1h`` in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        return float(number) * units[unit]
+    except ValueError as exc:
+        raise RuleError("--every", f"{text!r}: a duration like 90s, 10m or 1h") from exc
+
+
 def _changed(change: Change, operator: Operator) -> Result:
     after = change.after
     if not change.changed:
@@ -115,9 +149,32 @@ def render_status(status: Status) -> str:
         + (f" (candidate coverage {coverage} allows at most {status.coverage_cap_percent:g}%)"
            if r.candidate and r.coverage_gate.enabled else ""),
     ]
+    if status.guard is not None:
+        lines.append(f"  guard      {render_guard(status.guard)}")
+    if status.ramp is not None:
+        lines.append(f"  ramp       {render_ramp(status.ramp)}")
     if r.updated_by:
         lines.append(f"  last change {r.updated_at} by {r.updated_by}: {r.reason}")
     return "\n".join(lines)
+
+
+def render_guard(guard: GuardStatus) -> str:
+    f = guard.figures
+    what = "watching the promote of" if guard.watching else "judging"
+    parts = [f"{guard.outcome}: {guard.reason}",
+             f"{what} {guard.test} against {guard.baseline} over {guard.instances} instance(s)",
+             f"searches {f.get('test_requests')}/{f.get('baseline_requests')}"]
+    if f.get("test_p99_ms") is not None:
+        parts.append(f"p99 {f.get('test_p99_ms'):g}/{f.get('baseline_p99_ms') or 0:g} ms")
+    if f.get("overlap_at_10") is not None:
+        parts.append(f"shadow overlap@10 {f.get('overlap_at_10'):.2f} over "
+                     f"{f.get('overlap_n'):g} queries")
+    return "; ".join(parts)
+
+
+def render_ramp(plan: RampPlan) -> str:
+    steps = ",".join(f"{s:g}" for s in plan.steps)
+    return f"{plan.state} (steps {steps}% every {plan.every_s:g} s): {plan.note or 'starting'}"
 
 
 def render_entry(entry: AuditEntry) -> str:
@@ -209,6 +266,13 @@ def add_parsers(add: AddCommand) -> None:
     p.add_argument("--tenant")
     p.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--version", help="a requested version override, as a request would send")
+    p = command("ramp", cmd_ramp, "ramp the candidate step by step, each step taken only while "
+                                  "the guard finds it healthy with enough traffic")
+    p.add_argument("alias")
+    p.add_argument("--steps", help="percentages, e.g. 5,10,25,50,100")
+    p.add_argument("--every", help="how long each step lasts at least, e.g. 10m")
+    for action in ("pause", "resume", "abort"):
+        p.add_argument(f"--{action}", action="store_true", help=f"{action} the planned ramp")
     p = command("coverage", cmd_coverage, "show, or set by hand, a version's backfill coverage")
     p.add_argument("alias")
     p.add_argument("version", nargs="?")

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
+from msgspec.structs import replace
 
 from proxy.control.operator import Operator
 from proxy.control.ramp import RampScheduler
@@ -31,7 +32,16 @@ from proxy.control.verdicts import INSTANCE_PREFIX, VERDICT_FIELD, GuardStatus, 
 from proxy.state.base import RuleStore
 from proxy.telemetry import Metrics
 from rollout_rules.errors import ConflictError, EmbedshiftError, StoreUnavailable
-from rollout_rules.guard import Outcome, Verdict, Window, cohorts, total, verdict
+from rollout_rules.guard import (
+    Cohorts,
+    Outcome,
+    Verdict,
+    Window,
+    cohorts,
+    shadow_target,
+    total,
+    verdict,
+)
 from rollout_rules.model import Rollout
 
 log = structlog.get_logger("embedshift.guard")
@@ -85,11 +95,20 @@ class GuardLoop:
                                        msgspec.json.encode(counts))
         now = datetime.now(UTC)
         pair = cohorts(rollout, now)
-        if pair is None:
+        shadowed = shadow_target(rollout, now)
+        if pair is None and shadowed is None:
             return None
         merged, instances = await self.merged(rollout)
-        found = verdict(merged.get(pair.test, Window()), merged.get(pair.baseline, Window()),
-                        rollout.guard)
+        if pair is None:  # a dark launch: shadow figures to show, nobody to protect
+            pair = Cohorts(str(shadowed), rollout.stable, watching=False)
+            found = replace(verdict(merged.get(pair.test, Window()),
+                                    merged.get(pair.baseline, Window()), rollout.guard),
+                            outcome=Outcome.NO_VERDICT,
+                            reason=f"nothing to judge: {pair.test} takes no users yet "
+                                   "(shadow traffic only)")
+        else:
+            found = verdict(merged.get(pair.test, Window()), merged.get(pair.baseline, Window()),
+                            rollout.guard)
         status = GuardStatus(revision=rollout.revision, at=now.isoformat(timespec="seconds"),
                              test=pair.test, baseline=pair.baseline, watching=pair.watching,
                              outcome=found.outcome, reason=found.reason, figures=found.figures,

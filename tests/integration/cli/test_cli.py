@@ -174,3 +174,19 @@ def test_eval_compares_versions_side_by_side(models_dir: Path, tmp_path: Path,
     table = capsys.readouterr().out
     assert "v1 paraphrase-MiniLM-L3-v2" in table and "delta" in table
     assert main(["eval", "--dataset", str(tmp_path)], environ) == 3
+
+
+def test_a_guarded_ramp_is_planned_shown_paused_and_refused_with_the_flag_named(cli: Cli
+                                                                                 ) -> None:
+    cli("init", "products")
+    code, out, _ = cli("ramp", "products", "--steps", "5,25,100", "--every", "10m")
+    assert code == 0 and "guarded ramp running (steps 5,25,100% every 600 s)" in out
+    code, out, _ = cli("status", "products")
+    assert "  ramp       running (steps 5,25,100% every 600 s): starting" in out
+    assert cli.json("ramp", "products", "--pause")["state"] == "paused"
+    code, _, err = cli("ramp", "products", "--steps", "5,x", "--every", "10m")
+    assert code != 0 and "--steps" in err and "'5,x'" in err
+    code, _, err = cli("ramp", "products", "--steps", "5", "--every", "ten")
+    assert code != 0 and "--every" in err
+    code, _, err = cli("ramp", "products", "--steps", "50,10", "--every", "1m")
+    assert code != 0 and "steps: need rising percentages" in err
