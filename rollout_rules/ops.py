@@ -7,11 +7,14 @@ rollout unchanged, so repeated alerts are harmless.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import msgspec
 from msgspec.structs import replace
 
 from rollout_rules.coverage import full_coverage
-from rollout_rules.errors import TransitionError
-from rollout_rules.model import Rollout, State, check_rollout
+from rollout_rules.errors import RuleError, TransitionError
+from rollout_rules.model import GuardPolicy, Rollout, State, check_rollout, rule_error
 
 
 def set_percent(rollout: Rollout, percent: float) -> Rollout:
@@ -78,6 +81,19 @@ def promote(rollout: Rollout, coverage: float | None, force: bool = False,
                    percent=0.0, state=State.PROMOTED)
 
 
+def set_guard(rollout: Rollout, changes: Mapping[str, object]) -> Rollout:
+    """The rule with some guard policy fields changed (values as text or typed); RuleError
+    naming ``guard.<field>`` for an unknown field or a bad value."""
+    policy = {**msgspec.to_builtins(rollout.guard), **changes}
+    try:
+        guard = msgspec.convert(policy, type=GuardPolicy, strict=False)
+    except msgspec.ValidationError as exc:
+        error = rule_error(str(exc))
+        raise RuleError(f"guard.{error.field}".removesuffix(".document"), error.message) \
+            from exc
+    return replace(rollout, guard=guard)
+
+
 def retire(rollout: Rollout) -> Rollout:
     """Let go of the previous stable version: no rollback to it any more, and it may be
     archived."""
@@ -105,7 +121,10 @@ def summarize_change(before: Rollout | None, after: Rollout) -> str:
     fields = ("stable", "candidate", "state", "percent", "salt", "stickiness", "previous_stable")
     parts = [f"{name} {_show(getattr(before, name))} -> {_show(getattr(after, name))}"
              for name in fields if getattr(before, name) != getattr(after, name)]
-    other = ("versions", "coverage_gate", "overrides", "guard")
+    old_guard, new_guard = msgspec.to_builtins(before.guard), msgspec.to_builtins(after.guard)
+    parts += [f"guard.{name} {_show(old_guard.get(name))} -> {_show(value)}"
+              for name, value in new_guard.items() if old_guard.get(name) != value]
+    other = ("versions", "coverage_gate", "overrides")
     parts += [f"{name} changed" for name in other if getattr(before, name) != getattr(after, name)]
     return ", ".join(parts) or "no rule change"
 

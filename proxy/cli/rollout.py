@@ -106,6 +106,17 @@ async def cmd_ramp(operator: Operator, args: argparse.Namespace) -> Result:
     return plan, f"{args.alias}: guarded ramp {render_ramp(plan)}"
 
 
+async def cmd_guard(operator: Operator, args: argparse.Namespace) -> Result:
+    changes: dict[str, object] = dict(_key_value(pair) for pair in args.set)
+    if not changes:
+        status = await operator.status(args.alias)
+        return status.rollout.guard, "\n".join(
+            f"{name:<18} {value}" for name, value in msgspec.to_builtins(
+                status.rollout.guard).items())
+    return _changed(await operator.set_guard(args.alias, changes, args.reason,
+                                             args.if_revision), operator)
+
+
 def parse_steps(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(","))
@@ -266,6 +277,9 @@ def add_parsers(add: AddCommand) -> None:
     p.add_argument("--tenant")
     p.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--version", help="a requested version override, as a request would send")
+    p = writer("guard", cmd_guard, "show the guard policy, or change fields of it: "
+                                   "thresholds, shadow_share, watch_s")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p = command("ramp", cmd_ramp, "ramp the candidate step by step, each step taken only while "
                                   "the guard finds it healthy with enough traffic")
     p.add_argument("alias")

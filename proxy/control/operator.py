@@ -79,6 +79,13 @@ class Operator:
             raise RuleError("reason", "a rollback needs a reason: say what went wrong")
         return await self._apply(alias, ops.rollback, reason, expected_revision)
 
+    async def set_guard(self, alias: str, changes: dict[str, object], reason: str = "",
+                        expected_revision: int | None = None) -> Change:
+        """Change fields of the alias's guard policy (thresholds, shadow share, watch)."""
+        action = partial(ops.set_guard, changes=changes)
+        what = ", ".join(f"{k}={v}" for k, v in changes.items())
+        return await self._apply(alias, action, reason or f"guard: {what}", expected_revision)
+
     async def retire(self, alias: str, reason: str, expected_revision: int | None = None
                      ) -> Change:
         """Drop the previous stable version (a rollback can no longer reach it)."""

@@ -84,3 +84,16 @@ def test_summaries_name_what_changed() -> None:
     before = rollout(percent=5)
     assert ops.summarize_change(before, ops.set_percent(before, 10)) == "percent 5 -> 10"
     assert ops.summarize_change(None, before).startswith("declared: stable v1, candidate v2")
+
+
+def test_guard_fields_change_from_text_and_a_bad_one_is_named() -> None:
+    before = rollout()
+    after = ops.set_guard(before, {"shadow_share": "0.1", "min_requests": "30"})
+    assert (after.guard.shadow_share, after.guard.min_requests) == (0.1, 30)
+    assert ops.summarize_change(before, after) == \
+        "guard.min_requests 50 -> 30, guard.shadow_share 0 -> 0.1"
+    for bad, field in (({"shadow_share": "2"}, "guard.shadow_share"),
+                       ({"shadw": "1"}, "guard.shadw"), ({"alpha": "x"}, "guard.alpha")):
+        with pytest.raises(RuleError) as caught:
+            ops.set_guard(before, bad)
+        assert caught.value.field == field
