@@ -171,10 +171,10 @@ def render_status(status: Status) -> str:
 
 def render_guard(guard: GuardStatus) -> str:
     f = guard.figures
-    what = "watching the promote of" if guard.watching else "judging"
+    what = "the promoted " if guard.watching else ""
     parts = [f"{guard.outcome}: {guard.reason}",
-             f"{what} {guard.test} against {guard.baseline} over {guard.instances} instance(s)",
-             f"searches {f.get('test_requests')}/{f.get('baseline_requests')}"]
+             f"{what}{guard.test} against {guard.baseline} over {guard.instances} instance(s)",
+             f"searches {f.get('test_requests') or 0:g}/{f.get('baseline_requests') or 0:g}"]
     if f.get("test_p99_ms") is not None:
         parts.append(f"p99 {f.get('test_p99_ms'):g}/{f.get('baseline_p99_ms') or 0:g} ms")
     if f.get("overlap_at_10") is not None:

@@ -17,7 +17,6 @@ back on half the figures.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -61,21 +60,26 @@ class GuardLoop:
         self.ramp = ramp
         self.operator = Operator(store, GUARD_ACTOR)
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def start(self) -> None:
         if self.tick_s > 0:
             self._task = asyncio.create_task(self._run(), name="guard")
 
     async def stop(self) -> None:
+        """Cancel the loop and wait for it, boundedly: a cancellation that lands inside the
+        Redis client mid-command can be swallowed there, so the loop also checks a flag."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=max(5.0, 3 * self.tick_s))
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             await asyncio.sleep(self.tick_s)
             for rollout in list(self.rollouts().values()):
+                if self._stopped:
+                    return
                 try:
                     await self.tick(rollout)
                     if self.ramp is not None:

@@ -1,6 +1,8 @@
-"""A real Prometheus and Alertmanager roll a failing candidate back through the webhook, and both
-proxy instances serve stable only: timed from the first injected error to the last candidate
-answer, and from the rollback's write to each instance's rules."""
+"""A real Prometheus and Alertmanager roll a failing candidate back on two proxies, timed.
+
+Timed from the first injected error to the last candidate answer, and from the rollback's write
+to each instance's rules.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The guard rolls a bad candidate back by itself, once across instances; the webhook does on an
-alert; shadow traffic compares answers off the path; a guarded ramp walks, holds and stops."""
+"""Bad candidates go back by the guard or an alert, once; shadows compare; guarded ramps step.
+
+The guard rolls a bad candidate back by itself, once across instances; the webhook does on an
+alert; shadow traffic compares answers off the path; a guarded ramp walks, holds and stops.
+"""
 
 from __future__ import annotations
 
