@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -156,3 +157,25 @@ async def test_a_lost_rule_is_restored_after_every_revision_seen(store: RuleStor
     restored = await store.restore(snapshot, "bob", "from the proxy's memory")
     assert (restored.revision, restored.percent) == (snapshot.revision + 1, 30)
     assert await store.get("products") == restored and await store.aliases() == ["products"]
+
+
+async def test_guard_records_leases_and_ramp_plans(stores: tuple[RuleStore, RuleStore]) -> None:
+    writer, reader = stores
+    await writer.put_guard("products", "instance:a", b"counts of a")
+    await writer.put_guard("products", "verdict", b"healthy")
+    assert await reader.guard_records("products") == {"instance:a": b"counts of a",
+                                                      "verdict": b"healthy"}
+    await writer.drop_guard("products", "instance:a")
+    assert await reader.guard_records("products") == {"verdict": b"healthy"}
+    assert await reader.guard_records("other") == {}
+    assert await writer.take_lease("products", "ramp", "a", 0.3)
+    assert await writer.take_lease("products", "ramp", "a", 0.3)  # the holder extends it
+    assert not await reader.take_lease("products", "ramp", "b", 0.3)
+    assert await reader.take_lease("other", "ramp", "b", 0.3)  # leases are per alias
+    await asyncio.sleep(0.4)
+    assert await reader.take_lease("products", "ramp", "b", 0.3)  # expired: b takes it
+    assert await reader.ramp("products") is None
+    await writer.put_ramp("products", b"plan")
+    assert await reader.ramp("products") == b"plan"
+    await writer.put_ramp("products", None)
+    assert await reader.ramp("products") is None

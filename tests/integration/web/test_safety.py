@@ -229,3 +229,25 @@ async def test_thin_traffic_holds_a_guarded_ramp_step(proxies: ProxyFactory) -> 
     assert (await paused.json())["state"] == "paused"
     wrong = await proxy.client.post("/admin/aliases/products/ramp/sideways", headers=AUTH)
     assert wrong.status == 400
+
+
+async def test_a_watched_promote_is_undone_by_the_guard_when_the_new_stable_turns_slow(
+        proxies: ProxyFactory) -> None:
+    """After a promote the guard compares the new stable with the previous one, the latter
+    seen through shadow traffic, and a breach restores the previous stable."""
+    declared = await proxies.declare(percent=100, guard=replace(FAST, shadow_share=1.0))
+    proxy = await proxies.start()
+    promoted = await proxy.client.post("/admin/aliases/products/promote", headers=AUTH,
+                                       json={"force": True, "reason": "test"})
+    assert promoted.status == 200, await promoted.text()
+    traffic = Traffic([url(proxy)], rate=60)
+    traffic.start()
+    try:
+        await asyncio.sleep(2)
+        proxy.store.slow[declared.version("v2").target.collection] = 0.4
+        await eventually(lambda: proxy.app[WATCHER].rollouts["products"].stable == "v1", 15)
+    finally:
+        await traffic.stop()
+    after = await rule(proxies)
+    assert (after.stable, after.candidate, after.state) == ("v1", "v2", "rolled_back")
+    assert after.updated_by == "guard" and after.reason.startswith("guard: search p99")
