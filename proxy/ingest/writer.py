@@ -133,16 +133,22 @@ class Ingestor:
         return removed
 
     async def update_coverage(self, rollout: Rollout) -> list[Coverage]:
-        """Count every active version against stable and record it (announced to proxies)."""
+        """Count every active version against stable and record it; only a figure that differs
+        from the recorded one is written (and announced to every proxy), so polling progress
+        does not make every proxy re-read its coverage."""
         stable = rollout.version(rollout.stable)
         total = await self._count(stable)
         answered = await self.rules.most_popular(rollout.alias, POPULAR_SAMPLE)  # read once
+        recorded = (await self.rules.coverage(rollout.alias),
+                    await self.rules.coverage(rollout.alias, "popularity"))
         figures = []
         for version in active_versions(rollout):
             covered = total if version.name == stable.name else \
                 min(total, await self._count(version))
             popular = await self.popular_share(rollout, version, answered)
-            await self.rules.set_coverage(rollout.alias, version.name, covered, total, popular)
+            if not _recorded(recorded, version.name, covered, total, popular):
+                await self.rules.set_coverage(rollout.alias, version.name, covered, total,
+                                              popular)
             figures.append(Coverage(version=version.name, covered=covered, total=total,
                                     popular=popular))
         return figures
@@ -180,3 +186,15 @@ class Ingestor:
         return {p.id: point_id(p.payload[RESERVED]["doc_id"], version) for p in points
                 if RESERVED in p.payload}
 
+
+def _recorded(recorded: tuple[dict[str, float], dict[str, float]], version: str, covered: int,
+              total: int, popular: float | None) -> bool:
+    """Whether the store already holds these figures (by documents and by popularity, the
+    latter kept in parts per million)."""
+    by_documents, by_popularity = recorded
+    if version not in by_documents or not total:
+        return False
+    fraction = min(1.0, covered / total)
+    expected = fraction if popular is None else min(1.0, max(0.0, popular))
+    return abs(by_documents[version] - fraction) < 1e-12 and \
+        abs(by_popularity.get(version, -1.0) - expected) <= 1e-6

@@ -286,3 +286,31 @@ async def test_promote_refuses_a_candidate_worse_on_the_golden_set_and_allows_a_
     await migration.rules.record_verification("docs", quality_key("v2"),
                                               msgspec.to_builtins(good))
     assert (await operator.promote("docs", "judged")).after.stable == "v2"
+
+
+async def test_polling_progress_announces_coverage_only_when_it_changed(
+        migration: Migration) -> None:
+    rollout = await migration.declare()
+    documents = corpus(20)
+    await migration.ingestor.write_version(rollout.version("v1"), documents)
+    await migration.ingestor.update_coverage(rollout)
+    announced: list[tuple[str, int | None]] = []
+    subscribed = asyncio.Event()
+
+    async def listen() -> None:
+        async def ready() -> None:
+            subscribed.set()
+
+        async for change in migration.rules.changes(ready):
+            announced.append(change)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.wait_for(subscribed.wait(), 5)
+    for _ in range(5):  # what GET .../backfill does on every poll
+        await migration.backfill().progress(rollout)
+    await migration.ingestor.write_version(rollout.version("v2"), documents[:5])
+    await migration.backfill().progress(rollout)
+    await asyncio.sleep(0.2)
+    listener.cancel()
+    assert announced == [("docs", None)]  # once: when v2's figures moved
+    assert (await migration.rules.coverage("docs"))["v2"] == 0.25
