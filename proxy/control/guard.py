@@ -81,9 +81,9 @@ class GuardLoop:
                 if self._stopped:
                     return
                 try:
-                    await self.tick(rollout)
+                    judged = await self.tick(rollout)
                     if self.ramp is not None:
-                        await self.ramp.tick(rollout)
+                        await self.ramp.tick(rollout, judged)
                 except StoreUnavailable as exc:
                     log.warning("guard_blind", alias=rollout.alias, error=str(exc))
                 except EmbedshiftError as exc:  # a rule it cannot judge: say so, keep going
@@ -102,17 +102,16 @@ class GuardLoop:
         shadowed = shadow_target(rollout, now)
         if pair is None and shadowed is None:
             return None
-        merged, instances = await self.merged(rollout)
-        if pair is None:  # a dark launch: shadow figures to show, nobody to protect
+        dark = pair is None  # a dark launch: shadow figures to show, nobody to protect
+        if pair is None:
             pair = Cohorts(str(shadowed), rollout.stable, watching=False)
-            found = replace(verdict(merged.get(pair.test, Window()),
-                                    merged.get(pair.baseline, Window()), rollout.guard),
-                            outcome=Outcome.NO_VERDICT,
+        merged, instances = await self.merged(rollout)
+        found = verdict(merged.get(pair.test, Window()), merged.get(pair.baseline, Window()),
+                        rollout.guard)
+        if dark:
+            found = replace(found, outcome=Outcome.NO_VERDICT,
                             reason=f"nothing to judge: {pair.test} takes no users yet "
                                    "(shadow traffic only)")
-        else:
-            found = verdict(merged.get(pair.test, Window()), merged.get(pair.baseline, Window()),
-                            rollout.guard)
         status = GuardStatus(revision=rollout.revision, at=now.isoformat(timespec="seconds"),
                              test=pair.test, baseline=pair.baseline, watching=pair.watching,
                              outcome=found.outcome, reason=found.reason, figures=found.figures,

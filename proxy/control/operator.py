@@ -11,13 +11,14 @@ from functools import partial
 
 import msgspec
 
-from proxy.control.verdicts import GuardStatus, RampStatus, guard_status, ramp_status
+from proxy.control.verdicts import GuardStatus, guard_status, ramp_status
 from proxy.state.base import AuditEntry, Change, RuleStore, quality_key
 from rollout_rules import ops
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, Decision, decide
 from rollout_rules.errors import ConflictError, RuleError
 from rollout_rules.model import Rollout
+from rollout_rules.ramp import RampPlan
 
 RESTORED_TOTAL = 10_000
 
@@ -31,7 +32,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     coverage_cap_percent: float
     effective_percent: float
     guard: GuardStatus | None = None  # the guard's last verdict on this revision
-    ramp: RampStatus | None = None  # the guarded ramp, if one is planned
+    ramp: RampPlan | None = None  # the guarded ramp, if one is planned
 
 
 class Explanation(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,7 +16,7 @@ import structlog
 from msgspec.structs import replace
 
 from proxy.control.operator import Operator, status_of
-from proxy.control.verdicts import guard_status, read_plan
+from proxy.control.verdicts import GuardStatus, read_plan
 from proxy.state.base import RuleStore
 from rollout_rules.errors import ConflictError, RuleError, TransitionError
 from rollout_rules.model import Rollout
@@ -32,7 +32,10 @@ class RampScheduler:
         self.store, self.instance, self.tick_s = store, instance, tick_s
         self.operator = Operator(store, RAMP_ACTOR)
 
-    async def tick(self, rollout: Rollout) -> RampPlan | None:
+    async def tick(self, rollout: Rollout, judged: GuardStatus | None = None
+                   ) -> RampPlan | None:
+        """Carry out the plan's next move if this instance leads; ``judged`` is the verdict
+        the guard loop just reached (it counts only for the revision the leader reads)."""
         raw = await self.store.ramp(rollout.alias)
         plan = None if raw is None else read_plan(raw)
         if plan is None or plan.state is not RampState.RUNNING:
@@ -41,11 +44,12 @@ class RampScheduler:
                                            max(3 * self.tick_s, 3.0)):
             return plan
         current = await self.store.get(rollout.alias)  # the leader acts on the stored rule
-        guard = await guard_status(self.store, current)
+        outcome = judged.outcome if judged is not None and \
+            judged.revision == current.revision else None
         cap = status_of(current, await self.store.coverage(
             current.alias, current.coverage_gate.basis)).coverage_cap_percent
         now = datetime.now(UTC)
-        found = next_move(plan, current, guard.outcome if guard else None, cap, now)
+        found = next_move(plan, current, outcome, cap, now)
         if found.move is Move.ADVANCE and found.percent is not None:
             plan = await self._advance(plan, current, found.percent, found.note, now)
         elif found.move is Move.FINISH:

@@ -47,9 +47,6 @@ async def guard_status(store: RuleStore, rollout: Rollout) -> GuardStatus | None
     return status if status.revision == rollout.revision else None
 
 
-RampStatus = RampPlan
-
-
 async def ramp_status(store: RuleStore, rollout: Rollout) -> RampPlan | None:
     """The alias's guarded ramp plan, if one was ever made."""
     raw = await store.ramp(rollout.alias)

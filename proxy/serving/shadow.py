@@ -23,7 +23,7 @@ import structlog
 
 from proxy.serving.cohorts import CohortRecorder
 from proxy.telemetry import Metrics
-from proxy.vectors.base import PointId, same_point_ids
+from proxy.vectors.base import Hit, PointId, same_point_ids
 from rollout_rules.errors import BackendError, ModelError
 from rollout_rules.guard import shadow_target
 from rollout_rules.model import Rollout, Version
@@ -50,7 +50,7 @@ class Shadow:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def maybe(self, source: Source, rollout: Rollout, query: Query,
-              hits: Sequence[object]) -> None:
+              hits: Sequence[Hit]) -> None:
         """Start a shadow of ``query`` if the rule asks for one and this query is drawn."""
         share = rollout.guard.shadow_share
         if share <= 0 or random.random() >= share:
@@ -61,14 +61,14 @@ class Shadow:
         if len(self.tasks) >= self.concurrency:
             self.metrics.child(self.metrics.shadows, rollout.alias, target, "dropped").inc()
             return
-        ids = [getattr(hit, "id", None) for hit in hits]
+        ids = [hit.id for hit in hits]
         task = asyncio.create_task(self._run(source, rollout, rollout.version(target), query,
                                              ids))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, source: Source, rollout: Rollout, version: Version, query: Query,
-                   stable_ids: list[PointId | None]) -> None:
+                   stable_ids: list[PointId]) -> None:
         alias, metrics = rollout.alias, self.metrics
         k = min(TOP_K, query.request.limit)
         deadline = asyncio.get_running_loop().time() + source.deadline_s
@@ -112,10 +112,12 @@ def overlap_at(a: Sequence[object], b: Sequence[object], k: int) -> float:
 
 def rank_correlation(a: Sequence[object], b: Sequence[object]) -> float | None:
     """Spearman's rho of the ids both lists hold, by their ranks in each; None under two."""
-    common = [item for item in a if item in set(b)]
+    in_b = set(b)
+    common = [item for item in a if item in in_b]
     n = len(common)
     if n < 2:
         return None
-    rank_b = {item: i for i, item in enumerate(item for item in b if item in set(common))}
+    shared = set(common)
+    rank_b = {item: i for i, item in enumerate(item for item in b if item in shared)}
     squared = sum((i - rank_b[item]) ** 2 for i, item in enumerate(common))
     return 1 - 6 * squared / (n * (n * n - 1))
