@@ -7,7 +7,6 @@ to each instance's rules.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from loadtest.bench_proxy import free_port
 from proxy.web.keys import WATCHER
 from rollout_rules.model import GuardPolicy
 from tests.integration.alerting.conftest import install_missing
@@ -26,12 +26,6 @@ from tests.paths import REPO
 
 ALERTING = REPO / "deploy" / "alerting"
 CANDIDATE_ROUTED = ("bucket_in", "fallback")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fast_rules(directory: Path) -> Path:
