@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 from aiohttp import web
 from msgspec.structs import replace
 
+from loadtest.bench_proxy import free_port
 from proxy.config import Settings, load_settings
 from proxy.ingest.backfill import DEFAULT_RATE, Backfill, Options
 from proxy.ingest.documents import Document
@@ -143,9 +143,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 async def live(args: argparse.Namespace, settings: Settings, *, rules: RedisRuleStore,
                store: EdgeStore, models: ModelCache, base: Rollout) -> dict[str, object]:
     """Query latency without a backfill, then during one at the default rate."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     app_settings = Settings(admin_token=TOKEN, redis_prefix="bench", port=port,
                             data_dir=str(settings.data_path), popularity_sample=0.2)
     app = make_app(app_settings, Deps(rules_store=rules, vector_store=store,

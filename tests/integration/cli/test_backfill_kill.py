@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
+from loadtest.bench_proxy import free_port
 from proxy.cli.main import main
 from proxy.config import Settings
 from proxy.models.catalog import default_rollout
@@ -44,9 +44,7 @@ class Proxy:
         self.data = tmp_path / "data"
         self.data.mkdir()
         (self.data / "models").symlink_to(models_dir)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
+        self.port = free_port()
         self.env = {**os.environ, "EMBEDSHIFT_DATA_DIR": str(self.data),
                     "EMBEDSHIFT_PORT": str(self.port), "REDIS_URL": redis_url,
                     "EMBEDSHIFT_REDIS_PREFIX": prefix, "EMBEDSHIFT_ADMIN_TOKEN": TOKEN,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from loadtest.bench_proxy import free_port
 from proxy.state.redis_server import EmbeddedRedis
 from tests.paths import REPO
 
@@ -36,9 +36,7 @@ def serving(tmp_path: Path, models_dir: Path) -> Iterator[Serving]:
     data = tmp_path / "data"
     data.mkdir()
     (data / "models").symlink_to(models_dir)  # built once per test session, not again here
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     env = {**os.environ, "EMBEDSHIFT_DATA_DIR": str(data), "EMBEDSHIFT_PORT": str(port),
            "EMBEDSHIFT_DRAIN_S": str(DRAIN_S), "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_S)}
     for name in ("REDIS_URL", "QDRANT_URL"):
