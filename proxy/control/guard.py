@@ -29,6 +29,7 @@ from proxy.control.operator import Operator
 from proxy.control.ramp import RampScheduler
 from proxy.control.verdicts import INSTANCE_PREFIX, VERDICT_FIELD, GuardStatus, InstanceCounts
 from proxy.state.base import RuleStore
+from proxy.tasks import cancel_and_wait
 from proxy.telemetry import Metrics
 from rollout_rules.errors import ConflictError, EmbedshiftError, StoreUnavailable
 from rollout_rules.guard import (
@@ -60,26 +61,19 @@ class GuardLoop:
         self.ramp = ramp
         self.operator = Operator(store, GUARD_ACTOR)
         self._task: asyncio.Task[None] | None = None
-        self._stopped = False
 
     def start(self) -> None:
         if self.tick_s > 0:
             self._task = asyncio.create_task(self._run(), name="guard")
 
     async def stop(self) -> None:
-        """Cancel the loop and wait for it, boundedly: a cancellation that lands inside the
-        Redis client mid-command can be swallowed there, so the loop also checks a flag."""
-        self._stopped = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=max(5.0, 3 * self.tick_s))
+            await cancel_and_wait([self._task])
 
     async def _run(self) -> None:
-        while not self._stopped:
+        while True:
             await asyncio.sleep(self.tick_s)
             for rollout in list(self.rollouts().values()):
-                if self._stopped:
-                    return
                 try:
                     judged = await self.tick(rollout)
                     if self.ramp is not None:

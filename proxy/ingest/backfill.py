@@ -29,6 +29,7 @@ from proxy.ingest.documents import (
 )
 from proxy.ingest.writer import Coverage, Ingestor
 from proxy.state.jobs import BackfillQueue, Claim, JobStatus
+from proxy.tasks import cancel_and_wait
 from proxy.vectors.base import scroll_all
 from rollout_rules.errors import BackendError, ModelError, RuleError, StoreUnavailable
 from rollout_rules.model import Rollout, Version
@@ -212,10 +213,7 @@ class Backfill:
     async def stop(self, rollout: Rollout) -> Progress:
         """Stop this process's workers (what they leased returns to the queue when the lease
         expires); the plan stays in Redis, so ``start`` resumes it."""
-        tasks = self.tasks.pop(rollout.alias, [])
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks.pop(rollout.alias, []))
         if rollout.candidate is not None:
             with contextlib.suppress(StoreUnavailable):
                 await self.queues(rollout.alias, rollout.candidate).set_stopped(True)
@@ -243,11 +241,7 @@ class Backfill:
                         skipped=self.skipped.get(rollout.alias, 0), coverage=coverage)
 
     async def close(self) -> None:
-        for tasks in self.tasks.values():
-            for task in tasks:
-                task.cancel()
-        await asyncio.gather(*(t for ts in self.tasks.values() for t in ts),
-                             return_exceptions=True)
+        await cancel_and_wait(t for ts in self.tasks.values() for t in ts)
         self.tasks.clear()
 
 

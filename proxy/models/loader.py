@@ -20,6 +20,7 @@ import structlog
 
 from proxy.models.catalog import resolve
 from proxy.models.encoders import Encoder, OnnxModel, QueryEncoder, TextModel
+from proxy.tasks import cancel_and_wait
 from rollout_rules.errors import ModelError
 from rollout_rules.model import Rollout, Version
 
@@ -85,6 +86,4 @@ class Encoders:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)

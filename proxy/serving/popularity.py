@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import structlog
 
 from proxy.state.base import RuleStore
+from proxy.tasks import cancel_and_wait
 from proxy.vectors.base import Hit, same_point_ids
 from rollout_rules.errors import StoreUnavailable
 from rollout_rules.model import Rollout, Version
@@ -66,9 +67,7 @@ class HitRecorder:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         with contextlib.suppress(StoreUnavailable):
             await self.flush()

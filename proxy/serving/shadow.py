@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from proxy.serving.cohorts import CohortRecorder
+from proxy.tasks import cancel_and_wait
 from proxy.telemetry import Metrics
 from proxy.vectors.base import Hit, PointId, same_point_ids
 from rollout_rules.errors import BackendError, ModelError
@@ -97,9 +98,7 @@ class Shadow:
                 correlation)
 
     async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks)
 
 
 def overlap_at(a: Sequence[object], b: Sequence[object], k: int) -> float:

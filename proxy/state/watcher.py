@@ -25,6 +25,7 @@ from typing import TypeVar
 import structlog
 
 from proxy.state.base import RuleStore
+from proxy.tasks import cancel_and_wait
 from rollout_rules.errors import NotFoundError, RuleError, StoreUnavailable
 from rollout_rules.model import Rollout
 
@@ -62,15 +63,9 @@ class RuleWatcher:
                        asyncio.create_task(self._poll(), name="rules-poll")]
 
     async def stop(self) -> None:
-        """Cancel the background tasks, again and again until each has finished: on Python 3.11
-        ``asyncio.wait_for`` swallows a cancellation that arrives just as the call it waits on
-        completes (CPython gh-86296, fixed in 3.12), and redis-py wraps every command it sends in
-        one. A single cancel was lost that way in about one stop in four, and the task then
-        listened for ever."""
-        for task in self._tasks:
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.05)
+        """Cancel the background tasks until each has finished (a single cancel was lost in
+        about one stop in four: see ``proxy.tasks``)."""
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def refresh_all(self) -> None:
