@@ -26,6 +26,7 @@ import structlog
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rollout_rules.errors import RuleError
@@ -61,15 +62,20 @@ def tracer_provider(environ: Mapping[str, str], extra: SpanProcessor | None = No
                     ) -> TracerProvider:
     """A provider configured by the ``OTEL_*`` variables of ``environ`` (the mapping passed in,
     not the process environment), exporting by OTLP/HTTP when they name an endpoint, plus
-    ``extra`` (tests use an in-memory one)."""
+    ``extra`` (tests use an in-memory one). With neither, spans are not recorded at all, whatever
+    the sampler: nothing would read them."""
     check_sampler(environ)
     with sdk_environment(environ):
         resource = Resource.create()
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "embedshift"}))
-        provider = TracerProvider(resource=resource)
-        if environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or \
-                environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        exporting = bool(environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                         or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        # Nothing would receive a recorded span: record none (a span still gets its trace id,
+        # which answers and log lines carry). See loadtest.bench_proxy for what recording costs.
+        unread = not exporting and extra is None
+        provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF if unread else None)
+        if exporting:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

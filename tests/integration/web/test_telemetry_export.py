@@ -78,3 +78,15 @@ def test_only_the_mapping_configures_the_sdk(monkeypatch: pytest.MonkeyPatch) ->
         tracer_provider({"OTEL_TRACES_SAMPLER": "sometimes"})
     with pytest.raises(RuleError, match="OTEL_TRACES_SAMPLER_ARG"):
         tracer_provider({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"})
+
+
+def test_spans_are_recorded_only_when_something_receives_them() -> None:
+    unread = tracer_provider({"OTEL_TRACES_SAMPLER": "always_on"})
+    assert unread.sampler.get_description() == "AlwaysOffSampler"
+    span = unread.get_tracer("t").start_span("query")
+    assert not span.is_recording()
+    assert span.get_span_context().trace_id != 0  # answers and log lines still carry one
+    exported = tracer_provider({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    assert exported.sampler.get_description().startswith("ParentBased{root:AlwaysOnSampler")
+    assert exported.get_tracer("t").start_span("query").is_recording()
+    exported.shutdown()
