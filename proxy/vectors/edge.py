@@ -23,6 +23,7 @@ from qdrant_client import models
 
 from proxy.vectors.base import (
     DISTANCES,
+    RESERVED,
     CollectionInfo,
     Hit,
     PointId,
@@ -39,6 +40,9 @@ from rollout_rules.errors import BackendError, RuleError
 from rollout_rules.model import Target, Version
 
 SIDECAR = "embedshift-collection.json"
+ANSWER_PAYLOAD = edge.PayloadSelector.Exclude([RESERVED])
+"""What a search answer carries: the payload without our envelope (the source text, which can be
+long), left in the engine rather than converted and then dropped."""
 
 
 class EdgeStore:
@@ -94,7 +98,7 @@ class EdgeStore:
     async def search(self, target: Target, vector: VectorLike, limit: int,
                      query_filter: models.Filter | None, with_payload: bool) -> list[Hit]:
         request = edge.QueryRequest(
-            limit=limit, with_payload=with_payload,
+            limit=limit, with_payload=ANSWER_PAYLOAD if with_payload else False,
             query=edge.Query.Nearest(floats(vector), using=target.vector_name),
             filter=to_edge_filter(with_target(query_filter, target)))
         shard = await self._shard(target.collection)

@@ -13,6 +13,7 @@ from qdrant_client import AsyncQdrantClient, models
 
 from proxy.vectors.base import (
     DISTANCES,
+    RESERVED,
     CollectionInfo,
     Hit,
     PointId,
@@ -27,6 +28,9 @@ from proxy.vectors.base import (
 )
 from rollout_rules.errors import BackendError
 from rollout_rules.model import Target, Version
+
+ANSWER_PAYLOAD = models.PayloadSelectorExclude(exclude=[RESERVED])
+"""A search answer's payload, without our envelope (the source text): the server never sends it."""
 
 
 class ServerStore:
@@ -46,7 +50,8 @@ class ServerStore:
         with backend_errors(target.collection, "search"):
             response = await self.client.query_points(
                 target.collection, query=floats(vector), using=target.vector_name, limit=limit,
-                query_filter=with_target(query_filter, target), with_payload=with_payload)
+                query_filter=with_target(query_filter, target),
+                with_payload=ANSWER_PAYLOAD if with_payload else False)
         return [hit(p, with_payload) for p in response.points]
 
     async def ensure_collection(self, target: Target, version: Version) -> None:

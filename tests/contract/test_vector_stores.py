@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proxy.vectors.base import PointIn, VectorStore, mismatches, parse_filter
+from proxy.vectors.base import RESERVED, PointIn, VectorStore, mismatches, parse_filter
 from proxy.vectors.edge import EdgeStore
 from proxy.vectors.memory import MemoryStore
 from rollout_rules.errors import BackendError, RuleError
@@ -39,12 +39,15 @@ async def test_versions_sharing_a_collection_see_only_their_points(store: Vector
     v2 = _version("v2", Target(collection="shared", vector_name="dense",
                                payload_match={"model_version": "v2"}))
     await store.ensure_collection(v1.target, v1)
-    await store.upsert(v1.target, [PointIn(i, vectors[i].tolist(), {"n": i}) for i in range(10)])
+    envelope = {RESERVED: {"text": "the source text"}}
+    await store.upsert(v1.target, [PointIn(i, vectors[i].tolist(), {"n": i, **envelope})
+                                   for i in range(10)])
     await store.upsert(v2.target, [PointIn(i, vectors[i].tolist(), {"n": i})
                                    for i in range(10, 20)])
     hits = await store.search(v1.target, vectors[3], 5, None, with_payload=True)
     assert hits[0].id == 3 and hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert all(h.payload is not None and h.payload["model_version"] == "v1" for h in hits)
+    assert hits[0].payload == {"n": 3, "model_version": "v1"}  # the envelope stays behind
     hits = await store.search(v2.target, vectors[3], 20, None, with_payload=False)
     assert {h.id for h in hits} <= set(range(10, 20)) and hits[0].payload is None
     in_range = parse_filter({"must": [{"key": "n", "range": {"gte": 12, "lt": 15}}]})
