@@ -109,7 +109,10 @@ class Searcher:
         self.unavailable = {**{k: v for k, v in self.unavailable.items() if k[0] != alias},
                             **{(alias, name): reason for name, reason in reasons.items()}}
 
-    async def search(self, alias: str, request: SearchRequest, random_key: str) -> SearchResponse:
+    async def search(self, alias: str, request: SearchRequest, random_key: str,
+                     span: trace.Span | None = None) -> SearchResponse:
+        """``span``: the request's own (default: the current one); its stages' spans are its
+        children, started only when it records."""
         started = time.perf_counter()
         rollout = self.rules.rollouts.get(alias)
         if rollout is None:
@@ -130,10 +133,10 @@ class Searcher:
             raise RuleError("version", f"{request.version!r} cannot be requested for {alias} "
                                        f"(declared: {rollout.version_names}; overrides "
                                        f"{allowed})")
-        span = trace.get_current_span()
+        span = span if span is not None else trace.get_current_span()
         deadline = asyncio.get_running_loop().time() + self.deadline_s  # for both attempts
         query = Query(text, request, query_filter, coverage, deadline, rollout.revision,
-                      rollout.guard.max_p99_ms)
+                      rollout.guard.max_p99_ms, span.is_recording())
         cohorts = self.cohorts
         try:
             found = await self.find(alias, rollout.version(decision.version), query)
@@ -190,13 +193,14 @@ class Searcher:
         try:
             vector, cache_hit = await encoder.encode(text)
         except BaseException as exc:  # cancelled at the deadline too: the trace shows where
-            self._stage_span("encode", SpanKind.INTERNAL, started, stage, exc)
+            if query.traced:
+                self._stage_span("encode", SpanKind.INTERNAL, started, stage, exc)
             raise
         searching = time.time_ns()
         metrics.child(metrics.encode_latency, alias, version.name).observe(
             (searching - started) / 1e9)
         metrics.child(metrics.cache, alias, version.name, "hit" if cache_hit else "miss").inc()
-        if not cache_hit:  # a cached vector costs a dict lookup: no span for that
+        if query.traced and not cache_hit:  # a cached vector costs a dict lookup: no span
             self._stage_span("encode", SpanKind.INTERNAL, started, stage)
         stage = {**stage, Attr.DB_SYSTEM: "qdrant", Attr.DB_OPERATION: "query",
                  Attr.DB_COLLECTION: version.target.collection}
@@ -206,15 +210,17 @@ class Searcher:
         except BaseException as exc:
             if isinstance(exc, BackendError):
                 metrics.child(metrics.errors, alias, version.name, "search").inc()
-            self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
-                             stage, exc)
+            if query.traced:
+                self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT,
+                                 searching, stage, exc)
             raise
         searched = time.time_ns() - searching
         metrics.child(metrics.search_latency, alias, version.name).observe(searched / 1e9)
         self.cohorts.searched(alias, query.revision, version.name, searched / 1e6,
                               query.slow_ms)
-        self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
-                         {**stage, Attr.HIT_COUNT: len(hits)})
+        if query.traced:
+            self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
+                             {**stage, Attr.HIT_COUNT: len(hits)})
         return Found(hits, result_cached=False, vector_cached=cache_hit)
 
     def _stage_span(self, name: str, kind: SpanKind, start_ns: int,
@@ -239,15 +245,15 @@ class Searcher:
         metrics.child(metrics.results, alias, version.name,
                       "hit" if found.result_cached else "miss").inc()
         metrics.child(metrics.effective_percent, alias).set(decision.effective_percent)
-        attributes: dict[str, str | int | float | bool] = {
-            Attr.ALIAS: alias, Attr.VERSION: version.name, Attr.MODEL_ID: version.model,
-            Attr.REASON: str(decision.reason), Attr.RULE_REVISION: str(decision.revision),
-            Attr.BUCKET: decision.bucket if decision.bucket is not None else -1,
-            Attr.EFFECTIVE_PERCENT: decision.effective_percent,
-            Attr.DB_COLLECTION: version.target.collection, Attr.HIT_COUNT: len(hits),
-            Attr.CACHE_HIT: found.vector_cached, Attr.RESULT_CACHE_HIT: found.result_cached,
-            Attr.PROVIDER: "embedshift"}
-        span.set_attributes(attributes)
+        if span.is_recording():  # an unsampled query pays nothing for its attributes
+            span.set_attributes({
+                Attr.ALIAS: alias, Attr.VERSION: version.name, Attr.MODEL_ID: version.model,
+                Attr.REASON: str(decision.reason), Attr.RULE_REVISION: str(decision.revision),
+                Attr.BUCKET: decision.bucket if decision.bucket is not None else -1,
+                Attr.EFFECTIVE_PERCENT: decision.effective_percent,
+                Attr.DB_COLLECTION: version.target.collection, Attr.HIT_COUNT: len(hits),
+                Attr.CACHE_HIT: found.vector_cached, Attr.RESULT_CACHE_HIT: found.result_cached,
+                Attr.PROVIDER: "embedshift"})
         if self.hits is not None:
             self.hits.record(rollout, version, hits)
         trace_id = format(span.get_span_context().trace_id, "032x")
@@ -274,6 +280,7 @@ class Query(NamedTuple):
     deadline: float  # loop time by which both attempts must be done
     revision: int  # of the rule that decided it: the guard's cohorts are per revision
     slow_ms: float  # a store search longer than this counts as slow (the guard's p99 bound)
+    traced: bool  # the request's span records: its stages get spans (else none is started)
 
 
 class Found(NamedTuple):

@@ -57,9 +57,11 @@ async def search(request: web.Request) -> web.Response:
     span = request.app[TRACER].start_span(SPAN_NAME, kind=SpanKind.SERVER,
                                           context=incoming_context(request))
     request[TRACE_ID] = format(span.get_span_context().trace_id, "032x")
-    token = context.attach(trace.set_span_in_context(span))
+    # current only when it records: its stages' spans are then its children (and the shadow
+    # task's, which copies the context); an unsampled span is handed over, never attached
+    token = context.attach(trace.set_span_in_context(span)) if span.is_recording() else None
     try:  # the answer sets the span's attributes, the alias among them, in one call
-        answer = await searcher.search(alias, body, random_key())
+        answer = await searcher.search(alias, body, random_key(), span)
     except TimeoutError as exc:
         span.set_attribute(Attr.ALIAS, alias)
         span.set_status(StatusCode.ERROR, "deadline exceeded")
@@ -71,6 +73,7 @@ async def search(request: web.Request) -> web.Response:
             span.set_status(StatusCode.ERROR, str(exc))
         raise
     finally:
-        context.detach(token)
+        if token is not None:
+            context.detach(token)
         span.end()
     return json_response(answer)
