@@ -31,8 +31,25 @@ _encode = msgspec.json.Encoder().encode
 def result_key(version: Version, text: str, limit: int, raw_filter: dict[str, Any] | None,
                with_payload: bool) -> Key:
     """What decides a version's answer; ``text`` is already whitespace-normalised."""
-    return (_encode(version), text, limit, b"" if raw_filter is None else _encode(raw_filter),
-            with_payload)
+    return (_envelope(version), text, limit,
+            b"" if raw_filter is None else _encode(raw_filter), with_payload)
+
+
+_envelopes: dict[int, tuple[Version, bytes]] = {}
+
+
+def _envelope(version: Version) -> bytes:
+    """The version encoded, once per version object (the rules snapshot keeps the same objects
+    until a rule changes); the object itself is kept beside it, so an id reused by another
+    object never matches."""
+    known = _envelopes.get(id(version))
+    if known is not None and known[0] is version:
+        return known[1]
+    if len(_envelopes) >= 1024:  # rule changes leave old versions behind: start afresh
+        _envelopes.clear()
+    encoded = _encode(version)
+    _envelopes[id(version)] = (version, encoded)
+    return encoded
 
 
 class ResultCache:
