@@ -168,6 +168,7 @@ def measure(layout: Layout, args: argparse.Namespace) -> list[tuple[str, float]]
     try:
         workers = default_threads()
         model = OnnxModel(MODELS / "paraphrase-MiniLM-L3-v2", threads=1)
+        raw_encoder(model, 1.0, workers)  # the first runs grow onnxruntime's arena: not timed
         raw = raw_encoder(model, args.seconds, workers)
         batched = asyncio.run(micro_batched(model, args.seconds, workers))
     finally:
