@@ -36,8 +36,11 @@ async def read_body(request: web.Request, max_bytes: int = MAX_BODY_BYTES) -> by
             text="this Content-Encoding is not supported: send identity, gzip or deflate")
     timeout_s = request.app[SETTINGS].body_timeout_s
     try:
-        async with asyncio.timeout(timeout_s):
+        if request.content.is_eof():  # all there already (the usual small body): no timer
             body = await request.read()
+        else:
+            async with asyncio.timeout(timeout_s):
+                body = await request.read()
         if len(body) > max_bytes:  # chunked, or decompressed past the limit
             raise web.HTTPRequestEntityTooLarge(max_bytes, len(body))
         return body
