@@ -6,8 +6,9 @@ conventions for the rollout decision (the alias is the flag, the model version i
 log keys are short names instead (``alias``, ``version``, ``reason``; ``model_version`` in the log
 line), as Prometheus and log readers expect. Traces go to an OTLP/HTTP collector when the standard
 ``OTEL_EXPORTER_OTLP_*`` variables name an endpoint, configured by the SDK itself (headers,
-timeouts, compression, resource attributes, sampler); metrics are Prometheus, on a registry of the
-app's own.
+timeouts, compression, resource attributes, sampler); with none, no span is recorded (trace ids
+are still made, for answers and log lines). Metrics are Prometheus, on a registry of the app's
+own.
 """
 
 from __future__ import annotations
