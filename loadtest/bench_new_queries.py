@@ -16,7 +16,8 @@ Each query is text never seen before, so each costs one forward pass; the demo's
 Each runs in two layouts: every CPU shared by all (the load generator competes with the proxy,
 as on one box), and, with two CPUs or more, the load generator alone on the first CPU and the
 proxy (and its ceiling) on the others: the proxy's own cost against the encoder's. It prints
-each figure and its ratio to (1) of its layout. Loopback only, bounded in time.
+each figure and its ratio to (1) of its layout, and the CPU the proxy process spent during (3)
+in its event loop and in its other threads (from /proc). Loopback only, bounded in time.
 """
 
 from __future__ import annotations
@@ -108,8 +109,17 @@ end
 """
 
 
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time (user + system) of a process, or of one of its threads, so far."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def end_to_end(seconds: float, connections: int, proxy_cpus: set[int] | None,
-               load_cpus: set[int] | None) -> tuple[float, str]:
+               load_cpus: set[int] | None) -> tuple[float, str, tuple[float, float]]:
+    """Queries/s, what wrk said of errors, and the share of a CPU the proxy process used
+    meanwhile in its event loop (the main thread) and in all its other threads."""
     data_dir = tempfile.mkdtemp(prefix="embedshift-newq-")
     if MODELS.is_dir():
         shutil.copytree(MODELS, Path(data_dir) / "models", ignore=shutil.ignore_patterns(".*"))
@@ -118,11 +128,16 @@ def end_to_end(seconds: float, connections: int, proxy_cpus: set[int] | None,
                     f"http://127.0.0.1:{port}/readyz", cpus=proxy_cpus)
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(WRK_SCRIPT % (", ".join(f'"{w}"' for w in WORDS), FIRST))
+    pid = process.pid  # taskset execs the server: same process
     try:
+        loop_before, all_before, begun = cpu_seconds(pid, pid), cpu_seconds(pid), time.time()
         output = subprocess.run(
             [*pinned(load_cpus), "wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s",
              str(script), f"http://127.0.0.1:{port}/v1/aliases/products/search"],
             capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+        elapsed = time.time() - begun
+        loop = (cpu_seconds(pid, pid) - loop_before) / elapsed
+        others = (cpu_seconds(pid) - all_before) / elapsed - loop
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -133,7 +148,7 @@ def end_to_end(seconds: float, connections: int, proxy_cpus: set[int] | None,
         shutil.rmtree(data_dir, ignore_errors=True)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return rps, f"{errors[1]} non-2xx" if errors else "all 2xx"
+    return rps, f"{errors[1]} non-2xx" if errors else "all 2xx", (loop, others)
 
 
 class Layout(NamedTuple):
@@ -160,9 +175,16 @@ def layouts(everything: set[int]) -> list[Layout]:
                            {first})]
 
 
-def measure(layout: Layout, args: argparse.Namespace) -> list[tuple[str, float]]:
-    """(label, queries/s) of (1), (2), (3), the main thread pinned to the layout's proxy CPUs
-    while (1) and (2) run (threads started meanwhile inherit it)."""
+class Result(NamedTuple):
+    rows: list[tuple[str, float]]  # (label, queries/s) of (1), (2), (3)
+    loop: float  # share of a CPU the proxy's event loop used during (3)
+    others: float  # and all its other threads (encoders, engine, exporter)
+    per_query_ms: float  # the event loop's CPU per query of (3)
+
+
+def measure(layout: Layout, args: argparse.Namespace) -> Result:
+    """(1), (2), (3) of one layout, the main thread pinned to the layout's proxy CPUs while (1)
+    and (2) run (threads started meanwhile inherit it)."""
     everything = os.sched_getaffinity(0)
     os.sched_setaffinity(0, layout.proxy)
     try:
@@ -173,11 +195,13 @@ def measure(layout: Layout, args: argparse.Namespace) -> list[tuple[str, float]]
         batched = asyncio.run(micro_batched(model, args.seconds, workers))
     finally:
         os.sched_setaffinity(0, everything)
-    http, note = end_to_end(args.seconds, args.connections, layout.proxy, layout.load)
-    return [(f"(1) raw encoder, {workers} worker{'s' * (workers > 1)} x 1 thread, "
-             "batches of 32 (ceiling)", raw),
-            ("(2) the proxy's micro-batcher in-process, 256 in flight", batched),
-            (f"(3) serve over HTTP, wrk -c{args.connections} ({note})", http)]
+    http, note, (loop, others) = end_to_end(args.seconds, args.connections, layout.proxy,
+                                            layout.load)
+    return Result([(f"(1) raw encoder, {workers} worker{'s' * (workers > 1)} x 1 thread, "
+                    "batches of 32 (ceiling)", raw),
+                   ("(2) the proxy's micro-batcher in-process, 256 in flight", batched),
+                   (f"(3) serve over HTTP, wrk -c{args.connections} ({note})", http)],
+                  loop, others, loop / http * 1000)
 
 
 def main() -> None:
@@ -190,14 +214,16 @@ def main() -> None:
     results = [(layout, measure(layout, args)) for layout in layouts(os.sched_getaffinity(0))]
     print(f"every query new, paraphrase-MiniLM-L3-v2, {args.seconds:g} s per row\n")
     print(f"{'path':64} {'queries/s':>10} {'of (1)':>7}")
-    for layout, rows in results:
+    for layout, result in results:
         print(f"{layout.title}:")
-        raw = rows[0][1]
-        for label, value in rows:
+        raw = result.rows[0][1]
+        for label, value in result.rows:
             print(f"  {label:62} {value:>10.0f} {value / raw:>7.0%}")
+        print(f"  during (3) the proxy's event loop used {result.loop:.0%} of a CPU "
+              f"({result.per_query_ms:.2f} ms a query), its other threads {result.others:.0%}")
     print()
-    for layout, rows in results:
-        ratio = rows[2][1] / rows[0][1]
+    for layout, result in results:
+        ratio = result.rows[2][1] / result.rows[0][1]
         print(f"end to end, {layout.title}: {ratio:.0%} of the raw encoder "
               f"(target >= 90%: {'met' if ratio >= 0.9 else 'NOT met'})")
 
