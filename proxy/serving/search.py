@@ -193,15 +193,14 @@ class Searcher:
         try:
             vector, cache_hit = await encoder.encode(text)
         except BaseException as exc:  # cancelled at the deadline too: the trace shows where
-            if query.traced:
-                self._stage_span("encode", SpanKind.INTERNAL, started, stage, exc)
+            self._stage_span(query, "encode", SpanKind.INTERNAL, started, stage, error=exc)
             raise
         searching = time.time_ns()
         metrics.child(metrics.encode_latency, alias, version.name).observe(
             (searching - started) / 1e9)
         metrics.child(metrics.cache, alias, version.name, "hit" if cache_hit else "miss").inc()
-        if query.traced and not cache_hit:  # a cached vector costs a dict lookup: no span
-            self._stage_span("encode", SpanKind.INTERNAL, started, stage)
+        if not cache_hit:  # a cached vector costs a dict lookup: no span for that
+            self._stage_span(query, "encode", SpanKind.INTERNAL, started, stage)
         stage = {**stage, Attr.DB_SYSTEM: "qdrant", Attr.DB_OPERATION: "query",
                  Attr.DB_COLLECTION: version.target.collection}
         try:
@@ -210,23 +209,25 @@ class Searcher:
         except BaseException as exc:
             if isinstance(exc, BackendError):
                 metrics.child(metrics.errors, alias, version.name, "search").inc()
-            if query.traced:
-                self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT,
-                                 searching, stage, exc)
+            self._stage_span(query, f"search {version.target.collection}", SpanKind.CLIENT,
+                             searching, stage, error=exc)
             raise
         searched = time.time_ns() - searching
         metrics.child(metrics.search_latency, alias, version.name).observe(searched / 1e9)
         self.cohorts.searched(alias, query.revision, version.name, searched / 1e6,
                               query.slow_ms)
-        if query.traced:
-            self._stage_span(f"search {version.target.collection}", SpanKind.CLIENT, searching,
-                             {**stage, Attr.HIT_COUNT: len(hits)})
+        self._stage_span(query, f"search {version.target.collection}", SpanKind.CLIENT,
+                         searching, {**stage, Attr.HIT_COUNT: len(hits)})
         return Found(hits, result_cached=False, vector_cached=cache_hit)
 
-    def _stage_span(self, name: str, kind: SpanKind, start_ns: int,
-                    attributes: dict[str, Any], error: BaseException | None = None) -> None:
+    def _stage_span(self, query: Query, name: str, kind: SpanKind, start_ns: int,
+                    attributes: dict[str, Any], *, error: BaseException | None = None) -> None:
         """A child of the current span, recorded once the stage is over: it never becomes the
-        current span, so nothing is attached to or detached from the context per stage."""
+        current span, so nothing is attached to or detached from the context per stage. None
+        when the query's span does not record (it is then not current either: a span started
+        here would be a root of its own)."""
+        if not query.traced:
+            return
         span = self.tracer.start_span(name, kind=kind, start_time=start_ns,
                                       attributes=attributes)
         if error is not None:

@@ -160,6 +160,20 @@ async def test_a_trace_continues_and_spans_carry_the_model_version(proxies: Prox
         in metrics
 
 
+async def test_an_unsampled_trace_records_no_span_at_all(proxies: ProxyFactory) -> None:
+    """The caller's trace is not sampled: the server span does not record, and the stages start
+    no spans of their own (they would be roots of new, sampled traces)."""
+    await proxies.declare(percent=100)
+    proxy = await proxies.start(result_cache_ttl_s=0)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = await proxy.client.post(
+        "/v1/aliases/products/search", json={"query": "a stove never asked", "user_id": "z"},
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"})
+    assert response.status == 200
+    assert (await response.json())["trace_id"] == trace_id
+    assert proxy.spans.get_finished_spans() == ()
+
+
 async def test_repeated_queries_hit_the_vector_cache(proxies: ProxyFactory) -> None:
     await proxies.declare()
     proxy = await proxies.start(result_cache_ttl_s=0)  # every query reaches the encoder
