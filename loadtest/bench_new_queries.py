@@ -26,9 +26,7 @@ import argparse
 import asyncio
 import itertools
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from loadtest.bench_proxy import free_port, pinned, start
+from loadtest.bench_proxy import free_port, start, wrk
 from proxy.models.encoders import OnnxModel, QueryEncoder, default_threads
 
 WORDS = ("warm", "tent", "boots", "stove", "trail", "winter", "kids", "fleece", "helmet", "snow",
@@ -126,29 +124,23 @@ def end_to_end(seconds: float, connections: int, proxy_cpus: set[int] | None,
     port = free_port()
     process = start(["serve-full", str(port), data_dir, "EMBEDSHIFT_RESULT_CACHE_TTL_S=0"],
                     f"http://127.0.0.1:{port}/readyz", cpus=proxy_cpus)
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(WRK_SCRIPT % (", ".join(f'"{w}"' for w in WORDS), FIRST))
+    script = WRK_SCRIPT % (", ".join(f'"{w}"' for w in WORDS), FIRST)
     pid = process.pid  # taskset execs the server: same process
     try:
         loop_before, all_before, begun = cpu_seconds(pid, pid), cpu_seconds(pid), time.time()
-        output = subprocess.run(
-            [*pinned(load_cpus), "wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s",
-             str(script), f"http://127.0.0.1:{port}/v1/aliases/products/search"],
-            capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+        rps, note = wrk(script, f"http://127.0.0.1:{port}/v1/aliases/products/search", seconds,
+                        connections, load_cpus)
         elapsed = time.time() - begun
         loop = (cpu_seconds(pid, pid) - loop_before) / elapsed
         others = (cpu_seconds(pid) - all_before) / elapsed - loop
     finally:
         process.terminate()
         process.wait(timeout=30)
-        script.unlink()
         from proxy.state.redis_server import EmbeddedRedis
 
         EmbeddedRedis(Path(data_dir), {}).stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return rps, f"{errors[1]} non-2xx" if errors else "all 2xx", (loop, others)
+    return rps, note, (loop, others)
 
 
 class Layout(NamedTuple):

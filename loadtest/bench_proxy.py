@@ -127,20 +127,30 @@ def body(i: int) -> dict[str, object]:
     return {**BODY, "query": QUERIES[i % len(QUERIES)], "user_id": f"u{i % 50}"}
 
 
-def wrk_throughput(url: str, seconds: int, connections: int) -> tuple[float, str]:
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    bodies = ", ".join(json.dumps(json.dumps(body(i))) for i in range(500))
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"local bodies = {{{bodies}}}\nlocal i = 0\n"
-                      "request = function()\n  i = i % #bodies + 1\n"
-                      "  return wrk.format(nil, nil, nil, bodies[i])\nend\n")
-    output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s",
-                             str(script), url], capture_output=True, text=True, check=True,
-                            timeout=seconds + 30).stdout
-    script.unlink()
+def wrk(script: str, url: str, seconds: float, connections: int,
+        cpus: set[int] | None = None) -> tuple[float, str]:
+    """Requests/s of ``wrk`` (one thread, closed loop) running the Lua ``script`` against
+    ``url`` (on ``cpus`` only, if given), and what it said of non-2xx answers."""
+    path = Path(tempfile.mkstemp(suffix=".lua")[1])
+    path.write_text(script)
+    try:
+        output = subprocess.run(
+            [*pinned(cpus), "wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s",
+             str(path), url], capture_output=True, text=True, check=True,
+            timeout=seconds + 60).stdout
+    finally:
+        path.unlink()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return rps, f"{errors[1]} non-2xx" if errors else "all 2xx"
+
+
+def wrk_throughput(url: str, seconds: int, connections: int) -> tuple[float, str]:
+    bodies = ", ".join(json.dumps(json.dumps(body(i))) for i in range(500))
+    return wrk('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+               f"local bodies = {{{bodies}}}\nlocal i = 0\n"
+               "request = function()\n  i = i % #bodies + 1\n"
+               "  return wrk.format(nil, nil, nil, bodies[i])\nend\n", url, seconds, connections)
 
 
 async def python_throughput(url: str, seconds: float, connections: int) -> tuple[float, str]:
