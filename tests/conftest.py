@@ -1,4 +1,5 @@
-"""Session-wide fixtures: a real redis-server started by the tests themselves."""
+"""Session-wide fixtures: a real redis-server started by the tests themselves; hypothesis
+draws the same examples on every run."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from proxy.config import Settings
 from proxy.state.client import connect
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
+
+# A run fails for a reason, never for a draw: the same examples every run, no example database
+# carried between runs, and a failure prints the blob that reproduces it
+# (``@reproduce_failure``). HYPOTHESIS_PROFILE=explore draws new examples while hunting bugs.
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,17 @@ def request(port: int, method: str, path: str, body: bytes = b"", *,
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
-    status_line, _, rest = received.partition(b"\r\n")
-    raw_headers, _, payload = rest.partition(b"\r\n\r\n")
+    status_line, raw_headers, payload = _head(received)
+    while 100 <= int(status_line.split()[1]) < 200:  # an interim answer (100 Continue): read on
+        status_line, raw_headers, payload = _head(payload)
     fields = dict(line.decode("latin-1").split(": ", 1) for line in raw_headers.split(b"\r\n")
                   if b": " in line)
     return Answer(int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()},
                   payload)
+
+
+def _head(received: bytes) -> tuple[bytes, bytes, bytes]:
+    """An answer's status line, its header block and what follows the blank line."""
+    head, _, payload = received.partition(b"\r\n\r\n")
+    status_line, _, raw_headers = head.partition(b"\r\n")
+    return status_line, raw_headers, payload
