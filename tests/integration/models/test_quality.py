@@ -4,14 +4,18 @@ A wrong tokenizer, pooling or normalisation still returns numbers, just worse se
 catch it. Reference: MTEB reports nDCG@10 0.645 for all-MiniLM-L6-v2; paraphrase-MiniLM-L3-v2
 measures 0.513 here (no published figure). Encoding the 5,183 abstracts is the whole cost, so each
 model has its own fixture, and each test a timeout of at least three times what encoding took on a
-2-core machine (L3 134 s, L6 565 s, L6 int8 509 s, L6 added through ``models add`` alike; a test
-whose fixtures are not yet built pays for them too).
+2-core machine (L3 134 s, L6 565 s, L6 int8 509 s; a test whose fixtures are not yet built pays for
+them too). These carry the ``quality`` mark: ``pytest -m "not quality"`` is the quick loop.
+
+A model added through ``models add`` is the built-in's bytes read another way, so it is held to the
+built-in vector by vector on a sample of the corpus rather than by a second whole encoding.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from proxy.models.catalog import add_model
@@ -32,16 +36,6 @@ def _evaluate(models_dir: Path, name: str, dataset: Dataset) -> Scores:
 
 
 @pytest.fixture(scope="module")
-def l6_added(scifact: Dataset, wheel_folder: Path, tmp_path_factory: pytest.TempPathFactory
-             ) -> Scores:
-    """The default L6 folder (safetensors and sentence-transformers configs) through the
-    generic path a user's model takes: ``models add``, pooled by its 1_Pooling config."""
-    catalogue = tmp_path_factory.mktemp("catalogue")
-    add_model("l6-added", wheel_folder, catalogue)
-    return _evaluate(catalogue, "l6-added", scifact)
-
-
-@pytest.fixture(scope="module")
 def l6(scifact: Dataset, models_dir: Path) -> Scores:
     return _evaluate(models_dir, "all-MiniLM-L6-v2", scifact)
 
@@ -56,24 +50,36 @@ def l3(scifact: Dataset, models_dir: Path) -> Scores:
     return _evaluate(models_dir, "paraphrase-MiniLM-L3-v2", scifact)
 
 
+@pytest.mark.quality
 @pytest.mark.timeout(1800)
 def test_all_minilm_l6_reproduces_its_published_quality(l6: Scores) -> None:
     assert (l6.queries, l6.documents) == (300, 5183)
     assert l6.ndcg_at_10 == pytest.approx(0.645, abs=0.005)
 
 
-@pytest.mark.timeout(3600)
-def test_a_model_added_through_the_generic_path_matches_the_built_in(l6: Scores,
-                                                                    l6_added: Scores) -> None:
-    assert l6_added.ndcg_at_10 == pytest.approx(l6.ndcg_at_10, abs=0.001)
-    assert l6_added.ndcg_at_10 == pytest.approx(0.645, abs=0.005)
+def test_a_model_added_through_the_generic_path_matches_the_built_in(
+        scifact: Dataset, models_dir: Path, wheel_folder: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The default L6 folder (safetensors and sentence-transformers configs) through the
+    generic path a user's model takes (``models add``, pooled by its 1_Pooling config) gives
+    the built-in's vectors on every 20th abstract, the longest (truncated) ones included."""
+    catalogue = tmp_path_factory.mktemp("catalogue")
+    add_model("l6-added", wheel_folder, catalogue)
+    by_length = sorted(scifact.docs, key=len)
+    sample = scifact.docs[::20] + by_length[-20:]
+    built_in = OnnxModel(models_dir / "all-MiniLM-L6-v2", threads=default_threads())
+    added = OnnxModel(catalogue / "l6-added", threads=default_threads())
+    cosines = np.sum(built_in.embed_many(sample) * added.embed_many(sample), axis=1)
+    assert len(sample) == 280 and float(cosines.min()) >= 0.9999, float(cosines.min())
 
 
+@pytest.mark.quality
 @pytest.mark.timeout(600)
 def test_paraphrase_minilm_l3_gives_its_own_figure(l3: Scores) -> None:
     assert l3.ndcg_at_10 == pytest.approx(0.513, abs=0.005)
 
 
+@pytest.mark.quality
 @pytest.mark.timeout(3300)
 def test_int8_stays_within_the_quality_budget(l6: Scores, l6_int8: Scores) -> None:
     assert abs(l6_int8.ndcg_at_10 - l6.ndcg_at_10) <= 0.005
