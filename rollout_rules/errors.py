@@ -7,6 +7,7 @@
     ├── TransitionError    an operator action does not apply in the rollout's state (the core)
     ├── ConflictError      compare-and-set lost: the rule moved since it was read (rule stores)
     ├── NotFoundError      no rule for that alias (rule stores, the search path)
+    │   └── DocumentNotFound  no version of the alias holds that document id (deletes)
     ├── StoreUnavailable   the rule store cannot be reached (the Redis client, converting redis-py
     │                      and socket errors; the embedded redis-server when it cannot start)
     ├── ModelError         a model cannot be built or loaded: a missing file, a wrong hash, parts
@@ -61,6 +62,17 @@ class NotFoundError(EmbedshiftError):
     def __init__(self, alias: str) -> None:
         super().__init__(f"no rollout declared for alias {alias!r} (declare it with 'init')")
         self.alias = alias
+
+
+class DocumentNotFound(NotFoundError):
+    """No version of the alias holds a document with that id."""
+
+    def __init__(self, alias: str, doc_id: int | str) -> None:
+        EmbedshiftError.__init__(self, f"no document with id {doc_id!r} in any version of "
+                                       f"{alias!r} (ids are matched with their kind: 7 and "
+                                       f"\"7\" are different documents)")
+        self.alias = alias
+        self.doc_id = doc_id
 
 
 class StoreUnavailable(EmbedshiftError):

@@ -219,6 +219,22 @@ def _check_versions(rollout: Rollout) -> None:
                 f"version {names[i]!r} shares collection {target[0]!r} with another version "
                 "and no payload_match tells their points apart: their vectors would mix",
             )
+    _check_shared_vectors(rollout)
+
+
+def _check_shared_vectors(rollout: Rollout) -> None:
+    """Versions on one vector of one collection store vectors of one size and metric."""
+    first: dict[tuple[str, str | None], Version] = {}
+    for i, v in enumerate(rollout.versions):
+        other = first.setdefault((v.target.collection, v.target.vector_name), v)
+        if (other.dimensions, other.metric) != (v.dimensions, v.metric):
+            where = f"vector {v.target.vector_name!r}" if v.target.vector_name else \
+                "the unnamed vector"
+            raise RuleError(f"versions[{i}].target",
+                            f"version {v.name!r} ({v.dimensions}-d {v.metric}) shares {where} "
+                            f"of collection {v.target.collection!r} with {other.name!r} "
+                            f"({other.dimensions}-d {other.metric}); give it a vector_name "
+                            "of its own")
 
 
 def _check_references(rollout: Rollout) -> None:

@@ -198,9 +198,20 @@ async def backfill(args: argparse.Namespace, settings: Settings) -> Result:
         _, progress = await api.call("POST", path, options)
         if args.detach:
             return progress, render_progress(progress)
-        return await _watch(api, path, progress)
+        progress, text = await _watch(api, path, progress)
     finally:
         await api.close()
+    if progress["state"] != "done":  # failed, or stopped by someone: not what was asked
+        print(msgspec.json.encode(progress).decode() if args.json else text)
+        raise TransitionError(f"{args.alias}: the backfill {progress['state']} before it was "
+                              "done" + _why(progress) + f" (`embedshift backfill {args.alias}` "
+                              "resumes it)")
+    return progress, text
+
+
+def _why(progress: dict[str, Any]) -> str:
+    failed = (progress.get("job") or {}).get("failed")
+    return f": {failed}" if failed else ""
 
 
 async def _watch(api: Api, path: str, progress: dict[str, Any]) -> Result:
@@ -239,7 +250,7 @@ def _round(value: float | None) -> float | None:
 
 def render_progress(p: dict[str, Any]) -> str:
     job = p.get("job") or {}
-    lines = [f"backfill {p['alias']} -> {p['version']}: {p['state']}"
+    lines = [f"backfill {p['alias']} -> {p['version']}: {p['state']}{_why(p)}"
              + (f", {job.get('done_docs', 0)} of {job.get('total_docs', 0)} documents "
                 f"re-encoded" if job.get("exists") else "")
              + (f", {p['rate_docs_s']:.0f} docs/s" if p.get("rate_docs_s") else "")

@@ -91,7 +91,7 @@ async def load_demo(rollout: Rollout, ingestor: Ingestor) -> None:
         chosen = documents[: round(len(documents) * share)]
         if await _holds(ingestor.store, version, len(chosen)):
             continue
-        await ingestor.write_version(version, chosen)
+        await ingestor.write_version(version, chosen, rollout.versions)
         await ingestor.store.optimize(version.target)
         log.info("demo_loaded", version=version.name, collection=version.target.collection,
                  documents=len(chosen))

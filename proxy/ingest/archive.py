@@ -2,11 +2,12 @@
 brings the newest export back, searchable again.
 
 An archive is gzip'd JSON lines under ``<data>/archives/<alias>/``: a header (the version's
-envelope, the point count, when) and one line per point (id, vector, payload with the source
-text). It is the same file for Qdrant's embedded engine and a server, and holds everything a
-rollback to that version needs. A version any rule still names (stable, candidate,
-previous_stable, an override; or another alias's version on the same collection) is refused. The
-newest ``keep`` archives of an alias are kept, older ones deleted.
+envelope, the point count, when) and one line per point (point id, vector, payload with the
+source text, and the document id it was written with). Files are the proxy user's alone (0600):
+they hold every source text. It is the same file for Qdrant's embedded engine and a server, and
+holds everything a rollback to that version needs. A version any rule still names (stable,
+candidate, previous_stable, an override; or another alias's version on the same collection) is
+refused. The newest ``keep`` archives of an alias are kept, older ones deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from proxy.ingest.documents import doc_id_of
 from proxy.ingest.writer import Ingestor
 from proxy.state.base import RuleStore, now
 from proxy.vectors.base import PointIn, Stored, scroll_all
@@ -48,9 +50,10 @@ class _Header(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Point(msgspec.Struct, frozen=True):
-    id: int | str
+    id: int | str  # the engine's point id, as written back
     vector: list[float]
     payload: dict[str, Any]
+    doc_id: int | str | None = None  # the id the document was written with (absent before)
 
 
 def references(rollout: Rollout, name: str) -> list[str]:
@@ -106,12 +109,16 @@ async def archive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Path,
 
 
 def _write(path: Path, header: _Header, points: list[Stored]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
+    # every source text is in it: readable by the proxy's own user only
+    partial.touch(mode=0o600)
+    partial.chmod(0o600)
     with gzip.open(partial, "wb") as out:
         out.write(msgspec.json.encode(header) + b"\n")
         for p in points:
-            out.write(msgspec.json.encode(_Point(p.id, p.vector or [], p.payload)) + b"\n")
+            out.write(msgspec.json.encode(_Point(p.id, p.vector or [], p.payload,
+                                                 doc_id_of(p))) + b"\n")
     partial.rename(path)  # a file is whole or absent
 
 
@@ -122,11 +129,15 @@ def _prune(folder: Path, keep: int) -> list[str]:
     return [str(f) for f in files[keep:]]
 
 
-def newest(folder: Path, alias: str, name: str) -> Path:
-    files = sorted((folder / alias).glob(f"{name}-*.jsonl.gz"),
+def newest(folder: Path, alias: str, version: Version) -> Path:
+    """The newest archive of a declared version (its name is a rule name: no path, no
+    pattern), resolved inside the alias's archive folder."""
+    home = (folder / alias).resolve()
+    files = sorted((f for f in home.glob(f"{version.name}-*.jsonl.gz")
+                    if f.resolve().parent == home),
                    key=lambda f: f.stat().st_mtime, reverse=True)
     if not files:
-        raise NotFoundError(f"{alias}/{name}: no archive in {folder / alias}")
+        raise NotFoundError(f"{alias}/{version.name}: no archive in {folder / alias}")
     return files[0]
 
 
@@ -140,9 +151,12 @@ def _read(path: Path) -> tuple[_Header, list[_Point]]:
 async def unarchive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Path
                     ) -> ArchiveInfo:
     """Write the newest archive of ``name`` back, as it was archived."""
-    path = newest(folder, rollout.alias, name)
+    path = newest(folder, rollout.alias, rollout.version(name))
     header, points = await asyncio.to_thread(_read, path)
     version = header.version
+    if header.alias != rollout.alias or version.name != name:
+        raise RuleError("version", f"{path.name} holds {header.alias}/{version.name}, "
+                                   f"not {rollout.alias}/{name}")
     await ingestor.store.ensure_collection(version.target, version)
     for start in range(0, len(points), BATCH):
         await ingestor.store.upsert(version.target, [

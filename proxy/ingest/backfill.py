@@ -25,12 +25,12 @@ from proxy.ingest.documents import (
     PointId,
     doc_id_of,
     document_of,
-    parse_point_id,
+    point_id,
 )
 from proxy.ingest.writer import Coverage, Ingestor
 from proxy.state.jobs import BackfillQueue, Claim, JobStatus
 from proxy.tasks import cancel_and_wait
-from proxy.vectors.base import scroll_all
+from proxy.vectors.base import id_of_key, scroll_all
 from rollout_rules.errors import BackendError, ModelError, RuleError, StoreUnavailable
 from rollout_rules.model import Rollout, Version
 
@@ -41,6 +41,10 @@ model's), which leaves the other cores to queries: on 2 cores, live p99 during a
 backfill was 1.12x of none at 40 queries/s (``loadtest/bench_backfill.py``). Give ``--rate``
 to go gentler, ``--workers`` to go faster."""
 QueueFactory = Callable[[str, str], BackfillQueue]
+GIVE_UP_AFTER = 5
+"""Batches failing in a row (waiting 1, 2, 4, 8 s between them) after which a worker ends the
+job as failed, with the error, rather than retrying for ever: a failure that outlasts that is
+the rule's or the engine's to fix, and ``backfill`` again resumes."""
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -68,7 +72,7 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
 
     alias: str
     version: str | None
-    state: str  # none, running, stopped, done
+    state: str  # none, running, stopped, failed (job.failed says why), done
     job: JobStatus | None
     running_here: int  # workers of this process on it
     rate_docs_s: float | None
@@ -105,11 +109,13 @@ async def missing_ids(ingestor: Ingestor, stable: Version, candidate: Version
             if doc_id_of(p) not in have]
 
 
-def by_popularity(ids: Sequence[PointId], popular: Sequence[tuple[str, float]]
-                  ) -> list[PointId]:
-    """``ids`` with the most-answered first (in popularity order), the rest in their order."""
+def by_popularity(ids: Sequence[PointId], popular: Sequence[tuple[str, float]],
+                  stable: Version) -> list[PointId]:
+    """Stable's point ``ids`` with the most-answered documents first (in popularity order),
+    the rest in their order."""
     wanted = set(ids)
-    first = [parse_point_id(key) for key, _ in popular]
+    documents = [id_of_key(key) for key, _ in popular]
+    first = [point_id(d, stable) for d in documents if d is not None]
     first = [i for i in first if i in wanted]
     chosen = set(first)
     return first + [i for i in ids if i not in chosen]
@@ -140,7 +146,7 @@ class Backfill:
             await queue.clear()
         missing = await missing_ids(self.ingestor, stable, candidate)
         popular = await self.ingestor.rules.most_popular(rollout.alias, max(len(missing), 1))
-        ordered = by_popularity(missing, popular)
+        ordered = by_popularity(missing, popular, stable)
         await queue.create(batched(ordered, options.batch_size))
         log.info("backfill_planned", alias=rollout.alias, version=candidate.name,
                  documents=len(ordered), popular_first=sum(1 for _ in popular))
@@ -170,11 +176,15 @@ class Backfill:
     async def work(self, rollout: Rollout, options: Options, limit: RateLimit,
                    worker: str) -> None:
         """Claim, encode, write, finish; until the queue is empty. A failed batch is left to
-        its lease (another claim retries it); Redis unreachable: wait and retry."""
+        its lease (another claim retries it); ``GIVE_UP_AFTER`` failures in a row end the job
+        as failed. Redis unreachable: wait and retry."""
         stable, candidate = _pair(rollout)
         queue = self.queues(rollout.alias, candidate.name)
+        failures = 0
         while True:
             try:
+                if failures and (await queue.status()).failed:
+                    return  # another worker gave up on the job
                 claim = await queue.claim(worker, options.lease_s)
                 if claim is None:
                     status = await queue.status()
@@ -186,14 +196,21 @@ class Backfill:
                     continue
                 await limit.take(len(claim.ids))
                 written = await self.run_batch(rollout, stable, candidate, claim)
+                failures = 0
                 if await queue.finish(worker, claim, written):
                     await self.ingestor.update_coverage(rollout)
                 else:
                     log.warning("backfill_lease_lost", alias=rollout.alias, batch=claim.batch)
             except (BackendError, ModelError) as exc:
+                failures += 1
+                if failures >= GIVE_UP_AFTER:
+                    log.error("backfill_failed", alias=rollout.alias, worker=worker,
+                              error=str(exc), failures=failures)
+                    await queue.set_failed(str(exc))
+                    return
                 log.warning("backfill_batch_failed", alias=rollout.alias, worker=worker,
                             error=str(exc), retry="after the lease expires")
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(2.0 ** (failures - 1))
             except StoreUnavailable as exc:
                 log.warning("backfill_waiting_for_redis", alias=rollout.alias, error=str(exc))
                 await asyncio.sleep(1.0)
@@ -207,7 +224,7 @@ class Backfill:
         if skipped:
             self.skipped[rollout.alias] = self.skipped.get(rollout.alias, 0) + skipped
             log.warning("backfill_no_source_text", alias=rollout.alias, points=skipped)
-        await self.ingestor.write_version(candidate, documents)
+        await self.ingestor.write_version(candidate, documents, rollout.versions)
         return len(documents)
 
     async def stop(self, rollout: Rollout) -> Progress:
@@ -234,7 +251,8 @@ class Backfill:
             if elapsed > 0 and job.done_docs > done_then:
                 rate = (job.done_docs - done_then) / elapsed
                 eta = max(0, job.total_docs - job.done_docs) / rate
-        state = ("none" if not job.exists else "done" if job.finished
+        state = ("none" if not job.exists else "failed" if job.failed
+                 else "done" if job.finished
                  else "running" if here or (job.leased and not job.stopped) else "stopped")
         return Progress(alias=rollout.alias, version=rollout.candidate, state=state, job=job,
                         running_here=here, rate_docs_s=rate, eta_s=eta,

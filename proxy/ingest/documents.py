@@ -73,6 +73,26 @@ def read_lines(lines: Iterable[bytes | str]) -> Iterator[tuple[int, Document | R
             yield number, exc
 
 
+def parse_doc_id(text: str) -> DocId:
+    """A document id as written in a URL path: the decimal form of an integer id (ASCII digits,
+    no leading zero) is that integer; a JSON string in quotes (``"9010"``) is that string, so
+    a string id made of digits can be named; any other text is a string id. RuleError naming
+    ``doc_id`` when it is no id a document may have."""
+    try:
+        if text.startswith('"'):
+            value: object = msgspec.json.decode(text)
+        elif text.isascii() and text.isdigit() and str(int(text)) == text:
+            value = int(text)
+        else:
+            value = text
+        doc_id: DocId = msgspec.convert(value, type=DocId)
+        return doc_id
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise RuleError("doc_id", f"{text!r} is not a document id: an integer from 0 to "
+                                  f"{MAX_ID_INT}, or a string of 1 to 256 characters (in "
+                                  f"JSON quotes when it is made of digits)") from exc
+
+
 def point_id(doc_id: DocId, version: Version) -> PointId:
     """The document's point id in a version: stable, so writing again replaces it."""
     shared = bool(version.target.payload_match)
@@ -104,9 +124,3 @@ def doc_id_of(point: Stored) -> Any:
     """The document a stored point was made from (its point id when written without one)."""
     own = point.payload.get(RESERVED)
     return own.get("doc_id", point.id) if isinstance(own, dict) else point.id
-
-
-def parse_point_id(text: str) -> PointId:
-    """A point id kept as text (popularity keys) back as the engine takes it."""
-    return int(text) if text.isdigit() else text
-

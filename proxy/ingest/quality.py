@@ -13,7 +13,6 @@ from collections.abc import Mapping
 
 import msgspec
 
-from proxy.ingest.documents import DOC_ID_FIELD, doc_id_of
 from proxy.ingest.writer import Ingestor, encode
 from proxy.models.evaluation import ndcg
 from proxy.state.base import now
@@ -47,10 +46,7 @@ async def ndcg_through(ingestor: Ingestor, version: Version, queries: Mapping[st
     total = 0.0
     for query_id, vector in zip(ids, vectors, strict=True):
         hits = await ingestor.store.search(version.target, vector, K, None, False)
-        points = await ingestor.store.retrieve(version.target, [h.id for h in hits],
-                                               [DOC_ID_FIELD])
-        doc_of = {p.id: str(doc_id_of(p)) for p in points}
-        ranking = [doc_of.get(h.id, str(h.id)) for h in hits]
+        ranking = [str(h.id) for h in hits]  # the documents' own ids, as the qrels name them
         total += ndcg(ranking, qrels.get(query_id, {}), K)
     return total / len(ids)
 

@@ -22,19 +22,11 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from proxy.ingest.documents import (
-    DOC_ID_FIELD,
-    DocId,
-    Document,
-    PointId,
-    parse_point_id,
-    point_id,
-    point_payload,
-)
+from proxy.ingest.documents import DocId, Document, point_id, point_payload
 from proxy.models.encoders import TextModel
 from proxy.state.base import RuleStore
-from proxy.vectors.base import RESERVED, PointIn, VectorStore, same_point_ids
-from rollout_rules.errors import BackendError, ModelError
+from proxy.vectors.base import PointIn, VectorStore, id_of_key
+from rollout_rules.errors import BackendError, DocumentNotFound, ModelError
 from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.ingest")
@@ -79,41 +71,45 @@ class Ingestor:
                     versions: Sequence[Version] | None = None) -> list[DocumentResult]:
         """Write ``documents`` into every active version (or ``versions``); per document, which
         versions hold it and why the others do not."""
-        written: dict[str, list[str]] = {str(d.id): [] for d in documents}
-        failed: dict[str, dict[str, str]] = {str(d.id): {} for d in documents}
+        written: dict[DocId, list[str]] = {d.id: [] for d in documents}
+        failed: dict[DocId, dict[str, str]] = {d.id: {} for d in documents}
         for version in versions if versions is not None else active_versions(rollout):
             try:
-                await self.write_version(version, documents)
+                await self.write_version(version, documents, rollout.versions)
             except (BackendError, ModelError) as exc:
                 log.warning("ingest_failed", alias=rollout.alias, version=version.name,
                             documents=len(documents), error=str(exc))
                 for d in documents:
-                    failed[str(d.id)][version.name] = str(exc)
+                    failed[d.id][version.name] = str(exc)
                 continue
             for d in documents:
-                written[str(d.id)].append(version.name)
+                written[d.id].append(version.name)
         await self.update_coverage(rollout)
-        return [DocumentResult(id=d.id, written=written[str(d.id)], failed=failed[str(d.id)])
+        return [DocumentResult(id=d.id, written=written[d.id], failed=failed[d.id])
                 for d in documents]
 
-    async def write_version(self, version: Version, documents: Sequence[Document]) -> None:
-        """Encode and upsert into one version; raises on failure (nothing is counted then)."""
+    async def write_version(self, version: Version, documents: Sequence[Document],
+                            siblings: Sequence[Version] = ()) -> None:
+        """Encode and upsert into one version; raises on failure (nothing is counted then).
+        ``siblings``: the rule's other versions, whose vectors a collection they share with
+        this one is created with."""
         if not documents:
             return
         model = await self.models.get(version)
-        await self.ensure(version)  # before encoding: a failure here wastes no encode
+        await self.ensure(version, siblings)  # before encoding: a failure wastes no encode
         vectors = await encode(model, [d.text for d in documents])
         await self.store.upsert(version.target, [
             PointIn(point_id(d.id, version), vector.tolist(), point_payload(d, version))
             for d, vector in zip(documents, vectors, strict=True)])
 
-    async def ensure(self, version: Version) -> None:
+    async def ensure(self, version: Version, siblings: Sequence[Version] = ()) -> None:
         key = (version.target.collection, version.name)
         if key in self._ready:
             return
         async with self._creating:  # concurrent first writes create it once
             if key not in self._ready:
-                await self.store.ensure_collection(version.target, version)
+                others = [v for v in siblings if v.name != version.name]
+                await self.store.ensure_collection(version.target, version, others)
                 self._ready.add(key)
 
     def forget(self, version: Version) -> None:
@@ -121,14 +117,19 @@ class Ingestor:
         self._ready.discard((version.target.collection, version.name))
 
     async def delete(self, rollout: Rollout, doc_id: DocId) -> list[str]:
-        """Remove a document from every declared version that has a collection; the names of
-        the versions it was removed from."""
+        """Remove a document from every declared version that holds it; the names of those
+        versions. DocumentNotFound when none does (nothing is removed then)."""
         removed = []
         for version in rollout.versions:
             if await self.store.describe(version.target) is None:
                 continue
-            await self.store.delete(version.target, [point_id(doc_id, version)])
+            point = point_id(doc_id, version)
+            if not await self.store.retrieve(version.target, [point], []):
+                continue
+            await self.store.delete(version.target, [point])
             removed.append(version.name)
+        if not removed:
+            raise DocumentNotFound(rollout.alias, doc_id)
         await self.update_coverage(rollout)
         return removed
 
@@ -170,21 +171,12 @@ class Ingestor:
             return 1.0
         if await self.store.describe(version.target) is None:
             return 0.0
-        ids = [parse_point_id(key) for key, _ in popular]
-        mapped = await self.candidate_ids(stable, version, ids)
-        held = {p.id for p in await self.store.retrieve(version.target, list(mapped), [])}
-        covered = sum(score for key, score in popular
-                      if mapped.get(parse_point_id(key)) in held)
+        points = {key: point_id(doc, version) for key, _ in popular
+                  if (doc := id_of_key(key)) is not None}
+        held = {p.id for p in await self.store.retrieve(version.target,
+                                                        list(points.values()), [])}
+        covered = sum(score for key, score in popular if points.get(key) in held)
         return covered / weight
-
-    async def candidate_ids(self, stable: Version, version: Version, ids: Sequence[PointId]
-                            ) -> dict[PointId, PointId]:
-        """Stable point id -> the same document's point id in ``version``."""
-        if same_point_ids(stable.target, version.target):
-            return {i: i for i in ids}
-        points = await self.store.retrieve(stable.target, ids, [DOC_ID_FIELD])
-        return {p.id: point_id(p.payload[RESERVED]["doc_id"], version) for p in points
-                if RESERVED in p.payload}
 
 
 def _recorded(recorded: tuple[dict[str, float], dict[str, float]], version: str, covered: int,

@@ -1,6 +1,7 @@
 """Which documents answers return, recorded for the backfill (most-answered first).
 
-A sampled share of answers adds its hit ids to a counter in memory, on the request path at the
+A sampled share of answers adds its hits' document ids (as ``id_key`` text, the same in every
+version and layout) to a counter in memory, on the request path at the
 cost of a dict update; a background task adds the counts to Redis once a second, off the response
 path. If Redis is down the counts are dropped (they are a priority hint, not data), and the
 counter is bounded so a flood of distinct ids cannot grow it without end.
@@ -18,9 +19,8 @@ import structlog
 
 from proxy.state.base import RuleStore
 from proxy.tasks import cancel_and_wait
-from proxy.vectors.base import Hit, same_point_ids
+from proxy.vectors.base import Hit, id_key
 from rollout_rules.errors import StoreUnavailable
-from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.popularity")
 MAX_PENDING = 50_000  # distinct (alias, id) pairs kept between flushes
@@ -33,16 +33,13 @@ class HitRecorder:
         self._size = 0
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, rollout: Rollout, version: Version, hits: Sequence[Hit]) -> None:
-        """Count an answer's hits, if sampled and if its ids are stable's point ids."""
+    def record(self, alias: str, hits: Sequence[Hit]) -> None:
+        """Count an answer's hits (by document id), if sampled."""
         if not hits or self.sample <= 0 or random.random() >= self.sample:
             return
-        stable = rollout.version(rollout.stable)
-        if version.name != stable.name and not same_point_ids(version.target, stable.target):
-            return  # a shared collection's ids are the version's own, not stable's
-        counts = self.pending.setdefault(rollout.alias, Counter())
+        counts = self.pending.setdefault(alias, Counter())
         for hit in hits:
-            key = str(hit.id)
+            key = id_key(hit.id)
             if key not in counts:
                 if self._size >= MAX_PENDING:
                     continue

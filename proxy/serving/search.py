@@ -256,7 +256,7 @@ class Searcher:
                 Attr.CACHE_HIT: found.vector_cached, Attr.RESULT_CACHE_HIT: found.result_cached,
                 Attr.PROVIDER: "embedshift"})
         if self.hits is not None:
-            self.hits.record(rollout, version, hits)
+            self.hits.record(rollout.alias, hits)
         trace_id = format(span.get_span_context().trace_id, "032x")
         extra = {"query": text} if self.log_queries else {}
         log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),

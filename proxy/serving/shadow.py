@@ -6,8 +6,8 @@ while it ramps, the previous stable after a promote). The user's answer never wa
 most ``concurrency`` shadows run at once; beyond that a shadow is dropped (and counted), so under
 load shadows go first. Each finished shadow records the overlap@k of the two id lists (k = the
 request's limit, at most 10), the rank correlation of the ids both share, and the shadowed
-version's latency and failures, as metrics and as guard inputs. Versions whose point ids differ
-(two versions in one collection) are timed but not compared.
+version's latency and failures, as metrics and as guard inputs. Hits speak document ids, so two
+versions compare in every layout (a shared collection included).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import structlog
 from proxy.serving.cohorts import CohortRecorder
 from proxy.tasks import cancel_and_wait
 from proxy.telemetry import Metrics
-from proxy.vectors.base import Hit, PointId, same_point_ids
+from proxy.vectors.base import Hit, PointId
 from rollout_rules.errors import BackendError, ModelError
 from rollout_rules.guard import shadow_target
 from rollout_rules.model import Rollout, Version
@@ -84,9 +84,6 @@ class Shadow:
         source.cohorts.answered(alias, query.revision, version.name)
         metrics.child(metrics.shadow_latency, alias, version.name).observe(
             time.perf_counter() - started)
-        if not same_point_ids(version.target, rollout.version(rollout.stable).target):
-            metrics.child(metrics.shadows, alias, version.name, "timed").inc()
-            return
         shadow_ids = [hit.id for hit in found.hits]
         overlap = overlap_at(stable_ids, shadow_ids, k)
         source.cohorts.compared(alias, query.revision, version.name, overlap)

@@ -6,7 +6,8 @@ Keys (``P`` the prefix, ``J`` = ``P:{alias}:backfill:<version>``, one alias's sl
     J:batches  hash  batch number -> the batch's stable point ids (JSON)
     J:leases   sorted set of claimed batch numbers by lease expiry (ms, Redis's clock)
     J:owners   hash  batch number -> the worker holding it
-    J:meta     hash  total_docs, total_batches, done_docs, done_batches, created_at, stopped
+    J:meta     hash  total_docs, total_batches, done_docs, done_batches, created_at, stopped,
+                     failed (why the job gave up: a batch kept failing)
 
 A claim (one Lua script) takes an expired lease first, else the next batch in the queue, and
 leases it to the worker; finishing (another script) counts the batch only if the worker still
@@ -60,6 +61,7 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     leased: int = 0
     created_at: str = ""
     stopped: bool = False
+    failed: str = ""  # why the workers gave up (empty while they have not)
 
     @property
     def finished(self) -> bool:
@@ -129,14 +131,20 @@ class BackfillQueue:
                          done_batches=int(fields.get("done_batches", 0)),
                          queued=int(queued), leased=int(leased),
                          created_at=fields.get("created_at", ""),
-                         stopped="stopped" in fields)
+                         stopped="stopped" in fields, failed=fields.get("failed", ""))
 
     async def set_stopped(self, stopped: bool) -> None:
+        """Mark the job stopped, or running again (which also forgets why it failed)."""
         async with unavailable_on_error(self.client):
             if stopped:
                 await self.client.hset(self.keys["meta"], "stopped", "1")
             else:
-                await self.client.hdel(self.keys["meta"], "stopped")
+                await self.client.hdel(self.keys["meta"], "stopped", "failed")
+
+    async def set_failed(self, error: str) -> None:
+        """The workers gave up: a batch kept failing with ``error``."""
+        async with unavailable_on_error(self.client):
+            await self.client.hset(self.keys["meta"], mapping={"failed": error, "stopped": "1"})
 
     async def clear(self) -> None:
         """Forget the job (a finished one, before planning the next)."""

@@ -9,7 +9,7 @@ the collection) and refuse what they cannot express with RuleError.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -25,12 +25,25 @@ from rollout_rules.model import Target, Version
 PointId = int | str
 VectorLike = Sequence[float] | NDArray[np.float32]
 RESERVED = "_embedshift"
-"""The payload key under which a point carries its source text and envelope (see
-``proxy.ingest.documents``); search answers leave it out."""
+"""The payload key under which a point carries its document id, source text and envelope (see
+``proxy.ingest.documents``); search answers leave it out and speak the document id."""
+ENVELOPE = ("model", "version", "dimensions", "metric", "normalized")
+"""What a point records of the version that encoded it."""
+DOC_ID = "doc_id"
+OWN_FIELDS = (DOC_ID, "text", *ENVELOPE)
+"""Every field under ``RESERVED``."""
+ANSWER_EXCLUDES = [f"{RESERVED}.{name}" for name in OWN_FIELDS if name != DOC_ID]
+"""What a search answer asks the engine to leave out: all of our own fields but the document
+id (the source text can be long and is never shown), so the id comes back with the hit."""
+ANSWER_ID_ONLY = [f"{RESERVED}.{DOC_ID}"]
+"""What a search answer without payload asks for: the document id alone."""
 DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid", "manhattan": "Manhattan"}
 
 
 class Hit(msgspec.Struct, frozen=True):
+    """A search answer's hit: the id the document was written with (string or integer; the
+    engine's point id only for a point embedshift did not write), its score and payload."""
+
     id: PointId
     score: float
     payload: dict[str, Any] | None = None
@@ -56,13 +69,19 @@ class CollectionInfo(msgspec.Struct, frozen=True, kw_only=True):
     metric: str
     model_id: str | None
     points: int
+    missing: str | None = None  # the collection exists without the version's vector: why
 
 
 class VectorStore(Protocol):
     async def search(self, target: Target, vector: VectorLike, limit: int,
                      query_filter: models.Filter | None, with_payload: bool) -> list[Hit]: ...
 
-    async def ensure_collection(self, target: Target, version: Version) -> None: ...
+    async def ensure_collection(self, target: Target, version: Version,
+                                siblings: Sequence[Version] = ()) -> None:
+        """Create the version's collection unless it exists, declaring the vectors of the
+        ``siblings`` that share it too; BackendError when it exists without the version's
+        vector (``no_vector``)."""
+        ...
 
     async def upsert(self, target: Target, points: Sequence[PointIn]) -> None: ...
 
@@ -100,11 +119,31 @@ class VectorStore(Protocol):
 
 
 def hit(point: Any, with_payload: bool) -> Hit:
-    """A scored point from either engine as our Hit (ids: int, or UUIDs as strings). The
-    engines were asked to leave ``RESERVED`` out of the payload (each store's
-    ``ANSWER_PAYLOAD``): the contract suite checks they do."""
-    payload = (point.payload or {}) if with_payload else None
-    return Hit(point.id if isinstance(point.id, int) else str(point.id), point.score, payload)
+    """A scored point from either engine as our Hit, under the document id it was written with
+    (the point id, int or UUID as a string, when it has none). The engines were asked for
+    nothing of ``RESERVED`` but the document id (``ANSWER_EXCLUDES``, ``ANSWER_ID_ONLY``): the
+    contract suite checks they send nothing else."""
+    payload = point.payload or {}
+    own = payload.pop(RESERVED, None)
+    doc_id = own.get(DOC_ID) if isinstance(own, dict) else None
+    if not isinstance(doc_id, (int, str)):
+        doc_id = point.id if isinstance(point.id, int) else str(point.id)
+    return Hit(doc_id, point.score, payload if with_payload else None)
+
+
+def id_key(doc_id: PointId) -> str:
+    """A document id as text that keeps its kind (JSON: ``9010`` and ``"9010"`` differ), for
+    records kept by id outside the engine (popularity)."""
+    return msgspec.json.encode(doc_id).decode()
+
+
+def id_of_key(key: str) -> PointId | None:
+    """``id_key`` read back; None for a key that is not one (recorded by an older version)."""
+    try:
+        value = msgspec.json.decode(key)
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
 
 
 async def scroll_all(store: VectorStore, target: Target, fields: Sequence[str] | None = None,
@@ -117,11 +156,6 @@ async def scroll_all(store: VectorStore, target: Target, fields: Sequence[str] |
             yield point
         if offset is None:
             return
-
-
-def same_point_ids(a: Target, b: Target) -> bool:
-    """Whether two versions give a document the same point id (neither shares a collection)."""
-    return not a.payload_match and not b.payload_match
 
 
 def stored(point: Any, vector_name: str | None = None) -> Stored:
@@ -202,8 +236,46 @@ def with_target(query_filter: models.Filter | None, target: Target) -> models.Fi
     return models.Filter(must=[*pinned, query_filter])
 
 
+def collection_vectors(version: Version, siblings: Sequence[Version] = ()
+                       ) -> dict[str, dict[str, Any]]:
+    """The vectors a new collection declares: one per vector name that ``version`` and the
+    versions sharing its collection (``siblings``) use ("" for the unnamed one), each with its
+    size, metric and the model of the first version naming it. Qdrant cannot add a named
+    vector to a collection that exists, so they are all declared when it is created."""
+    vectors: dict[str, dict[str, Any]] = {}
+    for v in (version, *siblings):
+        if v.target.collection == version.target.collection:
+            vectors.setdefault(v.target.vector_name or "", {
+                "dimensions": v.dimensions, "metric": v.metric, "model_id": v.model})
+    return vectors
+
+
+def no_vector(target: Target, vectors: Mapping[str, object]) -> str:
+    """Why a version cannot use a collection that exists without its vector, and the way out."""
+    held = ", ".join(repr(n) if n else "the unnamed vector" for n in vectors) or "no vector"
+    wanted = repr(target.vector_name) if target.vector_name else "the unnamed vector"
+    return (f"collection {target.collection} has no vector {wanted} (it holds {held}): a "
+            "collection's vectors are fixed when it is created, so give this version a "
+            "collection of its own, or declare every version sharing the collection before "
+            "the first write")
+
+
+def check_vector(target: Target, version: Version, vectors: Mapping[str, Any]) -> None:
+    """BackendError when an existing collection cannot hold the version's vectors."""
+    spec = vectors.get(target.vector_name or "")
+    if spec is None:
+        raise BackendError(no_vector(target, vectors))
+    if spec["dimensions"] != version.dimensions or spec["metric"] != version.metric:
+        raise BackendError(f"collection {target.collection}'s vector "
+                           f"{target.vector_name or '(unnamed)'} holds {spec['dimensions']}-d "
+                           f"{spec['metric']} vectors; version {version.name} makes "
+                           f"{version.dimensions}-d {version.metric} ones")
+
+
 def mismatches(version: Version, info: CollectionInfo) -> list[str]:
     """What differs between a version's envelope and its collection; empty when they agree."""
+    if info.missing is not None:
+        return [info.missing]
     problems = []
     if info.dimensions != version.dimensions:
         problems.append(f"dimensions: version {version.name} encodes {version.dimensions}, "

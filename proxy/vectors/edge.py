@@ -22,8 +22,9 @@ import qdrant_edge as edge
 from qdrant_client import models
 
 from proxy.vectors.base import (
+    ANSWER_EXCLUDES,
+    ANSWER_ID_ONLY,
     DISTANCES,
-    RESERVED,
     CollectionInfo,
     Hit,
     PointId,
@@ -31,8 +32,11 @@ from proxy.vectors.base import (
     Stored,
     VectorLike,
     backend_errors,
+    check_vector,
+    collection_vectors,
     floats,
     hit,
+    no_vector,
     stored,
     with_target,
 )
@@ -40,9 +44,10 @@ from rollout_rules.errors import BackendError, RuleError
 from rollout_rules.model import Target, Version
 
 SIDECAR = "embedshift-collection.json"
-ANSWER_PAYLOAD = edge.PayloadSelector.Exclude([RESERVED])
+ANSWER_PAYLOAD = edge.PayloadSelector.Exclude(ANSWER_EXCLUDES)
 """What a search answer carries: the payload without our envelope (the source text, which can be
-long), left in the engine rather than converted and then dropped."""
+long), left in the engine rather than converted and then dropped; the document id stays."""
+ANSWER_ID_ONLY_PAYLOAD = edge.PayloadSelector.Include(ANSWER_ID_ONLY)
 
 
 class EdgeStore:
@@ -81,24 +86,32 @@ class EdgeStore:
             if meta is None:
                 raise BackendError(f"collection {collection} does not exist in {self.root}")
             shard = self._shards[collection] = edge.EdgeShard.load(
-                str(self.root / collection),
-                self._config(meta["dimensions"], meta["metric"], meta["vector_name"]))
+                str(self.root / collection), self._config(meta["vectors"]))
         return shard
 
     def _sidecar(self, collection: str) -> dict[str, Any] | None:
+        """What the engine does not record: each vector's size, metric and the model that
+        encoded it (a sidecar of one unnamed or named vector, as first written, is read as
+        such)."""
         path = self.root / collection / SIDECAR
-        return cast(dict[str, Any], json.loads(path.read_text())) if path.exists() else None
+        if not path.exists():
+            return None
+        meta = cast(dict[str, Any], json.loads(path.read_text()))
+        if "vectors" not in meta:
+            meta = {"vectors": {meta["vector_name"] or "": {
+                key: meta[key] for key in ("dimensions", "metric", "model_id")}}}
+        return meta
 
-    def _config(self, dimensions: int, metric: str, vector_name: str | None) -> edge.EdgeConfig:
-        params = edge.EdgeVectorParams(size=dimensions,
-                                       distance=getattr(edge.Distance, DISTANCES[metric]))
-        return edge.EdgeConfig(vectors={vector_name or "": params},
-                               max_search_threads=self.search_threads)
+    def _config(self, vectors: dict[str, dict[str, Any]]) -> edge.EdgeConfig:
+        params = {name: edge.EdgeVectorParams(size=spec["dimensions"], distance=getattr(
+            edge.Distance, DISTANCES[spec["metric"]])) for name, spec in vectors.items()}
+        return edge.EdgeConfig(vectors=params, max_search_threads=self.search_threads)
 
     async def search(self, target: Target, vector: VectorLike, limit: int,
                      query_filter: models.Filter | None, with_payload: bool) -> list[Hit]:
         request = edge.QueryRequest(
-            limit=limit, with_payload=ANSWER_PAYLOAD if with_payload else False,
+            limit=limit,
+            with_payload=ANSWER_PAYLOAD if with_payload else ANSWER_ID_ONLY_PAYLOAD,
             query=edge.Query.Nearest(floats(vector), using=target.vector_name),
             filter=to_edge_filter(with_target(query_filter, target)))
         shard = await self._shard(target.collection)
@@ -106,32 +119,36 @@ class EdgeStore:
             points = await self._call(shard.query, request)
         return [hit(p, with_payload) for p in points]
 
-    async def ensure_collection(self, target: Target, version: Version) -> None:
+    async def ensure_collection(self, target: Target, version: Version,
+                                siblings: Sequence[Version] = ()) -> None:
         with backend_errors(target.collection, "creating the collection"):
-            await self._call(self._create, target, version)
+            await self._call(self._create, target, version, siblings)
 
-    def _create(self, target: Target, version: Version) -> None:
+    def _create(self, target: Target, version: Version, siblings: Sequence[Version]) -> None:
         """Two writers creating one collection at once (two backfill workers' first batches)
         must not open two shards on one folder: the lock makes the second see the first's."""
         with self._opening:
-            self._create_locked(target, version)
+            self._create_locked(target, version, siblings)
 
-    def _create_locked(self, target: Target, version: Version) -> None:
+    def _create_locked(self, target: Target, version: Version,
+                       siblings: Sequence[Version]) -> None:
         path = self.root / target.collection
-        if (path / SIDECAR).exists():
+        existing = self._sidecar(target.collection)
+        if existing is not None:
+            check_vector(target, version, existing["vectors"])
             return
-        config = self._config(version.dimensions, version.metric, target.vector_name)
+        vectors = collection_vectors(version, siblings)
         path.mkdir(parents=True, exist_ok=True)
-        shard = self._shards[target.collection] = edge.EdgeShard.create(str(path), config)
-        for key in target.payload_match:  # versions sharing a collection filter on these
+        shard = self._shards[target.collection] = edge.EdgeShard.create(
+            str(path), self._config(vectors))
+        for key in {k for v in (version, *siblings) for k in v.target.payload_match}:
+            # versions sharing a collection filter on these
             shard.update(edge.UpdateOperation.create_field_index(
                 key, edge.PayloadSchemaType.Keyword))
         # written whole and renamed: a reader in another thread (describe, which takes no lock)
         # must never see the file half-written
         partial = path / f".{SIDECAR}.tmp"
-        partial.write_text(json.dumps({
-            "dimensions": version.dimensions, "metric": version.metric,
-            "model_id": version.model, "vector_name": target.vector_name}))
+        partial.write_text(json.dumps({"vectors": vectors}))
         partial.replace(path / SIDECAR)
 
     async def upsert(self, target: Target, points: Sequence[PointIn]) -> None:
@@ -153,9 +170,16 @@ class EdgeStore:
             meta = await self._call(self._sidecar, target.collection)
             if meta is None:
                 return None
+            spec = meta["vectors"].get(target.vector_name or "")
             info = await self._call((await self._shard(target.collection)).info)
-        return CollectionInfo(name=target.collection, dimensions=meta["dimensions"],
-                              metric=meta["metric"], model_id=meta["model_id"],
+        if spec is None:
+            return CollectionInfo(name=target.collection, dimensions=0, metric="",
+                                  model_id=None, points=info.points_count,
+                                  missing=no_vector(target, meta["vectors"]))
+        # a shared collection holds several models' points: each point's envelope names its own
+        return CollectionInfo(name=target.collection, dimensions=spec["dimensions"],
+                              metric=spec["metric"],
+                              model_id=None if target.payload_match else spec["model_id"],
                               points=info.points_count)
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,

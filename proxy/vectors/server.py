@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from qdrant_client import AsyncQdrantClient, models
 
 from proxy.vectors.base import (
+    ANSWER_EXCLUDES,
+    ANSWER_ID_ONLY,
     DISTANCES,
-    RESERVED,
     CollectionInfo,
     Hit,
     PointId,
@@ -21,16 +22,20 @@ from proxy.vectors.base import (
     Stored,
     VectorLike,
     backend_errors,
+    check_vector,
+    collection_vectors,
     floats,
     hit,
+    no_vector,
     stored,
     with_target,
 )
-from rollout_rules.errors import BackendError
 from rollout_rules.model import Target, Version
 
-ANSWER_PAYLOAD = models.PayloadSelectorExclude(exclude=[RESERVED])
-"""A search answer's payload, without our envelope (the source text): the server never sends it."""
+ANSWER_PAYLOAD = models.PayloadSelectorExclude(exclude=ANSWER_EXCLUDES)
+"""A search answer's payload, without our envelope (the source text): the server never sends it;
+the document id stays."""
+ANSWER_ID_ONLY_PAYLOAD = models.PayloadSelectorInclude(include=ANSWER_ID_ONLY)
 
 
 class ServerStore:
@@ -51,22 +56,34 @@ class ServerStore:
             response = await self.client.query_points(
                 target.collection, query=floats(vector), using=target.vector_name, limit=limit,
                 query_filter=with_target(query_filter, target),
-                with_payload=ANSWER_PAYLOAD if with_payload else False)
+                with_payload=ANSWER_PAYLOAD if with_payload else ANSWER_ID_ONLY_PAYLOAD)
         return [hit(p, with_payload) for p in response.points]
 
-    async def ensure_collection(self, target: Target, version: Version) -> None:
-        params = models.VectorParams(size=version.dimensions,
-                                     distance=models.Distance(DISTANCES[version.metric]))
-        vectors = {target.vector_name: params} if target.vector_name else params
+    async def ensure_collection(self, target: Target, version: Version,
+                                siblings: Sequence[Version] = ()) -> None:
+        vectors = collection_vectors(version, siblings)
+        params = {name: models.VectorParams(size=spec["dimensions"], distance=models.Distance(
+            DISTANCES[spec["metric"]])) for name, spec in vectors.items()}
+        config = params[""] if list(params) == [""] else params
         with backend_errors(target.collection, "creating the collection"):
             if await self.client.collection_exists(target.collection):
+                await self._check_vector(target, version)
                 return
-            await self.client.create_collection(target.collection, vectors_config=vectors,
+            await self.client.create_collection(target.collection, vectors_config=config,
                                                 metadata={"model_id": version.model})
             # versions sharing a collection filter on these keys
-            for key in target.payload_match if self.payload_indexes else ():
+            keys = {k for v in (version, *siblings) for k in v.target.payload_match}
+            for key in sorted(keys) if self.payload_indexes else ():
                 await self.client.create_payload_index(target.collection, key,
                                                        models.PayloadSchemaType.KEYWORD)
+
+    async def _check_vector(self, target: Target, version: Version) -> None:
+        info = await self.client.get_collection(target.collection)
+        vectors = info.config.params.vectors
+        held = vectors if isinstance(vectors, dict) else {"": vectors}
+        check_vector(target, version, {
+            name: {"dimensions": p.size, "metric": _metric(p.distance)}
+            for name, p in (held or {}).items() if p is not None})
 
     async def upsert(self, target: Target, points: Sequence[PointIn]) -> None:
         structs = [models.PointStruct(id=p.id, payload={**p.payload, **target.payload_match},
@@ -86,12 +103,16 @@ class ServerStore:
         vectors = info.config.params.vectors
         params = vectors.get(target.vector_name or "") if isinstance(vectors, dict) else vectors
         if params is None:
-            raise BackendError(f"collection {target.collection} has no vector named "
-                               f"{target.vector_name!r}")
+            return CollectionInfo(name=target.collection, dimensions=0, metric="",
+                                  model_id=None, points=info.points_count or 0,
+                                  missing=no_vector(target, vectors if isinstance(vectors, dict)
+                                                    else {"": vectors}))
         metadata = info.config.metadata or {}
-        metric = {v: k for k, v in DISTANCES.items()}[params.distance.value]
-        return CollectionInfo(name=target.collection, dimensions=params.size, metric=metric,
-                              model_id=metadata.get("model_id"), points=info.points_count or 0)
+        # a shared collection holds several models' points: each point's envelope names its own
+        model_id = None if target.payload_match else metadata.get("model_id")
+        return CollectionInfo(name=target.collection, dimensions=params.size,
+                              metric=_metric(params.distance), model_id=model_id,
+                              points=info.points_count or 0)
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,
                      fields: Sequence[str] | None = None, vectors: bool = False
@@ -134,3 +155,7 @@ class ServerStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _metric(distance: models.Distance) -> str:
+    return {v: k for k, v in DISTANCES.items()}[distance.value]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +54,43 @@ async def test_versions_sharing_a_collection_see_only_their_points(store: Vector
     in_range = parse_filter({"must": [{"key": "n", "range": {"gte": 12, "lt": 15}}]})
     hits = await store.search(v2.target, vectors[13], 10, in_range, with_payload=True)
     assert sorted(h.id for h in hits) == [12, 13, 14]
+
+
+async def test_hits_speak_the_id_the_document_was_written_with(
+        store: VectorStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hit's id is the document id from the envelope (a string id, or an integer id whose
+    point id is a UUID in a shared collection), with payload or without; the engine sends
+    nothing else of the envelope (what reaches ``hit`` is recorded), a point without one keeps
+    its point id."""
+    import proxy.vectors.edge
+    import proxy.vectors.server
+    from proxy.vectors.base import hit
+
+    sent: list[dict[str, Any]] = []
+
+    def recording(point: object, with_payload: bool) -> object:
+        sent.append(dict(getattr(point, "payload", None) or {}))
+        return hit(point, with_payload)
+
+    monkeypatch.setattr(proxy.vectors.edge, "hit", recording)
+    monkeypatch.setattr(proxy.vectors.server, "hit", recording)
+    vectors = np.eye(8, dtype=np.float32)
+    version = _version("v1", Target(collection="ids"))
+    await store.ensure_collection(version.target, version)
+    ids = ["9e2b3c1a-0000-5000-8000-000000000001", "9e2b3c1a-0000-5000-8000-000000000002"]
+    own = {"text": "secret source text", "model": "org/v1", "version": "v1"}
+    await store.upsert(version.target, [
+        PointIn(ids[0], vectors[0].tolist(), {"n": 0, RESERVED: {**own, "doc_id": "eboard"}}),
+        PointIn(ids[1], vectors[1].tolist(), {"n": 1, RESERVED: {**own, "doc_id": 7}}),
+        PointIn(5, vectors[2].tolist(), {"n": 2})])
+    for with_payload in (True, False):
+        hits = await store.search(version.target, vectors[0] + vectors[1] * 0.5 + vectors[2] *
+                                  0.25, 3, None, with_payload=with_payload)
+        assert [h.id for h in hits] == ["eboard", 7, 5]
+        payloads = [h.payload for h in hits]
+        assert payloads == ([{"n": 0}, {"n": 1}, {"n": 2}] if with_payload else [None] * 3)
+    assert all(set(p.get(RESERVED, {})) <= {"doc_id"} for p in sent), sent
+    assert not any("secret" in repr(p) for p in sent)
 
 
 async def test_describe_reports_what_a_version_is_checked_against(store: VectorStore) -> None:

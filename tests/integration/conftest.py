@@ -134,23 +134,24 @@ class ProxyFactory:
         return rollout
 
     def app(self, refresh_interval_s: float = 3600.0, environ: dict[str, str] | None = None,
-            **settings: Any) -> tuple[Any, Settings, RedisRuleStore, InMemorySpanExporter,
-                                      FlakyStore]:
-        """A proxy app on this Redis and engine, not yet serving."""
+            engine: VectorStore | None = None, **settings: Any
+            ) -> tuple[Any, Settings, RedisRuleStore, InMemorySpanExporter, FlakyStore]:
+        """A proxy app on this Redis and engine (or ``engine``), not yet serving."""
         rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
         spans = InMemorySpanExporter()
         settings = {"admin_token": ADMIN_TOKEN, "override_token": OVERRIDE_TOKEN, **settings}
         config = Settings(refresh_interval_s=refresh_interval_s, redis_prefix=self.prefix,
                           **settings)
-        store = FlakyStore(self.engine.store)
+        store = FlakyStore(engine or self.engine.store)
         deps = Deps(rules_store=rules, vector_store=store,
                     tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),
-                    models=self.engine.model_cache(self.models_dir))
+                    models=self.engine.model_cache(self.models_dir), jobs=rules.backfill_queue)
         return make_app(config, deps), config, rules, spans, store
 
     async def start(self, refresh_interval_s: float = 3600.0,
-                    environ: dict[str, str] | None = None, **settings: Any) -> Proxy:
-        app, _, rules, spans, store = self.app(refresh_interval_s, environ, **settings)
+                    environ: dict[str, str] | None = None, engine: VectorStore | None = None,
+                    **settings: Any) -> Proxy:
+        app, _, rules, spans, store = self.app(refresh_interval_s, environ, engine, **settings)
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         proxy = Proxy(client, app, spans, rules, store)

@@ -1,5 +1,6 @@
 """Ingestion over HTTP: ``POST /v1/aliases/{alias}/documents`` writes a batch into every active
-version (token required), ``DELETE .../documents/{id}`` removes one from every version; and the
+version (token required), ``DELETE .../documents/{id}`` removes one from every version (the id
+as ``parse_doc_id`` reads it; 404 when no version holds it); and the
 backfill under ``/admin/aliases/{alias}/backfill`` (start or resume, progress, stop), which on
 embedded defaults must run here, inside the process that holds the engine."""
 
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from proxy.ingest.archive import archive, unarchive
 from proxy.ingest.backfill import Options
-from proxy.ingest.documents import DocId, Document, checked
+from proxy.ingest.documents import Document, checked, parse_doc_id
 from proxy.ingest.plan import plan
 from proxy.ingest.quality import judge
 from proxy.ingest.verify import verify
@@ -65,8 +66,7 @@ async def ingest(request: web.Request) -> web.Response:
 
 async def delete_document(request: web.Request) -> web.Response:
     rollout = _rollout(request)
-    raw = request.match_info["doc_id"]
-    doc_id: DocId = int(raw) if raw.isdigit() and len(raw) < 19 else raw
+    doc_id = parse_doc_id(request.match_info["doc_id"])
     removed = await request.app[INGESTOR].delete(rollout, doc_id)
     return json_response({"id": doc_id, "removed_from": removed})
 

@@ -1,0 +1,181 @@
+"""The README's migration, through the proxy's HTTP API, keeps the user's ids in every layout.
+
+Separate collections, one collection with a named vector per version, and one collection told
+apart by payload alone: ingest (string and integer ids, ``"9010"`` beside ``9010``), backfill,
+verify, search on each version, delete, promote, retire, archive and unarchive, each speaking
+the id the document was written with; an unknown id is a 404 naming it. On the real
+redis-server, Qdrant's engine (a fresh one per test) and the ONNX models.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from msgspec.structs import replace
+
+from proxy.config import Settings
+from proxy.models.catalog import default_rollout
+from proxy.state.client import connect
+from proxy.state.rulestore import RedisRuleStore
+from proxy.vectors.edge import EdgeStore
+from proxy.web.keys import WATCHER
+from rollout_rules.model import Rollout, Target
+from tests.eventually import eventually, eventually_async
+from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
+
+pytestmark = pytest.mark.integration
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+WORDS = ["glacier", "harbour", "lantern", "meadow", "orchard", "quarry", "river", "summit",
+         "thicket", "valley"]
+LAYOUTS = {
+    "separate collections": (Target(collection="docs_v1"), Target(collection="docs_v2")),
+    "one collection, a named vector each": (
+        Target(collection="docs", vector_name="l3", payload_match={"model_version": "v1"}),
+        Target(collection="docs", vector_name="l6", payload_match={"model_version": "v2"})),
+    "one collection, told apart by payload": (
+        Target(collection="docs", payload_match={"model_version": "v1"}),
+        Target(collection="docs", payload_match={"model_version": "v2"})),
+}
+
+
+def _documents() -> list[dict[str, Any]]:
+    """Package-like string ids, plus an integer id and a string id of the same digits."""
+    documents: list[dict[str, Any]] = [
+        {"id": f"pkg-{WORDS[i % 10]}-{i}", "text": f"A {WORDS[i % 10]} tool, release {i}: it "
+         f"maps the {WORDS[(i * 3) % 10]} near the {WORDS[(i * 7) % 10]}.",
+         "payload": {"section": WORDS[i % 10]}} for i in range(60)]
+    documents.append({"id": 9010, "text": "an integer id about a frozen glacier lake"})
+    documents.append({"id": "9010", "text": "a string id of digits about a harbour crane"})
+    return documents
+
+
+def _rule(layout: str) -> Rollout:
+    """Both versions declared from the start (v2 not yet the candidate): a collection's named
+    vectors are fixed when it is created, so a shared one must know both."""
+    base = default_rollout("docs")
+    first, second = LAYOUTS[layout]
+    versions = [replace(base.versions[0], target=first), replace(base.versions[1], target=second)]
+    return replace(base, versions=versions, candidate=None)
+
+
+async def _call(proxy: Proxy, method: str, path: str, body: Any = None,
+                status: int = 200) -> Any:
+    response = await proxy.client.request(method, path, json=body, headers=ADMIN)
+    answer = await response.json()
+    assert response.status == status, (method, path, answer)
+    return answer
+
+
+async def _search(proxy: Proxy, query: str, **body: Any) -> Any:
+    return await _call(proxy, "POST", "/v1/aliases/docs/search",
+                       {"query": query, "user_id": "alice", "limit": 5, **body})
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+async def test_the_migration_keeps_the_users_ids_in_every_layout(
+        proxies: ProxyFactory, tmp_path: Path, layout: str) -> None:
+    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    declared = await rules.create(_rule(layout), "tests", "declare v1")
+    engine = EdgeStore(tmp_path / "qdrant")
+    proxy = await proxies.start(engine=engine, refresh_interval_s=0.2,
+                                data_dir=str(tmp_path / "data"))
+    documents = _documents()
+    written = await _call(proxy, "POST", "/v1/aliases/docs/documents", {"documents": documents})
+    assert written["written"] == 62 and [r["id"] for r in written["results"]][-2:] == [9010,
+                                                                                        "9010"]
+    answer = await _search(proxy, "a frozen glacier lake")
+    assert answer["model_version"] == "v1" and answer["hits"][0]["id"] == 9010
+    assert all(isinstance(h["id"], (int, str)) for h in answer["hits"])
+
+    await rules.write(replace(declared, candidate="v2"), declared.revision, "tests", "add v2")
+    await eventually(lambda: _rule_here(proxy).candidate == "v2")
+    started = await _call(proxy, "POST", "/admin/aliases/docs/backfill", {"batch_size": 16})
+    assert started["job"]["total_docs"] == 62
+    await eventually_async(lambda: _backfill_done(proxy), timeout_s=120)
+    report = await _call(proxy, "POST", "/admin/aliases/docs/verify")
+    assert report["passed"] and report["missing"] == 0 and report["extra"] == 0, report
+
+    await _call(proxy, "POST", "/admin/aliases/docs/percent", {"percent": 100, "reason": "all"})
+    await eventually_async(lambda: _serves(proxy, "v2"))
+    for query, expected in (("a string id of digits about a harbour crane", "9010"),
+                            ("an integer id about a frozen glacier lake", 9010),
+                            (documents[7]["text"], "pkg-summit-7")):
+        for with_payload in (True, False):
+            hits = (await _search(proxy, query, with_payload=with_payload))["hits"]
+            assert hits[0]["id"] == expected, (layout, query, hits[:2])
+            assert all("_embedshift" not in (h.get("payload") or {}) for h in hits)
+
+    missing = await _call(proxy, "DELETE", "/v1/aliases/docs/documents/no-such-id", status=404)
+    assert "'no-such-id'" in missing["error"]["message"]
+    removed = await _call(proxy, "DELETE", '/v1/aliases/docs/documents/"9010"')
+    assert removed == {"id": "9010", "removed_from": ["v1", "v2"]}
+    await _call(proxy, "DELETE", '/v1/aliases/docs/documents/"9010"', status=404)
+    assert (await _call(proxy, "DELETE", "/v1/aliases/docs/documents/9010"))["id"] == 9010
+    removed = await _call(proxy, "DELETE", "/v1/aliases/docs/documents/pkg-river-6")
+    assert removed["removed_from"] == ["v1", "v2"]
+
+    await _call(proxy, "POST", "/admin/aliases/docs/promote", {"reason": "verified"})
+    await _call(proxy, "POST", "/admin/aliases/docs/retire", {"reason": "v2 held"})
+    await eventually(lambda: _rule_here(proxy).previous_stable is None)
+    archived = await _call(proxy, "POST", "/admin/aliases/docs/versions/v1/archive")
+    assert archived["points"] == 59
+    with gzip.open(archived["file"], "rb") as lines:
+        rows = [json.loads(line) for line in lines][1:]
+    assert sorted(r["doc_id"] for r in rows) == sorted(
+        d["id"] for d in documents if d["id"] not in (9010, "9010", "pkg-river-6"))
+    assert os.stat(archived["file"]).st_mode & 0o777 == 0o600
+    back = await _call(proxy, "POST", "/admin/aliases/docs/versions/v1/unarchive")
+    assert back["points"] == 59
+    await rules.aclose()
+    await proxy.client.close()
+    await engine.close()
+
+
+def _rule_here(proxy: Proxy) -> Rollout:
+    """The rule as this proxy serves it."""
+    rollout: Rollout = proxy.app[WATCHER].rollouts["docs"]
+    return rollout
+
+
+async def _backfill_done(proxy: Proxy) -> bool:
+    progress = await _call(proxy, "GET", "/admin/aliases/docs/backfill")
+    assert progress["state"] != "failed", progress
+    return bool(progress["state"] == "done")
+
+
+async def _serves(proxy: Proxy, version: str) -> bool:
+    return bool((await _search(proxy, "anything"))["model_version"] == version)
+
+
+async def test_a_named_vector_added_to_a_collection_that_exists_fails_loudly(
+        proxies: ProxyFactory, tmp_path: Path) -> None:
+    """v1 alone writes the shared collection, then v2 names a vector it lacks: the backfill
+    ends failed with the reason (not retried for ever), and /readyz names it for v2."""
+    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    layout = _rule("one collection, a named vector each")
+    alone = await rules.create(replace(layout, versions=layout.versions[:1]), "tests", "v1")
+    engine = EdgeStore(tmp_path / "qdrant")
+    proxy = await proxies.start(engine=engine, refresh_interval_s=0.2)
+    await _call(proxy, "POST", "/v1/aliases/docs/documents", {"documents": _documents()[:20]})
+    await rules.write(replace(layout, candidate="v2"), alone.revision, "tests", "add v2")
+    await eventually(lambda: _rule_here(proxy).candidate == "v2")
+    await _call(proxy, "POST", "/admin/aliases/docs/backfill", {"batch_size": 4})
+    await eventually_async(lambda: _backfill_state(proxy, "failed"), timeout_s=60)
+    progress = await _call(proxy, "GET", "/admin/aliases/docs/backfill")
+    assert "has no vector 'l6'" in progress["job"]["failed"], progress
+    assert progress["job"]["done_docs"] == 0
+    ready = await _call(proxy, "GET", "/readyz")
+    assert "has no vector 'l6'" in ready["unavailable"]["docs/v2"], ready
+    await rules.aclose()
+    await proxy.client.close()
+    await engine.close()
+
+
+async def _backfill_state(proxy: Proxy, state: str) -> bool:
+    return bool((await _call(proxy, "GET", "/admin/aliases/docs/backfill"))["state"] == state)
