@@ -93,15 +93,22 @@ def cohorts(rollout: Rollout, now: datetime) -> Cohorts | None:
 
 
 def watching(rollout: Rollout, now: datetime) -> bool:
-    """Whether a promote is within its watch window (the rule's time is the promote's: nothing
-    but a rollback or a new candidate follows a promote, and both end the watch)."""
+    """Whether a promote is within its watch window, counted from the promote itself (a
+    guard edit after it must not reopen the watch); a rule promoted before ``promoted_at``
+    was kept counts from its last change."""
+    return watch_left_s(rollout, now) is not None
+
+
+def watch_left_s(rollout: Rollout, now: datetime) -> float | None:
+    """Seconds the promote's watch still runs; None when no promote is watched."""
     if rollout.state is not State.PROMOTED or rollout.previous_stable is None:
-        return False
+        return None
     try:
-        promoted = datetime.fromisoformat(rollout.updated_at)
+        promoted = datetime.fromisoformat(rollout.promoted_at or rollout.updated_at)
     except ValueError:
-        return False
-    return 0 <= (now - promoted).total_seconds() <= rollout.guard.watch_s
+        return None
+    since = (now - promoted).total_seconds()
+    return rollout.guard.watch_s - since if 0 <= since <= rollout.guard.watch_s else None
 
 
 def shadow_target(rollout: Rollout, now: datetime) -> str | None:
@@ -113,6 +120,20 @@ def shadow_target(rollout: Rollout, now: datetime) -> str | None:
     if rollout.candidate is not None and rollout.state is State.RAMPING:
         return rollout.candidate
     return rollout.previous_stable if watching(rollout, now) else None
+
+
+def shadow_of(rollout: Rollout, served: str, now: datetime) -> tuple[str, float] | None:
+    """Where a query answered by ``served`` is also searched, off the response path, and with
+    what probability: stable's queries go to ``shadow_target`` (``shadow_share``); while the
+    candidate ramps, its own queries go to stable (``baseline_share``), so the guard has a
+    baseline at every step, the last one at 100% included."""
+    if served == rollout.stable:
+        target = shadow_target(rollout, now)
+        return None if target is None else (target, rollout.guard.shadow_share)
+    if served == rollout.candidate and rollout.state is State.RAMPING and \
+            rollout.guard.baseline_share > 0:
+        return rollout.stable, rollout.guard.baseline_share
+    return None
 
 
 def total(windows: list[Window]) -> Window:
@@ -143,10 +164,15 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
 def verdict(test: Window, baseline: Window, policy: GuardPolicy) -> Verdict:
     """Healthy, breach (the first condition breached, with its figures) or no verdict."""
     figures = _figures(test, baseline)
-    if test.requests < policy.min_requests or baseline.requests < policy.min_requests:
+    if test.requests < policy.min_requests:
         return Verdict(outcome=Outcome.NO_VERDICT, figures=figures, reason=(
-            f"too little traffic to judge: {test.requests} test and {baseline.requests} "
-            f"baseline searches, at least {policy.min_requests} each needed"))
+            f"too little traffic to judge: {test.requests} searches of the version under "
+            f"test in the window, at least {policy.min_requests} needed"))
+    if baseline.requests < policy.min_requests:
+        return Verdict(outcome=Outcome.NO_VERDICT, figures=figures, reason=(
+            f"too thin a baseline: {baseline.requests} searches of the baseline version in "
+            f"the window (its users' and shadowed ones), at least {policy.min_requests} "
+            "needed; raise guard.baseline_share (or shadow_share after a promote)"))
     breached = _proportion_breach(test, baseline, policy)
     if breached is not None:
         return Verdict(outcome=Outcome.BREACH, figures=figures, reason=breached)

@@ -101,7 +101,8 @@ class GuardPolicy(_Frozen, frozen=True):
     """When the proxy rolls the candidate back by itself (read by ``rollout_rules.guard``):
     bounds on the version under test, the traffic it needs before judging, how long it looks
     back, the false-alarm rate of its sequential test, the share of stable's queries also sent
-    to the other version (shadow traffic), and how long it keeps watching after a promote."""
+    to the other version (shadow traffic) and of the candidate's sent to stable (its baseline),
+    and how long it keeps watching after a promote."""
 
     enabled: bool = True
     max_error_rate: Fraction = 0.05
@@ -112,7 +113,10 @@ class GuardPolicy(_Frozen, frozen=True):
     window_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
     alpha: Annotated[float, msgspec.Meta(gt=0, lt=0.5)] = 0.01
     shadow_share: Fraction = 0.0
-    watch_s: Annotated[float, msgspec.Meta(ge=0)] = 1800.0
+    # the share of the candidate's queries also searched in stable while it ramps: the guard's
+    # baseline at every step, 100% included, where no user is left on stable
+    baseline_share: Fraction = 0.1
+    watch_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 1800.0
 
 
 class PromotionPolicy(_Frozen, frozen=True):
@@ -140,6 +144,7 @@ class Rollout(_Frozen, frozen=True):
     guard: GuardPolicy = msgspec.field(default_factory=GuardPolicy)
     promotion: PromotionPolicy = msgspec.field(default_factory=PromotionPolicy)
     previous_stable: Name | None = None
+    promoted_at: str = ""  # when the stable of a promoted rollout was promoted (ISO 8601)
     revision: Annotated[int, msgspec.Meta(ge=0)] = 0
     updated_by: str = ""
     updated_at: str = ""

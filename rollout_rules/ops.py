@@ -8,12 +8,14 @@ rollout unchanged, so repeated alerts are harmless.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 import msgspec
 from msgspec.structs import replace
 
 from rollout_rules.coverage import full_coverage
 from rollout_rules.errors import RuleError, TransitionError
+from rollout_rules.guard import watch_left_s
 from rollout_rules.model import GuardPolicy, Rollout, State, check_rollout, rule_error
 
 
@@ -60,10 +62,11 @@ def rollback(rollout: Rollout) -> Rollout:
 
 
 def promote(rollout: Rollout, coverage: float | None, force: bool = False,
-            unverified: str | None = None) -> Rollout:
-    """Make the candidate the stable version for everyone; the old stable is kept for rollback.
-    Refused below full coverage, or when ``unverified`` says why the candidate's documents were
-    not shown to match stable's, unless forced."""
+            unverified: str | None = None, at: str = "") -> Rollout:
+    """Make the candidate the stable version for everyone; the old stable is kept for rollback
+    and watched from ``at`` (the promote's time). Refused below full coverage, or when
+    ``unverified`` says why the candidate's documents were not shown to match stable's, unless
+    forced."""
     candidate = _require_candidate(rollout, "promote")
     if rollout.state is State.ROLLED_BACK:
         raise TransitionError(f"{rollout.alias}: {candidate} was rolled back; ramp it again "
@@ -78,7 +81,7 @@ def promote(rollout: Rollout, coverage: float | None, force: bool = False,
                               f"(run `embedshift verify {rollout.alias}`, or force it with a "
                               "reason)")
     return replace(rollout, stable=candidate, candidate=None, previous_stable=rollout.stable,
-                   percent=0.0, state=State.PROMOTED)
+                   percent=0.0, state=State.PROMOTED, promoted_at=at)
 
 
 def set_guard(rollout: Rollout, changes: Mapping[str, object]) -> Rollout:
@@ -94,11 +97,19 @@ def set_guard(rollout: Rollout, changes: Mapping[str, object]) -> Rollout:
     return replace(rollout, guard=guard)
 
 
-def retire(rollout: Rollout) -> Rollout:
+def retire(rollout: Rollout, now: datetime, force: bool = False) -> Rollout:
     """Let go of the previous stable version: no rollback to it any more, and it may be
-    archived."""
+    archived. Refused while the promote is still watched (the guard or an alert would restore
+    it), unless forced."""
     if rollout.previous_stable is None:
         raise TransitionError(f"{rollout.alias}: no previous stable version to retire")
+    left = watch_left_s(rollout, now)
+    if left is not None and not force:
+        raise TransitionError(
+            f"{rollout.alias}: the promote of {rollout.stable} is watched for {left:.0f} s more "
+            f"(guard.watch_s {rollout.guard.watch_s:g}): until then a breach or an alert "
+            f"restores {rollout.previous_stable}; retire it after that, or force it with a "
+            "reason")
     return replace(rollout, previous_stable=None)
 
 

@@ -3,9 +3,13 @@
 ``embedshift ramp ALIAS --steps 5,10,25,50,100 --every 10m`` stores a ``RampPlan``. One proxy
 (the lease holder) asks ``next_move`` every tick and carries the answer out. A step is taken when
 the current one has lasted ``every_s``, the guard's verdict on it is healthy (so it had enough
-traffic: thin traffic holds the step), and coverage allows the next share. A breach is the
-guard's to act on (it rolls back); the plan then stops, as it does when anyone changes the rule
-by hand. Pure: plan, rule, verdict and time in, a move out.
+traffic: thin traffic holds the step, and the note says the guard's own reason), and coverage
+allows the next share. A plan starts from the rule's share: steps at or below it are skipped,
+so a ramp never lowers the share. A plan whose last step is 100% ends by promoting once that
+step is judged healthy (unless made with ``promote=False``); while the promote is refused (not
+verified, say) it holds, saying why. A breach is the guard's to act on (it rolls back); the plan
+then stops, as it does when anyone changes the rule by hand. Pure: plan, rule, verdict and time
+in, a move out.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import msgspec
 from rollout_rules.errors import RuleError
 from rollout_rules.guard import Outcome
 from rollout_rules.model import Percent, Rollout, State
+
+MAX_EVERY_S = 7 * 86400.0
 
 
 class RampState(StrEnum):
@@ -40,12 +46,14 @@ class RampPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     step_revision: int = 0  # the rule revision it wrote
     note: str = ""  # why it waits, or why it stopped
     created_by: str = ""
+    promote: bool = True  # promote once a last step of 100% is judged healthy
 
 
 class Move(StrEnum):
     ADVANCE = "advance"
     WAIT = "wait"
     FINISH = "finish"
+    PROMOTE = "promote"
     STOP = "stop"
 
 
@@ -55,9 +63,11 @@ class Next(msgspec.Struct, frozen=True, kw_only=True):
     percent: float | None = None
 
 
-def new_plan(rollout: Rollout, steps: tuple[float, ...], every_s: float, actor: str
-             ) -> RampPlan:
-    """A plan for the rule's candidate; RuleError naming the field when it cannot be one."""
+def new_plan(rollout: Rollout, steps: tuple[float, ...], every_s: float, actor: str, *,
+             promote: bool = True) -> RampPlan:
+    """A plan for the rule's candidate, from its current share on (steps at or below it are
+    skipped: a ramp never lowers the share); RuleError naming the field when it cannot be
+    one."""
     if rollout.candidate is None:
         raise RuleError("candidate", f"{rollout.alias} has no candidate to ramp")
     if not steps or any(not 0 < s <= 100 for s in steps) or \
@@ -65,16 +75,26 @@ def new_plan(rollout: Rollout, steps: tuple[float, ...], every_s: float, actor: 
         raise RuleError("steps", f"need rising percentages in (0, 100], got {list(steps)}")
     if any(abs(s * 100 - round(s * 100)) > 1e-6 for s in steps):
         raise RuleError("steps", "percentages have 0.01 resolution")
-    if every_s <= 0:
-        raise RuleError("every", "a step must last a positive time")
-    return RampPlan(alias=rollout.alias, candidate=rollout.candidate, steps=steps,
-                    every_s=every_s, created_by=actor)
+    if not 0 < every_s <= MAX_EVERY_S:
+        raise RuleError("every", f"a step lasts more than 0 s and at most {MAX_EVERY_S:g} s "
+                                 "(a week)")
+    current = 0.0 if rollout.state is State.ROLLED_BACK else rollout.percent
+    ahead = tuple(s for s in steps if s > current + 1e-9)
+    if not ahead:
+        raise RuleError("steps", f"{rollout.alias} is at {current:g}% already and a ramp never "
+                                 f"lowers the share: every step of {list(steps)} is at or "
+                                 "below it (`embedshift set` lowers it on purpose)")
+    skipped = [f"{s:g}%" for s in steps if s not in ahead]
+    note = (f"starts from the rule's {current:g}%; skipped {', '.join(skipped)}" if skipped
+            else "")
+    return RampPlan(alias=rollout.alias, candidate=rollout.candidate, steps=ahead,
+                    every_s=every_s, created_by=actor, promote=promote, note=note)
 
 
 def next_move(plan: RampPlan, rollout: Rollout, outcome: Outcome | None, cap_percent: float,
-              now: datetime) -> Next:
+              now: datetime, *, why: str = "") -> Next:
     """What the ramp does now. ``outcome`` is the guard's verdict on the rule's current
-    revision (None: none yet); ``cap_percent`` what coverage allows."""
+    revision (None: none yet) and ``why`` its reason; ``cap_percent`` what coverage allows."""
     stopped = _stopped(plan, rollout)
     if stopped is not None:
         return Next(move=Move.STOP, note=stopped)
@@ -82,11 +102,11 @@ def next_move(plan: RampPlan, rollout: Rollout, outcome: Outcome | None, cap_per
         return Next(move=Move.WAIT, note="the rollout is paused; resume it to go on")
     if plan.index < 0:
         return _advance_to(plan.steps[0], 1, len(plan.steps), cap_percent)
-    return _after_step(plan, outcome, cap_percent, now)
+    return _after_step(plan, outcome, cap_percent, now, why)
 
 
-def _after_step(plan: RampPlan, outcome: Outcome | None, cap_percent: float, now: datetime
-                ) -> Next:
+def _after_step(plan: RampPlan, outcome: Outcome | None, cap_percent: float, now: datetime,
+                why: str) -> Next:
     """The move once a step was taken: wait it out, hold it, finish, or take the next."""
     n = len(plan.steps)
     percent = plan.steps[plan.index]
@@ -95,12 +115,15 @@ def _after_step(plan: RampPlan, outcome: Outcome | None, cap_percent: float, now
         return Next(move=Move.WAIT, note=f"step {plan.index + 1}/{n} at {percent:g}%: "
                                          f"{left:.0f} s to go")
     if outcome is not Outcome.HEALTHY:
-        why = {None: "the guard has not judged it yet",
-               Outcome.NO_VERDICT: "too little traffic for a verdict",
-               Outcome.BREACH: "the guard found a breach"}[outcome]
+        said = {None: "the guard has not judged it yet",
+                Outcome.NO_VERDICT: why or "no verdict",
+                Outcome.BREACH: "the guard found a breach"}[outcome]
         return Next(move=Move.WAIT, note=f"holding step {plan.index + 1}/{n} at "
-                                         f"{percent:g}%: {why}")
+                                         f"{percent:g}%: {said}")
     if plan.index == n - 1:
+        if percent >= 100 and plan.promote:
+            return Next(move=Move.PROMOTE, note=f"every step healthy, the last at "
+                                                f"{percent:g}%: promoting")
         return Next(move=Move.FINISH, note=f"every step taken; {percent:g}% stays until you "
                                            "promote")
     return _advance_to(plan.steps[plan.index + 1], plan.index + 2, n, cap_percent)

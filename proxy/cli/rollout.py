@@ -61,7 +61,8 @@ async def cmd_promote(operator: Operator, args: argparse.Namespace) -> Result:
 
 
 async def cmd_retire(operator: Operator, args: argparse.Namespace) -> Result:
-    return _changed(await operator.retire(args.alias, args.reason, args.if_revision), operator)
+    return _changed(await operator.retire(args.alias, args.reason, args.if_revision,
+                                          args.force), operator)
 
 
 async def cmd_delete(operator: Operator, args: argparse.Namespace) -> Result:
@@ -102,7 +103,8 @@ async def cmd_ramp(operator: Operator, args: argparse.Namespace) -> Result:
                                    "--pause, --resume, --abort")
     else:
         plan = await ramp.start_ramp(operator.store, args.alias, parse_steps(args.steps),
-                                     parse_duration(args.every), operator.actor)
+                                     parse_duration(args.every), operator.actor,
+                                     promote=not args.no_promote)
     return plan, f"{args.alias}: guarded ramp {render_ramp(plan)}"
 
 
@@ -263,8 +265,10 @@ def add_parsers(add: AddCommand) -> None:
     p = writer("promote", cmd_promote, "make the candidate stable for everyone")
     p.add_argument("--force", action="store_true", help="promote below full coverage or without "
                                                         "a passed verify (needs --reason)")
-    writer("retire", cmd_retire, "let go of the previous stable version (no rollback to it; "
-                                 "it may then be archived)", reason_required=True)
+    p = writer("retire", cmd_retire, "let go of the previous stable version (no rollback to "
+                                     "it; it may then be archived)", reason_required=True)
+    p.add_argument("--force", action="store_true", help="retire it while the promote is still "
+                                                        "watched (guard.watch_s)")
     writer("delete", cmd_delete, "delete an alias on purpose: every proxy stops serving it",
            reason_required=True)
     p = command("history", cmd_history, "the audit trail of an alias, newest first")
@@ -280,11 +284,14 @@ def add_parsers(add: AddCommand) -> None:
     p = writer("guard", cmd_guard, "show the guard policy, or change fields of it: "
                                    "thresholds, shadow_share, watch_s")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    p = command("ramp", cmd_ramp, "ramp the candidate step by step, each step taken only while "
-                                  "the guard finds it healthy with enough traffic")
+    p = command("ramp", cmd_ramp, "ramp the candidate step by step from its current share, "
+                                  "each step taken only while the guard finds it healthy, "
+                                  "and promote it once a last step of 100% is")
     p.add_argument("alias")
     p.add_argument("--steps", help="percentages, e.g. 5,10,25,50,100")
     p.add_argument("--every", help="how long each step lasts at least, e.g. 10m")
+    p.add_argument("--no-promote", action="store_true",
+                   help="stay at a last step of 100%% instead of promoting once it is healthy")
     for action in ("pause", "resume", "abort"):
         p.add_argument(f"--{action}", action="store_true", help=f"{action} the planned ramp")
     p = command("coverage", cmd_coverage, "show, or set by hand, a version's backfill coverage")

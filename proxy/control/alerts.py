@@ -8,9 +8,9 @@ its ``summary`` annotation, the actor ``alertmanager``. Resolved alerts never ra
 Alertmanager repeats a firing alert every ``repeat_interval`` and retries on failure, so every
 alert (fingerprint + start) is acted on once: a replay is answered ``replay`` and changes
 nothing, even if an operator ramped again in between. A rollback of an alias already rolled back
-is no change and no audit entry. Aliases no rule declares are refused by name and changed in no
-way; the known aliases of the same notification are still rolled back (a safety signal must not
-be lost to a neighbour's typo).
+is no change and no audit entry. Aliases no rule declares are named in the answer and changed in
+no way; the known aliases of the same notification are still rolled back (a safety signal must
+not be lost to a neighbour's typo), and the answer is a 200 either way.
 """
 
 from __future__ import annotations
@@ -80,13 +80,10 @@ class AlertHandler:
         self.store, self.alias_label = store, alias_label
 
     async def handle(self, notification: Notification) -> Answer:
-        """Act on every alert of a notification; NotFoundError if it named only aliases no
-        rule declares (nothing changed)."""
-        results = [await self.one(alert) for alert in notification.alerts]
-        unknown = [r.alias for r in results if r.outcome is Outcome.UNKNOWN_ALIAS]
-        if unknown and len(unknown) == len([r for r in results if r.alias is not None]):
-            raise NotFoundError(", ".join(sorted({str(a) for a in unknown})))
-        return Answer(results=results)
+        """Act on every alert of a notification. The answer is a success whatever each alert
+        came to (each result says): Alertmanager counts any other answer as a failed
+        notification, and an alias no rule declares is no failure of the webhook's."""
+        return Answer(results=[await self.one(alert) for alert in notification.alerts])
 
     async def one(self, alert: Alert) -> Result:
         name = alert.labels.get("alertname", "unnamed alert")
@@ -130,9 +127,13 @@ class AlertHandler:
         if seen in await self.store.guard_records(alias):
             return Result(alert=name, alias=alias, outcome=Outcome.REPLAY,
                           detail="this alert was acted on before", revision=rollout.revision)
+        if rollout.state is State.PROMOTED and rollout.previous_stable is None:
+            return Result(alert=name, alias=alias, outcome=Outcome.REFUSED, detail=(
+                f"{alias}'s previous stable was retired: there is nothing to restore"),
+                revision=rollout.revision)
         if rollout.state is State.PROMOTED and not watching(rollout, datetime.now(UTC)):
             return Result(alert=name, alias=alias, outcome=Outcome.REFUSED, detail=(
-                f"{alias} was promoted more than guard.watch_s ({rollout.guard.watch_s:g} s) "
-                "ago: an alert no longer undoes it; roll back by hand if you mean it"),
-                revision=rollout.revision)
+                f"{alias} was promoted at {rollout.promoted_at or rollout.updated_at}, more "
+                f"than guard.watch_s ({rollout.guard.watch_s:g} s) ago: an alert no longer "
+                "undoes it; roll back by hand if you mean it"), revision=rollout.revision)
         return None

@@ -7,6 +7,7 @@ operators racing never lose an update: the second gets a ConflictError naming bo
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import msgspec
 
 from proxy.control.verdicts import GuardStatus, guard_status, ramp_status
 from proxy.models.catalog import check_models
-from proxy.state.base import AuditEntry, Change, RuleStore, quality_key
+from proxy.state.base import AuditEntry, Change, RuleStore, now, quality_key
 from rollout_rules import ops
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, Decision, decide
@@ -94,12 +95,15 @@ class Operator:
         what = ", ".join(f"{k}={v}" for k, v in changes.items())
         return await self._apply(alias, action, reason or f"guard: {what}", expected_revision)
 
-    async def retire(self, alias: str, reason: str, expected_revision: int | None = None
-                     ) -> Change:
-        """Drop the previous stable version (a rollback can no longer reach it)."""
+    async def retire(self, alias: str, reason: str, expected_revision: int | None = None,
+                     force: bool = False) -> Change:
+        """Drop the previous stable version (a rollback can no longer reach it); inside the
+        promote's watch only when forced."""
         if not reason.strip():
             raise RuleError("reason", "retiring the previous stable needs a reason")
-        return await self._apply(alias, ops.retire, reason, expected_revision)
+        action = partial(ops.retire, now=datetime.now(UTC), force=force)
+        return await self._apply(alias, action, f"forced: {reason}" if force else reason,
+                                 expected_revision)
 
     async def promote(self, alias: str, reason: str = "", force: bool = False,
                       expected_revision: int | None = None) -> Change:
@@ -115,7 +119,8 @@ class Operator:
         def action(rollout: Rollout) -> Rollout:
             return ops.promote(rollout, coverage.get(rollout.candidate or ""), force=force,
                                unverified=unverified if rollout.candidate ==
-                               current.candidate else "the candidate changed meanwhile")
+                               current.candidate else "the candidate changed meanwhile",
+                               at=now())
 
         why = f"forced: {reason}" if force else reason or "promoted"
         return await self._apply(alias, action, why, expected_revision)

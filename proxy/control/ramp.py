@@ -44,14 +44,16 @@ class RampScheduler:
                                            max(3 * self.tick_s, 3.0)):
             return plan
         current = await self.store.get(rollout.alias)  # the leader acts on the stored rule
-        outcome = judged.outcome if judged is not None and \
-            judged.revision == current.revision else None
+        fresh = judged if judged is not None and judged.revision == current.revision else None
         cap = status_of(current, await self.store.coverage(
             current.alias, current.coverage_gate.basis)).coverage_cap_percent
         now = datetime.now(UTC)
-        found = next_move(plan, current, outcome, cap, now)
+        found = next_move(plan, current, fresh.outcome if fresh else None, cap, now,
+                          why=fresh.reason if fresh else "")
         if found.move is Move.ADVANCE and found.percent is not None:
             plan = await self._advance(plan, current, found.percent, found.note, now)
+        elif found.move is Move.PROMOTE:
+            plan = await self._promote(plan, current)
         elif found.move is Move.FINISH:
             plan = replace(plan, state=RampState.DONE, note=found.note)
         elif found.move is Move.STOP:
@@ -74,10 +76,25 @@ class RampScheduler:
                        step_revision=change.after.revision, note=note)
 
 
+    async def _promote(self, plan: RampPlan, rollout: Rollout) -> RampPlan:
+        """The last step held: promote on the revision judged, or hold saying why not."""
+        n = len(plan.steps)
+        try:
+            change = await self.operator.promote(
+                rollout.alias, f"guarded ramp: {n} steps healthy, the last at 100%",
+                expected_revision=rollout.revision)
+        except (ConflictError, TransitionError) as exc:
+            return replace(plan, note=f"holding step {n}/{n} at 100%, healthy: cannot promote "
+                                      f"yet: {exc}")
+        log.info("ramp_promoted", alias=rollout.alias, revision=change.after.revision)
+        return replace(plan, state=RampState.DONE,
+                       note=f"promoted {plan.candidate} at revision {change.after.revision}")
+
+
 async def start_ramp(store: RuleStore, alias: str, steps: tuple[float, ...], every_s: float,
-                     actor: str) -> RampPlan:
+                     actor: str, *, promote: bool = True) -> RampPlan:
     """Store a new plan for the alias's candidate (replacing any earlier one)."""
-    plan = new_plan(await store.get(alias), steps, every_s, actor)
+    plan = new_plan(await store.get(alias), steps, every_s, actor, promote=promote)
     await store.put_ramp(alias, msgspec.json.encode(plan))
     return plan
 

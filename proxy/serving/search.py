@@ -156,13 +156,24 @@ class Searcher:
             log.warning("candidate_failed", alias=alias, version=decision.version,
                         error=str(exc), answered_by=rollout.stable)
             decision = replace(decision, version=rollout.stable, reason=Reason.FALLBACK)
-            found = await self.find(alias, rollout.version(rollout.stable), query)
+            found = await self._fallback(alias, rollout, query)
         else:
             cohorts.answered(alias, rollout.revision, decision.version)
-            if self.shadow is not None and decision.version == rollout.stable:
-                self.shadow.maybe(self, rollout, query, found.hits)
+            if self.shadow is not None:
+                self.shadow.maybe(self, rollout, decision.version, query, found.hits)
         return self._answer(alias, rollout, decision, found, started=started, span=span,
                             text=text)
+
+    async def _fallback(self, alias: str, rollout: Rollout, query: Query) -> Found:
+        """Stable answers for a failed candidate; a search of stable's like any other, so it
+        counts in stable's cohort (the guard's baseline when few users are left on it)."""
+        try:
+            found = await self.find(alias, rollout.version(rollout.stable), query)
+        except (BackendError, ModelError, TimeoutError):
+            self.cohorts.answered(alias, rollout.revision, rollout.stable, failed=True)
+            raise
+        self.cohorts.answered(alias, rollout.revision, rollout.stable)
+        return found
 
     async def find(self, alias: str, version: Version, query: Query) -> Found:
         """A recent answer of this version to the same query, else encode and search by the

@@ -1,8 +1,9 @@
 """Shadow traffic: a share of stable's queries also asked of the other version, off the path.
 
-After stable has answered a user, ``Shadow.maybe`` may start a background search of the same
-query in the version the guard watches (``rollout_rules.guard.shadow_target``: the candidate
-while it ramps, the previous stable after a promote). The user's answer never waits for it. At
+After a version has answered a user, ``Shadow.maybe`` may start a background search of the same
+query in another (``rollout_rules.guard.shadow_of``): stable's queries go to the version the guard
+watches (the candidate while it ramps, the previous stable after a promote), the candidate's go
+to stable while it ramps, as the guard's baseline. The user's answer never waits for it. At
 most ``concurrency`` shadows run at once; beyond that a shadow is dropped (and counted), so under
 load shadows go first. Each finished shadow records the overlap@k of the two id lists (k = the
 request's limit, at most 10), the rank correlation of the ids both share, and the shadowed
@@ -26,7 +27,7 @@ from proxy.tasks import cancel_and_wait
 from proxy.telemetry import Metrics
 from proxy.vectors.base import Hit, PointId
 from rollout_rules.errors import BackendError, ModelError
-from rollout_rules.guard import shadow_target
+from rollout_rules.guard import shadow_of
 from rollout_rules.model import Rollout, Version
 
 if TYPE_CHECKING:
@@ -50,26 +51,29 @@ class Shadow:
         self.metrics, self.concurrency = metrics, concurrency
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def maybe(self, source: Source, rollout: Rollout, query: Query,
+    def maybe(self, source: Source, rollout: Rollout, served: str, query: Query,
               hits: Sequence[Hit]) -> None:
-        """Start a shadow of ``query`` if the rule asks for one and this query is drawn."""
-        share = rollout.guard.shadow_share
-        if share <= 0 or random.random() >= share:
+        """Start a shadow of ``query``, answered by ``served``, if the rule asks for one
+        (``rollout_rules.guard.shadow_of``) and this query is drawn."""
+        found = shadow_of(rollout, served, datetime.now(UTC))
+        if found is None:
             return
-        target = shadow_target(rollout, datetime.now(UTC))
-        if target is None:
+        target, share = found
+        if share <= 0 or random.random() >= share:
             return
         if len(self.tasks) >= self.concurrency:
             self.metrics.child(self.metrics.shadows, rollout.alias, target, "dropped").inc()
             return
         ids = [hit.id for hit in hits]
         task = asyncio.create_task(self._run(source, rollout, rollout.version(target), query,
-                                             ids))
+                                             ids, served=served))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, source: Source, rollout: Rollout, version: Version, query: Query,
-                   stable_ids: list[PointId]) -> None:
+                   served_ids: list[PointId], *, served: str) -> None:
+        """Search ``version`` too; its figures count as its own searches, and the overlap of
+        the two answers is kept on the version under test (whichever is not stable)."""
         alias, metrics = rollout.alias, self.metrics
         k = min(TOP_K, query.request.limit)
         deadline = asyncio.get_running_loop().time() + source.deadline_s
@@ -85,14 +89,14 @@ class Shadow:
         metrics.child(metrics.shadow_latency, alias, version.name).observe(
             time.perf_counter() - started)
         shadow_ids = [hit.id for hit in found.hits]
-        overlap = overlap_at(stable_ids, shadow_ids, k)
-        source.cohorts.compared(alias, query.revision, version.name, overlap)
+        tested = served if version.name == rollout.stable else version.name
+        overlap = overlap_at(served_ids, shadow_ids, k)
+        source.cohorts.compared(alias, query.revision, tested, overlap)
         metrics.child(metrics.shadows, alias, version.name, "compared").inc()
-        metrics.child(metrics.shadow_overlap, alias, version.name).observe(overlap)
-        correlation = rank_correlation(stable_ids[:k], shadow_ids[:k])
+        metrics.child(metrics.shadow_overlap, alias, tested).observe(overlap)
+        correlation = rank_correlation(served_ids[:k], shadow_ids[:k])
         if correlation is not None:
-            metrics.child(metrics.shadow_rank_correlation, alias, version.name).observe(
-                correlation)
+            metrics.child(metrics.shadow_rank_correlation, alias, tested).observe(correlation)
 
     async def close(self) -> None:
         await cancel_and_wait(self.tasks)

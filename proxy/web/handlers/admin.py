@@ -102,7 +102,8 @@ async def resume(request: web.Request) -> web.Response:
 
 
 async def retire(request: web.Request) -> web.Response:
-    return await _act(request, lambda op, alias, b: op.retire(alias, b.reason, b.if_revision))
+    return await _act(request, lambda op, alias, b: op.retire(alias, b.reason, b.if_revision,
+                                                              b.force))
 
 
 async def rollback(request: web.Request) -> web.Response:
@@ -117,12 +118,14 @@ async def promote(request: web.Request) -> web.Response:
 class RampRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     steps: Annotated[list[float], msgspec.Meta(min_length=1, max_length=100)]
     every_s: float
+    promote: bool = True  # a last step of 100% judged healthy promotes the candidate
 
 
 async def start_ramp(request: web.Request) -> web.Response:
     body = await read_json(request, RampRequest)
     plan = await ramp.start_ramp(_operator(request).store, request.match_info["alias"],
-                                 tuple(body.steps), body.every_s, _operator(request).actor)
+                                 tuple(body.steps), body.every_s, _operator(request).actor,
+                                 promote=body.promote)
     return json_response(plan)
 
 

@@ -121,7 +121,10 @@ async def test_the_migration_keeps_the_users_ids_in_every_layout(
     assert removed["removed_from"] == ["v1", "v2"]
 
     await _call(proxy, "POST", "/admin/aliases/docs/promote", {"reason": "verified"})
-    await _call(proxy, "POST", "/admin/aliases/docs/retire", {"reason": "v2 held"})
+    watched = await _call(proxy, "POST", "/admin/aliases/docs/retire", {"reason": "v2 held"},
+                          status=409)
+    assert "is watched for" in watched["error"]["message"]
+    await _call(proxy, "POST", "/admin/aliases/docs/retire", {"reason": "v2 held", "force": True})
     await eventually(lambda: _rule_here(proxy).previous_stable is None)
     archived = await _call(proxy, "POST", "/admin/aliases/docs/versions/v1/archive")
     assert archived["points"] == 59

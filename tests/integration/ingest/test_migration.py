@@ -224,7 +224,8 @@ async def test_archive_refuses_a_named_version_and_unarchive_brings_it_back_sear
     promoted = (await Operator(migration.rules, "tests").promote("docs", "verified")).after
     with pytest.raises(RuleError, match=r"still names v1 \(previous_stable\)"):
         await archive(migration.ingestor, promoted, "v1", tmp_path, keep=1)
-    retired = (await Operator(migration.rules, "tests").retire("docs", "v2 holds")).after
+    retired = (await Operator(migration.rules, "tests").retire("docs", "v2 holds",
+                                                              force=True)).after
     v1 = retired.version("v1")
     info = await archive(migration.ingestor, retired, "v1", tmp_path, keep=1)
     assert info.points == 200 and await asyncio.to_thread(os.path.exists, info.file)

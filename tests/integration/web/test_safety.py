@@ -125,8 +125,12 @@ async def test_the_webhook_rolls_back_once_and_refuses_what_it_cannot_do(
     entries = [e for e in await history(first) if e["actor"] == "alertmanager"]
     assert [e["reason"] for e in entries] == [
         "alert CandidateErrors: v2 fails 30% of searches"]
+    # an alias no rule declares is answered 200 with its outcome, as it is beside a known one:
+    # Alertmanager would count any other answer as a failed notification
     unknown = await post("/alerts/alertmanager", json=alert("nope"), headers=AUTH)
-    assert unknown.status == 404 and "nope" in (await unknown.json())["error"]["message"]
+    assert unknown.status == 200
+    result = (await unknown.json())["results"][0]
+    assert result["outcome"] == "unknown_alias" and "'nope'" in result["detail"]
     bad = await post("/alerts/alertmanager", json={"version": "3", "alerts": []},
                      headers=AUTH)
     assert bad.status == 400 and "version" in (await bad.json())["error"]["message"]
@@ -145,6 +149,22 @@ async def test_an_alert_within_the_watch_window_undoes_a_promote(
     assert answer["results"][0]["outcome"] == "rolled_back"
     after = await rule(proxies)
     assert (after.stable, after.candidate, after.state) == ("v1", "v2", "rolled_back")
+
+
+async def test_an_alert_after_a_retire_is_refused_with_the_true_reason(
+        proxies: ProxyFactory) -> None:
+    await proxies.declare(percent=100)
+    proxy = await proxies.start()
+    for action, body in (("promote", {"force": True, "reason": "test"}),
+                         ("retire", {"force": True, "reason": "inside the watch, on purpose"})):
+        answer = await proxy.client.post(f"/admin/aliases/products/{action}", headers=AUTH,
+                                         json=body)
+        assert answer.status == 200, await answer.text()
+    result = (await (await proxy.client.post("/alerts/alertmanager", json=alert(),
+                                             headers=AUTH)).json())["results"][0]
+    assert result["outcome"] == "refused"
+    assert result["detail"] == "products's previous stable was retired: there is nothing to " \
+                               "restore"
 
 
 async def test_shadow_traffic_compares_answers_without_touching_the_users(
@@ -169,8 +189,20 @@ async def test_shadow_traffic_compares_answers_without_touching_the_users(
     assert 'embedshift_shadow_overlap_count{alias="products",version="v2"}' in metrics
 
 
-async def test_a_guarded_ramp_walks_every_step_when_healthy(proxies: ProxyFactory) -> None:
+async def _verified(proxies: ProxyFactory) -> None:
+    """A passed verify of v2 against v1 on record, as `embedshift verify` leaves it."""
+    store = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    await store.record_verification("products", "v2", {"stable": "v1", "candidate": "v2",
+                                                       "passed": True})
+    await store.aclose()
+
+
+async def test_a_guarded_ramp_walks_every_step_and_ends_promoted(proxies: ProxyFactory
+                                                                 ) -> None:
+    """Each step is judged healthy, the last (100%, no user left on stable) against stable's
+    baseline of shadowed candidate queries, and the ramp then promotes."""
     await proxies.declare(percent=0, guard=FAST)
+    await _verified(proxies)
     first, second = await proxies.start(), await proxies.start()
     traffic = Traffic([url(first), url(second)], rate=60)
     traffic.start()
@@ -178,16 +210,45 @@ async def test_a_guarded_ramp_walks_every_step_when_healthy(proxies: ProxyFactor
         plan = await first.client.post("/admin/aliases/products/ramp", headers=AUTH,
                                        json={"steps": [10, 50, 100], "every_s": 1})
         assert plan.status == 200, await plan.text()
-        deadline = time.perf_counter() + 40
-        while (await rule(proxies)).percent < 100:
+        deadline = time.perf_counter() + 60
+        while (await rule(proxies)).stable != "v2":
             assert time.perf_counter() < deadline, await (await first.client.get(
                 "/admin/aliases/products", headers=AUTH)).text()
             await asyncio.sleep(0.2)
     finally:
         await traffic.stop()
     steps = [e for e in await history(first) if e["actor"] == "guarded-ramp"]
-    assert [e["after"]["percent"] for e in reversed(steps)] == [10, 50, 100]
-    assert all(e["reason"].startswith("guarded ramp step") for e in steps)
+    assert [e["after"]["percent"] for e in reversed(steps)] == [10, 50, 100, 0]
+    assert all(e["reason"].startswith("guarded ramp step") for e in steps[1:])
+    assert steps[0]["reason"] == "guarded ramp: 3 steps healthy, the last at 100%"
+    assert steps[0]["after"]["state"] == "promoted"
+    status = await (await first.client.get("/admin/aliases/products", headers=AUTH)).json()
+    assert status["ramp"]["state"] == "done" and status["ramp"]["note"].startswith(
+        "promoted v2 at revision")
+
+
+async def test_a_failure_at_100_percent_before_the_promote_is_rolled_back(
+        proxies: ProxyFactory) -> None:
+    """At the last step every user is on the candidate; stable's baseline comes from shadowed
+    candidate queries, so a candidate that starts failing there is still rolled back."""
+    declared = await proxies.declare(percent=0, guard=FAST)
+    proxy = await proxies.start()
+    traffic = Traffic([url(proxy)], rate=60)
+    traffic.start()
+    try:
+        await proxy.client.post("/admin/aliases/products/ramp", headers=AUTH,
+                                json={"steps": [50, 100], "every_s": 1})
+        await eventually(lambda: proxy.app[WATCHER].rollouts["products"].percent == 100, 30)
+        proxy.store.broken.add(candidate_collection(declared))
+        await eventually(lambda: proxy.app[WATCHER].rollouts["products"].state ==
+                         "rolled_back", 20)
+    finally:
+        await traffic.stop()
+    after = await rule(proxies)
+    assert (after.stable, after.percent, after.updated_by) == ("v1", 0, "guard")
+    assert after.reason.startswith("guard: error ratio")
+    status = await (await proxy.client.get("/admin/aliases/products", headers=AUTH)).json()
+    assert status["ramp"]["state"] == "stopped"
 
 
 async def test_a_breach_mid_ramp_rolls_back_and_stops_the_plan(proxies: ProxyFactory) -> None:

@@ -14,6 +14,7 @@ from rollout_rules.guard import (
     Window,
     bucket_of,
     cohorts,
+    shadow_of,
     shadow_target,
     total,
     verdict,
@@ -54,7 +55,7 @@ def test_fallbacks_alone_are_judged_against_the_bound() -> None:
 def test_thin_traffic_gives_no_verdict_however_bad_it_looks() -> None:
     found = verdict(window(20, errors=20), window(500), POLICY)
     assert found.outcome is Outcome.NO_VERDICT
-    assert "20 test and 500 baseline searches, at least 50 each" in found.reason
+    assert "20 searches of the version under test in the window, at least 50" in found.reason
 
 
 def test_a_small_difference_past_the_bound_is_not_yet_proof() -> None:
@@ -152,3 +153,25 @@ def test_shadow_traffic_goes_to_the_version_watched_only_when_asked() -> None:
     assert shadow_target(ramping, now) is None
     assert shadow_target(shadowed, now) == "v2"
     assert shadow_target(replace(shadowed, state=State.ROLLED_BACK), now) is None
+
+
+def test_the_candidates_own_queries_give_stable_a_baseline_at_every_step() -> None:
+    """At 100% no user is left on stable: a share of the candidate's queries is searched in
+    stable too, so the guard can still judge (and roll back) the last step."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    full = make_rollout(percent=100)
+    assert shadow_of(full, "v2", now) == ("v1", 0.1)
+    assert shadow_of(full, "v1", now) is None  # stable's queries: only with shadow_share
+    assert shadow_of(replace(full, guard=replace(POLICY, shadow_share=0.5)), "v1", now) == \
+        ("v2", 0.5)
+    assert shadow_of(replace(full, state=State.PAUSED), "v2", now) is None
+    assert shadow_of(replace(full, guard=replace(POLICY, baseline_share=0.0)), "v2", now) is None
+
+
+def test_no_verdict_says_which_side_is_thin() -> None:
+    policy = replace(POLICY, min_requests=50)
+    thin_baseline = verdict(Window(requests=900), Window(requests=3), policy)
+    assert thin_baseline.outcome is Outcome.NO_VERDICT
+    assert thin_baseline.reason.startswith("too thin a baseline: 3 searches")
+    thin_test = verdict(Window(requests=3), Window(requests=900), policy)
+    assert thin_test.reason.startswith("too little traffic to judge: 3 searches")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from msgspec.structs import replace
 
 from rollout_rules import ops
 from rollout_rules.errors import RuleError, TransitionError
+from rollout_rules.guard import watching
 from rollout_rules.model import State
 from tests.unit.core.rollouts import rollout
 
@@ -55,11 +59,16 @@ def test_promote_refuses_an_unverified_candidate_unless_forced() -> None:
     assert forced.stable == "v2"
 
 
+PROMOTED_AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+AFTER_WATCH = PROMOTED_AT + timedelta(seconds=1801)
+
+
 def test_retire_lets_go_of_the_previous_stable_and_then_nothing_rolls_back() -> None:
-    retired = ops.retire(ops.promote(rollout(percent=100), 1.0))
+    promoted = ops.promote(rollout(percent=100), 1.0, at=PROMOTED_AT.isoformat())
+    retired = ops.retire(promoted, AFTER_WATCH)
     assert (retired.stable, retired.previous_stable) == ("v2", None)
     with pytest.raises(TransitionError, match="no previous stable"):
-        ops.retire(retired)
+        ops.retire(retired, AFTER_WATCH)
     with pytest.raises(TransitionError, match="nothing to roll back"):
         ops.rollback(retired)
 
@@ -97,3 +106,20 @@ def test_guard_fields_change_from_text_and_a_bad_one_is_named() -> None:
         with pytest.raises(RuleError) as caught:
             ops.set_guard(before, bad)
         assert caught.value.field == field
+
+
+def test_retire_inside_the_watch_is_refused_unless_forced() -> None:
+    promoted = ops.promote(rollout(percent=100), 1.0, at=PROMOTED_AT.isoformat())
+    with pytest.raises(TransitionError, match=r"watched for 1500 s more .*force"):
+        ops.retire(promoted, PROMOTED_AT + timedelta(seconds=300))
+    assert ops.retire(promoted, PROMOTED_AT + timedelta(seconds=300),
+                      force=True).previous_stable is None
+
+
+def test_the_watch_runs_from_the_promote_not_from_the_rules_last_edit() -> None:
+    """A guard edit 75 s after a promote (watch 60 s) must not reopen the watch."""
+    promoted = ops.promote(rollout(percent=100), 1.0, at=PROMOTED_AT.isoformat())
+    edited = replace(ops.set_guard(promoted, {"watch_s": 60}),
+                     updated_at=(PROMOTED_AT + timedelta(seconds=75)).isoformat())
+    assert watching(edited, PROMOTED_AT + timedelta(seconds=59 + 20)) is False
+    assert watching(edited, PROMOTED_AT + timedelta(seconds=59)) is True
