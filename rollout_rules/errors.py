@@ -6,6 +6,7 @@
     │                      request parsing and the vector stores' filter checks raise it.
     ├── TransitionError    an operator action does not apply in the rollout's state (the core)
     ├── ConflictError      compare-and-set lost: the rule moved since it was read (rule stores)
+    │   └── AlreadyDeclared   init without --force on a declared alias (the operator)
     ├── NotFoundError      no rule for that alias (rule stores, the search path)
     │   └── DocumentNotFound  no version of the alias holds that document id (deletes)
     ├── StoreUnavailable   the rule store cannot be reached (the Redis client, converting redis-py
@@ -54,6 +55,17 @@ class ConflictError(EmbedshiftError):
         self.alias = alias
         self.expected = expected
         self.actual = actual
+
+
+class AlreadyDeclared(ConflictError):
+    """``init`` without ``--force`` for an alias that is declared."""
+
+    def __init__(self, alias: str, revision: int) -> None:
+        EmbedshiftError.__init__(
+            self, f"{alias} is declared already (revision {revision}): `embedshift diff {alias} "
+                  f"--file FILE` shows what a file would change, `init {alias} --file FILE "
+                  "--force` applies it")
+        self.alias, self.expected, self.actual = alias, 0, revision
 
 
 class NotFoundError(EmbedshiftError):

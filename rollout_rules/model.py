@@ -145,6 +145,9 @@ class Rollout(_Frozen, frozen=True):
     promotion: PromotionPolicy = msgspec.field(default_factory=PromotionPolicy)
     previous_stable: Name | None = None
     promoted_at: str = ""  # when the stable of a promoted rollout was promoted (ISO 8601)
+    # the spec of the rules file last applied (``rollout_rules.spec``): what a re-apply of a
+    # changed file is compared with, so settings changed by hand since then are kept
+    applied: dict[str, Any] = msgspec.field(default_factory=dict)
     revision: Annotated[int, msgspec.Meta(ge=0)] = 0
     updated_by: str = ""
     updated_at: str = ""

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         result = args.run(args, settings, environ)
     except EmbedshiftError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CODES.get(type(exc), 1)
+        return next((code for kind, code in EXIT_CODES.items() if isinstance(exc, kind)), 1)
     except KeyboardInterrupt:
         return 130
     if result is not None:

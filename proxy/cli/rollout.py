@@ -1,14 +1,16 @@
-"""The rollout commands: declare, status, set, ramp, pause, resume, rollback, promote, delete,
-history, explain, coverage; each a thin call on the operator in ``proxy.control``, rendered
-for people."""
+"""The rollout commands: declare (and apply a rules file), diff, export, undo, status, set,
+ramp, pause, resume, rollback, promote, delete, history, explain, coverage; each a thin call on
+the operator in ``proxy.control``, rendered for people."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import tomli_w
 
 from proxy.cli.common import AddCommand, OperatorCommand, Result, with_operator
 from proxy.control import ramp
@@ -21,14 +23,45 @@ from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout, parse_rollout
 from rollout_rules.ops import summarize_change
 from rollout_rules.ramp import RampPlan
+from rollout_rules.spec import document as spec_document
 
 # -- commands ----------------------------------------------------------------------------------
 
 async def cmd_init(operator: Operator, args: argparse.Namespace) -> Result:
     rollout = _read_rollout(args.file, args.alias) if args.file else default_rollout(args.alias)
-    stored = await operator.declare(rollout, args.reason, replace_existing=args.force)
-    return stored, f"declared {stored.alias} at revision {stored.revision}\n" + \
-        render_status(await operator.status(stored.alias))
+    declared = await operator.declare(rollout, args.reason, replace_existing=args.force,
+                                      take_status=args.take_status)
+    stored = declared.rollout
+    if not declared.changed:
+        head = f"{stored.alias}: the file matches the rule at revision {stored.revision}: " \
+               "nothing written"
+    elif declared.differences:
+        head = f"applied to {stored.alias} at revision {stored.revision}:\n" + \
+            "\n".join(f"  {line}" for line in declared.differences)
+    else:
+        head = f"declared {stored.alias} at revision {stored.revision}"
+    kept = "".join(f"\n  kept: {line}" for line in declared.kept)
+    return declared, f"{head}{kept}\n" + render_status(await operator.status(stored.alias))
+
+
+async def cmd_diff(operator: Operator, args: argparse.Namespace) -> Result:
+    found = await operator.diff(_read_rollout(args.file, args.alias), args.take_status)
+    lines = [f"  {line}" for line in found.differences] or ["  no differences"]
+    lines += [f"  kept: {line}" for line in found.kept]
+    return found, f"{args.alias} against {args.file}:\n" + "\n".join(lines)
+
+
+async def cmd_export(operator: Operator, args: argparse.Namespace) -> Result:
+    rollout = await operator.store.get(args.alias)
+    data = spec_document(rollout)
+    header = (f"# {rollout.alias} at revision {rollout.revision}, exported from the live rule "
+              f"(changed last by {rollout.updated_by or 'someone'} at {rollout.updated_at})\n")
+    return data, header + tomli_w.dumps(_toml_ready(data)).rstrip("\n")
+
+
+async def cmd_undo(operator: Operator, args: argparse.Namespace) -> Result:
+    return _changed(await operator.undo(args.alias, args.to_revision, args.reason,
+                                        args.if_revision), operator)
 
 
 async def cmd_status(operator: Operator, args: argparse.Namespace) -> Result:
@@ -214,17 +247,29 @@ def _read_rollout(path: str, alias: str) -> Rollout:
         text = Path(path).read_bytes()
     except OSError as exc:
         raise RuleError("file", f"cannot read {path}: {exc}") from exc
-    if path.endswith(".toml"):
-        try:
-            data: dict[str, Any] = msgspec.toml.decode(text)
-        except msgspec.DecodeError as exc:
-            raise RuleError("document", f"not valid TOML ({exc})") from exc
-    else:
-        data = msgspec.json.decode(text) if text.strip() else {}
+    kind = "TOML" if path.endswith(".toml") else "JSON"
+    try:
+        data: Any = (msgspec.toml.decode(text) if kind == "TOML" else
+                     msgspec.json.decode(text) if text.strip() else {})
+    except msgspec.DecodeError as exc:
+        raise RuleError("document", f"{path}: not valid {kind} ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RuleError("document", f"{path}: a rules document is a {kind} "
+                                    f"{'table' if kind == 'TOML' else 'object'}, not a "
+                                    f"{type(data).__name__}")
     data.setdefault("alias", alias)
     if data["alias"] != alias:
         raise RuleError("alias", f"the file declares {data['alias']!r}, the command {alias!r}")
     return parse_rollout(data)
+
+
+def _toml_ready(value: Any) -> Any:
+    """TOML has no null: a value that is None is left out (each such field's default)."""
+    if isinstance(value, dict):
+        return {k: _toml_ready(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_toml_ready(v) for v in value]
+    return value
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -249,11 +294,7 @@ def add_parsers(add: AddCommand) -> None:
         p.add_argument("--if-revision", type=int, help="refuse unless the rule is at this revision")
         return p
 
-    p = command("init", cmd_init, "declare an alias with its stable and candidate versions")
-    p.add_argument("alias")
-    p.add_argument("--file", help="rule document (JSON or TOML); default: the v1/v2 MiniLM pair")
-    p.add_argument("--force", action="store_true", help="replace an existing declaration")
-    p.add_argument("--reason", default="", help="why, recorded in the audit stream")
+    _add_rules_file_parsers(command, writer)
     p = command("status", cmd_status, "show every alias, or one")
     p.add_argument("alias", nargs="?")
     p = writer("set", cmd_set, "ramp the candidate to PERCENT of users (0-100, 0.01 steps)")
@@ -299,3 +340,31 @@ def add_parsers(add: AddCommand) -> None:
     p.add_argument("version", nargs="?")
     p.add_argument("covered", nargs="?", type=int)
     p.add_argument("total", nargs="?", type=int)
+
+
+Command = Callable[[str, OperatorCommand, str], argparse.ArgumentParser]
+Writer = Callable[..., argparse.ArgumentParser]
+
+
+def _add_rules_file_parsers(command: Command, writer: Writer) -> None:
+    """Rules as code: declare or apply a file, see what it would change, export, undo."""
+    p = command("init", cmd_init, "declare an alias with its stable and candidate versions, or "
+                                  "apply a changed rules file to it (--force)")
+    p.add_argument("alias")
+    p.add_argument("--file", help="rule document (JSON or TOML); default: the v1/v2 MiniLM pair")
+    p.add_argument("--force", action="store_true",
+                   help="apply the file to a declared alias: its settings merged in, the live "
+                        "status (stable after a promote, percent, state) kept")
+    p.add_argument("--take-status", action="store_true",
+                   help="with --force: apply the file's stable, candidate and percent as "
+                        "written, even over a promote or a rollback")
+    p.add_argument("--reason", default="", help="why, recorded in the audit stream")
+    p = command("diff", cmd_diff, "what applying a rules file would change, written nowhere")
+    p.add_argument("alias")
+    p.add_argument("--file", required=True, help="rule document (JSON or TOML)")
+    p.add_argument("--take-status", action="store_true", help="as init --take-status would")
+    p = command("export", cmd_export, "the live rule as a TOML rules document (--json: JSON)")
+    p.add_argument("alias")
+    p = writer("undo", cmd_undo, "write the rule back as it was at an earlier revision (from "
+                                 "the audit trail), as a new revision")
+    p.add_argument("--to-revision", type=int, required=True, metavar="N")

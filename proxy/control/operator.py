@@ -19,11 +19,13 @@ from proxy.state.base import AuditEntry, Change, RuleStore, now, quality_key
 from rollout_rules import ops
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, Decision, decide
-from rollout_rules.errors import ConflictError, RuleError
+from rollout_rules.errors import AlreadyDeclared, ConflictError, NotFoundError, RuleError
 from rollout_rules.model import Rollout
 from rollout_rules.ramp import RampPlan
+from rollout_rules.spec import apply_file, differences, first_declaration
 
 RESTORED_TOTAL = 10_000
+UNDO_REACH = 1000  # audit entries an undo looks back through
 
 
 class Status(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,6 +38,15 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     effective_percent: float
     guard: GuardStatus | None = None  # the guard's last verdict on this revision
     ramp: RampPlan | None = None  # the guarded ramp, if one is planned
+
+
+class Declared(msgspec.Struct, frozen=True, kw_only=True):
+    """What declaring or applying a rules file did (or, for ``diff``, would do)."""
+
+    rollout: Rollout
+    changed: bool
+    differences: list[str]  # field by field
+    kept: list[str]  # what the file says that the rule's status keeps, and why
 
 
 class Explanation(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,12 +72,64 @@ class Operator:
     async def statuses(self) -> list[Status]:
         return [await self.status(alias) for alias in await self.store.aliases()]
 
-    async def declare(self, rollout: Rollout, reason: str, replace_existing: bool = False
-                      ) -> Rollout:
+    async def declare(self, rollout: Rollout, reason: str, replace_existing: bool = False,
+                      take_status: bool = False) -> Declared:
+        """Declare an alias from a rules file, or apply the file to the declared one
+        (``replace_existing``): its spec merged in, its status kept (``rollout_rules.spec``);
+        a file that changes nothing writes nothing."""
         if self.models_dir is not None:
             check_models(rollout, self.models_dir)
-        return await self.store.create(rollout, self.actor, reason or "declared",
-                                       replace_existing=replace_existing)
+        current = await self._current(rollout.alias)
+        if current is None:
+            stored = await self.store.create(first_declaration(rollout), self.actor,
+                                             reason or "declared")
+            return Declared(rollout=stored, changed=True, differences=[], kept=[])
+        if not replace_existing:
+            raise AlreadyDeclared(rollout.alias, current.revision)
+        applied = apply_file(current, rollout, take_status=take_status)
+        changes = differences(current, applied.rollout)
+        if not changes:  # the live rule stays as it is: no write, no audit entry
+            return Declared(rollout=current, changed=False, differences=[], kept=applied.kept)
+        stored = await self.store.write(applied.rollout, current.revision, self.actor,
+                                        reason or "rules file applied")
+        return Declared(rollout=stored, changed=True, differences=changes, kept=applied.kept)
+
+    async def diff(self, rollout: Rollout, take_status: bool = False) -> Declared:
+        """What applying the file would do, written nowhere."""
+        current = await self.store.get(rollout.alias)
+        applied = apply_file(current, rollout, take_status=take_status)
+        changes = differences(current, applied.rollout)
+        return Declared(rollout=applied.rollout, changed=bool(changes), differences=changes,
+                        kept=applied.kept)
+
+    async def undo(self, alias: str, revision: int, reason: str,
+                   expected_revision: int | None = None) -> Change:
+        """Write the rule back as it was at ``revision`` (from the audit trail), as a new
+        revision: status and spec alike, audited as an undo."""
+        current = await self.store.get(alias)
+        if expected_revision is not None and expected_revision != current.revision:
+            raise ConflictError(alias, expected_revision, current.revision)
+        entries = await self.store.history(alias, UNDO_REACH)
+        found = next((e for e in entries if e.revision == revision and not e.deleted), None)
+        if found is None:
+            raise RuleError("to_revision", f"{alias} has no revision {revision} in its last "
+                                           f"{UNDO_REACH} audit entries (see `embedshift "
+                                           f"history {alias}`)")
+        target = msgspec.structs.replace(found.after, revision=current.revision)
+        if target == current:
+            return Change(before=current, after=current, changed=False)
+        why = f"undo to revision {revision}" + (f": {reason}" if reason.strip() else "")
+        stored = await self.store.write(target, current.revision, self.actor, why)
+        return Change(before=current, after=stored, changed=True)
+
+    async def _current(self, alias: str) -> Rollout | None:
+        """The declared rule, or None for an alias never declared or deleted."""
+        if await self.store.deleted(alias):
+            return None
+        try:
+            return await self.store.get(alias)
+        except NotFoundError:
+            return None
 
     async def set_percent(self, alias: str, percent: float, reason: str = "",
                           expected_revision: int | None = None) -> Change:

@@ -80,7 +80,8 @@ def test_errors_exit_non_zero_with_one_clear_line(cli: Cli, tmp_path: Path) -> N
     assert cli("status", "ghost")[0] == 5
     cli("init", "products")
     code, _, err = cli("init", "products")
-    assert code == 4 and "revision 1, not 0" in err
+    assert code == 4 and "products is declared already (revision 1)" in err
+    assert "embedshift diff products --file FILE" in err
     code, _, err = cli("set", "products", "101")
     assert code == 3 and err.startswith("error: percent:")
     code, _, err = cli("set", "products", "5", "--if-revision", "7")
@@ -128,10 +129,79 @@ target = { collection = "docs_b", vector_name = "dense" }
 [overrides.tenants]
 acme = "v2"
 """)
-    declared = cli.json("init", "docs", "--file", str(doc))
+    declared = cli.json("init", "docs", "--file", str(doc))["rollout"]
     assert declared["versions"][1]["target"]["vector_name"] == "dense"
     explained = cli.json("explain", "docs", "--tenant", "acme")
     assert explained["decision"]["version"] == "v2"
+
+
+RULES = """
+alias = "articles"
+stable = "v1"
+candidate = "v2"
+
+[[versions]]
+name = "v1"
+model = "sentence-transformers/paraphrase-MiniLM-L3-v2"
+dimensions = 384
+target = { collection = "articles_v1" }
+
+[[versions]]
+name = "v2"
+model = "sentence-transformers/all-MiniLM-L6-v2"
+dimensions = 384
+target = { collection = "articles_v2" }
+"""
+
+
+def test_rules_as_code_reapplying_a_file_never_reverts_what_operations_did(
+        cli: Cli, tmp_path: Path) -> None:
+    """The file used to add the candidate, applied again after a promote, changes nothing and
+    writes no audit entry; a changed file shows its diff and keeps the promote; export, diff
+    and undo round-trip."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES)
+    assert cli("init", "articles", "--file", str(rules))[0] == 0
+    cli("coverage", "articles", "v2", "100", "100")
+    cli("guard", "articles", "--set", "min_requests=20", "--reason", "by hand")
+    cli("set", "articles", "100")
+    cli("promote", "articles", "--force", "--reason", "checked by hand")
+    revision = cli.json("status", "articles")[0]["rollout"]["revision"]
+    code, out, _ = cli("init", "articles", "--file", str(rules), "--force")
+    assert code == 0 and out.startswith(
+        f"articles: the file matches the rule at revision {revision}: nothing written")
+    assert "kept: stable: the file says v1, the rule's stable is v2" in out
+    after = cli.json("status", "articles")[0]["rollout"]
+    assert (after["revision"], after["stable"], after["guard"]["min_requests"]) == \
+        (revision, "v2", 20)
+    assert len(cli.json("history", "articles", "--limit", "100")) == revision
+    rules.write_text(RULES.replace('target = { collection = "articles_v2" }',
+                                   'target = { collection = "articles_v2" }\nquery_prefix = '
+                                   '"query: "'))
+    code, out, _ = cli("diff", "articles", "--file", str(rules))
+    assert code == 0 and "  versions.v2.query_prefix:  -> query: " in out.splitlines()
+    code, out, _ = cli("init", "articles", "--file", str(rules), "--force")
+    assert code == 0 and out.startswith(f"applied to articles at revision {revision + 1}:")
+    applied = cli.json("status", "articles")[0]["rollout"]
+    assert (applied["stable"], applied["state"], applied["versions"][1]["query_prefix"]) == \
+        ("v2", "promoted", "query: ")
+    exported = tmp_path / "exported.toml"
+    code, out, _ = cli("export", "articles")
+    exported.write_text(out)
+    code, out, _ = cli("init", "articles", "--file", str(exported), "--force")
+    assert code == 0 and "nothing written" in out
+    undone = cli.json("undo", "articles", "--to-revision", "2", "--reason", "back")["after"]
+    assert (undone["stable"], undone["candidate"], undone["revision"]) == ("v1", "v2",
+                                                                           revision + 2)
+    assert cli.json("history", "articles", "--limit", "1")[0]["reason"] == \
+        "undo to revision 2: back"
+    code, _, err = cli("undo", "articles", "--to-revision", "99")
+    assert code == 3 and "no revision 99" in err
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    code, _, err = cli("init", "other", "--file", str(listed))
+    assert code == 3 and "a rules document is a JSON object, not a list" in err
+    assert "Traceback" not in err
 
 
 def test_the_console_script_runs_on_the_embedded_redis(tmp_path: Path) -> None:

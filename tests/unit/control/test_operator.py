@@ -75,7 +75,7 @@ async def test_bad_actions_are_refused_naming_what_is_wrong(operator: Operator) 
 async def test_a_deleted_alias_keeps_its_history_and_a_restore_brings_back_coverage() -> None:
     store = MemoryRuleStore()
     operator = Operator(store, "alice")
-    declared = await operator.declare(rollout(percent=20), "declare")
+    declared = (await operator.declare(rollout(percent=20), "declare")).rollout
     with pytest.raises(RuleError):
         await operator.delete("products", " ")
     await operator.delete("products", "retired")
