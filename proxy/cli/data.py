@@ -262,6 +262,12 @@ def render_progress(p: dict[str, Any]) -> str:
                      f"({share:.1%}){popular}")
     if p.get("skipped"):
         lines.append(f"  {p['skipped']} stable points have no source text and were skipped")
+    if p.get("took_s") is not None:
+        predicted = (f"`plan` predicted {p['predicted_s']:.0f} s, " if p.get("predicted_s")
+                     is not None else "no `plan` was made, ")
+        workers = (p.get("job") or {}).get("workers") or 1
+        lines.append(f"  time        {predicted}it took {p['took_s']:.0f} s "
+                     f"({workers} worker{'s' if workers > 1 else ''})")
     return "\n".join(lines)
 
 

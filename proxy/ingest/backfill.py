@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
 
 import msgspec
 import structlog
@@ -28,6 +30,7 @@ from proxy.ingest.documents import (
     point_id,
 )
 from proxy.ingest.writer import Coverage, Ingestor
+from proxy.state.base import plan_key
 from proxy.state.jobs import BackfillQueue, Claim, JobStatus
 from proxy.tasks import cancel_and_wait
 from proxy.vectors.base import id_of_key, scroll_all
@@ -79,6 +82,8 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     eta_s: float | None
     skipped: int  # stable points without source text (cannot be re-encoded)
     coverage: list[Coverage]
+    predicted_s: float | None = None  # what the last `plan` said this job would take
+    took_s: float | None = None  # what it took, start of the job to its last batch
 
 
 class RateLimit:
@@ -159,7 +164,7 @@ class Backfill:
             raise RuleError("backfill", f"a backfill of {rollout.alias} is already running here")
         status = await self.plan(rollout, options)
         _, candidate = _pair(rollout)
-        await self.queues(rollout.alias, candidate.name).set_stopped(False)
+        await self.queues(rollout.alias, candidate.name).set_started(options.workers)
         await self.ingestor.update_coverage(rollout)
         limit = RateLimit(options.rate)
         self.started[rollout.alias] = (time.monotonic(), status.done_docs)
@@ -189,6 +194,7 @@ class Backfill:
                 if claim is None:
                     status = await queue.status()
                     if status.finished:
+                        await queue.set_finished()
                         await self.ingestor.update_coverage(rollout)
                         log.info("backfill_done", alias=rollout.alias, worker=worker)
                         return
@@ -254,13 +260,39 @@ class Backfill:
         state = ("none" if not job.exists else "failed" if job.failed
                  else "done" if job.finished
                  else "running" if here or (job.leased and not job.stopped) else "stopped")
+        predicted, took = await self._against_plan(rollout.alias, rollout.candidate, job)
         return Progress(alias=rollout.alias, version=rollout.candidate, state=state, job=job,
                         running_here=here, rate_docs_s=rate, eta_s=eta,
-                        skipped=self.skipped.get(rollout.alias, 0), coverage=coverage)
+                        skipped=self.skipped.get(rollout.alias, 0), coverage=coverage,
+                        predicted_s=predicted, took_s=took)
+
+    async def _against_plan(self, alias: str, candidate: str, job: JobStatus
+                            ) -> tuple[float | None, float | None]:
+        """The plan's time for this job (scaled to its documents, at its workers) and the
+        time it took once finished; None where either is unknown."""
+        took = None
+        if job.finished_at and job.created_at:
+            took = (datetime.fromisoformat(job.finished_at) -
+                    datetime.fromisoformat(job.created_at)).total_seconds()
+        found = await self.ingestor.rules.verification(alias, plan_key(candidate))
+        return predicted_seconds(found, job), took
 
     async def close(self) -> None:
         await cancel_and_wait(t for ts in self.tasks.values() for t in ts)
         self.tasks.clear()
+
+
+def predicted_seconds(plan: Mapping[str, Any] | None, job: JobStatus) -> float | None:
+    """A recorded plan's wall time at the job's workers, scaled from the documents it planned
+    for to the job's (pure)."""
+    if not plan or not job.total_docs or not plan.get("to_encode"):
+        return None
+    times = {row.get("workers"): row.get("seconds") for row in plan.get("wall_time", [])
+             if isinstance(row, dict)}
+    seconds = times.get(max(job.workers, 1)) or times.get(1)
+    if not isinstance(seconds, (int, float)):
+        return None
+    return round(seconds * job.total_docs / float(plan["to_encode"]), 1)
 
 
 def _pair(rollout: Rollout) -> tuple[Version, Version]:

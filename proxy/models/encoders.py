@@ -152,7 +152,9 @@ class OnnxModel:
         return self._embed_encodings(self.tokenizer.encode_batch(list(texts)))
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
+        """Real tokens by the attention mask: the tokenizer pads every encoding of a batch
+        (to the longest, or to the max length), and padding is neither read nor billed."""
+        return [sum(e.attention_mask) for e in self.tokenizer.encode_batch(list(texts))]
 
     def _embed_encodings(self, encodings: Sequence[Encoding]) -> Vector:
         lengths = [sum(e.attention_mask) for e in encodings]

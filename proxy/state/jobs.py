@@ -7,7 +7,8 @@ Keys (``P`` the prefix, ``J`` = ``P:{alias}:backfill:<version>``, one alias's sl
     J:leases   sorted set of claimed batch numbers by lease expiry (ms, Redis's clock)
     J:owners   hash  batch number -> the worker holding it
     J:meta     hash  total_docs, total_batches, done_docs, done_batches, created_at, stopped,
-                     failed (why the job gave up: a batch kept failing)
+                     failed (why the job gave up: a batch kept failing), workers (of the last
+                     start), finished_at
 
 A claim (one Lua script) takes an expired lease first, else the next batch in the queue, and
 leases it to the worker; finishing (another script) counts the batch only if the worker still
@@ -62,6 +63,8 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str = ""
     stopped: bool = False
     failed: str = ""  # why the workers gave up (empty while they have not)
+    workers: int = 0  # how many the last start ran
+    finished_at: str = ""  # when the last batch was done
 
     @property
     def finished(self) -> bool:
@@ -131,7 +134,9 @@ class BackfillQueue:
                          done_batches=int(fields.get("done_batches", 0)),
                          queued=int(queued), leased=int(leased),
                          created_at=fields.get("created_at", ""),
-                         stopped="stopped" in fields, failed=fields.get("failed", ""))
+                         stopped="stopped" in fields, failed=fields.get("failed", ""),
+                         workers=int(fields.get("workers", 0)),
+                         finished_at=fields.get("finished_at", ""))
 
     async def set_stopped(self, stopped: bool) -> None:
         """Mark the job stopped, or running again (which also forgets why it failed)."""
@@ -140,6 +145,19 @@ class BackfillQueue:
                 await self.client.hset(self.keys["meta"], "stopped", "1")
             else:
                 await self.client.hdel(self.keys["meta"], "stopped", "failed")
+
+    async def set_started(self, workers: int) -> None:
+        """Running again with ``workers`` (which forgets a stop and why it failed)."""
+        async with unavailable_on_error(self.client):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.keys["meta"], "stopped", "failed")
+            pipe.hset(self.keys["meta"], "workers", workers)
+            await pipe.execute()
+
+    async def set_finished(self) -> None:
+        """The last batch is done (the first worker to see it says when)."""
+        async with unavailable_on_error(self.client):
+            await self.client.hsetnx(self.keys["meta"], "finished_at", now())
 
     async def set_failed(self, error: str) -> None:
         """The workers gave up: a batch kept failing with ``error``."""

@@ -18,7 +18,7 @@ from proxy.ingest.plan import plan
 from proxy.ingest.quality import judge
 from proxy.ingest.verify import verify
 from proxy.ingest.writer import DocumentResult
-from proxy.state.base import quality_key
+from proxy.state.base import plan_key, quality_key
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES, read_json
 from proxy.web.errors import json_response
 from proxy.web.keys import BACKFILL, INGESTOR, SETTINGS, WATCHER
@@ -124,8 +124,11 @@ async def run_plan(request: web.Request) -> web.Response:
     """Measure the candidate's encoder on stable's texts here and say what a backfill takes."""
     rollout = _rollout(request)
     options = await read_json(request, PlanOptions) if request.can_read_body else PlanOptions()
-    return json_response(await plan(request.app[INGESTOR], rollout, options.sample,
-                                    options.max_workers, options.price_per_1k))
+    found = await plan(request.app[INGESTOR], rollout, options.sample, options.max_workers,
+                       options.price_per_1k)
+    await request.app[INGESTOR].rules.record_verification(  # the backfill's end compares
+        rollout.alias, plan_key(found.candidate), msgspec.to_builtins(found))
+    return json_response(found)
 
 
 class GoldenSet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -55,6 +55,28 @@ def test_fp32_batches_do_not_change_vectors(l6: OnnxModel) -> None:
     assert np.abs(l6.embed_many(SENTENCES, batch_size=5) - alone).max() < 1e-5
 
 
+@pytest.mark.parametrize("name", FP32)
+def test_tokens_are_counted_by_the_attention_mask_not_the_padding(models_dir: Path,
+                                                                 name: str) -> None:
+    """``plan`` prices tokens: on the demo catalogue and on texts of very mixed lengths the
+    count is what the tokenizer reads unpadded (truncated at the max length), not 256 each."""
+    from tokenizers import Tokenizer
+
+    from proxy.cli.demo import demo_documents
+
+    model = OnnxModel(models_dir / name, threads=1)
+    plain = Tokenizer.from_file(str(models_dir / name / "tokenizer.json"))
+    plain.no_padding()
+    plain.enable_truncation(model.manifest.max_length)
+    demo = [f"{d['title']}. {d['text']}" for d in demo_documents()]
+    mixed = ["tent", *SENTENCES, "a long " * 300, "mid length text " * 20]
+    for texts in (demo, mixed):
+        counted = sum(model.count_tokens(texts))
+        reference = sum(len(e.ids) for e in plain.encode_batch(texts))
+        assert abs(counted - reference) <= 0.02 * reference, (counted, reference)
+        assert counted < 0.5 * len(texts) * model.manifest.max_length
+
+
 def test_text_past_the_max_length_is_truncated(l6: OnnxModel) -> None:
     long = SENTENCES[-1]
     assert len(l6.tokenizer.encode(long).ids) == 256

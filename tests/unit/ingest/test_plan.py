@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
+from msgspec.structs import replace
+
+from proxy.ingest.backfill import predicted_seconds
 from proxy.ingest.plan import ENVELOPE_BYTES, HNSW_LINK_BYTES, Workers, estimate
+from proxy.state.jobs import JobStatus
 
 
 def test_workers_scale_up_to_the_cores_and_cost_follows_the_tokens() -> None:
@@ -17,3 +22,13 @@ def test_workers_scale_up_to_the_cores_and_cost_follows_the_tokens() -> None:
     assert estimate(documents=1, to_encode=1, docs_per_s=1, tokens_per_doc=1,
                     text_bytes_per_doc=1, dimensions=1, cores=1, max_workers=1,
                     price_per_1k=None)["cost"] is None
+
+
+def test_the_backfill_compares_itself_with_the_plan_at_its_workers_and_size() -> None:
+    """A plan recorded as the plan route keeps it (JSON), scaled to the job's documents."""
+    plan = msgspec.json.decode(msgspec.json.encode({
+        "to_encode": 2000, "wall_time": [Workers(1, 27.0), Workers(2, 14.0)]}))
+    job = JobStatus(exists=True, total_docs=1000, workers=2)
+    assert predicted_seconds(plan, job) == 7.0
+    assert predicted_seconds(plan, replace(job, workers=8)) == 13.5  # not planned: 1 worker
+    assert predicted_seconds(None, job) is None
