@@ -125,13 +125,13 @@ def shadow_target(rollout: Rollout, now: datetime) -> str | None:
 def shadow_of(rollout: Rollout, served: str, now: datetime) -> tuple[str, float] | None:
     """Where a query answered by ``served`` is also searched, off the response path, and with
     what probability: stable's queries go to ``shadow_target`` (``shadow_share``); while the
-    candidate ramps, its own queries go to stable (``baseline_share``), so the guard has a
-    baseline at every step, the last one at 100% included."""
+    candidate ramps under a guard, its own queries go to stable (``baseline_share``), so the
+    guard has a baseline at every step, the last one at 100% included."""
     if served == rollout.stable:
         target = shadow_target(rollout, now)
         return None if target is None else (target, rollout.guard.shadow_share)
     if served == rollout.candidate and rollout.state is State.RAMPING and \
-            rollout.guard.baseline_share > 0:
+            rollout.guard.enabled and rollout.guard.baseline_share > 0:
         return rollout.stable, rollout.guard.baseline_share
     return None
 

@@ -71,20 +71,25 @@ class CoverageStep(_Frozen, frozen=True):
     max_percent: Percent
 
 
-DEFAULT_STEPS = (
+DEFAULT_STEPS = (CoverageStep(min_coverage=0.99, max_percent=100.0),)
+"""Safe by default: no user reaches a candidate missing more than 1% of what stable answers."""
+STEPPED = (
     CoverageStep(min_coverage=0.0, max_percent=5.0),
     CoverageStep(min_coverage=0.5, max_percent=25.0),
     CoverageStep(min_coverage=0.8, max_percent=50.0),
     CoverageStep(min_coverage=0.95, max_percent=100.0),
 )
+"""A stepped gate, as an explicit choice: some users on a candidate still being filled."""
 
 
 class CoverageGate(_Frozen, frozen=True):
-    """Caps the candidate's share by how much of the corpus it has re-encoded: by documents
-    (done / total) or by popularity (the share of recent answer hits already re-encoded)."""
+    """Caps the candidate's share by how much of what it should hold it holds: by answer
+    completeness (the default: the share of stable's sampled answer hits the candidate holds,
+    document coverage while no answers were sampled), by documents (done / total) or by
+    popularity (as completeness, over all answers). The default lets nobody in below 99%."""
 
     enabled: bool = True
-    basis: Literal["documents", "popularity"] = "documents"
+    basis: Literal["completeness", "documents", "popularity"] = "completeness"
     steps: tuple[CoverageStep, ...] = DEFAULT_STEPS
 
 

@@ -266,7 +266,9 @@ class Searcher:
                 Attr.DB_COLLECTION: version.target.collection, Attr.HIT_COUNT: len(hits),
                 Attr.CACHE_HIT: found.vector_cached, Attr.RESULT_CACHE_HIT: found.result_cached,
                 Attr.PROVIDER: "embedshift"})
-        if self.hits is not None:
+        if self.hits is not None and version.name == rollout.stable:
+            # stable's answers only: what the candidate must hold (completeness) and what the
+            # backfill should bring first; the candidate's own answers hold themselves
             self.hits.record(rollout.alias, hits)
         trace_id = format(span.get_span_context().trace_id, "032x")
         extra = {"query": text} if self.log_queries else {}

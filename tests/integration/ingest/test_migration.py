@@ -28,6 +28,7 @@ from proxy.vectors.base import RESERVED
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, decide
 from rollout_rules.errors import RuleError, TransitionError
+from rollout_rules.model import STEPPED, CoverageGate
 from tests.integration.ingest.conftest import Migration, corpus
 
 USERS = 2000
@@ -183,6 +184,9 @@ async def test_verify_finds_what_is_missing_extra_or_encoded_by_another_model(
     documents = corpus(300)
     await migration.ingestor.write(stable_only, documents)
     rollout = await migration.declare()
+    # the stepped gate (full at 95%), so that 97% covered lets verify's verdict speak first
+    rollout = await migration.rules.write(replace(rollout, coverage_gate=CoverageGate(
+        steps=STEPPED)), rollout.revision, "tests", "stepped gate")
     v2 = rollout.version("v2")
     await migration.ingestor.write_version(v2, documents[:290])
     await migration.ingestor.write_version(v2, corpus(1, 5000))  # only in the candidate

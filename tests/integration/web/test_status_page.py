@@ -20,7 +20,7 @@ from proxy.state.client import connect
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
 from rollout_rules import ops
-from rollout_rules.model import Target
+from rollout_rules.model import STEPPED, CoverageGate, Target
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.paths import REPO
 
@@ -56,7 +56,8 @@ async def _two_aliases(proxies: ProxyFactory) -> None:
     docs = default_rollout("docs")
     docs = replace(docs, versions=tuple(  # the demo's collections, under a second alias
         replace(v, target=Target(collection=f"products_{v.name}")) for v in docs.versions))
-    created = await rules.create(docs, "tests", "declare")
+    created = await rules.create(replace(docs, coverage_gate=CoverageGate(steps=STEPPED)),
+                                 "tests", "declare")  # the stepped gate: a capped share
     await rules.set_coverage("docs", "v1", 100, 100)
     await rules.set_coverage("docs", "v2", 60, 100)  # the gate allows 25% at 60%
     await rules.write(replace(created, percent=80), created.revision, "tests", "ramp to 80")

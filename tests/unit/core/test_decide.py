@@ -37,7 +37,8 @@ def test_the_salt_reshuffles_users() -> None:
 
 
 def test_coverage_caps_the_share_and_says_so() -> None:
-    r = rollout(percent=40)
+    r = rollout(percent=40, coverage_gate={"steps": [
+        {"min_coverage": 0.0, "max_percent": 5}, {"min_coverage": 0.5, "max_percent": 25}]})
     reasons = Counter(decide(r, Context(user_id=f"u{i}"), 0.3).reason for i in range(20_000))
     # 30% covered allows 5%: of the 40% the operator asked for, 35% are capped back to stable.
     assert abs(reasons[Reason.BUCKET_IN] / 20_000 - 0.05) < 0.01

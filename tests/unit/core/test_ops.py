@@ -45,9 +45,9 @@ def test_rollback_zeroes_the_candidate_and_is_idempotent() -> None:
 
 
 def test_promote_needs_coverage_unless_forced() -> None:
-    with pytest.raises(TransitionError, match=r"coverage is 50.0%, promotion needs 95.0%"):
+    with pytest.raises(TransitionError, match=r"coverage is 50.0%, promotion needs 99.0%"):
         ops.promote(rollout(percent=100), 0.5)
-    promoted = ops.promote(rollout(percent=100), 0.97)
+    promoted = ops.promote(rollout(percent=100), 0.99)
     assert (promoted.stable, promoted.candidate, promoted.previous_stable) == ("v2", None, "v1")
     assert ops.promote(rollout(percent=100), None, force=True).stable == "v2"
 
