@@ -71,8 +71,8 @@ class AlreadyDeclared(ConflictError):
 class NotFoundError(EmbedshiftError):
     """No rule document exists for the alias."""
 
-    def __init__(self, alias: str) -> None:
-        super().__init__(f"no rollout declared for alias {alias!r} (declare it with 'init')")
+    def __init__(self, alias: str, hint: str = "declare it with 'init'") -> None:
+        super().__init__(f"no rollout declared for alias {alias!r} ({hint})")
         self.alias = alias
 
 

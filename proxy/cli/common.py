@@ -24,7 +24,7 @@ def with_operator(handler: OperatorCommand) -> Runner:
 
     def run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> Result:
         async def go() -> Result:
-            store = open_store(settings, environ)
+            store = open_store(settings, environ, start=False)
             try:
                 return await handler(Operator(store, actor_of(settings, environ),
                                              settings.models_path), args)

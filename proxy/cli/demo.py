@@ -81,11 +81,13 @@ def demo_documents() -> list[dict[str, Any]]:
 
 
 async def load_demo(rollout: Rollout, ingestor: Ingestor) -> None:
-    """Write the catalogue through ingestion into each version (v2 in part), once: a version
-    that already holds its share, with the source text, is left as it is."""
+    """Write the catalogue through ingestion into each version (v2 in part), once, and count
+    its coverage then (a restart counts nothing): a version that already holds its share,
+    with the source text, is left as it is."""
     documents = [Document(id=d["id"], text=f"{d['title']}. {d['text']}",
                           payload={k: d[k] for k in ("title", "text", "category", "price")})
                  for d in demo_documents()]
+    loaded = False
     for version in rollout.versions:
         share = 1.0 if version.name == rollout.stable else V2_SHARE
         chosen = documents[: round(len(documents) * share)]
@@ -93,9 +95,11 @@ async def load_demo(rollout: Rollout, ingestor: Ingestor) -> None:
             continue
         await ingestor.write_version(version, chosen, rollout.versions)
         await ingestor.store.optimize(version.target)
+        loaded = True
         log.info("demo_loaded", version=version.name, collection=version.target.collection,
                  documents=len(chosen))
-    await ingestor.update_coverage(rollout)
+    if loaded:  # a restart counts nothing over what the backfill or an operator recorded
+        await ingestor.update_coverage(rollout)
 
 
 async def _holds(store: VectorStore, version: Version, count: int) -> bool:

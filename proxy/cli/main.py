@@ -11,10 +11,11 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import msgspec
 
-from proxy.cli import data, models, redis, rollout, serve
+from proxy.cli import data, found, models, redis, rollout, serve
 from proxy.cli.common import Runner
 from proxy.config import load_settings
 from rollout_rules.errors import (
@@ -41,7 +42,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(environ, {k: getattr(args, k, None) for k in _SETTINGS_FLAGS})
+        given = {k: getattr(args, k, None) for k in _SETTINGS_FLAGS}
+        if args.command != "serve":  # the other commands find the proxy serve runs here
+            given.update(found.overrides(Path.cwd(), environ, given))
+        settings = load_settings(environ, given)
         result = args.run(args, settings, environ)
     except EmbedshiftError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -118,7 +118,7 @@ def render_added(added: Added) -> str:
 
 def remove(name: str, settings: Settings, environ: Mapping[str, str]) -> Result:
     async def rules() -> list[Rollout]:
-        store = open_store(settings, environ)
+        store = open_store(settings, environ, start=False)
         try:
             return [await store.get(alias) for alias in await store.aliases()]
         finally:

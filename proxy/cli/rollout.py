@@ -19,7 +19,7 @@ from proxy.control.verdicts import GuardStatus
 from proxy.models.catalog import default_rollout
 from proxy.state.base import AuditEntry, Change
 from rollout_rules.decide import Context
-from rollout_rules.errors import RuleError
+from rollout_rules.errors import NotFoundError, RuleError
 from rollout_rules.model import Rollout, parse_rollout
 from rollout_rules.ops import summarize_change
 from rollout_rules.ramp import RampPlan
@@ -99,7 +99,12 @@ async def cmd_retire(operator: Operator, args: argparse.Namespace) -> Result:
 
 
 async def cmd_delete(operator: Operator, args: argparse.Namespace) -> Result:
-    entry = await operator.delete(args.alias, args.reason, args.if_revision)
+    try:
+        entry = await operator.delete(args.alias, args.reason, args.if_revision)
+    except NotFoundError:
+        raise NotFoundError(args.alias, hint=(
+            "if a proxy still serves it from memory (`vanished` in its /readyz), delete it "
+            f"through that proxy: DELETE /admin/aliases/{args.alias} with a reason")) from None
     return entry, (f"deleted {args.alias} at revision {entry.revision} (by {entry.actor}); "
                    "every proxy stops serving it")
 
@@ -182,6 +187,10 @@ def _changed(change: Change, operator: Operator) -> Result:
 
 # -- rendering ---------------------------------------------------------------------------------
 
+_MEASURE = {"completeness": "completeness", "documents": "coverage",
+            "popularity": "popular coverage"}
+
+
 def render_status(status: Status) -> str:
     r = status.rollout
     candidate = r.candidate or "-"
@@ -192,8 +201,9 @@ def render_status(status: Status) -> str:
         f"  stable     {r.stable:<6} {r.version(r.stable).model}",
         f"  candidate  {candidate:<6} {r.version(r.candidate).model if r.candidate else ''}",
         f"  percent    {r.percent:g}% set, {status.effective_percent:g}% effective"
-        + (f" (candidate coverage {coverage} allows at most {status.coverage_cap_percent:g}%)"
-           if r.candidate and r.coverage_gate.enabled else ""),
+        + (f" (candidate {_MEASURE[r.coverage_gate.basis]} {coverage} allows at most "
+           f"{status.coverage_cap_percent:g}%)" if r.candidate and r.coverage_gate.enabled
+           else ""),
     ]
     if status.guard is not None:
         lines.append(f"  guard      {render_guard(status.guard)}")

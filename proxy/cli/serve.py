@@ -12,9 +12,11 @@ import argparse
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from pathlib import Path
 
 import structlog
 
+from proxy.cli import found
 from proxy.cli.common import AddCommand
 from proxy.cli.demo import load_demo
 from proxy.config import Settings
@@ -22,6 +24,7 @@ from proxy.ingest.writer import Ingestor
 from proxy.models.catalog import default_rollout
 from proxy.models.loader import ModelCache
 from proxy.state.base import RuleStore
+from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import open_store
 from proxy.telemetry import configure_logging, tracer_provider
 from proxy.vectors.base import VectorStore
@@ -36,39 +39,71 @@ log = structlog.get_logger("embedshift.serve")
 
 
 async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = True) -> None:
+    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_path, environ)
+    ours = embedded is not None and not embedded.is_running()  # stopped with us, if we start it
     rules = open_store(settings, environ)
     vectors: VectorStore = (
         ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key) if settings.qdrant_url
         else EdgeStore(settings.data_path / "qdrant", search_threads=settings.edge_search_threads))
     models = ModelCache(settings.models_path)  # the demo and the request path share them
     if demo and settings.redis_url is None and settings.qdrant_url is None:
-        await prepare_demo(rules, Ingestor(vectors, rules, models))
+        await prepare_demo(rules, Ingestor(vectors, rules, models),
+                           settings.data_path / "demo-declared")
     deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
                 models=models, jobs=rules.backfill_queue)
+    here = Path.cwd()
+    record: list[Path] = []
+
+    def listening(url: str) -> None:
+        record.append(found.write(here, data_dir=settings.data_path, url=url,
+                                  host=settings.host, port=settings.port))
+        print((_HINT if demo else _OWN_HINT).format(url=url), flush=True)
+
     async def close_stores() -> None:
         await vectors.close()
         await rules.aclose()
+        for path in record:
+            found.remove(path)
+        if ours and embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+            log.info("redis_stopped", data_dir=str(settings.data_path))
 
-    await serve_until_signalled(make_app(settings, deps), settings,
-                                on_listening=lambda url: print(
-                                    (_HINT if demo else _OWN_HINT).format(url=url), flush=True),
+    await serve_until_signalled(make_app(settings, deps), settings, on_listening=listening,
                                 after_cleanup=close_stores)
 
 
-async def prepare_demo(rules: RuleStore, ingestor: Ingestor) -> None:
-    """Declare the demo alias (unless deleted on purpose) and load its catalogue, once; the
-    coverage is counted from what the collections hold."""
+async def prepare_demo(rules: RuleStore, ingestor: Ingestor, marker: Path | None = None
+                       ) -> None:
+    """Declare the demo alias into a store that never held it, and load its catalogue once.
+
+    A restart writes nothing over what an operator or another proxy wrote: the alias is
+    declared only where ``marker`` (a file under the data folder, which outlives a Redis data
+    loss) says this data folder never declared it, and never again after a deletion; the
+    coverage is counted only when the catalogue is loaded."""
     try:
         rollout = await rules.get(DEMO_ALIAS)
     except NotFoundError:
         if await rules.deleted(DEMO_ALIAS):
             return
+        if marker is not None and await asyncio.to_thread(marker.exists):
+            log.error("demo_alias_missing", alias=DEMO_ALIAS, hint=(
+                "declared here before, gone from the rule store without a deletion: not "
+                "declared again over it; restore it from a proxy that still serves it (POST "
+                f"/admin/aliases/{DEMO_ALIAS}/restore) or `embedshift init {DEMO_ALIAS}`"))
+            return
         rollout = await rules.create(default_rollout(DEMO_ALIAS), "embedshift serve",
                                      "demo alias declared by serve")
+        if marker is not None:
+            await asyncio.to_thread(_mark, marker, rollout.revision)
     for version in rollout.versions:
         await ingestor.models.get(version)
         print(f"model {version.name}: {version.model} ready", flush=True)
     await load_demo(rollout, ingestor)
+
+
+def _mark(marker: Path, revision: int) -> None:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{DEMO_ALIAS} declared at revision {revision}\n")
 
 
 def run(settings: Settings, environ: Mapping[str, str], demo: bool = True) -> None:

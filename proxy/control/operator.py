@@ -233,6 +233,16 @@ class Operator:
             raise ConflictError(alias, expected_revision, current)
         return await self.store.delete(alias, current, self.actor, reason)
 
+    async def delete_vanished(self, snapshot: Rollout, reason: str) -> AuditEntry:
+        """Delete on purpose an alias the store lost but a proxy still serves from memory:
+        its snapshot is written back (audited as such), then deleted (audited), so every
+        proxy obeys the deletion and the revisions go on after every one seen."""
+        if not reason.strip():
+            raise RuleError("reason", "deleting an alias needs a reason")
+        restored = await self.store.restore(snapshot, self.actor,
+                                            f"restored from memory to be deleted: {reason}")
+        return await self.store.delete(snapshot.alias, restored.revision, self.actor, reason)
+
     async def restore(self, rollout: Rollout, reason: str,
                       coverage: dict[str, float] | None = None) -> Rollout:
         """Write back a rule the store lost, from a proxy's last good snapshot, and the coverage

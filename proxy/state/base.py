@@ -230,7 +230,7 @@ def lenient(document: str) -> Rollout | None:
         return None
 
 
-CoverageBasis = Literal["documents", "popularity"]
+CoverageBasis = Literal["completeness", "documents", "popularity"]
 COVERAGE_MESSAGE = "coverage"  # announced on the change feed in place of a revision
 PPM = 1_000_000
 
@@ -252,12 +252,17 @@ def coverage_fractions(fields: dict[str, int], basis: CoverageBasis = "documents
     fractions = {}
     for version, total in totals.items():
         popular = fields.get(f"{version}:popular_ppm")
-        if basis == "popularity" and popular is not None:
+        if basis != "documents" and popular is not None:
             fractions[version] = popular / PPM
         else:
             fractions[version] = min(1.0, fields.get(f"{version}:covered", 0) / total) \
                 if total else 0.0
     return fractions
+
+
+def plan_key(candidate: str) -> str:
+    """Where the last ``plan`` for a candidate is kept (the backfill's end compares with it)."""
+    return f"{candidate}@plan"
 
 
 def quality_key(candidate: str) -> str:

@@ -15,9 +15,21 @@ from proxy.state.redis_server import EmbeddedRedis
 from rollout_rules.errors import StoreUnavailable
 
 
-def redis_url(settings: Settings, environ: Mapping[str, str]) -> str:
-    """The configured Redis, or the embedded one, started if it is not running yet."""
-    return settings.redis_url or EmbeddedRedis(settings.data_path, environ).ensure_running()
+def redis_url(settings: Settings, environ: Mapping[str, str], start: bool = True) -> str:
+    """The configured Redis, or the embedded one: started if it is not running yet, or (not
+    ``start``: the CLI) StoreUnavailable saying nothing runs there."""
+    if settings.redis_url:
+        return settings.redis_url
+    embedded = EmbeddedRedis(settings.data_path, environ)
+    if start:
+        return embedded.ensure_running()
+    if not embedded.is_running():
+        raise StoreUnavailable(
+            f"no embedshift found: no REDIS_URL is set and no redis-server runs under "
+            f"{settings.data_path} (start the proxy with `embedshift serve` in this folder, "
+            "or give --data-dir / REDIS_URL; `embedshift redis start` starts the rule store "
+            "alone); nothing was started")
+    return embedded.url
 
 
 def connect(settings: Settings, url: str) -> aioredis.Redis:

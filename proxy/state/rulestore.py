@@ -94,9 +94,12 @@ class Stamp(NamedTuple):
     floor: int = 0
 
 
-def open_store(settings: Settings, environ: Mapping[str, str]) -> RedisRuleStore:
-    """The rule store on the configured Redis, or on the embedded one (started if need be)."""
-    return RedisRuleStore(connect(settings, redis_url(settings, environ)), settings.redis_prefix)
+def open_store(settings: Settings, environ: Mapping[str, str], start: bool = True
+               ) -> RedisRuleStore:
+    """The rule store on the configured Redis, or on the embedded one (started if need be and
+    ``start``)."""
+    return RedisRuleStore(connect(settings, redis_url(settings, environ, start)),
+                          settings.redis_prefix)
 
 
 class RedisRuleStore(SharedWrites):

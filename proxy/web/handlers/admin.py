@@ -76,9 +76,15 @@ async def _optional_body(request: web.Request) -> Action:
 
 
 async def delete(request: web.Request) -> web.Response:
+    """Delete an alias on purpose; one the store lost but this proxy serves from memory
+    (vanished) is deleted too, from that memory."""
     body = await _optional_body(request)
-    entry = await _operator(request).delete(request.match_info["alias"], body.reason,
-                                            body.if_revision)
+    alias = request.match_info["alias"]
+    watcher = request.app[WATCHER]
+    if alias in watcher.vanished and alias in watcher.rollouts:
+        return json_response(await _operator(request).delete_vanished(watcher.rollouts[alias],
+                                                                      body.reason))
+    entry = await _operator(request).delete(alias, body.reason, body.if_revision)
     return json_response(entry)
 
 

@@ -46,8 +46,11 @@ def test_a_rollout_from_declaration_to_promotion(cli: Cli) -> None:
     status = cli.json("status", "products")[0]
     assert status["effective_percent"] == 0  # no coverage reported yet: the gate holds at 0
     cli("coverage", "products", "v2", "97", "100")
+    status = cli.json("status", "products")[0]  # the default gate: nobody below 99%
+    assert (status["candidate_coverage"], status["effective_percent"]) == (0.97, 0)
+    cli("coverage", "products", "v2", "99", "100")
     status = cli.json("status", "products")[0]
-    assert (status["candidate_coverage"], status["effective_percent"]) == (0.97, 10)
+    assert (status["candidate_coverage"], status["effective_percent"]) == (0.99, 10)
     explained = cli.json("explain", "products", "--user", "alice")
     assert explained["decision"]["reason"] in {"bucket_in", "bucket_out"}
     assert cli.json("pause", "products")["after"]["state"] == "paused"
@@ -56,7 +59,7 @@ def test_a_rollout_from_declaration_to_promotion(cli: Cli) -> None:
     code, out, _ = cli("rollback", "products", "--reason", "p99 regression")
     assert code == 0 and "state ramping -> rolled_back, percent 10 -> 0" in out
     cli("set", "products", "100")
-    code, _, err = cli("promote", "products")  # coverage suffices (97%); never verified
+    code, _, err = cli("promote", "products")  # coverage suffices (99%); never verified
     assert code == 3 and "never verified" in err and "embedshift verify products" in err
     promoted = cli.json("promote", "products", "--force", "--reason", "checked by hand")["after"]
     assert [promoted[k] for k in ("stable", "candidate", "state")] == ["v2", None, "promoted"]

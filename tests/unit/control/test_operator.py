@@ -29,7 +29,9 @@ async def test_a_ramp_is_recorded_with_its_actor_and_capped_by_coverage(
         (40, "alice@ops", "first ramp")
     assert (await operator.status("products")).effective_percent == 0  # no coverage yet
     status = await operator.set_coverage("products", "v2", 60, 100)
-    assert (status.coverage_cap_percent, status.effective_percent) == (25, 25)
+    assert (status.coverage_cap_percent, status.effective_percent) == (0, 0)  # below 99%
+    status = await operator.set_coverage("products", "v2", 99, 100)
+    assert (status.coverage_cap_percent, status.effective_percent) == (100, 40)
     assert [e.reason for e in await operator.history("products")] == ["first ramp", "declare"]
 
 
@@ -84,7 +86,7 @@ async def test_a_deleted_alias_keeps_its_history_and_a_restore_brings_back_cover
     restored = await operator.restore(declared, "from memory", {"v2": 0.6, "v9": 1.0})
     assert restored.percent == 20
     status = await operator.status("products")
-    assert status.coverage == {"v2": 0.6} and status.effective_percent == 20
+    assert status.coverage == {"v2": 0.6} and status.effective_percent == 0  # 60% < 99%
 
 
 async def test_a_forced_promotion_says_so_in_the_audit(operator: Operator) -> None:
