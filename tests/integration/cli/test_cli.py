@@ -216,8 +216,12 @@ def test_the_console_script_runs_on_the_embedded_redis(tmp_path: Path) -> None:
         return subprocess.run([str(exe), *argv], capture_output=True, text=True, env=env,
                               cwd=REPO, timeout=60, check=False)
 
+    nothing = run("status")  # a CLI finding no embedshift says so and starts nothing
+    assert nothing.returncode == 6 and "no embedshift found" in nothing.stderr
+    assert "not running" in run("redis", "status").stdout
     try:
-        assert run("init", "products").returncode == 0  # starts the embedded server itself
+        assert run("redis", "start").returncode == 0  # the rule store alone, on purpose
+        assert run("init", "products").returncode == 0
         assert run("set", "products", "2.5").returncode == 0
         status = run("status", "--json")
         assert json.loads(status.stdout)[0]["rollout"]["percent"] == 2.5

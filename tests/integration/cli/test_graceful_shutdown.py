@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,6 @@ import pytest
 
 from loadtest.bench_proxy import free_port
 from proxy.state.redis_server import EmbeddedRedis
-from tests.paths import REPO
 
 pytestmark = pytest.mark.integration
 DRAIN_S, SHUTDOWN_S = 1.5, 5.0
@@ -28,6 +28,8 @@ class Serving:
     process: subprocess.Popen[bytes]
     base: str
     log: Path
+    here: Path  # the folder it was started in
+    data: Path
 
 
 @pytest.fixture
@@ -43,10 +45,11 @@ def serving(tmp_path: Path, models_dir: Path) -> Iterator[Serving]:
         env.pop(name, None)
     log = tmp_path / "serve.log"  # a file, not a pipe: one log line per query fills a pipe
     with log.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "proxy.cli.main", "serve"], cwd=REPO,
-                                   env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+        process = subprocess.Popen([sys.executable, "-m", "proxy.cli.main", "serve"],
+                                   cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=log_file)
     try:
-        yield Serving(process, f"http://127.0.0.1:{port}", log)
+        yield Serving(process, f"http://127.0.0.1:{port}", log, tmp_path, data)
     finally:
         if process.poll() is None:
             process.kill()
@@ -141,3 +144,23 @@ async def test_a_second_signal_later_exits_at_once(serving: Serving) -> None:
     exit_code = await asyncio.to_thread(serving.process.wait, 10)
     assert exit_code == 128 + signal.SIGTERM and time.monotonic() - asked < DRAIN_S
     assert '"event":"second_signal"' in serving.log.read_text()
+
+
+async def test_the_cli_finds_the_proxy_serve_runs_here_and_serve_cleans_up(
+        serving: Serving) -> None:
+    """serve ran with its own data folder and port; a CLI started in the same folder with
+    neither finds them, and once serve stops its record and its redis-server are gone."""
+    await _wait_ready(serving, timeout_s=240)
+    record = serving.here / ".embedshift" / "serve.json"
+    assert record.stat().st_mode & 0o777 == 0o600
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("EMBEDSHIFT_") and k not in ("REDIS_URL", "QDRANT_URL")}
+    found = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "proxy.cli.main", "status", "products", "--json"],
+        cwd=serving.here, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["rollout"]["alias"] == "products"
+    serving.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(serving.process.wait, DRAIN_S + SHUTDOWN_S + 30) == 0
+    assert not record.exists()
+    assert not EmbeddedRedis(serving.data, {}).is_running()
