@@ -138,7 +138,11 @@ def _advance_to(percent: float, step: int, n: int, cap_percent: float) -> Next:
 
 def _stopped(plan: RampPlan, rollout: Rollout) -> str | None:
     if rollout.candidate != plan.candidate:
-        return f"the candidate is now {rollout.candidate or 'none'}, not {plan.candidate}"
+        if rollout.candidate is None and rollout.stable == plan.candidate:
+            return f"{plan.candidate} was promoted by {rollout.updated_by or 'someone'}"
+        if rollout.candidate is None:
+            return f"{plan.candidate} is no longer the candidate (the rule has none)"
+        return f"the candidate is now {rollout.candidate}, not {plan.candidate}"
     if rollout.state is State.ROLLED_BACK:
         return f"rolled back by {rollout.updated_by or 'someone'}: {rollout.reason}"
     if plan.index >= 0 and rollout.revision != plan.step_revision and \

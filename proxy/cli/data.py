@@ -86,6 +86,8 @@ class Reporter:
         self.what, self.tty = what, sys.stderr.isatty()
         self.bar = tqdm(total=total, unit=unit, desc=what, file=sys.stderr) if self.tty else None
         self.last = 0.0
+        self.started = time.monotonic()
+        self.first: int | None = None  # done when first reported
 
     def update(self, done: int, total: int, **extra: Any) -> None:
         if self.bar is not None:
@@ -97,8 +99,22 @@ class Reporter:
         elif time.monotonic() - self.last >= JSON_EVERY_S or done >= total:
             self.last = time.monotonic()
             line = {"progress": self.what, "done": done, "total": total,
+                    **self._pace(done, total),
                     **{k: v for k, v in extra.items() if v is not None}}
             print(msgspec.json.encode(line).decode(), file=sys.stderr, flush=True)
+
+    def _pace(self, done: int, total: int) -> dict[str, float]:
+        """Items per second since the first report, and the seconds left at that rate (the
+        bar shows its own; a caller's figures replace these)."""
+        if self.first is None:
+            self.first = done
+            return {}
+        elapsed = time.monotonic() - self.started
+        rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
+        if rate <= 0:
+            return {}
+        pace = {"rate": round(rate, 1)}
+        return {**pace, "eta_s": round((total - done) / rate, 1)} if done < total else pace
 
     def close(self) -> None:
         if self.bar is not None:

@@ -222,8 +222,9 @@ def add_parsers(add_command: AddCommand) -> None:
                    "(cosine >= 0.9999), made with sentence-transformers")
     p = add_command("eval", run_eval_command, "retrieval quality per model on a BEIR-format "
                     "dataset")
-    p.add_argument("--dataset", required=True, help="folder with corpus.jsonl, queries.jsonl, "
-                                                    "qrels/test.tsv")
+    p.add_argument("--dataset", required=True, help="a BEIR folder: queries.jsonl and "
+                   "qrels/test.tsv, with corpus.jsonl when models are judged in memory (with "
+                   "--alias the corpus is what the collections hold)")
     p.add_argument("--model", action="append", help="a catalogued model to judge, as NAME, "
                    "NAME:int8 or NAME:prefix=TEXT; repeat it (default: the v1/v2 default pair)")
     p.add_argument("--alias", help="judge this alias's stable and candidate through their real "

@@ -196,8 +196,9 @@ def render_status(status: Status) -> str:
     candidate = r.candidate or "-"
     covered = status.candidate_coverage
     coverage = "unknown" if covered is None else f"{covered:.1%}"
+    state = r.state if r.candidate or r.state != "ramping" else "stable only, no candidate"
     lines = [
-        f"{r.alias}  (revision {r.revision}, {r.state})",
+        f"{r.alias}  (revision {r.revision}, {state})",
         f"  stable     {r.stable:<6} {r.version(r.stable).model}",
         f"  candidate  {candidate:<6} {r.version(r.candidate).model if r.candidate else ''}",
         f"  percent    {r.percent:g}% set, {status.effective_percent:g}% effective"

@@ -17,7 +17,7 @@ from proxy.state.base import AuditEntry
 from proxy.web.auth import bearer, check_token
 from proxy.web.errors import json_response
 from proxy.web.history import Point, shadow_overlap
-from proxy.web.keys import HISTORY, METRICS, OPERATOR, SETTINGS, WATCHER
+from proxy.web.keys import HISTORY, METRICS, OPERATOR, SEARCHER, SETTINGS, WATCHER
 from rollout_rules.errors import NotFoundError, StoreUnavailable
 
 STATIC = files("proxy.web") / "static"
@@ -33,6 +33,7 @@ class AliasView(msgspec.Struct, frozen=True, kw_only=True):
     figures: dict[str, list[Point]]
     audit: list[AuditEntry]
     problem: str | None = None  # why part of it comes from this proxy's memory
+    unavailable: dict[str, str] = msgspec.field(default_factory=dict)  # version: why
 
 
 class Page(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,5 +77,7 @@ async def status(request: web.Request) -> web.Response:
                 status=status_of(rollout, watcher.coverage.get(alias, {})),
                 popularity_coverage={}, audit=[], shadow_overlap=overlap, figures=figures,
                 problem=f"the rule store did not answer ({exc}); shown from this proxy's memory")
-        views.append(view)
+        unavailable = {version: why for (name, version), why in
+                       request.app[SEARCHER].unavailable.items() if name == alias}
+        views.append(msgspec.structs.replace(view, unavailable=unavailable))
     return json_response(Page(refresh_s=REFRESH_S, step_s=history.step_s, aliases=views))

@@ -11,24 +11,43 @@ const el = (tag, attrs = {}, ...children) => {
 };
 const pct = (x) => (x === null || x === undefined ? "-" : `${(100 * x).toFixed(1)}%`);
 
-function spark(points, field, cls) {
-  const values = points.map((p) => p[field]).filter((v) => v !== null);
+// One small chart of one or more series on one scale: [[field, css class], ...].
+function spark(points, series) {
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("class", "spark");
   svg.setAttribute("viewBox", "0 0 160 32");
-  svg.setAttribute("data-points", String(values.length));
-  if (values.length > 1) {
-    const max = Math.max(...values, 1e-9);
+  const all = series.map(([field]) => points.map((p) => p[field]).filter((v) => v !== null));
+  svg.setAttribute("data-points", String(all[0].length));
+  const max = Math.max(...all.flat(), 1e-9);
+  series.forEach(([field, cls], n) => {
+    const values = all[n];
+    if (values.length < 2) return;
     const line = document.createElementNS(svg.namespaceURI, "polyline");
     line.setAttribute("class", cls);
     line.setAttribute("points", values.map((v, i) =>
       `${(i * 160 / (values.length - 1)).toFixed(1)},${(30 - 28 * v / max).toFixed(1)}`).join(" "));
     svg.append(line);
-  }
+  });
   const title = document.createElementNS(svg.namespaceURI, "title");
-  title.textContent = `${field}: last ${values.length ? values[values.length - 1] : "-"}`;
+  title.textContent = series.map(([field], n) =>
+    `${field}: last ${all[n].length ? all[n][all[n].length - 1] : "-"}`).join(", ");
   svg.append(title);
   return svg;
+}
+
+// The guarded ramp as its steps: taken, current, to come; its state and why it waits.
+function rampSteps(ramp) {
+  const steps = el("ol", {class: "ramp", "data-field": "ramp"}, ...ramp.steps.map((step, i) =>
+    el("li", {class: i < ramp.index ? "done" : i === ramp.index ? "current" : "next"},
+      `${step}%`)));
+  const taken = Math.max(0, ramp.index + 1);
+  return el("div", {}, steps, el("span", {class: "muted"},
+    `${ramp.state}, step ${taken} of ${ramp.steps.length}${ramp.note ? ": " + ramp.note : ""}`));
+}
+
+function stateOf(r) {
+  if (r.candidate) return r.state;
+  return r.state === "promoted" ? "promoted" : "stable only (no candidate)";
 }
 
 function versionRows(view) {
@@ -39,19 +58,23 @@ function versionRows(view) {
   for (const v of r.versions) {
     const role = v.name === r.stable ? "stable" : v.name === r.candidate ? "candidate" :
       v.name === r.previous_stable ? "previous stable" : "";
+    const why = view.unavailable[v.name];
+    const roleCell = why ? el("td", {class: "unavailable", "data-field": "unavailable"},
+      `${role}, unavailable: ${why}`) : el("td", {}, role);
     const points = view.figures[v.name] || [];
     const last = points.length ? points[points.length - 1] : null;
     const timed = points.filter((p) => p.p50_ms !== null);
     const latency = timed.length ? timed[timed.length - 1] : null;  // the last step with answers
     table.append(el("tr", {"data-version": v.name},
-      el("td", {}, v.name), el("td", {}, role), el("td", {}, v.model),
+      el("td", {}, v.name), roleCell, el("td", {}, v.model),
       el("td", {"data-field": "coverage"}, pct(view.status.coverage[v.name])),
       el("td", {"data-field": "popularity"}, pct(view.popularity_coverage[v.name])),
       el("td", {"data-field": "overlap"}, pct(view.shadow_overlap[v.name])),
-      el("td", {}, last ? last.rps.toFixed(1) : "-", " ", spark(points, "rps", "p50")),
+      el("td", {}, last ? last.rps.toFixed(1) : "-", " ", spark(points, [["rps", "p50"]])),
       el("td", {}, latency ? `${latency.p50_ms.toFixed(1)} / ${latency.p99_ms.toFixed(1)} ` : "- ",
-        spark(points, "p50_ms", "p50"), spark(points, "p99_ms", "p99")),
-      el("td", {}, last ? last.errors.toFixed(2) : "-", " ", spark(points, "errors", "err"))));
+        spark(points, [["p50_ms", "p50"], ["p99_ms", "p99"]])),
+      el("td", {}, last ? last.errors.toFixed(2) : "-", " ",
+        spark(points, [["errors", "err"]]))));
   }
   return table;
 }
@@ -60,15 +83,16 @@ function aliasSection(view) {
   const s = view.status, r = s.rollout;
   const verdict = s.guard ? `${s.guard.outcome}: ${s.guard.reason}` : "no verdict yet";
   const facts = el("dl", {class: "facts"},
-    el("dt", {}, "state"), el("dd", {"data-field": "state", class: `state-${r.state}`}, r.state),
+    el("dt", {}, "state"), el("dd", {"data-field": "state", class: `state-${r.state}`}, stateOf(r)),
     el("dt", {}, "candidate share"), el("dd", {},
       el("span", {"data-field": "percent"}, `${r.percent}%`), " set, ",
       el("span", {"data-field": "effective"}, `${s.effective_percent}%`), " effective",
-      el("span", {class: "muted"}, ` (coverage allows at most ${s.coverage_cap_percent}%)`)),
+      el("span", {class: "muted"}, ` (${r.coverage_gate.basis === "documents" ? "coverage" :
+        r.coverage_gate.basis} allows at most ${s.coverage_cap_percent}%)`)),
     el("dt", {}, "revision"), el("dd", {"data-field": "revision"}, String(r.revision)),
     el("dt", {}, "guard"), el("dd", {"data-field": "guard",
       class: s.guard ? `verdict-${s.guard.outcome}` : ""}, verdict));
-  if (s.ramp) facts.append(el("dt", {}, "guarded ramp"), el("dd", {}, JSON.stringify(s.ramp)));
+  if (s.ramp) facts.append(el("dt", {}, "guarded ramp"), el("dd", {}, rampSteps(s.ramp)));
   const audit = el("ol", {class: "audit"}, ...view.audit.map((e) =>
     el("li", {}, `${e.at} revision ${e.revision} by ${e.actor}: ${e.reason}`)));
   const problem = view.problem ? el("p", {class: "problem", "data-field": "problem"}, view.problem) : "";

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from msgspec.structs import replace
 from playwright.async_api import Page, async_playwright
@@ -21,6 +22,7 @@ from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
 from rollout_rules import ops
 from rollout_rules.model import STEPPED, CoverageGate, Target
+from rollout_rules.ramp import new_plan
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.paths import REPO
 
@@ -61,6 +63,11 @@ async def _two_aliases(proxies: ProxyFactory) -> None:
     await rules.set_coverage("docs", "v1", 100, 100)
     await rules.set_coverage("docs", "v2", 60, 100)  # the gate allows 25% at 60%
     await rules.write(replace(created, percent=80), created.revision, "tests", "ramp to 80")
+    await rules.put_ramp("docs", msgspec.json.encode(replace(
+        new_plan(created, (10, 50, 100), 60, "tests"), index=1, note="step 2/3 at 50%")))
+    mixed = default_rollout("mixed")  # its v2 points at v1's collection: L3 vectors, not L6
+    await rules.create(replace(mixed, versions=(mixed.versions[0], replace(
+        mixed.versions[1], target=Target(collection="products_v1")))), "tests", "declare")
     await rules.aclose()
 
 
@@ -99,6 +106,13 @@ async def test_the_status_page_matches_the_api_and_follows_a_change(
             for version, fraction in status["coverage"].items():
                 assert await _field(page, alias, "coverage", version) == f"{100 * fraction:.1f}%"
         assert await _field(page, "docs", "effective") == "25%"  # capped by 60% coverage
+        steps = page.locator('section[data-alias="docs"] ol.ramp li')
+        assert await steps.all_inner_texts() == ["10%", "50%", "100%"]
+        assert await page.locator('section[data-alias="docs"] ol.ramp li.current'
+                                  ).inner_text() == "50%"
+        unavailable = await _field(page, "mixed", "unavailable", "v2")
+        assert unavailable.startswith("candidate, unavailable: does not match its collection")
+        assert "collection products_v1 was encoded with" in unavailable
         points = await page.locator('section[data-alias="products"] tr[data-version="v1"] '
                                     'svg.spark').first.get_attribute("data-points")
         assert points is not None and int(points) >= 2, "no chart drawn from the traffic"
