@@ -1,6 +1,6 @@
 """A synthetic corpus of short distinct documents, for tests, examples and load.
 
-    uv run python -m loadtest.corpus articles.jsonl 2000 [--golden golden/]
+    uv run python -m loadtest.corpus articles.jsonl 2000 [--golden golden/] [--string-ids]
 
 writes JSON lines ``{"id": ..., "text": ..., "payload": {...}}``, the format ``embedshift
 ingest`` reads; with ``--golden``, a BEIR-layout golden set over it (every tenth document asked
@@ -23,13 +23,15 @@ _NOUNS = ["river", "engine", "library", "forest", "protein", "market", "glacier"
 _VERBS = ["changes", "protects", "measures", "feeds", "explains", "slows", "lights", "shapes"]
 
 
-def corpus(n: int, start: int = 0) -> list[Document]:
-    """``n`` short distinct documents, ids ``start`` .. ``start + n - 1``."""
+def corpus(n: int, start: int = 0, string_ids: bool = False) -> list[Document]:
+    """``n`` short distinct documents, ids ``start`` .. ``start + n - 1`` (or, with
+    ``string_ids``, ``"note-00042"`` and so on, as most applications' ids are)."""
     documents = []
     for i in range(start, start + n):
         a, b, c = _ADJECTIVES[i % 10], _NOUNS[(i // 10) % 12], _VERBS[(i // 120) % 8]
         d = _NOUNS[(i * 7) % 12]
-        documents.append(Document(id=i, text=f"The {a} {b} {c} the {d} (note {i}).",
+        documents.append(Document(id=f"note-{i:05d}" if string_ids else i,
+                                  text=f"The {a} {b} {c} the {d} (note {i}).",
                                   payload={"n": i, "group": i % 5}))
     return documents
 
@@ -56,8 +58,10 @@ def main() -> None:
     parser.add_argument("file")
     parser.add_argument("count", type=int)
     parser.add_argument("--golden", help="also write a golden set (BEIR layout) to this folder")
+    parser.add_argument("--string-ids", action="store_true",
+                        help='ids like "note-00042" instead of integers')
     args = parser.parse_args()
-    documents = corpus(args.count)
+    documents = corpus(args.count, string_ids=args.string_ids)
     lines = [msgspec.json.encode(d).decode() for d in documents]
     Path(args.file).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.count} documents to {args.file}")
