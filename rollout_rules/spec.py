@@ -144,7 +144,7 @@ def differences(before: Rollout, after: Rollout) -> list[str]:
         if name not in versions_new:
             lines.append(f"versions.{name}: removed")
         elif name not in versions_old:
-            lines.append(f"versions.{name}: added ({_show(versions_new[name])})")
+            lines.append(f"versions.{name}: added ({_version(versions_new[name])})")
         else:
             lines += _walk(f"versions.{name}", versions_old[name], versions_new[name])
     return lines + _walk("", old, new)
@@ -161,6 +161,13 @@ def _document(rollout: Rollout) -> dict[str, Any]:
     for name in STAMP_FIELDS:
         data.pop(name, None)
     return data
+
+
+def _version(v: dict[str, Any]) -> str:
+    target = v["target"]
+    where = target["collection"] + (f", vector {target['vector_name']}"
+                                    if target.get("vector_name") else "")
+    return f"{v['model']}, {v['dimensions']}-d {v['metric']}, collection {where}"
 
 
 def _walk(path: str, old: Any, new: Any) -> list[str]:

@@ -243,7 +243,9 @@ class Backfill:
         return await self.progress(rollout)
 
     async def progress(self, rollout: Rollout) -> Progress:
-        coverage = await self.ingestor.update_coverage(rollout) if rollout.candidate else []
+        """Where the job is, with coverage counted but not recorded (a GET writes nothing:
+        the workers record coverage after every batch)."""
+        coverage = await self.ingestor.count_coverage(rollout) if rollout.candidate else []
         if rollout.candidate is None:
             return Progress(alias=rollout.alias, version=None, state="none", job=None,
                             running_here=0, rate_docs_s=None, eta_s=None, skipped=0,

@@ -1,7 +1,9 @@
 """``plan``: what re-encoding the corpus into the candidate will take, measured here first.
 
 The candidate's own model encodes a sample of stable's stored texts on this machine (the thread
-count a backfill worker uses) to measure documents/s and tokens per document; the rest is
+count a backfill worker uses, in the backfill's batches) to measure documents/s and tokens per
+document (real tokens, by attention mask), and times what a worker pays per batch besides
+encoding (reading the batch from stable, recounting coverage); the rest is
 arithmetic over the corpus size (``estimate``, pure): wall time at 1..N workers (a worker
 encodes on one thread, so workers scale up to the cores and no further), the candidate
 collection's size (vectors, payload, index links) and, given a price per thousand tokens, what
@@ -15,6 +17,7 @@ import time
 
 import msgspec
 
+from proxy.ingest.backfill import Options
 from proxy.ingest.documents import DOC_ID_FIELD, TEXT_FIELD, document_of
 from proxy.ingest.writer import Ingestor, encode
 from rollout_rules.errors import RuleError
@@ -22,6 +25,7 @@ from rollout_rules.model import Rollout
 
 HNSW_LINK_BYTES = 16 * 2 * 4  # m=16 links at layer 0, both ways, 4-byte ids
 ENVELOPE_BYTES = 160  # the envelope's JSON beside the source text
+BATCH = Options().batch_size  # the backfill's default batch
 
 
 class Workers(msgspec.Struct, frozen=True):
@@ -48,13 +52,18 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
 
 def estimate(*, documents: int, to_encode: int, docs_per_s: float, tokens_per_doc: float,
              text_bytes_per_doc: float, dimensions: int, cores: int, max_workers: int,
-             price_per_1k: float | None) -> dict[str, object]:
-    """The arithmetic of a plan (pure)."""
+             price_per_1k: float | None, batch_overhead_s: float = 0.0,
+             batch_size: int = BATCH) -> dict[str, object]:
+    """The arithmetic of a plan (pure): each worker encodes at ``docs_per_s`` and pays
+    ``batch_overhead_s`` per batch (reading the batch, recounting coverage), in parallel up
+    to the cores."""
     tokens = round(to_encode * tokens_per_doc)
     per_point = dimensions * 4 + text_bytes_per_doc + ENVELOPE_BYTES + HNSW_LINK_BYTES
+    one_worker = to_encode / docs_per_s + -(-to_encode // batch_size) * batch_overhead_s \
+        if docs_per_s > 0 else 0.0
     return {
         "tokens": tokens,
-        "wall_time": [Workers(w, round(to_encode / (docs_per_s * min(w, cores)), 1))
+        "wall_time": [Workers(w, round(one_worker / min(w, cores), 1))
                       for w in range(1, max_workers + 1)] if docs_per_s > 0 else [],
         "storage_bytes": round(documents * per_point),
         "cost": None if price_per_1k is None else round(tokens / 1000 * price_per_1k, 2),
@@ -83,15 +92,21 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
     model = await ingestor.models.get(candidate)
     await encode(model, texts[:8])  # warm
     began = time.perf_counter()
-    await encode(model, texts)
+    for start in range(0, len(texts), BATCH):  # in the backfill's batches, as it encodes
+        await encode(model, texts[start:start + BATCH])
     docs_per_s = len(texts) / (time.perf_counter() - began)
+    began = time.perf_counter()  # what a worker pays per batch besides encoding
+    await store.retrieve(stable.target, [p.id for p in page[:BATCH]])
+    await ingestor.count_coverage(rollout)
+    overhead = time.perf_counter() - began
     tokens_per_doc = sum(model.count_tokens(texts)) / len(texts)
     text_bytes = sum(len(t.encode()) for t in texts) / len(texts)
     cores = os.cpu_count() or 1
     figures = estimate(documents=documents, to_encode=max(0, documents - have),
                        docs_per_s=docs_per_s, tokens_per_doc=tokens_per_doc,
                        text_bytes_per_doc=text_bytes, dimensions=candidate.dimensions,
-                       cores=cores, max_workers=max_workers, price_per_1k=price_per_1k)
+                       cores=cores, max_workers=max_workers, price_per_1k=price_per_1k,
+                       batch_overhead_s=overhead)
     return Plan(alias=rollout.alias, candidate=candidate.name, model=candidate.model,
                 documents=documents, to_encode=max(0, documents - have), sampled=len(texts),
                 docs_per_s=round(docs_per_s, 1), tokens_per_doc=round(tokens_per_doc, 1),

@@ -137,19 +137,26 @@ class Ingestor:
         """Count every active version against stable and record it; only a figure that differs
         from the recorded one is written (and announced to every proxy), so polling progress
         does not make every proxy re-read its coverage."""
+        figures = await self.count_coverage(rollout)
+        recorded = (await self.rules.coverage(rollout.alias),
+                    await self.rules.coverage(rollout.alias, "popularity"))
+        for c in figures:
+            if not _recorded(recorded, c.version, c.covered, c.total, c.popular):
+                await self.rules.set_coverage(rollout.alias, c.version, c.covered, c.total,
+                                              c.popular)
+        return figures
+
+    async def count_coverage(self, rollout: Rollout) -> list[Coverage]:
+        """Every active version counted against stable, from the collections; records
+        nothing (reading progress, or timing what a backfill batch costs)."""
         stable = rollout.version(rollout.stable)
         total = await self._count(stable)
         answered = await self.rules.most_popular(rollout.alias, POPULAR_SAMPLE)  # read once
-        recorded = (await self.rules.coverage(rollout.alias),
-                    await self.rules.coverage(rollout.alias, "popularity"))
         figures = []
         for version in active_versions(rollout):
             covered = total if version.name == stable.name else \
                 min(total, await self._count(version))
             popular = await self.popular_share(rollout, version, answered)
-            if not _recorded(recorded, version.name, covered, total, popular):
-                await self.rules.set_coverage(rollout.alias, version.name, covered, total,
-                                              popular)
             figures.append(Coverage(version=version.name, covered=covered, total=total,
                                     popular=popular))
         return figures
