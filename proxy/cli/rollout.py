@@ -200,7 +200,8 @@ def render_status(status: Status) -> str:
     lines = [
         f"{r.alias}  (revision {r.revision}, {state})",
         f"  stable     {r.stable:<6} {r.version(r.stable).model}",
-        f"  candidate  {candidate:<6} {r.version(r.candidate).model if r.candidate else ''}",
+        f"  candidate  {candidate:<6} {r.version(r.candidate).model if r.candidate else ''}"
+        .rstrip(),
         f"  percent    {r.percent:g}% set, {status.effective_percent:g}% effective"
         + (f" (candidate {_MEASURE[r.coverage_gate.basis]} {coverage} allows at most "
            f"{status.coverage_cap_percent:g}%)" if r.candidate and r.coverage_gate.enabled
