@@ -139,13 +139,17 @@ embedshift is serving on {url} (Ctrl-C or SIGTERM drains, then stops). Try a sea
   curl -s {url}/v1/aliases/products/search -H 'Content-Type: application/json' \\
        -d '{{"query": "warm jacket for winter", "user_id": "alice", "limit": 3}}'
 
-and, in another terminal, move traffic:
+and, in another terminal (same folder), move traffic:
 
   uv run embedshift status products
   uv run embedshift set products 20 --reason "first ramp"
   uv run embedshift explain products --user alice
+
   uv run embedshift rollback products --reason "p99 regression"
   uv run embedshift history products
+
+The demo's v2 holds 60% of the catalogue, so the gate keeps every user on v1 until it is
+complete (serve with EMBEDSHIFT_ADMIN_TOKEN set, then `uv run embedshift backfill products`).
 
 Health: {url}/readyz   Metrics: {url}/metrics   API: {url}/openapi.json
 """

@@ -19,29 +19,21 @@ import pytest
 from msgspec.structs import replace
 
 from proxy.config import Settings
-from proxy.models.catalog import default_rollout
 from proxy.state.client import connect
 from proxy.state.rulestore import RedisRuleStore
 from proxy.vectors.edge import EdgeStore
 from proxy.web.keys import WATCHER
-from rollout_rules.model import Rollout, Target
+from rollout_rules.model import Rollout, parse_rollout
 from tests.eventually import eventually, eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
+from tests.readme import layouts
 
 pytestmark = pytest.mark.integration
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WORDS = ["glacier", "harbour", "lantern", "meadow", "orchard", "quarry", "river", "summit",
          "thicket", "valley"]
-LAYOUTS = {
-    "separate collections": (Target(collection="docs_v1"), Target(collection="docs_v2")),
-    "one collection, a named vector each": (
-        Target(collection="docs", vector_name="l3", payload_match={"model_version": "v1"}),
-        Target(collection="docs", vector_name="l6", payload_match={"model_version": "v2"})),
-    "one collection, told apart by payload": (
-        Target(collection="docs", payload_match={"model_version": "v1"}),
-        Target(collection="docs", payload_match={"model_version": "v2"})),
-}
+LAYOUTS = layouts()  # the README's own blocks: the README cannot drift from what works
 
 
 def _documents() -> list[dict[str, Any]]:
@@ -58,10 +50,7 @@ def _documents() -> list[dict[str, Any]]:
 def _rule(layout: str) -> Rollout:
     """Both versions declared from the start (v2 not yet the candidate): a collection's named
     vectors are fixed when it is created, so a shared one must know both."""
-    base = default_rollout("docs")
-    first, second = LAYOUTS[layout]
-    versions = [replace(base.versions[0], target=first), replace(base.versions[1], target=second)]
-    return replace(base, versions=versions, candidate=None)
+    return parse_rollout({"alias": "docs", "stable": "v1", **LAYOUTS[layout]})
 
 
 async def _call(proxy: Proxy, method: str, path: str, body: Any = None,
@@ -77,7 +66,7 @@ async def _search(proxy: Proxy, query: str, **body: Any) -> Any:
                        {"query": query, "user_id": "alice", "limit": 5, **body})
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("layout", list(LAYOUTS))  # the README's three
 async def test_the_migration_keeps_the_users_ids_in_every_layout(
         proxies: ProxyFactory, tmp_path: Path, layout: str) -> None:
     rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
