@@ -24,7 +24,7 @@ from proxy.ingest.quality import judge
 from proxy.ingest.verify import verify
 from proxy.state.base import quality_key
 from proxy.state.watcher import RuleWatcher
-from proxy.vectors.base import RESERVED
+from proxy.vectors.base import RESERVED, id_key
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, decide
 from rollout_rules.errors import RuleError, TransitionError
@@ -319,3 +319,38 @@ async def test_polling_progress_announces_coverage_only_when_it_changed(
     listener.cancel()
     assert announced == [("docs", None)]  # once: when v2's figures moved
     assert (await migration.rules.coverage("docs"))["v2"] == 0.25
+
+
+async def test_by_default_nobody_reaches_a_candidate_missing_what_stable_answers(
+        migration: Migration) -> None:
+    """Completeness is measured from stable's real answers (their documents, sampled as the
+    proxy records them): at 20% backfilled the default gate routes nobody to v2, complete it
+    routes everyone the percent gives it."""
+    documents = corpus(500)
+    await migration.ingestor.write(await migration.declare(candidate=False), documents)
+    rollout = await migration.declare()
+    rollout = await migration.rules.write(replace(rollout, percent=100.0), rollout.revision,
+                                          "tests", "all in, as far as the gate allows")
+    stable = rollout.version("v1")
+    model = await migration.models.get(stable)
+    answered: dict[str, float] = {}
+    for d in documents[::5]:  # real queries answered by stable, as the proxy records them
+        hits = await migration.store.search(stable.target, model.embed([d.text])[0], 10, None,
+                                            False)
+        for hit in hits:
+            answered[id_key(hit.id)] = answered.get(id_key(hit.id), 0) + 1
+    await migration.rules.record_hits("docs", answered)
+    await migration.ingestor.write_version(rollout.version("v2"), documents[:100])
+
+    def routed(coverage: float | None) -> int:
+        return sum(decide(rollout, Context(user_id=f"user-{n}"), coverage).version == "v2"
+                   for n in range(USERS))
+
+    await migration.ingestor.update_coverage(rollout)
+    completeness = (await migration.rules.coverage("docs", "completeness"))["v2"]
+    assert (await migration.rules.coverage("docs"))["v2"] == 0.2
+    assert 0.1 < completeness < 0.5 and routed(completeness) == 0, completeness
+    await migration.ingestor.write_version(rollout.version("v2"), documents[100:])
+    await migration.ingestor.update_coverage(rollout)
+    completeness = (await migration.rules.coverage("docs", "completeness"))["v2"]
+    assert completeness >= 0.99 and routed(completeness) == USERS
