@@ -203,6 +203,7 @@ def parse_filter(raw: object) -> models.Filter | None:
         raise RuleError(f"filter.{where}" if where else "filter",
                         f"{first['msg']} (a Qdrant filter)") from exc
     _check_conditions(parsed, "filter")
+    refuse_reserved(parsed)
     return parsed
 
 
@@ -224,9 +225,51 @@ def _check_conditions(query_filter: models.Filter, path: str) -> None:
                                            f"{', '.join(tested) or 'nothing'})")
 
 
+def refuse_reserved(query_filter: models.Filter | None, path: str = "filter") -> None:
+    """RuleError when a condition reads embedshift's own fields (``RESERVED``: the source text
+    and the envelope): what an answer leaves out must not be learned by filtering on it."""
+    if query_filter is None:
+        return
+    for clause in ("must", "should", "must_not", "min_should"):
+        items = getattr(query_filter, clause, None)
+        if isinstance(items, models.MinShould):
+            items = items.conditions
+        listed = items if isinstance(items, list) else [] if items is None else [items]
+        for i, condition in enumerate(listed):
+            where = f"{path}.{clause}.{i}"
+            if isinstance(condition, models.Filter):
+                refuse_reserved(condition, where)
+            elif isinstance(condition, models.NestedCondition):
+                _refuse_key(condition.nested.key, where)
+                refuse_reserved(condition.nested.filter, f"{where}.nested.filter")
+            else:
+                _refuse_key(_condition_key(condition), where)
+
+
+def _condition_key(condition: object) -> str | None:
+    if isinstance(condition, models.FieldCondition):
+        return condition.key
+    if isinstance(condition, models.IsEmptyCondition):
+        return condition.is_empty.key
+    if isinstance(condition, models.IsNullCondition):
+        return condition.is_null.key
+    return None
+
+
+def _refuse_key(key: str | None, where: str) -> None:
+    """A key whose first path segment is ``RESERVED``, quoted or not, is refused."""
+    if key is None:
+        return
+    first = key.strip().lstrip('"').split('"', 1)[0].split(".", 1)[0].split("[", 1)[0]
+    if first == RESERVED:
+        raise RuleError(where, f"{key!r}: {RESERVED} holds embedshift's own fields and cannot "
+                               "be filtered on")
+
+
 def with_target(query_filter: models.Filter | None, target: Target) -> models.Filter | None:
     """The request's filter plus the version's payload match (its points in a shared
-    collection)."""
+    collection); a filter reading ``RESERVED`` is refused here, at every store's boundary."""
+    refuse_reserved(query_filter)
     if not target.payload_match:
         return query_filter
     pinned: list[Any] = [models.FieldCondition(key=key, match=models.MatchValue(value=value))

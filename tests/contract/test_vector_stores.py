@@ -93,6 +93,26 @@ async def test_hits_speak_the_id_the_document_was_written_with(
     assert not any("secret" in repr(p) for p in sent)
 
 
+@pytest.mark.parametrize("key", ["_embedshift.text", "_embedshift", '"_embedshift".doc_id',
+                                 "_embedshift[].model", " _embedshift.text"])
+async def test_no_filter_may_read_embedshifts_own_fields(store: VectorStore, key: str) -> None:
+    """The source text is never in an answer, so no filter may test it either: refused at
+    the store's boundary, whoever built the filter (nested, negated, in should)."""
+    from qdrant_client import models
+
+    version = _version("v1", Target(collection="secret"))
+    await store.ensure_collection(version.target, version)
+    await store.upsert(version.target, [PointIn(1, [1.0] * 8, {RESERVED: {
+        "text": "confidential: the merger with ACME", "doc_id": "memo"}})])
+    condition = models.FieldCondition(key=key, match=models.MatchText(text="ACME"))
+    for query_filter in (models.Filter(must=[condition]),
+                         models.Filter(should=[models.Filter(must_not=[condition])]),
+                         models.Filter(must=[models.IsEmptyCondition(
+                             is_empty=models.PayloadField(key=key))])):
+        with pytest.raises(RuleError, match="cannot be filtered on"):
+            await store.search(version.target, [1.0] * 8, 5, query_filter, with_payload=True)
+
+
 async def test_describe_reports_what_a_version_is_checked_against(store: VectorStore) -> None:
     version = _version("v1", Target(collection="plain"))
     assert await store.describe(version.target) is None

@@ -192,3 +192,25 @@ async def test_unknown_paths_wrong_methods_and_odd_expectations_are_json(
                417)
     metrics = await (await proxy.client.get("/metrics")).text()
     assert 'route="unmatched",status="405"' in metrics
+
+
+async def test_no_request_learns_the_source_text_an_answer_leaves_out(
+        proxies: ProxyFactory) -> None:
+    """Answers never carry the stored text; a filter on it (any spelling, any clause) would
+    tell word by word whether a document holds it, so it is refused, with or without a token,
+    and the refusal is the same whether the word is there or not."""
+    await proxies.declare()
+    proxy = await proxies.start()
+    port = proxy.client.port or 0
+    answers = set()
+    for key in ("_embedshift.text", '"_embedshift".text', "_embedshift.doc_id"):
+        for word in ("jacket", "zzzzzz-not-there"):
+            match = {"key": key, "match": {"text": word}}
+            for shape in ({"must": [match]}, {"should": [{"must_not": [match]}]}):
+                body = json.dumps({"query": "warm jacket", "filter": shape}).encode()
+                for headers in (JSON, ADMIN):
+                    answer = await _send(port, "POST", SEARCH, body, headers)
+                    error = _error(answer, 400)
+                    assert "cannot be filtered on" in error["message"], error
+                    answers.add(error["message"].split(": ", 1)[1])
+    assert len(answers) == 3  # one refusal per key spelling: nothing about the word
