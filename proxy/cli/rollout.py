@@ -24,6 +24,7 @@ from rollout_rules.model import Rollout, parse_rollout
 from rollout_rules.ops import summarize_change
 from rollout_rules.ramp import RampPlan
 from rollout_rules.spec import document as spec_document
+from rollout_rules.text import one_line
 
 # -- commands ----------------------------------------------------------------------------------
 
@@ -213,7 +214,7 @@ def render_status(status: Status) -> str:
         lines.append(f"  ramp       {render_ramp(status.ramp)}")
     if r.updated_by:
         lines.append(f"  last change {r.updated_at} by {r.updated_by}: {r.reason}")
-    return "\n".join(lines)
+    return "\n".join(one_line(line) for line in lines)  # reasons and notes are callers' text
 
 
 def render_guard(guard: GuardStatus) -> str:
@@ -237,7 +238,8 @@ def render_ramp(plan: RampPlan) -> str:
 
 def render_entry(entry: AuditEntry) -> str:
     what = "deleted" if entry.deleted else summarize_change(entry.before, entry.after)
-    return f"rev {entry.revision:<4} {entry.at}  {entry.actor:<24} {what}  ({entry.reason})"
+    return (f"rev {entry.revision:<4} {entry.at}  {one_line(entry.actor):<24} {what}  "
+            f"({one_line(entry.reason)})")
 
 
 def render_explanation(explanation: Explanation) -> str:

@@ -133,6 +133,7 @@ class Operator:
 
     async def set_percent(self, alias: str, percent: float, reason: str = "",
                           expected_revision: int | None = None) -> Change:
+        percent += 0.0  # -0.0 is 0: neither the rule nor its audit reason says "-0"
         action = partial(ops.set_percent, percent=percent)
         return await self._apply(alias, action, reason or f"ramp to {percent:g}%",
                                  expected_revision)

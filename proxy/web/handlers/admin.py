@@ -32,9 +32,16 @@ class PercentAction(Action, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     percent: float
 
 
+ACTOR_HEADER = "X-Embedshift-Actor"
+
+
 def _operator(request: web.Request) -> Operator:
     base = request.app[OPERATOR]
-    actor = request.headers.get("X-Embedshift-Actor", "admin-api")[:100]
+    actor = request.headers.get(ACTOR_HEADER, "admin-api")[:100]
+    try:
+        actor.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach us as surrogates
+        raise RuleError(ACTOR_HEADER, "must be UTF-8 text") from None
     return Operator(base.store, actor)
 
 

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import pytest
 import structlog
 
+from proxy.cli.main import main
 from tests.integration.conftest import ADMIN_TOKEN, ProxyFactory
 from tests.integration.web.rawhttp import Answer, request
 
@@ -214,3 +215,28 @@ async def test_no_request_learns_the_source_text_an_answer_leaves_out(
                     assert "cannot be filtered on" in error["message"], error
                     answers.add(error["message"].split(": ", 1)[1])
     assert len(answers) == 3  # one refusal per key spelling: nothing about the word
+
+
+async def test_callers_text_is_stored_as_given_and_printed_on_one_line(
+        proxies: ProxyFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reason with a newline and an escape sequence is kept as sent, but `history` prints
+    one line per entry; an actor header that is not UTF-8 is a 400 naming it, nothing
+    written; a -0 percent leaves no "-0" in the audit reason."""
+    await proxies.declare(percent=5)
+    proxy = await proxies.start()
+    port = proxy.client.port or 0
+    forged = "ok\nrev 99   2026-01-01T00:00:00.000Z  root  stable v1 -> v9\x1b[2K"
+    answer = await _send(port, "POST", "/admin/aliases/products/pause",
+                         json.dumps({"reason": forged}).encode(), ADMIN)
+    assert answer.status == 200 and answer.json()["after"]["reason"] == forged
+    refused = await _send(port, "POST", "/admin/aliases/products/resume", b"",
+                          {**ADMIN, "X-Embedshift-Actor": b"\xff\xfeops"})
+    assert "X-Embedshift-Actor" in _error(refused, 400)["message"]
+    await _send(port, "POST", "/admin/aliases/products/resume", b"", ADMIN)
+    await _send(port, "POST", "/admin/aliases/products/percent", b'{"percent": -0.0}', ADMIN)
+    env = {"REDIS_URL": proxies.redis_url, "EMBEDSHIFT_REDIS_PREFIX": proxies.prefix}
+    assert await asyncio.to_thread(main, ["history", "products"], env) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("rev ")]
+    assert len(lines) == 5 and lines[0].endswith("(ramp to 0%)"), lines
+    assert lines[2].endswith("(ok\\nrev 99   2026-01-01T00:00:00.000Z  root  stable v1 -> "
+                             "v9\\x1b[2K)"), lines

@@ -7,6 +7,7 @@ alert; shadow traffic compares answers off the path; a guarded ramp walks, holds
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -312,3 +313,30 @@ async def test_a_watched_promote_is_undone_by_the_guard_when_the_new_stable_turn
     after = await rule(proxies)
     assert (after.stable, after.candidate, after.state) == ("v1", "v2", "rolled_back")
     assert after.updated_by == "guard" and after.reason.startswith("guard: search p99")
+
+
+async def test_a_notification_of_100_realistic_alerts_is_read_and_acted_on(
+        proxies: ProxyFactory) -> None:
+    """Alertmanager's max_alerts (100, as deploy/alerting ships it) in one notification: each
+    alert with the labels, annotations and generator URL Prometheus gives it; once a 64 KiB
+    body limit answered 413 and Alertmanager does not retry a 4xx."""
+    await proxies.declare(percent=30)
+    proxy = await proxies.start()
+    alerts = [{"status": "firing", "labels": {
+        "alertname": f"EmbedshiftCandidateErrors{n}", "embedshift_alias": "products",
+        "severity": "page", "instance": f"proxy-{n}.embedshift.svc:8080", "job": "embedshift",
+        "version": "v2", "namespace": "search", "pod": f"embedshift-7d9f8c6b5-{n:05d}"},
+        "annotations": {"summary": "candidate of products fails 12% of its searches",
+                        "description": "x" * 400, "runbook_url": "https://runbooks/" + "r" * 80},
+        "startsAt": "2026-11-23T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=" + "e" * 300,
+        "fingerprint": f"{n:016x}"} for n in range(100)]
+    body = {"version": "4", "status": "firing", "receiver": "embedshift",
+            "groupKey": "{}:{alertname=~\"Embedshift.*\"}", "truncatedAlerts": 0,
+            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093", "alerts": alerts}
+    assert len(json.dumps(body)) > 100_000
+    answer = await proxy.client.post("/alerts/alertmanager", json=body, headers=AUTH)
+    assert answer.status == 200, await answer.text()
+    outcomes = [r["outcome"] for r in (await answer.json())["results"]]
+    assert outcomes[0] == "rolled_back" and set(outcomes[1:]) == {"unchanged"}, outcomes[:3]
