@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -49,7 +50,8 @@ class Api:
                                              timeout=aiohttp.ClientTimeout(total=300))
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = None if body is None else msgspec.json.encode(body)
+        # a stream: aiohttp warns that large raw bytes would hold its event loop
+        data = None if body is None else io.BytesIO(msgspec.json.encode(body))
         try:
             async with self.session.request(method, self.url + path, data=data, headers={
                     "Content-Type": "application/json"}) as response:
@@ -166,10 +168,10 @@ async def ingest(args: argparse.Namespace, settings: Settings, path: Path,
     report = Reporter(f"ingest {args.alias}", total, "doc")
     try:
         for batch in batches:
-            body = {"documents": [msgspec.to_builtins(d) for _, d in batch]}
-            _, answer = await api.call("POST", f"/v1/aliases/{args.alias}/documents", body)
-            for (number, _), result in zip(batch, answer["results"], strict=True):
-                if result["failed"]:
+            for number, result in await _write(api, args.alias, batch):
+                if isinstance(result, RuleError):  # the proxy refused this document alone
+                    invalid.append(f"{path}:{number}: {result.field}: {result.message}")
+                elif result["failed"]:
                     failures += [f"{path}:{number}: id {result['id']!r}: version {v}: {why}"
                                  for v, why in result["failed"].items()]
                 else:
@@ -189,6 +191,22 @@ async def ingest(args: argparse.Namespace, settings: Settings, path: Path,
                                    "writes (listed above; fix and run again: writing a "
                                    "document again replaces it)")
     return summary, _ingest_text(summary)
+
+
+async def _write(api: Api, alias: str, batch: list[tuple[int, Document]]
+                 ) -> list[tuple[int, dict[str, Any] | RuleError]]:
+    """Each line's result; a batch the proxy refuses (too large, too deep) is split in halves
+    until the refused document stands alone, named by its line, and the rest is written."""
+    body = {"documents": [msgspec.to_builtins(d) for _, d in batch]}
+    try:
+        _, answer = await api.call("POST", f"/v1/aliases/{alias}/documents", body)
+    except RuleError as exc:
+        if len(batch) == 1:
+            return [(batch[0][0], exc)]
+        half = len(batch) // 2
+        return [*await _write(api, alias, batch[:half]), *await _write(api, alias, batch[half:])]
+    return [(number, result) for (number, _), result in
+            zip(batch, answer["results"], strict=True)]
 
 
 def _ingest_text(s: dict[str, Any]) -> str:

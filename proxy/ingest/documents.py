@@ -60,6 +60,9 @@ def decode_document(raw: bytes | str) -> Document:
         raise rule_error(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise RuleError("line", f"not valid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise RuleError("line", f"not UTF-8 (byte {exc.start}: "
+                                f"{exc.object[exc.start:exc.start + 1]!r})") from exc
 
 
 def read_lines(lines: Iterable[bytes | str]) -> Iterator[tuple[int, Document | RuleError]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -9,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from proxy.cli.main import main
+from proxy.config import Settings
+from proxy.models.catalog import default_rollout
+from proxy.state.client import connect
 from proxy.state.redis_server import EmbeddedRedis
+from proxy.state.rulestore import RedisRuleStore
+from rollout_rules.model import Target
+from tests.integration.conftest import ADMIN_TOKEN, ProxyFactory
 from tests.paths import REPO
 
 pytestmark = pytest.mark.integration
@@ -287,3 +295,40 @@ def test_init_refuses_a_version_its_model_contradicts(cli: Cli, tmp_path: Path,
     code, _, err = cli("init", "docs", "--file", str(doc))
     assert code == 3 and f"error: {field}: " in err and says in err, err
     assert cli("status", "docs")[0] == 5  # nothing declared
+
+
+async def test_the_cli_ingests_as_the_api_does_naming_every_line_it_could_not_write(
+        proxies: ProxyFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A line that is not UTF-8 and a document the proxy refuses (nested too deep) are named
+    by their line; 25 large documents the proxy refuses as one batch (8 MiB) are written by
+    splitting it; every other line is written."""
+    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    alias = f"ingested{proxies.prefix[2:8]}"
+    rollout = default_rollout(alias)
+    rollout = replace(rollout, candidate=None, versions=(replace(
+        rollout.versions[0], target=Target(collection=f"{alias}_v1")),))
+    await rules.create(rollout, "tests", "declare")
+    await rules.aclose()
+    proxy = await proxies.start()
+    deep: dict[str, object] = {}
+    for _ in range(40):
+        deep = {"d": deep}
+    lines = [json.dumps({"id": f"doc-{i}", "text": f"a short note {i}"}).encode()
+             for i in range(5)]
+    lines.insert(2, b'{"id": "latin-1", "text": "caf\\xe9"}'.replace(b"\\xe9", b"\xe9"))
+    lines.insert(4, json.dumps({"id": "deep", "text": "nested", "payload": deep}).encode())
+    lines += [json.dumps({"id": f"big-{i}", "text": f"a big note {i}",
+                         "payload": {"blob": "x" * 400_000}}).encode() for i in range(25)]
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    env = {"REDIS_URL": proxies.redis_url, "EMBEDSHIFT_REDIS_PREFIX": proxies.prefix,
+           "EMBEDSHIFT_ADMIN_TOKEN": ADMIN_TOKEN}
+    url = str(proxy.client.make_url("")).rstrip("/")
+    code = await asyncio.to_thread(main, ["ingest", alias, str(path), "--url", url], env)
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert f"{path}:3: line: not UTF-8" in err
+    assert f"{path}:5: body: nests deeper than 32 levels" in err
+    assert "Traceback" not in err
+    stored = proxy.store.inner
+    assert await stored.count(Target(collection=f"{alias}_v1")) == 5 + 25
