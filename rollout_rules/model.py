@@ -23,6 +23,7 @@ from rollout_rules.errors import RuleError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._\-]{0,99})?$"
 Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 PayloadValue = str | int | bool
@@ -54,6 +55,7 @@ class Version(_Frozen, frozen=True):
     """The envelope of one embedding model version and the target it searches."""
 
     name: Name
+    # a catalogue name (``my-minilm``) or a model id (``org/name``): never a path
     model: Annotated[str, msgspec.Meta(min_length=1)]
     target: Target
     dimensions: Annotated[int, msgspec.Meta(gt=0, le=65536)]
@@ -220,6 +222,12 @@ def _check_versions(rollout: Rollout) -> None:
     if not rollout.versions:
         raise RuleError("versions", "declare at least one version")
     names = [v.name for v in rollout.versions]
+    for i, version in enumerate(rollout.versions):
+        if not re.match(MODEL_PATTERN, version.model):
+            raise RuleError(f"versions[{i}].model", f"{version.model!r} is not a catalogue name "
+                                                    "or a model id (org/name): a rule names "
+                                                    "models, never paths (embedshift models "
+                                                    "list)")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise RuleError("versions", f"names must be unique, repeated: {', '.join(duplicates)}")

@@ -69,10 +69,7 @@ def folder_name(model: str, quantization: str) -> str:
 def resolve(version: Version, models_dir: Path, build: bool = True) -> Path:
     """The folder of a version's model, building a default or an int8 variant if need be."""
     if version.model not in BUILTIN_SETTINGS and not NAME.match(version.model):
-        as_path = Path(version.model).expanduser()
-        if (as_path / MANIFEST).is_file():
-            return as_path.resolve()
-        raise ModelError(f"model {version.model!r}: no catalogued model folder there (add it: "
+        raise ModelError(f"model {version.model!r} is not a catalogue name (add a model with "
                          "embedshift models add NAME PATH, then name it in the rule)")
     folder = models_dir / folder_name(version.model, version.quantization)
     if (folder / MANIFEST).exists():

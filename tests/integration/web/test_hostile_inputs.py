@@ -240,3 +240,18 @@ async def test_callers_text_is_stored_as_given_and_printed_on_one_line(
     assert len(lines) == 5 and lines[0].endswith("(ramp to 0%)"), lines
     assert lines[2].endswith("(ok\\nrev 99   2026-01-01T00:00:00.000Z  root  stable v1 -> "
                              "v9\\x1b[2K)"), lines
+
+
+async def test_a_version_in_a_path_is_a_declared_version_never_a_path_or_a_pattern(
+        proxies: ProxyFactory) -> None:
+    """Once `versions/..%2Farticles%2Fv1/unarchive` on one alias wrote another alias's archive
+    back, and `*` picked any archive: a version named in a path must be the rule's own."""
+    await proxies.declare()
+    proxy = await proxies.start()
+    port = proxy.client.port or 0
+    for name in ("..%2Farticles%2Fv1", "*", "v%2A", "..", "v1%00"):
+        for action in ("unarchive", "archive"):
+            answer = await _send(port, "POST",
+                                 f"/admin/aliases/products/versions/{name}/{action}", b"", ADMIN)
+            assert answer.status in (400, 404), (name, action, answer.status, answer.body)
+            assert answer.json()["error"]["status"] == answer.status

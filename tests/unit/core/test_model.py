@@ -68,3 +68,10 @@ def test_versions_may_share_a_collection_when_a_payload_match_separates_them() -
 def test_undecodable_documents_are_refused(raw: bytes | str) -> None:
     with pytest.raises(RuleError):
         parse_rollout(raw)
+
+
+def test_a_rule_names_models_never_paths() -> None:
+    for model in ("/etc/passwd", "../models/x", "~/m", "a/b/c"):
+        with pytest.raises(RuleError, match=r"versions\[0\]\.model: .* never paths"):
+            parse_rollout({"alias": "a", "stable": "v1", "versions": [
+                {"name": "v1", "model": model, "dimensions": 3, "target": {"collection": "c"}}]})
