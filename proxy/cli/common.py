@@ -5,24 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.config import Settings, actor_of
-from proxy.control.operator import Operator
-from proxy.state.rulestore import open_store
+
+if TYPE_CHECKING:
+    from proxy.control.operator import Operator
 
 Result = tuple[Any, str]  # (what --json prints, what a human reads)
 # A command runs with its parsed arguments, the settings and the environment; None: it printed
 # what it had to say itself (serve).
 Runner = Callable[[argparse.Namespace, Settings, Mapping[str, str]], Result | None]
 AddCommand = Callable[[str, Runner, str], argparse.ArgumentParser]
-OperatorCommand = Callable[[Operator, argparse.Namespace], Awaitable[Result]]
+OperatorCommand = Callable[["Operator", argparse.Namespace], Awaitable[Result]]
 
 
 def with_operator(handler: OperatorCommand) -> Runner:
     """A runner that opens the rule store, hands the handler an Operator, and closes it."""
 
     def run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> Result:
+        from proxy.control.operator import Operator  # imported when a command runs, not
+        from proxy.state.rulestore import open_store  # when the parser is built
+
         async def go() -> Result:
             store = open_store(settings, environ, start=False)
             try:

@@ -8,6 +8,7 @@ Every failure prints one line on stderr and exits non-zero, with a code per kind
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from proxy.cli import data, found, models, redis, rollout, serve
+from proxy.cli import found
 from proxy.cli.common import Runner
 from proxy.config import load_settings
 from rollout_rules.errors import (
@@ -40,7 +41,8 @@ _SETTINGS_FLAGS = ("redis_url", "data_dir", "actor", "host", "port")
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         given = {k: getattr(args, k, None) for k in _SETTINGS_FLAGS}
         if args.command != "serve":  # the other commands find the proxy serve runs here
@@ -58,7 +60,27 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+GROUPS = {
+    "rollout": ("init", "diff", "export", "undo", "status", "set", "pause", "resume",
+                "rollback", "promote", "retire", "delete", "history", "explain", "guard", "ramp",
+                "coverage"),
+    "data": ("ingest", "backfill", "plan", "verify", "archive", "unarchive"),
+    "serve": ("serve",),
+    "models": ("models", "eval"),
+    "redis": ("redis",),
+}
+"""Which module of ``proxy.cli`` defines each command: a command imports its own group only
+(`status` needs neither the vector stores nor the models); a test holds this to the parsers."""
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every group's commands, or only ``command``'s group when it names one
+    (``--help`` and anything unknown get them all)."""
+    owner = next((g for g, names in GROUPS.items() if command in names), None)
+    return _parser([owner] if owner else list(GROUPS))
+
+
+def _parser(groups: list[str]) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     common.add_argument("--redis-url", help="Redis to use (default: REDIS_URL, else embedded)")
@@ -75,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
-    for group in (rollout, data, serve, models, redis):
-        group.add_parsers(add)
+    for group in groups:
+        importlib.import_module(f"proxy.cli.{group}").add_parsers(add)
     return parser
 
 

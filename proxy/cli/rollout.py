@@ -7,17 +7,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import tomli_w
 
 from proxy.cli.common import AddCommand, OperatorCommand, Result, with_operator
-from proxy.control import ramp
-from proxy.control.operator import Explanation, Operator, Status
-from proxy.control.verdicts import GuardStatus
-from proxy.models.catalog import default_rollout
-from proxy.state.base import AuditEntry, Change
 from rollout_rules.decide import Context
 from rollout_rules.errors import NotFoundError, RuleError
 from rollout_rules.model import Rollout, parse_rollout
@@ -26,9 +20,16 @@ from rollout_rules.ramp import RampPlan
 from rollout_rules.spec import document as spec_document
 from rollout_rules.text import one_line
 
+if TYPE_CHECKING:  # what a command needs is imported when it runs: `status` starts fast
+    from proxy.control.operator import Explanation, Operator, Status
+    from proxy.control.verdicts import GuardStatus
+    from proxy.state.base import AuditEntry, Change
+
 # -- commands ----------------------------------------------------------------------------------
 
 async def cmd_init(operator: Operator, args: argparse.Namespace) -> Result:
+    from proxy.models.catalog import default_rollout
+
     rollout = _read_rollout(args.file, args.alias) if args.file else default_rollout(args.alias)
     declared = await operator.declare(rollout, args.reason, replace_existing=args.force,
                                       take_status=args.take_status)
@@ -54,6 +55,8 @@ async def cmd_diff(operator: Operator, args: argparse.Namespace) -> Result:
 
 async def cmd_export(operator: Operator, args: argparse.Namespace) -> Result:
     rollout = await operator.store.get(args.alias)
+    import tomli_w
+
     data = spec_document(rollout)
     header = (f"# {rollout.alias} at revision {rollout.revision}, exported from the live rule "
               f"(changed last by {rollout.updated_by or 'someone'} at {rollout.updated_at})\n")
@@ -134,6 +137,8 @@ async def cmd_coverage(operator: Operator, args: argparse.Namespace) -> Result:
 
 
 async def cmd_ramp(operator: Operator, args: argparse.Namespace) -> Result:
+    from proxy.control import ramp
+
     action = next((a for a in ("pause", "resume", "abort") if getattr(args, a)), None)
     if action is not None:
         plan = await ramp.control_ramp(operator.store, args.alias, action)

@@ -14,7 +14,6 @@ from pathlib import Path
 import msgspec
 
 from proxy.control.verdicts import GuardStatus, guard_status, ramp_status
-from proxy.models.catalog import check_models
 from proxy.state.base import AuditEntry, Change, RuleStore, now, quality_key
 from rollout_rules import ops
 from rollout_rules.coverage import cap_bp
@@ -78,6 +77,8 @@ class Operator:
         (``replace_existing``): its spec merged in, its status kept (``rollout_rules.spec``);
         a file that changes nothing writes nothing."""
         if self.models_dir is not None:
+            from proxy.models.catalog import check_models  # the CLI's other commands skip it
+
             check_models(rollout, self.models_dir)
         current = await self._current(rollout.alias)
         if current is None:

@@ -30,3 +30,30 @@ def test_a_port_out_of_range_is_an_error_naming_the_setting(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--port", "70000"], {}) == 3
     assert "port" in capsys.readouterr().err
+
+
+def test_each_command_is_found_in_the_group_that_defines_it() -> None:
+    """GROUPS lets a command import its own group only; it must name every command."""
+    import argparse
+
+    from proxy.cli.main import GROUPS, _parser
+
+    for group, names in GROUPS.items():
+        parser = _parser([group])
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        assert sorted(actions[0].choices) == sorted(names), group
+
+
+def test_status_imports_neither_the_vector_stores_nor_the_models() -> None:
+    """`embedshift status` starts fast: what serving needs (qdrant_client, onnxruntime, numpy)
+    is not imported to read a rule."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom proxy.cli.main import main\n"
+            "main(['status', '--redis-url', 'redis://127.0.0.1:1/0'], {})\n"
+            "print(sorted(m for m in ('qdrant_client', 'onnxruntime', 'numpy', 'aiohttp') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
