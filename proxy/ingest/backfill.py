@@ -158,10 +158,13 @@ class Backfill:
         return await queue.status()
 
     async def start(self, rollout: Rollout, options: Options) -> Progress:
-        """Plan or resume, then run ``options.workers`` workers here until the queue is empty."""
+        """Plan or resume, then run ``options.workers`` workers here until the queue is empty;
+        one already running here is watched, not started twice (a CLI stopped with Ctrl-C
+        and run again finds its backfill going on)."""
         options.check()
         if self.running(rollout.alias):
-            raise RuleError("backfill", f"a backfill of {rollout.alias} is already running here")
+            log.info("backfill_attached", alias=rollout.alias)
+            return await self.progress(rollout)
         status = await self.plan(rollout, options)
         _, candidate = _pair(rollout)
         await self.queues(rollout.alias, candidate.name).set_started(options.workers)
@@ -193,6 +196,12 @@ class Backfill:
                 claim = await queue.claim(worker, options.lease_s)
                 if claim is None:
                     status = await queue.status()
+                    if not status.exists:  # the plan was lost (Redis lost its data): the
+                        # collections say what is still missing, so plan again from them
+                        log.warning("backfill_replanned", alias=rollout.alias, worker=worker)
+                        await self.plan(rollout, options)
+                        await queue.set_started(options.workers)
+                        continue
                     if status.finished:
                         await queue.set_finished()
                         await self.ingestor.update_coverage(rollout)

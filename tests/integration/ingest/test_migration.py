@@ -354,3 +354,23 @@ async def test_by_default_nobody_reaches_a_candidate_missing_what_stable_answers
     await migration.ingestor.update_coverage(rollout)
     completeness = (await migration.rules.coverage("docs", "completeness"))["v2"]
     assert completeness >= 0.99 and routed(completeness) == USERS
+
+
+async def test_a_backfill_whose_plan_is_lost_plans_again_and_a_second_start_watches_it(
+        migration: Migration) -> None:
+    """Redis loses the job's keys mid-backfill: the workers plan again from the collections
+    (what v2 still lacks) and finish; starting again while it runs watches the same job."""
+    await migration.ingestor.write(await migration.declare(candidate=False), corpus(600))
+    rollout = await migration.declare()
+    backfill = migration.backfill()
+    await backfill.start(rollout, Options(workers=1, batch_size=50, rate=300))
+    queue = migration.rules.backfill_queue("docs", "v2")
+    while (await queue.status()).done_docs < 100:
+        await asyncio.sleep(0.05)
+    again = await backfill.start(rollout, Options(workers=1, batch_size=50, rate=300))
+    assert again.state == "running" and backfill.running("docs") == 1
+    await migration.rules.client.delete(*queue.keys.values())  # the job's state, lost
+    await asyncio.wait_for(asyncio.gather(*backfill.tasks["docs"]), 120)
+    assert sorted(await migration.ids(rollout, "v2")) == list(range(600))  # type: ignore[type-var]
+    status = await queue.status()
+    assert status.finished and status.total_docs < 600  # the new plan: only what was missing
