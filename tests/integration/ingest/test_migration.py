@@ -29,6 +29,7 @@ from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, decide
 from rollout_rules.errors import RuleError, TransitionError
 from rollout_rules.model import STEPPED, CoverageGate
+from tests.eventually import eventually_async
 from tests.integration.ingest.conftest import Migration, corpus
 
 USERS = 2000
@@ -365,8 +366,11 @@ async def test_a_backfill_whose_plan_is_lost_plans_again_and_a_second_start_watc
     backfill = migration.backfill()
     await backfill.start(rollout, Options(workers=1, batch_size=50, rate=300))
     queue = migration.rules.backfill_queue("docs", "v2")
-    while (await queue.status()).done_docs < 100:
-        await asyncio.sleep(0.05)
+
+    async def under_way() -> bool:
+        return (await queue.status()).done_docs >= 100
+
+    await eventually_async(under_way, timeout_s=60)
     again = await backfill.start(rollout, Options(workers=1, batch_size=50, rate=300))
     assert again.state == "running" and backfill.running("docs") == 1
     await migration.rules.client.delete(*queue.keys.values())  # the job's state, lost
