@@ -207,27 +207,9 @@ def parse_filter(raw: object) -> models.Filter | None:
     return parsed
 
 
-def _check_conditions(query_filter: models.Filter, path: str) -> None:
-    """Each field condition tests exactly one supported thing (a key alone tests nothing)."""
-    for clause in ("must", "should", "must_not"):
-        items = getattr(query_filter, clause)
-        listed = items if isinstance(items, list) else [] if items is None else [items]
-        for i, condition in enumerate(listed):
-            where = f"{path}.{clause}.{i}"
-            if isinstance(condition, models.Filter):
-                _check_conditions(condition, where)
-            elif isinstance(condition, models.FieldCondition):
-                tested = [name for name, value in condition if name != "key" and
-                          value is not None]
-                if len(tested) != 1 or tested[0] not in FIELD_CONDITIONS:
-                    raise RuleError(where, f"a condition on {condition.key!r} must test exactly "
-                                           f"one of {', '.join(FIELD_CONDITIONS)} (it tests "
-                                           f"{', '.join(tested) or 'nothing'})")
-
-
-def refuse_reserved(query_filter: models.Filter | None, path: str = "filter") -> None:
-    """RuleError when a condition reads embedshift's own fields (``RESERVED``: the source text
-    and the envelope): what an answer leaves out must not be learned by filtering on it."""
+def _conditions(query_filter: models.Filter | None, path: str) -> Iterator[tuple[str, Any]]:
+    """Every condition of a filter that is not itself a filter, with where it stands
+    (``filter.must.0``), through nested filters, nested conditions and min_should."""
     if query_filter is None:
         return
     for clause in ("must", "should", "must_not", "min_should"):
@@ -238,15 +220,35 @@ def refuse_reserved(query_filter: models.Filter | None, path: str = "filter") ->
         for i, condition in enumerate(listed):
             where = f"{path}.{clause}.{i}"
             if isinstance(condition, models.Filter):
-                refuse_reserved(condition, where)
+                yield from _conditions(condition, where)
             elif isinstance(condition, models.NestedCondition):
-                _refuse_key(condition.nested.key, where)
-                refuse_reserved(condition.nested.filter, f"{where}.nested.filter")
+                yield where, condition
+                yield from _conditions(condition.nested.filter, f"{where}.nested.filter")
             else:
-                _refuse_key(_condition_key(condition), where)
+                yield where, condition
+
+
+def _check_conditions(query_filter: models.Filter, path: str) -> None:
+    """Each field condition tests exactly one supported thing (a key alone tests nothing)."""
+    for where, condition in _conditions(query_filter, path):
+        if isinstance(condition, models.FieldCondition):
+            tested = [name for name, value in condition if name != "key" and value is not None]
+            if len(tested) != 1 or tested[0] not in FIELD_CONDITIONS:
+                raise RuleError(where, f"a condition on {condition.key!r} must test exactly "
+                                       f"one of {', '.join(FIELD_CONDITIONS)} (it tests "
+                                       f"{', '.join(tested) or 'nothing'})")
+
+
+def refuse_reserved(query_filter: models.Filter | None, path: str = "filter") -> None:
+    """RuleError when a condition reads embedshift's own fields (``RESERVED``: the source text
+    and the envelope): what an answer leaves out must not be learned by filtering on it."""
+    for where, condition in _conditions(query_filter, path):
+        _refuse_key(_condition_key(condition), where)
 
 
 def _condition_key(condition: object) -> str | None:
+    if isinstance(condition, models.NestedCondition):
+        return condition.nested.key
     if isinstance(condition, models.FieldCondition):
         return condition.key
     if isinstance(condition, models.IsEmptyCondition):
