@@ -43,7 +43,7 @@ from proxy.state.jobs import BackfillQueue
 from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
 from proxy.vectors.base import VectorStore, mismatches
-from proxy.web.auth import require_admin_token
+from proxy.web.auth import admin_only
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES
 from proxy.web.errors import UNMATCHED, boundary, expect_continue
 from proxy.web.history import History
@@ -80,7 +80,7 @@ class Deps:
 
 
 def make_app(settings: Settings, deps: Deps) -> web.Application:
-    app = web.Application(middlewares=[boundary, require_admin_token],
+    app = web.Application(middlewares=[boundary],
                           client_max_size=MAX_DOCUMENTS_BYTES)
     metrics = Metrics()
     executor = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="encode")
@@ -186,8 +186,8 @@ def _add_routes(app: web.Application, history: History) -> None:
     _add_status_history(app, history)
     app[OPENAPI] = document(ROUTES)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler,
-                             expect_handler=expect_continue)
+        handler = admin_only(route.handler) if route.admin else route.handler
+        app.router.add_route(route.method, route.path, handler, expect_handler=expect_continue)
     app.router.add_route("*", UNMATCHED_PATH, no_route, name=UNMATCHED,
                          expect_handler=expect_continue)
 

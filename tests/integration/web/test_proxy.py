@@ -382,3 +382,25 @@ def _users_on(versions: list[str], percent: float = 50) -> list[str]:
         version = "v2" if bucket("products", f"user-{i}") <= percent * 100 else "v1"
         found.setdefault(version, f"user-{i}")
     return [found[v] for v in versions]
+
+
+async def test_every_admin_route_refuses_a_request_without_the_token(
+        proxies: ProxyFactory) -> None:
+    """The route table says which routes are admin and the app guards exactly those: each one
+    answers 401 without a token or with a wrong one, before doing anything; and every route
+    that writes or reads operators' data is marked admin."""
+    for route in ROUTES:
+        if route.path.startswith(("/admin", "/alerts")) or "/documents" in route.path:
+            assert route.admin, route.path
+    await proxies.declare()
+    proxy = await proxies.start()
+    before = (await proxy.rules.get("products")).revision
+    admin_routes = [r for r in ROUTES if r.admin]
+    assert len(admin_routes) >= 20
+    for route in admin_routes:
+        path = route.path.format(alias="products", version="v1", doc_id="1", action="pause")
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN_TOKEN}):
+            answer = await proxy.client.request(route.method, path, headers=headers,
+                                                json={"reason": "no"})
+            assert answer.status == 401, (route.method, path, headers, answer.status)
+    assert (await proxy.rules.get("products")).revision == before
