@@ -4,7 +4,8 @@ Three checks, all read from the store: the document ids of stable and candidate 
 ways; every candidate point's envelope (model, version, dimensions, metric, normalisation) must be
 the candidate's own; and a random sample of candidate points is re-encoded from its stored text
 with the candidate's model, each stored vector agreeing with the fresh one to cosine >= 0.999.
-The report is kept in the rule store, where ``promote`` looks for a pass.
+Ids in the report are the documents' own. ``verify`` only reads and reports: the route that runs
+it keeps the report in the rule store, where ``promote`` looks for a pass.
 """
 
 from __future__ import annotations

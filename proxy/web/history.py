@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 from prometheus_client import CollectorRegistry
@@ -125,11 +125,6 @@ class History:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
-
-
-def latest(points: Iterable[Point]) -> Point | None:
-    found = list(points)
-    return found[-1] if found else None
 
 
 def shadow_overlap(registry: CollectorRegistry, alias: str) -> Mapping[str, float]:
