@@ -5,6 +5,7 @@ Precedence, first match wins:
 1. no candidate, rolled back, paused: everyone on stable, whatever the request asks (a rollback's
    audit entry means nobody is served by the candidate);
 2. a request override (header or field), if the rollout allows it and the version is declared;
+   otherwise the request is refused (``override_refused``, on stable: the edge answers 400);
 3. a user override, then a tenant override;
 4. no stickiness key: stable;
 5. the user's bucket against the operator's percent capped by coverage: in, capped or out.
@@ -25,6 +26,7 @@ from rollout_rules.model import Rollout, State
 
 class Reason(StrEnum):
     OVERRIDE = "override"
+    OVERRIDE_REFUSED = "override_refused"  # a request asked for a version it may not have
     USER_OVERRIDE = "user_override"
     TENANT_OVERRIDE = "tenant_override"
     BUCKET_IN = "bucket_in"
@@ -56,8 +58,6 @@ class Decision(msgspec.Struct, frozen=True):
 
 
 _STATE_REASONS = {State.ROLLED_BACK: Reason.ROLLED_BACK, State.PAUSED: Reason.PAUSED}
-STABLE_FOR_ALL = frozenset({Reason.NO_CANDIDATE, *_STATE_REASONS.values()})
-"""Reasons that send every request to stable, a request override included."""
 
 
 def decide(  # noqa: PLR0911 - a decision table reads best as one return per rule
@@ -75,7 +75,9 @@ def decide(  # noqa: PLR0911 - a decision table reads best as one return per rul
         return Decision(stable, Reason.NO_CANDIDATE, None, revision, share)
     if state_reason is not None:
         return Decision(stable, state_reason, None, revision, share)
-    if override is not None and override_allowed(rollout, override):
+    if override is not None:
+        if not override_allowed(rollout, override):
+            return Decision(stable, Reason.OVERRIDE_REFUSED, None, revision, share)
         return Decision(override, Reason.OVERRIDE, None, revision, share)
     pinned = _pinned(rollout, context)
     if pinned is not None:

@@ -29,7 +29,7 @@ from proxy.serving.resultcache import ResultCache, result_key
 from proxy.serving.shadow import Shadow
 from proxy.telemetry import Attr, Metrics
 from proxy.vectors.base import Hit, VectorStore, parse_filter
-from rollout_rules.decide import STABLE_FOR_ALL, Context, Decision, Reason, decide
+from rollout_rules.decide import Context, Decision, Reason, decide
 from rollout_rules.errors import (
     BackendError,
     ModelError,
@@ -127,8 +127,7 @@ class Searcher:
                           random_key=random_key)
         coverage = self.rules.coverage.get(alias, {})
         decision = decide(rollout, context, coverage.get(rollout.candidate or ""), request.version)
-        if (request.version is not None and decision.reason is not Reason.OVERRIDE
-                and decision.reason not in STABLE_FOR_ALL):  # paused, rolled back: stable
+        if decision.reason is Reason.OVERRIDE_REFUSED:
             allowed = "allowed" if rollout.overrides.allow_request else "off"
             raise RuleError("version", f"{request.version!r} cannot be requested for {alias} "
                                        f"(declared: {rollout.version_names}; overrides "

@@ -128,6 +128,8 @@ def test_decide_always_names_a_declared_version(user: str, state: str, percent: 
     assert r.has_version(d.version)
     honoured = override in ("v1", "v2") and allow and state == "ramping"
     assert (d.reason is Reason.OVERRIDE) == honoured
+    refused = override is not None and not honoured and state == "ramping"
+    assert (d.reason is Reason.OVERRIDE_REFUSED) == refused  # the edge answers it 400
     if honoured:
         assert d.version == override
     assert 0 <= d.effective_percent <= percent
