@@ -294,8 +294,10 @@ async def test_promote_refuses_a_candidate_worse_on_the_golden_set_and_allows_a_
     assert (await operator.promote("docs", "judged")).after.stable == "v2"
 
 
-async def test_polling_progress_announces_coverage_only_when_it_changed(
+async def test_polling_progress_counts_coverage_and_writes_nothing(
         migration: Migration) -> None:
+    """A GET of backfill progress reads: it counts the collections for its answer but records
+    and announces nothing (the workers and ingestion record coverage as they write)."""
     rollout = await migration.declare()
     documents = corpus(20)
     await migration.ingestor.write_version(rollout.version("v1"), documents)
@@ -315,11 +317,13 @@ async def test_polling_progress_announces_coverage_only_when_it_changed(
     for _ in range(5):  # what GET .../backfill does on every poll
         await migration.backfill().progress(rollout)
     await migration.ingestor.write_version(rollout.version("v2"), documents[:5])
-    await migration.backfill().progress(rollout)
+    progress = await migration.backfill().progress(rollout)
     await asyncio.sleep(0.2)
     listener.cancel()
-    assert announced == [("docs", None)]  # once: when v2's figures moved
-    assert (await migration.rules.coverage("docs"))["v2"] == 0.25
+    assert announced == []
+    assert [(c.version, c.covered, c.total) for c in progress.coverage] == [
+        ("v1", 20, 20), ("v2", 5, 20)]
+    assert (await migration.rules.coverage("docs"))["v2"] == 0.0  # as last recorded
 
 
 async def test_by_default_nobody_reaches_a_candidate_missing_what_stable_answers(
