@@ -39,23 +39,24 @@ log = structlog.get_logger("embedshift.serve")
 
 
 async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = True) -> None:
-    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_path, environ)
+    data = settings.data_path  # resolved once: later the working folder may be gone
+    embedded = None if settings.redis_url else EmbeddedRedis(data, environ)
     ours = embedded is not None and not embedded.is_running()  # stopped with us, if we start it
     rules = open_store(settings, environ)
     vectors: VectorStore = (
         ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key) if settings.qdrant_url
-        else EdgeStore(settings.data_path / "qdrant", search_threads=settings.edge_search_threads))
+        else EdgeStore(data / "qdrant", search_threads=settings.edge_search_threads))
     models = ModelCache(settings.models_path)  # the demo and the request path share them
     if demo and settings.redis_url is None and settings.qdrant_url is None:
         await prepare_demo(rules, Ingestor(vectors, rules, models),
-                           settings.data_path / "demo-declared")
+                           data / "demo-declared")
     deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
                 models=models, jobs=rules.backfill_queue)
     here = Path.cwd()
     record: list[Path] = []
 
     def listening(url: str) -> None:
-        record.append(found.write(here, data_dir=settings.data_path, url=url,
+        record.append(found.write(here, data_dir=data, url=url,
                                   host=settings.host, port=settings.port))
         print((_HINT if demo else _OWN_HINT).format(url=url), flush=True)
 
@@ -66,7 +67,7 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
             found.remove(path)
         if ours and embedded is not None:
             await asyncio.to_thread(embedded.stop)
-            log.info("redis_stopped", data_dir=str(settings.data_path))
+            log.info("redis_stopped", data_dir=str(data))
 
     await serve_until_signalled(make_app(settings, deps), settings, on_listening=listening,
                                 after_cleanup=close_stores)
