@@ -28,6 +28,11 @@ POOLING_FLAGS: dict[str, Pooling] = {
     "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "lasttoken"}
 UNSUPPORTED_POOLING = ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens")
 
+PADDING_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert",
+                                  "mpnet", "longformer", "data2vec-text", "ibert"})
+"""Architectures whose position ids start at the padding index + 1 (Hugging Face's
+``create_position_ids_from_input_ids``): their true maximum is the table less those."""
+
 
 @dataclass(frozen=True)
 class Choices:
@@ -206,17 +211,31 @@ class _Reader:
                              "--max-length N")
         if limits and found > limits:
             raise ModelError(f"{self.folder}: max length {found} ({self.decided['max_length']}) "
-                             f"exceeds the model's {limits} positions (config.json "
-                             "max_position_embeddings); pass --max-length N")
+                             f"exceeds the model's {limits} positions ({self._positions_said()}"
+                             f"); pass --max-length {limits} or less")
         return found
 
     def _position_limit(self) -> int:
+        """The tokens the model can place: its position table, less the positions its
+        architecture reserves below the first token (RoBERTa-style models, MPNet among them,
+        number positions from the padding index + 1)."""
         positions = self.hf_config.get("max_position_embeddings")
         if not isinstance(positions, int):
             return 0
-        # RoBERTa-family models reserve the first two positions for padding
-        model_type = str(self.hf_config.get("model_type", ""))
-        return positions - 2 if model_type in ("roberta", "xlm-roberta", "camembert") else positions
+        return positions - self._reserved_positions()
+
+    def _reserved_positions(self) -> int:
+        if str(self.hf_config.get("model_type", "")) not in PADDING_OFFSET_TYPES:
+            return 0
+        pad = self.hf_config.get("pad_token_id", 1)
+        return (pad if isinstance(pad, int) and pad >= 0 else 1) + 1
+
+    def _positions_said(self) -> str:
+        positions = self.hf_config.get("max_position_embeddings")
+        reserved = self._reserved_positions()
+        said = f"config.json max_position_embeddings {positions}"
+        return said + (f", less {reserved} reserved before the first token in "
+                       f"{self.hf_config.get('model_type')}" if reserved else "")
 
     def query_prefix(self) -> str:
         prompts = self.st_model_config.get("prompts")

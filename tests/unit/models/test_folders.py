@@ -87,3 +87,19 @@ def test_flags_override_the_folder(tmp_path: Path) -> None:
     m = draft.manifest
     assert (m.pooling, m.normalize, m.max_length, m.model_id) == ("mean", False, 128, "org/model")
     assert draft.decided["normalize"] == "--no-normalize"
+
+
+@pytest.mark.parametrize(("model_type", "limit"), [("mpnet", 512), ("roberta", 512),
+                                                  ("bert", 514)])
+def test_the_position_limit_is_the_architectures_own(tmp_path: Path, model_type: str,
+                                                    limit: int) -> None:
+    """MPNet and RoBERTa number positions from the padding index + 1, so 514 positions hold
+    512 tokens: 513 is refused when the folder is read, before any export or run, naming the
+    limit; a BERT config's 514 are all usable."""
+    config = {"model_type": model_type, "max_position_embeddings": 514, "pad_token_id": 1}
+    folder = make(tmp_path / model_type, {**OLD, "config.json": config})
+    assert read_folder(folder, Choices(max_length=limit)).manifest.max_length == limit
+    with pytest.raises(ModelError) as refused:
+        read_folder(folder, Choices(max_length=limit + 1))
+    assert f"exceeds the model's {limit} positions" in str(refused.value)
+    assert f"pass --max-length {limit} or less" in str(refused.value)
