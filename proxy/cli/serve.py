@@ -145,7 +145,6 @@ and, in another terminal (same folder), move traffic:
   uv run embedshift status products
   uv run embedshift set products 20 --reason "first ramp"
   uv run embedshift explain products --user alice
-
   uv run embedshift rollback products --reason "p99 regression"
   uv run embedshift history products
 
