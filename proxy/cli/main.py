@@ -22,6 +22,7 @@ from proxy.config import load_settings
 from rollout_rules.errors import (
     ConflictError,
     EmbedshiftError,
+    ModelError,
     NotFoundError,
     RuleError,
     StoreUnavailable,
@@ -32,6 +33,7 @@ from rollout_rules.errors import (
 EXIT_CODES: dict[type[EmbedshiftError], int] = {
     RuleError: 3,
     TransitionError: 3,
+    ModelError: 3,  # a model refused or not found: the input, not the machine
     ConflictError: 4,
     NotFoundError: 5,
     StoreUnavailable: 6,
@@ -88,8 +90,8 @@ def _parser(groups: list[str]) -> argparse.ArgumentParser:
     common.add_argument("--actor", help="who this change is recorded as (default user@host)")
     parser = argparse.ArgumentParser(
         prog="embedshift", description="Move search traffic between embedding models safely.",
-        epilog="exit codes: 0 ok, 2 usage, 3 invalid rule or action, 4 conflict (someone else "
-               "changed the rule first), 5 unknown alias, 6 Redis unreachable")
+        epilog="exit codes: 0 ok, 2 usage, 3 invalid rule, action or model, 4 conflict "
+               "(someone else changed the rule first), 5 unknown alias, 6 Redis unreachable")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, run: Runner, help_text: str) -> argparse.ArgumentParser:

@@ -100,6 +100,7 @@ def render_added(added: Added) -> str:
     why = added.decided
     lines = [f"added {added.name}: {m.model_id}", f"  folder      {added.folder}",
              f"  identity    {m.identity}",
+             f"  model id    {m.model_id} ({why.get('model_id', '--model-id')})",
              f"  dimensions  {m.dimensions} ({why.get('dimensions', '')})",
              f"  max length  {m.max_length} tokens ({why.get('max_length', '')})",
              f"  pooling     {m.pooling} ({why.get('pooling', '')})",

@@ -30,7 +30,7 @@ from proxy.models.bert_onnx import save_bert
 from proxy.models.builtin import BUILTIN_SETTINGS, L3_ID, L6_ID, build_l3, build_l6
 from proxy.models.checks import Measured, run_checks
 from proxy.models.encoders import OnnxModel
-from proxy.models.folders import Choices, bert_config, read_folder
+from proxy.models.folders import Choices, Draft, bert_config, read_folder
 from proxy.models.manifest import (
     MANIFEST,
     ONNX_FILE,
@@ -160,28 +160,37 @@ def add_model(name: str, path: Path, models_dir: Path, *, choices: Choices | Non
     models_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".add-{name}-", dir=models_dir))
     try:
-        if draft.onnx is None:
-            assert draft.weights is not None
-            bert_config(draft)
-            log(f"building an ONNX graph from {draft.weights} (BERT family, no torch)")
-            save_bert(draft.weights, draft.weights.parent / "config.json", scratch / ONNX_FILE,
-                      name)
-        else:
-            shutil.copyfile(draft.onnx, scratch / ONNX_FILE)
-        shutil.copyfile(draft.tokenizer, scratch / TOKENIZER_FILE)
-        log("checking behaviour: batches, norms, max length"
-            + (f", reference vectors in {expect}" if expect else ""))
-        model = OnnxModel(scratch, manifest=draft.manifest)
-        measured = run_checks(model, expect)
-        manifest = sealed(msgspec.structs.replace(model.manifest, checks=tuple(measured.lines())),
-                          scratch)
-        found = _same_model(models_dir, name, manifest)
-        if found is None:
-            write_manifest(scratch, manifest)
-            folder = _publish(models_dir / name, lambda tmp: _move_into(scratch, tmp))
+        return _add(name, draft, scratch, models_dir, expect=expect, int8=int8, log=log)
+    except ModelError as exc:  # a check ran on the copy: name the user's folder, not the copy
+        raise ModelError(str(exc).replace(str(scratch), str(path)).replace(
+            scratch.name, path.name)) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if found is not None:
+
+
+def _add(name: str, draft: Draft, scratch: Path, models_dir: Path, *, expect: Path | None,
+         int8: bool, log: Log) -> Added:
+    """Build or copy the graph into ``scratch``, check it, catalogue it (or find it is)."""
+    if draft.onnx is None:
+        assert draft.weights is not None
+        bert_config(draft)
+        log(f"building an ONNX graph from {draft.weights} (BERT family, no torch)")
+        save_bert(draft.weights, draft.weights.parent / "config.json", scratch / ONNX_FILE,
+                  name)
+    else:
+        shutil.copyfile(draft.onnx, scratch / ONNX_FILE)
+    shutil.copyfile(draft.tokenizer, scratch / TOKENIZER_FILE)
+    log("checking behaviour: batches, norms, max length"
+        + (f", reference vectors in {expect}" if expect else ""))
+    model = OnnxModel(scratch, manifest=draft.manifest)
+    measured = run_checks(model, expect)
+    manifest = sealed(msgspec.structs.replace(model.manifest, checks=tuple(measured.lines())),
+                      scratch)
+    found = _same_model(models_dir, name, manifest)
+    if found is None:
+        write_manifest(scratch, manifest)
+        folder = _publish(models_dir / name, lambda tmp: _move_into(scratch, tmp))
+    else:
         name, folder, manifest = found.name, found, read_manifest(found)
     if int8:
         build_model(name, "int8", models_dir, log)

@@ -139,7 +139,7 @@ class _Reader:
 
     def model_id(self) -> str:
         # config.json's _name_or_path names the checkpoint it was fine-tuned from: not this model
-        self.decided["model_id"] = "the folder's name (--model-id sets it)"
+        self.decided["model_id"] = "the folder's name; --model-id sets it"
         return self.folder.resolve().name
 
     def dimensions(self) -> int:

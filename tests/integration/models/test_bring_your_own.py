@@ -189,6 +189,7 @@ def test_each_silent_failure_is_refused_naming_the_fix(
     with pytest.raises(ModelError) as refused:
         add_model("bad", folder, catalogue)
     assert refusal in str(refused.value) and fix in str(refused.value), str(refused.value)
+    assert ".add-" not in str(refused.value)  # the user's folder is named, never our copy
     assert not catalogue.exists() or list(catalogue.iterdir()) == []  # nothing half-added
 
 
@@ -355,8 +356,8 @@ def test_the_cli_adds_lists_and_refuses_to_remove_a_model_a_rule_names(
         {"name": "v1", "model": "mini", "dimensions": 384, "target": {"collection": "d"}}]}))
     assert cli("init", "docs", "--file", str(rule))[0] == 0
     code, _, err = cli("models", "remove", "mini")
-    assert code == 1 and "error: model 'mini' is named by docs/v1" in err
+    assert code == 3 and "error: model 'mini' is named by docs/v1" in err
     code, _, err = cli("models", "add", "mini")
     assert code == 3 and "error: path: models add needs NAME PATH" in err
     code, _, err = cli("models", "add", "other", str(tmp_path / "nowhere"))
-    assert code == 1 and "nowhere is not a folder" in err and "Traceback" not in err
+    assert code == 3 and "nowhere is not a folder" in err and "Traceback" not in err
