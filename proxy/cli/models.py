@@ -86,7 +86,7 @@ def add(args: argparse.Namespace, models_dir: Path) -> Result:
                       max_length=args.max_length, model_id=args.model_id)
     added = add_model(args.name, Path(args.path), models_dir, choices=choices,
                       expect=Path(args.expect) if args.expect else None, int8=args.int8,
-                      log=print)
+                      accept_loss=args.accept_loss, log=print)
     return {"name": added.name, "folder": str(added.folder), "existing": added.existing,
             "decided": added.decided, "manifest": msgspec.to_builtins(added.manifest)}, \
         render_added(added)
@@ -211,7 +211,10 @@ def add_parsers(add_command: AddCommand) -> None:
                    " list; show NAME; remove NAME; build: the default models")
     p.add_argument("name", nargs="?", help="the model's name in the catalogue (rules name it)")
     p.add_argument("path", nargs="?", help="with add: the model folder")
-    p.add_argument("--int8", action="store_true", help="also build the int8-quantised variant")
+    p.add_argument("--int8", action="store_true", help="also build the int8-quantised variant, "
+                   "kept only if its vectors stay within cosine 0.95 of fp32 text by text")
+    p.add_argument("--accept-loss", action="store_true",
+                   help="with --int8: keep the variant even below that tolerance")
     p.add_argument("--onnx", help="with add: which ONNX file, where the folder offers several")
     p.add_argument("--pooling", choices=get_args(Pooling),
                    help="with add: how token vectors become one (none: the graph does it)")

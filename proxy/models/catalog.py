@@ -28,7 +28,7 @@ import msgspec
 
 from proxy.models.bert_onnx import save_bert
 from proxy.models.builtin import BUILTIN_SETTINGS, L3_ID, L6_ID, build_l3, build_l6
-from proxy.models.checks import Measured, run_checks
+from proxy.models.checks import INT8_MIN_COSINE, Measured, check_int8, run_checks
 from proxy.models.encoders import OnnxModel
 from proxy.models.folders import Choices, Draft, bert_config, read_folder
 from proxy.models.manifest import (
@@ -92,17 +92,19 @@ def load_model(version: Version, models_dir: Path, threads: int) -> OnnxModel:
     return OnnxModel(folder, threads, manifest=manifest)
 
 
-def build_model(model: str, quantization: str, models_dir: Path, log: Log = lambda _: None
-                ) -> Path:
+def build_model(model: str, quantization: str, models_dir: Path, log: Log = lambda _: None,
+                *, int8: Int8Judgement | None = None) -> Path:
     """A default model, or the int8 variant of any catalogued one, built into ``models_dir``
-    (idempotent: a built folder is left alone)."""
+    (idempotent: a built folder is left alone); an int8 variant is judged against its fp32
+    model before it is kept (``int8`` says how)."""
     folder = models_dir / folder_name(model, quantization)
     if (folder / MANIFEST).exists():
         return folder
     if quantization == "int8":
         source = build_model(model, "none", models_dir, log)
-        log(f"quantising {model} to int8 (per-channel MatMul)")
-        return _publish(folder, lambda tmp: quantize_folder(source, tmp))
+        log(f"quantising {model} to int8 (per-channel MatMul), judged against fp32")
+        return _publish(folder, lambda tmp: quantize_folder(source, tmp,
+                                                            int8 or Int8Judgement()))
     builders = {L3_ID: build_l3, L6_ID: build_l6}
     if model not in builders:
         raise ModelError(f"{model!r} is neither a default model ({', '.join(builders)}) nor "
@@ -111,15 +113,31 @@ def build_model(model: str, quantization: str, models_dir: Path, log: Log = lamb
     return _publish(folder, lambda tmp: builders[model](tmp, models_dir))
 
 
-def quantize_folder(source: Path, folder: Path) -> None:
-    """int8 dynamic quantisation of every MatMul, per output channel."""
+@dataclass(frozen=True)
+class Int8Judgement:
+    """How an int8 variant is judged against fp32 (``checks.check_int8``)."""
+
+    tolerance: float = INT8_MIN_COSINE
+    accept_loss: bool = False
+    expect: Path | None = None
+
+
+def quantize_folder(source: Path, folder: Path, judgement: Int8Judgement = Int8Judgement()
+                    ) -> None:
+    """int8 dynamic quantisation of every MatMul, per output channel, kept only if it stays
+    near fp32 (or the loss is accepted); the manifest records the figure."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     manifest = read_manifest(source)
     quantize_dynamic(source / ONNX_FILE, folder / ONNX_FILE, per_channel=True,
                      weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
     shutil.copyfile(source / TOKENIZER_FILE, folder / TOKENIZER_FILE)
-    write_manifest(folder, sealed(msgspec.structs.replace(manifest, quantization="int8"), folder))
+    int8 = msgspec.structs.replace(manifest, quantization="int8")
+    judged = check_int8(OnnxModel(folder, manifest=int8, threads=1), OnnxModel(source, threads=1),
+                        tolerance=judgement.tolerance, accept_loss=judgement.accept_loss,
+                        expect=judgement.expect)
+    write_manifest(folder, sealed(msgspec.structs.replace(
+        int8, checks=(*manifest.checks, judged)), folder))
 
 
 def _publish(folder: Path, fill: Callable[[Path], None]) -> Path:
@@ -152,15 +170,16 @@ class Added:
 
 
 def add_model(name: str, path: Path, models_dir: Path, *, choices: Choices | None = None,
-              expect: Path | None = None, int8: bool = False, log: Log = lambda _: None
-              ) -> Added:
+              expect: Path | None = None, int8: bool = False, accept_loss: bool = False,
+              log: Log = lambda _: None) -> Added:
     """Read a user's folder, check its behaviour, and catalogue it as ``name``."""
     _check_name(name)
     draft = read_folder(path.expanduser().resolve(), choices or Choices())
     models_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".add-{name}-", dir=models_dir))
     try:
-        return _add(name, draft, scratch, models_dir, expect=expect, int8=int8, log=log)
+        judgement = Int8Judgement(accept_loss=accept_loss, expect=expect) if int8 else None
+        return _add(name, draft, scratch, models_dir, expect=expect, int8=judgement, log=log)
     except ModelError as exc:  # a check ran on the copy: name the user's folder, not the copy
         raise ModelError(str(exc).replace(str(scratch), str(path)).replace(
             scratch.name, path.name)) from exc
@@ -169,7 +188,7 @@ def add_model(name: str, path: Path, models_dir: Path, *, choices: Choices | Non
 
 
 def _add(name: str, draft: Draft, scratch: Path, models_dir: Path, *, expect: Path | None,
-         int8: bool, log: Log) -> Added:
+         int8: Int8Judgement | None, log: Log) -> Added:
     """Build or copy the graph into ``scratch``, check it, catalogue it (or find it is)."""
     if draft.onnx is None:
         assert draft.weights is not None
@@ -192,8 +211,8 @@ def _add(name: str, draft: Draft, scratch: Path, models_dir: Path, *, expect: Pa
         folder = _publish(models_dir / name, lambda tmp: _move_into(scratch, tmp))
     else:
         name, folder, manifest = found.name, found, read_manifest(found)
-    if int8:
-        build_model(name, "int8", models_dir, log)
+    if int8 is not None:
+        build_model(name, "int8", models_dir, log, int8=int8)
     return Added(name, folder, manifest, draft.decided, measured, existing=found is not None)
 
 

@@ -361,3 +361,32 @@ def test_the_cli_adds_lists_and_refuses_to_remove_a_model_a_rule_names(
     assert code == 3 and "error: path: models add needs NAME PATH" in err
     code, _, err = cli("models", "add", "other", str(tmp_path / "nowhere"))
     assert code == 3 and "nowhere is not a folder" in err and "Traceback" not in err
+
+
+def test_int8_is_judged_against_fp32_refused_below_the_tolerance_unless_accepted(
+        wheel_folder: Path, tmp_path: Path) -> None:
+    """The int8 variant is kept only if its vectors stay near fp32's text by text (and near
+    the references given); the figure is recorded. A tolerance the variant cannot meet
+    refuses it naming the cosine, and leaves nothing behind; --accept-loss keeps it, saying
+    so."""
+    from proxy.models.catalog import Int8Judgement, build_model
+    from proxy.models.manifest import read_manifest
+
+    catalogue = tmp_path / "models"
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("".join(json.dumps({"text": t, "vector": v.tolist()}) + "\n"
+                            for t, v in zip(SENTENCES, L6_REFERENCE, strict=True)))
+    add_model("l6", wheel_folder, catalogue, int8=True, expect=refs)
+    judged = read_manifest(catalogue / "l6-int8").checks[-1]
+    texts = 5 + len(SENTENCES)  # the probe texts and the references'
+    assert judged.startswith("int8 against fp32: min cosine 0.9") and \
+        f"over {texts} texts" in judged, judged
+    assert "reference vectors min cosine" in judged
+    strict = Int8Judgement(tolerance=0.9999, accept_loss=True)
+    shutil.copytree(catalogue / "l6", catalogue / "l6-strict")
+    with pytest.raises(ModelError, match=r"drifts from fp32: cosine 0\.9\d+ .* under the "
+                                         r"tolerance 0\.9999"):
+        build_model("l6-strict", "int8", catalogue, int8=Int8Judgement(tolerance=0.9999))
+    assert not (catalogue / "l6-strict-int8").exists()  # nothing half-built
+    folder = build_model("l6-strict", "int8", catalogue, int8=strict)
+    assert read_manifest(folder).checks[-1].endswith("below it, accepted (--accept-loss)")
