@@ -83,7 +83,7 @@ def show_model(name: str, models_dir: Path) -> Result:
 
 def add(args: argparse.Namespace, models_dir: Path) -> Result:
     choices = Choices(onnx=args.onnx, pooling=args.pooling, normalize=args.normalize,
-                      max_length=args.max_length, model_id=args.model_id)
+                      max_length=args.max_length, model_id=args.model_id, output=args.output)
     added = add_model(args.name, Path(args.path), models_dir, choices=choices,
                       expect=Path(args.expect) if args.expect else None, int8=args.int8,
                       accept_loss=args.accept_loss, log=print)
@@ -216,6 +216,8 @@ def add_parsers(add_command: AddCommand) -> None:
     p.add_argument("--accept-loss", action="store_true",
                    help="with --int8: keep the variant even below that tolerance")
     p.add_argument("--onnx", help="with add: which ONNX file, where the folder offers several")
+    p.add_argument("--output", help="with add: which graph output to read (default: one "
+                   "(batch, dims) output with --pooling none, else the token vectors)")
     p.add_argument("--pooling", choices=get_args(Pooling),
                    help="with add: how token vectors become one (none: the graph does it)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,

@@ -105,7 +105,7 @@ class OnnxModel:
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:
             raise ModelError(f"{folder / 'model.onnx'} lacks inputs {sorted(missing)}")
-        self.output = self.manifest.output or self._token_output()
+        self.output = self.manifest.output or self._default_output()
         self._rank = 2 if self.manifest.pooling == "none" else 3
         self._check_rank()
         probe = self.tokenizer.encode("dimension check")
@@ -201,12 +201,19 @@ class OnnxModel:
             result[chunk] = self._embed_encodings([encodings[i] for i in chunk])
         return result
 
-    def _token_output(self) -> str:
-        for output in self.session.get_outputs():
-            if len(output.shape) == 3:
+    def _default_output(self) -> str:
+        """The output a manifest leaves open: with pooling "none" the first (batch, dims)
+        output (a graph that pools itself), else the first (batch, tokens, dims) one."""
+        wanted = 2 if self.manifest.pooling == "none" else 3
+        outputs = self.session.get_outputs()
+        for output in outputs:
+            if len(output.shape or ()) == wanted:
                 return str(output.name)
+        if wanted == 2 and outputs:  # _check_rank explains what to do instead
+            return str(outputs[0].name)
         raise ModelError(f"{self.folder / 'model.onnx'} has no (batch, tokens, dims) output "
-                         "to pool")
+                         "to pool (a graph that pools itself: --pooling none; or name the "
+                         "output: --output NAME)")
 
 
 def pool(out: NDArray[np.float32], mask: NDArray[np.int64], pooling: str) -> Vector:

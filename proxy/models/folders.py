@@ -43,6 +43,7 @@ class Choices:
     normalize: bool | None = None
     max_length: int | None = None
     model_id: str | None = None
+    output: str | None = None  # which graph output to read (None: as the pooling implies)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ def read_folder(folder: Path, choices: Choices = Choices()) -> Draft:
     pooling, normalize = reader.pooling(), reader.normalize()  # the flags' order in the help
     manifest = Manifest(
         model_id=choices.model_id or reader.model_id(), dimensions=reader.dimensions(),
-        max_length=reader.max_length(), pooling=pooling, output="", normalize=normalize,
+        max_length=reader.max_length(), pooling=pooling, output=choices.output or "",
+        normalize=normalize,
         query_prefix=reader.query_prefix(),
         source={"folder": str(folder.resolve()), "onnx": onnx.name if onnx else "built"})
     reader.decided["onnx"] = _graph_note(folder, onnx)

@@ -7,6 +7,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -390,3 +391,39 @@ def test_int8_is_judged_against_fp32_refused_below_the_tolerance_unless_accepted
     assert not (catalogue / "l6-strict-int8").exists()  # nothing half-built
     folder = build_model("l6-strict", "int8", catalogue, int8=strict)
     assert read_manifest(folder).checks[-1].endswith("below it, accepted (--accept-loss)")
+
+
+def test_a_graph_that_pools_itself_is_added_with_pooling_none(
+        models_dir: Path, tmp_path: Path) -> None:
+    """The README's route for pre-pooled graphs: a bare export whose only output is one
+    vector per text is read with --pooling none and matches torch's references; where a graph
+    offers both outputs, --pooling none reads the pooled one and --output picks by name."""
+    import onnx
+
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("".join(json.dumps({"text": t, "vector": v.tolist()}) + "\n"
+                            for t, v in zip(SENTENCES, L6_REFERENCE, strict=True)))
+    both = tmp_path / "both"  # the built L6 graph: token vectors and its own pooled output
+    both.mkdir()
+    for name in ("model.onnx", "tokenizer.json"):
+        shutil.copyfile(models_dir / "all-MiniLM-L6-v2" / name, both / name)
+    pooled_only = tmp_path / "pooled-only"
+    pooled_only.mkdir()
+    graph = onnx.load(str(both / "model.onnx"))
+    kept = [o for o in graph.graph.output if o.name == "sentence_embedding"]
+    del graph.graph.output[:]
+    graph.graph.output.extend(kept)
+    onnx.save(graph, str(pooled_only / "model.onnx"))
+    shutil.copyfile(both / "tokenizer.json", pooled_only / "tokenizer.json")
+    settled = Choices(pooling="none", normalize=True, max_length=256)
+    catalogue = tmp_path / "models"
+    for name, folder, choices in (
+            ("pooled", pooled_only, settled), ("both", both, settled),
+            ("named", both, replace(settled, output="sentence_embedding"))):
+        added = add_model(name, folder, catalogue, choices=choices, expect=refs)
+        assert any(line.startswith(f"reference vectors: {len(SENTENCES)} texts, min cosine")
+                   for line in added.manifest.checks), (name, added.manifest.checks)
+    with pytest.raises(ModelError, match=r"no \(batch, tokens, dims\) output to pool \(a "
+                                         r"graph that pools itself: --pooling none"):
+        add_model("wrong", pooled_only, catalogue, choices=Choices(
+            pooling="mean", normalize=True, max_length=256))
