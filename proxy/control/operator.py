@@ -20,6 +20,7 @@ from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, Decision, decide
 from rollout_rules.errors import AlreadyDeclared, ConflictError, NotFoundError, RuleError
 from rollout_rules.model import Rollout
+from rollout_rules.promotion import QualityRecord, VerifyRecord, blocked, read_record
 from rollout_rules.ramp import RampPlan
 from rollout_rules.spec import apply_file, differences, first_declaration
 
@@ -191,38 +192,15 @@ class Operator:
         return await self._apply(alias, action, why, expected_revision)
 
     async def unverified(self, rollout: Rollout) -> str | None:
-        """Why the candidate may not be promoted yet: its last verify did not pass against the
-        current stable, or its golden-set judgement failed (or is missing where the rule
-        requires one); None when nothing stands in the way."""
+        """Why the candidate may not be promoted yet (``rollout_rules.promotion.blocked`` over
+        its last verify and golden-set judgement); None when nothing stands in the way."""
         if rollout.candidate is None:
             return None
-        report = await self.store.verification(rollout.alias, rollout.candidate)
-        if report is None:
-            return "it was never verified"
-        if report.get("stable") != rollout.stable:
-            return f"it was verified against {report.get('stable')}, stable is {rollout.stable}"
-        if not report.get("passed"):
-            off = report.get("vector_mismatch_ids")
-            return (f"its last verify failed ({report.get('missing')} missing, "
-                    f"{report.get('extra')} extra, {report.get('envelope_mismatches')} envelope "
-                    f"mismatches, {len(off) if isinstance(off, list) else 0} vectors off)")
-        return await self.unjudged(rollout, rollout.candidate)
-
-    async def unjudged(self, rollout: Rollout, candidate: str) -> str | None:
-        """Why the golden-set judgement stands in the way, if it does."""
-        judged = await self.store.verification(rollout.alias, quality_key(candidate))
-        if judged is None or judged.get("stable") != rollout.stable:
-            return ("it has no golden-set judgement (embedshift eval --alias "
-                    f"{rollout.alias} --dataset ...)") if rollout.promotion.require_quality \
-                else None
-        before, after = judged.get("stable_ndcg_at_10"), judged.get("candidate_ndcg_at_10")
-        if not isinstance(before, float | int) or not isinstance(after, float | int):
-            return "its golden-set judgement is unreadable"
-        margin = rollout.promotion.max_ndcg_drop
-        if after < before - margin - 1e-12:
-            return (f"its nDCG@10 on the golden set is {after:.4f}, stable's {before:.4f}: "
-                    f"more than {margin} worse")
-        return None
+        verify = read_record(await self.store.verification(rollout.alias, rollout.candidate),
+                             VerifyRecord)
+        quality = read_record(await self.store.verification(
+            rollout.alias, quality_key(rollout.candidate)), QualityRecord)
+        return blocked(rollout, verify, quality)
 
     async def delete(self, alias: str, reason: str, expected_revision: int | None = None
                      ) -> AuditEntry:

@@ -18,6 +18,7 @@ from proxy.models.evaluation import ndcg
 from proxy.state.base import now
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout, Version
+from rollout_rules.promotion import quality_passes
 
 K = 10
 
@@ -65,4 +66,5 @@ async def judge(ingestor: Ingestor, rollout: Rollout, queries: Mapping[str, str]
     return Judgement(alias=rollout.alias, revision=rollout.revision, stable=stable.name,
                      candidate=candidate.name, queries=len(judged),
                      stable_ndcg_at_10=round(before, 4), candidate_ndcg_at_10=round(after, 4),
-                     max_ndcg_drop=margin, passed=after >= before - margin - 1e-12, at=now())
+                     max_ndcg_drop=margin, passed=quality_passes(before, after, margin),
+                     at=now())
