@@ -248,7 +248,7 @@ class Backfill:
         await cancel_and_wait(self.tasks.pop(rollout.alias, []))
         if rollout.candidate is not None:
             with contextlib.suppress(StoreUnavailable):
-                await self.queues(rollout.alias, rollout.candidate).set_stopped(True)
+                await self.queues(rollout.alias, rollout.candidate).set_stopped()
         return await self.progress(rollout)
 
     async def progress(self, rollout: Rollout) -> Progress:

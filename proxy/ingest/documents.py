@@ -19,11 +19,11 @@ from typing import Annotated, Any
 
 import msgspec
 
-from proxy.vectors.base import RESERVED, Stored
+from proxy.vectors.base import DOC_ID, RESERVED, Stored
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Version, rule_error
 
-DOC_ID_FIELD = f"{RESERVED}.doc_id"
+DOC_ID_FIELD = f"{RESERVED}.{DOC_ID}"
 TEXT_FIELD = f"{RESERVED}.text"
 MAX_TEXT_CHARS = 100_000
 MAX_ID_INT = 2**63 - 1

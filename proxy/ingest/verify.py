@@ -20,13 +20,12 @@ import numpy as np
 from proxy.ingest.documents import DOC_ID_FIELD, PointId, doc_id_of, document_of
 from proxy.ingest.writer import Ingestor, encode
 from proxy.state.base import now
-from proxy.vectors.base import RESERVED, Stored, VectorStore, scroll_all
+from proxy.vectors.base import ENVELOPE, RESERVED, Stored, VectorStore, scroll_all
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout, Version
 
 MIN_COSINE = 0.999
 SHOWN = 20  # ids listed per finding; the counts are whole
-ENVELOPE = ("model", "version", "dimensions", "metric", "normalized")
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):

@@ -138,13 +138,10 @@ class BackfillQueue:
                          workers=int(fields.get("workers", 0)),
                          finished_at=fields.get("finished_at", ""))
 
-    async def set_stopped(self, stopped: bool) -> None:
-        """Mark the job stopped, or running again (which also forgets why it failed)."""
+    async def set_stopped(self) -> None:
+        """Mark the job stopped (``set_started`` runs it again)."""
         async with unavailable_on_error(self.client):
-            if stopped:
-                await self.client.hset(self.keys["meta"], "stopped", "1")
-            else:
-                await self.client.hdel(self.keys["meta"], "stopped", "failed")
+            await self.client.hset(self.keys["meta"], "stopped", "1")
 
     async def set_started(self, workers: int) -> None:
         """Running again with ``workers`` (which forgets a stop and why it failed)."""
