@@ -37,7 +37,11 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     header_timeout_s    EMBEDSHIFT_HEADER_TIMEOUT_S  a request's head must arrive within (10)
     body_timeout_s      EMBEDSHIFT_BODY_TIMEOUT_S  its body within, else 408 (10)
     keepalive_s         EMBEDSHIFT_KEEPALIVE_S     an idle connection is closed after (15)
-    max_connections     EMBEDSHIFT_MAX_CONNECTIONS open connections; more are refused (1000)
+    max_connections     EMBEDSHIFT_MAX_CONNECTIONS open connections (1000; fewer when the
+                                                   descriptor limit cannot honour it)
+    max_connections_per_client  EMBEDSHIFT_MAX_CONNECTIONS_PER_CLIENT  from one address (0: half
+                                                   the cap); past either, idle ones are shed,
+                                                   then a JSON 503
     backlog             EMBEDSHIFT_BACKLOG         the listen queue (1024)
     drain_s             EMBEDSHIFT_DRAIN_S         on SIGTERM, /readyz is 503 this long first (5)
     shutdown_timeout_s  EMBEDSHIFT_SHUTDOWN_TIMEOUT_S  then in-flight requests get this long (10)
@@ -89,6 +93,7 @@ _ENV = {
     "body_timeout_s": "EMBEDSHIFT_BODY_TIMEOUT_S",
     "keepalive_s": "EMBEDSHIFT_KEEPALIVE_S",
     "max_connections": "EMBEDSHIFT_MAX_CONNECTIONS",
+    "max_connections_per_client": "EMBEDSHIFT_MAX_CONNECTIONS_PER_CLIENT",
     "backlog": "EMBEDSHIFT_BACKLOG",
     "drain_s": "EMBEDSHIFT_DRAIN_S",
     "shutdown_timeout_s": "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S",
@@ -128,6 +133,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     keepalive_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 0
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     drain_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0

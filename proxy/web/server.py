@@ -1,10 +1,14 @@
 """Serving the app in production: guarded connections and a graceful stop.
 
-Every connection is guarded (``GuardedHandler``, aiohttp's per-connection protocol with three
-additions): over ``max_connections`` a new connection gets a JSON 503 and is closed; a request
-head must arrive within ``header_timeout_s`` of its first byte (a client trickling headers is cut
-off with a 408); an idle connection is closed after ``keepalive_s``. Bodies have their own
-timeout (``proxy.web.bodies``). The listen backlog is ``backlog``.
+Every connection passes a door (``Door``) and is then guarded (``GuardedHandler``, aiohttp's
+per-connection protocol with additions). At the door, ``proxy.web.connections`` decides: within the
+cap (sized from the descriptor limit, logged at start) and the client's share a connection is let
+in; over either, the longest-idle connection is closed to make room; when none is idle the new one
+gets a JSON 503 (``Refusal``), sent once its request head has been read and followed by a gentle
+close, so the client reads the answer rather than a reset. Inside, a request head must arrive
+within ``header_timeout_s`` of its first byte (a client trickling headers is cut off with a 408);
+an idle connection is closed after ``keepalive_s``. Bodies have their own timeout
+(``proxy.web.bodies``). The listen backlog is ``backlog``.
 
 ``serve_until_signalled`` runs the app until SIGTERM or SIGINT, then drains: ``/readyz`` turns 503
 at once and the proxy keeps serving for ``drain_s`` so load balancers notice, then it stops
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -26,6 +31,15 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.config import Settings
+from proxy.web.connections import (
+    Connections,
+    Reason,
+    Verdict,
+    connection_cap,
+    fd_wanted,
+    per_client_cap,
+    refusal_room,
+)
 from proxy.web.errors import error_body, error_response
 from proxy.web.keys import READY
 
@@ -43,45 +57,72 @@ def _raw_error(status: HTTPStatus, message: str) -> bytes:
 
 
 class GuardedHandler(RequestHandler):
-    """aiohttp's connection protocol, refusing connections over the cap and cutting off a
-    request head that does not arrive in time. It reads three of the base class's private
-    fields (request count, queued messages, current request); tests pin the behaviour."""
+    """aiohttp's connection protocol, cutting off a request head that does not arrive in time and
+    telling the door when it is idle. It reads four of the base class's private fields (request
+    count, queued messages, current request, loop); tests pin the behaviour."""
 
-    def __init__(self, server: web.Server, settings: Settings, **kwargs: object) -> None:
+    def __init__(self, server: web.Server, settings: Settings, door: Connections,
+                 client: str, **kwargs: object) -> None:
         super().__init__(server, **kwargs)  # type: ignore[arg-type]
         self._settings = settings
+        self._door = door
+        self.client = client
+        self.idle_since: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._payload: object = None  # the last request's body, until read whole
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.idle_since = self._loop.time()
+        self._door.add(self)
         super().connection_made(transport)
-        manager = self._manager
-        if manager is not None and len(manager.connections) > self._settings.max_connections:
-            log.warning("connection_refused", reason="max_connections",
-                        limit=self._settings.max_connections)
-            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "too many open connections: the limit "
-                         f"is {self._settings.max_connections}; retry shortly")
 
     def data_received(self, data: bytes) -> None:
+        if not data:  # aiohttp re-feeds its buffer with b"" when it resumes reading
+            super().data_received(data)
+            return
+        self.idle_since = None
         requests_before = self._request_count
         super().data_received(data)
         if self._request_count != requests_before:
             self._cancel_head_timer()  # a head arrived
-        elif self._head_timer is None and self._current_request is None and not self._messages:
-            loop = asyncio.get_running_loop()
-            self._head_timer = loop.call_later(self._settings.header_timeout_s,
-                                               self._head_too_slow, self._request_count)
+            self._payload = self._messages[-1][1] if self._messages else None
+        elif (self._head_timer is None and self._current_request is None
+              and not self._messages and self._between_requests()):
+            self._head_timer = self._loop.call_later(self._settings.header_timeout_s,
+                                                     self._head_too_slow, self._request_count)
+
+    def _between_requests(self) -> bool:
+        """Whether the next byte starts a request head, not the rest of the last body (which
+        aiohttp drains, after an early answer, before it reads another head)."""
+        payload = self._payload
+        return payload is None or bool(payload.is_eof())  # type: ignore[attr-defined]
+
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        answered = await super().finish_response(request, resp, start_time)
+        if not self._messages:
+            self.idle_since = self._loop.time()
+        return answered
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()
+        self._door.remove(self)
         super().connection_lost(exc)
+
+    def shed(self) -> None:
+        """Close this idle connection to make room for a new one."""
+        self._door.remove(self)
+        self.force_close()
 
     def _head_too_slow(self, requests_then: int) -> None:
         self._head_timer = None
-        if self._request_count == requests_then:
+        if self._request_count == requests_then and self.transport is not None:
             log.info("connection_cut", reason="header_timeout",
                      timeout_s=self._settings.header_timeout_s)
-            self._refuse(HTTPStatus.REQUEST_TIMEOUT, "the request head did not arrive within "
-                         f"{self._settings.header_timeout_s:g}s")
+            self.transport.write(_raw_error(
+                HTTPStatus.REQUEST_TIMEOUT, "the request head did not arrive within "
+                f"{self._settings.header_timeout_s:g}s"))
+            self.force_close()  # closes the transport once the answer is written
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -102,30 +143,180 @@ class GuardedHandler(RequestHandler):
         response.force_close()
         return response
 
-    def _refuse(self, status: HTTPStatus, message: str) -> None:
-        if self.transport is not None:
-            self.transport.write(_raw_error(status, message))
-        self.force_close()  # closes the transport once the answer is written
+
+class Refusal(asyncio.Protocol):
+    """A connection that cannot be served. It is answered with a JSON 503 once its request
+    head has been read (or after ``HEAD_WAIT_S``; at once when ``patient`` is false, as under
+    pressure), its sending side is then closed, and what the client still sends is read and
+    dropped until the client closes or ``LINGER_S`` pass. Closing with the request unread would
+    have the client read a reset instead of the answer."""
+
+    HEAD_WAIT_S = 1.0
+    LINGER_S = 2.0
+
+    def __init__(self, answer: bytes, on_closed: Callable[[Refusal], None],
+                 patient: bool = True) -> None:
+        self._answer = answer
+        self._on_closed = on_closed
+        self._patient = patient
+        self._head = b""
+        self._answered = False
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        if self._patient:
+            self._timer = asyncio.get_running_loop().call_later(self.HEAD_WAIT_S,
+                                                                self._answer_now)
+        else:
+            self._answer_now()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._answered:
+            self._head = (self._head + data)[-8192:]
+            if b"\r\n\r\n" in self._head:
+                self._answer_now()
+
+    def eof_received(self) -> bool:
+        self.close()  # the client sends no more: answer, and close once the answer is out
+        return True
+
+    def _answer_now(self) -> None:
+        transport = self._transport
+        if self._answered or transport is None:
+            return
+        self._answered = True
+        if self._timer is not None:
+            self._timer.cancel()
+        transport.write(self._answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(self.LINGER_S, transport.close)
+
+    def close(self) -> None:
+        """Answer now if not yet, and close (to make room, or on stopping)."""
+        self._answer_now()
+        if self._transport is not None:
+            self._transport.close()  # what is buffered is written first
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+        self._on_closed(self)
+
+
+class Tally:
+    """An event logged at most once per ``every_s``, with how many happened since the last line:
+    a flood of refusals is a line a second, not a line each."""
+
+    def __init__(self, event: str, every_s: float = 1.0) -> None:
+        self._event, self._every_s = event, every_s
+        self._count, self._logged_at = 0, float("-inf")
+
+    def add(self, now: float, **fields: object) -> None:
+        self._count += 1
+        if now - self._logged_at >= self._every_s:
+            log.warning(self._event, count=self._count, **fields)
+            self._count, self._logged_at = 0, now
+
+
+class Door(asyncio.Protocol):
+    """The first protocol of every connection: it asks ``Connections`` and hands the transport
+    to a ``GuardedHandler`` (closing an idle connection first when told to) or to a
+    ``Refusal``."""
+
+    def __init__(self, site: GuardedSite) -> None:
+        self._site = site
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._site.admit(transport)  # type: ignore[arg-type]
+
+
+def descriptor_limit(wanted: int) -> int:
+    """The process's open-file limit, raised towards ``wanted`` as far as the hard limit lets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if raised > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+                soft = raised
+            except (ValueError, OSError):
+                pass
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
 class GuardedSite(web.TCPSite):
-    """A TCP site whose connections are ``GuardedHandler``s."""
+    """A TCP site whose connections pass a ``Door``: capped by the descriptor limit, shared
+    fairly between clients, idle ones shed first, the rest refused with a JSON 503."""
 
     def __init__(self, runner: web.AppRunner, settings: Settings) -> None:
         super().__init__(runner, settings.host, settings.port, backlog=settings.backlog)
         self._settings = settings
+        fd_limit = descriptor_limit(fd_wanted(settings.max_connections))
+        cap = connection_cap(settings.max_connections, fd_limit)
+        self.connections = Connections(
+            cap, per_client_cap(cap, settings.max_connections_per_client))
+        self._refusing: dict[Refusal, None] = {}  # oldest first
+        self._fd_limit = fd_limit
+        self._refused = Tally("connection_refused")
+        self._shed = Tally("connection_shed")
+        log.info("connections", cap=cap, per_client=self.connections.per_client,
+                 max_connections=settings.max_connections, fd_limit=fd_limit,
+                 reason=None if cap == settings.max_connections else "fd_limit")
+
+    def admit(self, transport: asyncio.Transport) -> None:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
+        admission = self.connections.admit(client)
+        loop = asyncio.get_running_loop()
+        reason = admission.reason.value if admission.reason else None
+        if admission.verdict is Verdict.REFUSE:
+            self._refuse(transport, reason, loop.time())
+            return
+        if isinstance(admission.shed, GuardedHandler):
+            self._shed.add(loop.time(), reason=reason)
+            admission.shed.shed()
+        server = self._runner.server
+        assert server is not None, "runner.setup() first"
+        handler = GuardedHandler(server, self._settings, self.connections, client, loop=loop,
+                                 **server._kwargs)
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+
+    def _refuse(self, transport: asyncio.Transport, reason: str | None, now: float) -> None:
+        limit = (self.connections.cap if reason == Reason.MAX_CONNECTIONS.value
+                 else self.connections.per_client)
+        self._refused.add(now, reason=reason, limit=limit)
+        room = refusal_room(self._fd_limit, len(self.connections))
+        while len(self._refusing) >= room:  # the longest-refused makes room, its answer sent
+            oldest = next(iter(self._refusing))
+            self._refusing.pop(oldest)
+            oldest.close()
+        which = "open connections" if reason == Reason.MAX_CONNECTIONS.value \
+            else "connections from your address"
+        refusal = Refusal(_raw_error(HTTPStatus.SERVICE_UNAVAILABLE, f"too many {which}: the "
+                                     f"limit is {limit} and all are busy; retry shortly"),
+                          self._refusal_closed, patient=len(self._refusing) < room // 2)
+        self._refusing[refusal] = None
+        transport.set_protocol(refusal)
+        refusal.connection_made(transport)
+
+    def _refusal_closed(self, refusal: Refusal) -> None:
+        self._refusing.pop(refusal, None)
+
+    async def stop(self) -> None:
+        for refusal in list(self._refusing):
+            refusal.close()
+        await super().stop()
 
     async def start(self) -> None:
         self._runner._reg_site(self)  # what BaseSite.start does
-        server = self._runner.server
-        assert server is not None, "runner.setup() first"
-
-        def protocol() -> GuardedHandler:
-            return GuardedHandler(server, self._settings, loop=asyncio.get_running_loop(),
-                                  **server._kwargs)
-
+        assert self._runner.server is not None, "runner.setup() first"
         self._server = await asyncio.get_running_loop().create_server(
-            protocol, self._host, self._port, backlog=self._backlog,
+            lambda: Door(self), self._host, self._port, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

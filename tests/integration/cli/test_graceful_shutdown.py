@@ -9,67 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from loadtest.bench_proxy import free_port
 from proxy.state.redis_server import EmbeddedRedis
+from tests.integration.cli.conftest import DRAIN_S, SHUTDOWN_S, Serving
+from tests.integration.cli.conftest import wait_ready as _wait_ready
 
 pytestmark = pytest.mark.integration
-DRAIN_S, SHUTDOWN_S = 1.5, 5.0
-
-
-@dataclass
-class Serving:
-    process: subprocess.Popen[bytes]
-    base: str
-    log: Path
-    here: Path  # the folder it was started in
-    data: Path
-
-
-@pytest.fixture
-def serving(tmp_path: Path, models_dir: Path) -> Iterator[Serving]:
-    """`embedshift serve` on embedded defaults in its own data folder, models linked in."""
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "models").symlink_to(models_dir)  # built once per test session, not again here
-    port = free_port()
-    env = {**os.environ, "EMBEDSHIFT_DATA_DIR": str(data), "EMBEDSHIFT_PORT": str(port),
-           "EMBEDSHIFT_DRAIN_S": str(DRAIN_S), "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_S)}
-    for name in ("REDIS_URL", "QDRANT_URL"):
-        env.pop(name, None)
-    log = tmp_path / "serve.log"  # a file, not a pipe: one log line per query fills a pipe
-    with log.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "proxy.cli.main", "serve"],
-                                   cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=log_file)
-    try:
-        yield Serving(process, f"http://127.0.0.1:{port}", log, tmp_path, data)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        EmbeddedRedis(data, {}).stop()
-
-
-async def _wait_ready(serving: Serving, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert serving.process.poll() is None, serving.log.read_text()[-2000:]
-            try:
-                async with session.get(f"{serving.base}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.25)
-    raise AssertionError(f"not ready within {timeout_s}s")
 
 
 @dataclass

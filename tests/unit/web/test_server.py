@@ -1,4 +1,7 @@
-"""Guarded connections: a trickled head or body is cut off, a connection over the cap refused."""
+"""Guarded connections: a trickled head or body is cut off, a new one is let in or refused in JSON.
+
+Past the cap or a client's share an idle connection is shed for a new one; only when all are busy
+is the new one refused, with a JSON 503 it can read."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from msgspec.structs import replace
 
 from proxy.config import Settings
 from proxy.web.bodies import read_body
@@ -27,28 +31,68 @@ async def _echo(request: web.Request) -> web.Response:
                                  status=exc.status)
 
 
-@pytest.fixture
-async def site() -> AsyncIterator[tuple[int, Settings]]:
-    settings = Settings(port=0, header_timeout_s=0.5, max_connections=4, keepalive_s=30,
-                        body_timeout_s=0.5)
+async def _start(**overrides: float) -> tuple[web.AppRunner, int, Settings]:
+    settings = replace(Settings(port=0, header_timeout_s=0.5, max_connections=4, keepalive_s=30,
+                                body_timeout_s=0.5), **overrides)
     app = web.Application()
     app[SETTINGS] = settings
     app.router.add_get("/", _hello)
     app.router.add_post("/echo", _echo)
+    app.router.add_post("/early", _early)
     runner = make_runner(app, settings)
     await runner.setup()
     guarded = GuardedSite(runner, settings)
     await guarded.start()
-    yield guarded.port, settings
+    return runner, guarded.port, settings
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[tuple[int, Settings]]:
+    runner, port, settings = await _start()
+    yield port, settings
     await runner.cleanup()
 
 
-async def _get(port: int) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+@pytest.fixture
+async def patient_site() -> AsyncIterator[tuple[int, Settings]]:
+    """Heads may take 30 s: a connection that began one stays busy through the test."""
+    runner, port, settings = await _start(header_timeout_s=30, max_connections=6)
+    yield port, settings
+    await runner.cleanup()
+
+
+async def _early(request: web.Request) -> web.Response:
+    return web.json_response({"error": {"status": 401, "message": "no"}}, status=401)
+
+
+async def _get(port: int, client: str = "127.0.0.1") -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(client, 0))
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    answer = await reader.read()
+    answer = await asyncio.wait_for(reader.read(), timeout=5)
     writer.close()
     return int(answer.split()[1]), answer.partition(b"\r\n\r\n")[2]
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _open(port: int, count: int, client: str = "127.0.0.1",
+                send: bytes = b"") -> list[Connection]:
+    """``count`` connections from ``client``, each having sent ``send`` (a head begun: busy)."""
+    opened = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(client, 0))
+        writer.write(send)
+        opened.append((reader, writer))
+        await asyncio.sleep(0.01)  # one by one, so the oldest is known
+    return opened
+
+
+async def _closed(connection: Connection) -> bool:
+    try:
+        return await asyncio.wait_for(connection[0].read(), timeout=2) == b""
+    except TimeoutError:
+        return False
 
 
 async def test_a_slow_head_is_cut_off_while_others_are_served(
@@ -69,18 +113,69 @@ async def test_a_slow_head_is_cut_off_while_others_are_served(
     writer.close()
 
 
-async def test_a_connection_over_the_cap_is_refused_with_json(
-        site: tuple[int, Settings]) -> None:
-    port, settings = site
-    idle = [await asyncio.open_connection("127.0.0.1", port)
-            for _ in range(settings.max_connections)]
-    await asyncio.sleep(0.05)
-    status, body = await _get(port)
-    assert status == 503 and "too many open connections" in json.loads(body)["error"]["message"]
+async def test_past_the_cap_the_longest_idle_connection_makes_room(
+        site: tuple[int, Settings], capsys: pytest.CaptureFixture[str]) -> None:
+    port, _ = site
+    idle = [*await _open(port, 2, "127.0.0.2"), *await _open(port, 2, "127.0.0.3")]
+    assert (await _get(port, "127.0.0.4"))[0] == 200  # served, not refused
+    assert await _closed(idle[0])  # the one idle longest went
+    assert not any(writer.is_closing() for _, writer in idle[1:])
+    assert "connection_shed" in capsys.readouterr().out
     for _, writer in idle:
         writer.close()
-    await asyncio.sleep(0.05)
-    assert (await _get(port))[0] == 200  # room again once they go
+
+
+async def test_a_client_past_its_share_gives_up_its_own_idle_connection(
+        site: tuple[int, Settings]) -> None:
+    port, _ = site  # a share is half the cap: 2
+    others = await _open(port, 1, "127.0.0.3")
+    mine = await _open(port, 2, "127.0.0.2")
+    assert (await _get(port, "127.0.0.2"))[0] == 200
+    assert await _closed(mine[0])
+    assert not await _closed(others[0])  # another client's idle connection is not touched
+    for _, writer in others + mine:
+        writer.close()
+
+
+BEGUN = b"GET / HTTP/1.1\r\nHost: x\r\n"  # a head begun and not finished: busy
+
+
+async def test_when_all_are_busy_a_new_connection_reads_a_json_503_never_a_reset(
+        patient_site: tuple[int, Settings], capsys: pytest.CaptureFixture[str]) -> None:
+    port, _ = patient_site
+    busy = await _open(port, 3, "127.0.0.2", send=BEGUN)  # its whole share
+    reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                   local_addr=("127.0.0.2", 0))
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n")
+    writer.write(b"x" * 40000)  # a body that is not read: the answer must still arrive whole
+    answer = await asyncio.wait_for(reader.read(), timeout=5)  # a reset would raise here
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
+    message = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["message"]
+    assert message == ("too many connections from your address: the limit is 3 and all are "
+                       "busy; retry shortly")
+    writer.close()
+    assert (await _get(port, "127.0.0.3"))[0] == 200  # another client still gets in
+    more = await _open(port, 3, "127.0.0.3", send=BEGUN)  # the cap (6) is full of busy ones
+    status, body = await _get(port, "127.0.0.4")
+    assert status == 503 and "too many open connections: the limit is 6" in body.decode()
+    logged = capsys.readouterr().out
+    assert "connection_refused" in logged and "reason=max_connections_per_client" in logged
+    for _, writer in busy + more:
+        writer.close()
+
+
+async def test_an_early_answer_is_the_only_answer_on_its_connection(
+        site: tuple[int, Settings]) -> None:
+    port, _ = site
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nxxxxx")
+    answer = await asyncio.wait_for(reader.readuntil(b"}}"), timeout=5)
+    assert answer.startswith(b"HTTP/1.1 401")
+    await asyncio.sleep(1.5)  # past the head timeout (0.5 s): the body's rest is not a head
+    writer.write(b"x" * 15)  # the body's rest, late
+    with pytest.raises(TimeoutError):  # no second, unsolicited answer
+        await asyncio.wait_for(reader.read(1), timeout=0.5)
+    writer.close()
 
 
 async def test_a_body_that_arrives_whole_is_read_and_a_trickled_one_cut_off(
