@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,84 @@ def test_no_raw_bytes_produce_a_server_error(running_proxy: int) -> None:
         _request(running_proxy, method, path, body, headers)
 
     check()
+
+
+# Every input the second round of probes found, on every route: hostile names in every path
+# parameter, caller text with line breaks and escapes, out-of-range numbers, filters on
+# embedshift's own payload keys under any spelling and nesting.
+HOSTILE_NAMES = ["..%2Farticles%2Fv1", "*", "v%2A", "..", "v1%00", "%C2%B2", "%D9%A3",
+                 "%229010%22", "9010", "v1", "v2", "products", "%0Arev%2099", "%1B%5B2K",
+                 "ui.js", "pause", "abort"]
+path_names = st.one_of(st.sampled_from(HOSTILE_NAMES),
+                       st.text(min_size=1, max_size=12).map(lambda s: quote(s, safe="")))
+caller_text = st.one_of(st.text(max_size=30), st.sampled_from([
+    "ok\nrev 99  root  stable v1 -> v9\x1b[2K", "\r\n\x00\x7f\u2028", "\x1b]0;owned\x07"]))
+numbers = st.one_of(st.floats(allow_nan=False), st.sampled_from([-0.0, 1e308, -1e308, 2**63]),
+                    st.integers())
+RESERVED_KEYS = ["_embedshift.text", "_embedshift.doc_id", '"_embedshift".text', "_embedshift",
+                 "_embedshift[].text", "category"]
+reserved_conditions = st.fixed_dictionaries({
+    "key": st.sampled_from(RESERVED_KEYS),
+    "match": st.fixed_dictionaries({"text": st.sampled_from(["jacket", "zzzz"])})})
+nested_filters: st.SearchStrategy[Any] = st.recursive(
+    st.fixed_dictionaries({"must": st.lists(reserved_conditions, min_size=1, max_size=2)}),
+    lambda inner: st.sampled_from(["must", "should", "must_not"]).flatmap(
+        lambda clause: st.fixed_dictionaries({clause: st.lists(
+            st.one_of(reserved_conditions, inner), min_size=1, max_size=2)})), max_leaves=4)
+hostile_json = st.fixed_dictionaries({}, optional={
+    "query": st.just("warm jacket"), "reason": caller_text, "percent": numbers,
+    "steps": st.lists(numbers, max_size=3), "every_s": numbers, "workers": numbers,
+    "sample": numbers, "filter": nested_filters, "user_id": caller_text,
+    "documents": st.lists(st.fixed_dictionaries(
+        {"id": st.one_of(numbers, caller_text), "text": caller_text}), max_size=2),
+    "alerts": st.lists(st.fixed_dictionaries(
+        {"status": st.sampled_from(["firing", "resolved"]),
+         "labels": st.fixed_dictionaries({"embedshift_alias": st.sampled_from(["fuzzed", ".."])}),
+         "annotations": st.fixed_dictionaries({"summary": caller_text})}), max_size=2)})
+
+
+def _names_reserved(node: Any) -> bool:
+    if isinstance(node, dict):
+        if str(node.get("key", "")).replace('"', "").startswith("_embedshift"):
+            return True
+        return any(_names_reserved(value) for value in node.values())
+    return isinstance(node, list) and any(_names_reserved(value) for value in node)
+
+
+def test_no_hostile_name_text_or_number_produces_a_server_error_or_a_leak(
+        running_proxy: int, capsys: pytest.CaptureFixture[str]) -> None:
+    seen: Counter[str] = Counter()
+
+    search = next(route for route in ROUTES if route.path.endswith("/search"))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(route=st.sampled_from([*ROUTES, *[search] * 8]), names=st.fixed_dictionaries(
+               {name: path_names for name in ("version", "doc_id", "asset", "action")}),
+           body=hostile_json, actor=st.one_of(st.none(), header_bytes),
+           authorised=st.booleans())
+    def check(route: Any, names: dict[str, str], body: dict[str, Any], actor: bytes | None,
+              authorised: bool) -> None:
+        path = route.path.replace("{alias}", "fuzzed" if route.admin else "products")
+        for name, value in names.items():
+            path = path.replace(f"{{{name}}}", value)
+        headers = {"Content-Type": b"application/json"}
+        if actor is not None:
+            headers["X-Embedshift-Actor"] = actor
+        if authorised:
+            headers["Authorization"] = f"Bearer {ADMIN_TOKEN}".encode()
+        response = request(running_proxy, route.method, path, json.dumps(body).encode(),
+                           headers=headers)
+        assert response.status < 500, (route.method, path, body, response.body[:300])
+        assert b"\x1b" not in response.body and b"\x00" not in response.body
+        if route.path.endswith("/search") and _names_reserved(body.get("filter")):
+            assert response.status == 400, (body, response.body[:300])  # never a hit count
+            seen["reserved filter refused"] += 1
+        seen[f"{response.status // 100}xx {'admin' if route.admin else 'public'}"] += 1
+        _request(running_proxy, route.method, path, json.dumps(body).encode(), headers)
+
+    check()
+    assert min(seen["reserved filter refused"], seen["2xx admin"], seen["2xx public"],
+               seen["4xx admin"], seen["4xx public"]) > 0, seen  # the fuzz reached them all
+    logged = capsys.readouterr()
+    for text in (logged.out, logged.err):
+        assert "\x1b" not in text and ADMIN_TOKEN not in text and OVERRIDE_TOKEN not in text
