@@ -45,6 +45,11 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     backlog             EMBEDSHIFT_BACKLOG         the listen queue (1024)
     drain_s             EMBEDSHIFT_DRAIN_S         on SIGTERM, /readyz is 503 this long first (5)
     shutdown_timeout_s  EMBEDSHIFT_SHUTDOWN_TIMEOUT_S  then in-flight requests get this long (10)
+    qdrant_port         EMBEDSHIFT_QDRANT_PORT     serve Qdrant's REST API here too (unset: off)
+    qdrant_read_key     EMBEDSHIFT_QDRANT_READ_KEY  asked by that API as `api-key` (unset: open)
+    qdrant_affinity_header  EMBEDSHIFT_QDRANT_AFFINITY_HEADER  a header holding the caller's
+                                                   sticky key there, before Qdrant's own
+                                                   x-qdrant-route-affinity
     config file:        EMBEDSHIFT_CONFIG
 """
 
@@ -94,6 +99,9 @@ _ENV = {
     "keepalive_s": "EMBEDSHIFT_KEEPALIVE_S",
     "max_connections": "EMBEDSHIFT_MAX_CONNECTIONS",
     "max_connections_per_client": "EMBEDSHIFT_MAX_CONNECTIONS_PER_CLIENT",
+    "qdrant_port": "EMBEDSHIFT_QDRANT_PORT",
+    "qdrant_read_key": "EMBEDSHIFT_QDRANT_READ_KEY",
+    "qdrant_affinity_header": "EMBEDSHIFT_QDRANT_AFFINITY_HEADER",
     "backlog": "EMBEDSHIFT_BACKLOG",
     "drain_s": "EMBEDSHIFT_DRAIN_S",
     "shutdown_timeout_s": "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S",
@@ -134,6 +142,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     keepalive_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1000
     max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 0
+    qdrant_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    qdrant_read_key: str | None = None
+    qdrant_affinity_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,64}$")] = \
+        "x-qdrant-route-affinity"
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     drain_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
@@ -157,7 +169,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return (f"Settings(data_dir={self.data_dir!r}, redis_url={redact_url(self.redis_url)!r}, "
                 f"redis_prefix={self.redis_prefix!r}, admin_token={hidden(self.admin_token)!r}, "
                 f"override_token={hidden(self.override_token)!r}, "
-                f"ui_token={hidden(self.ui_token)!r})")
+                f"ui_token={hidden(self.ui_token)!r}, "
+                f"qdrant_read_key={hidden(self.qdrant_read_key)!r})")
 
 
 def load_settings(environ: Mapping[str, str],

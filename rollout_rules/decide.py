@@ -37,6 +37,7 @@ class Reason(StrEnum):
     NO_CANDIDATE = "no_candidate"
     MISSING_KEY = "missing_key"
     FALLBACK = "fallback"
+    VECTOR = "vector"  # a raw vector from the caller: searched in the space it was made in
 
 
 class Context(msgspec.Struct, frozen=True, kw_only=True):

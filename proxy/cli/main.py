@@ -38,7 +38,7 @@ EXIT_CODES: dict[type[EmbedshiftError], int] = {
     NotFoundError: 5,
     StoreUnavailable: 6,
 }
-_SETTINGS_FLAGS = ("redis_url", "data_dir", "actor", "host", "port")
+_SETTINGS_FLAGS = ("redis_url", "data_dir", "actor", "host", "port", "qdrant_port")
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

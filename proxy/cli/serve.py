@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
+from msgspec.structs import replace
 
 from proxy.cli import found
 from proxy.cli.common import AddCommand
@@ -23,6 +24,7 @@ from proxy.config import Settings
 from proxy.ingest.writer import Ingestor
 from proxy.models.catalog import default_rollout
 from proxy.models.loader import ModelCache
+from proxy.qdrant_api.app import make_qdrant_app
 from proxy.state.base import RuleStore
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import open_store
@@ -31,6 +33,7 @@ from proxy.vectors.base import VectorStore
 from proxy.vectors.edge import EdgeStore
 from proxy.vectors.server import ServerStore
 from proxy.web.app import Deps, make_app
+from proxy.web.keys import SEARCHER, TRACER
 from proxy.web.server import serve_until_signalled
 from rollout_rules.errors import NotFoundError
 
@@ -69,8 +72,12 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
             await asyncio.to_thread(embedded.stop)
             log.info("redis_stopped", data_dir=str(data))
 
-    await serve_until_signalled(make_app(settings, deps), settings, on_listening=listening,
-                                after_cleanup=close_stores)
+    app = make_app(settings, deps)
+    also = [] if settings.qdrant_port is None else [
+        (make_qdrant_app(settings, app[SEARCHER], app[TRACER]),
+         replace(settings, port=settings.qdrant_port))]
+    await serve_until_signalled(app, settings, on_listening=listening,
+                                after_cleanup=close_stores, also=also)
 
 
 async def prepare_demo(rules: RuleStore, ingestor: Ingestor, marker: Path | None = None
@@ -130,6 +137,9 @@ def add_parsers(add: AddCommand) -> None:
                                   "127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: EMBEDSHIFT_PORT, "
                                             "else 8080)")
+    p.add_argument("--qdrant-port", type=int,
+                   help="also serve Qdrant's REST API here, a collection name being an alias "
+                        "(default: EMBEDSHIFT_QDRANT_PORT, else off; 6333 is Qdrant's own)")
     p.add_argument("--no-demo", action="store_true",
                    help="serve only the aliases the rules declare (no demo catalogue)")
 

@@ -114,12 +114,7 @@ class Searcher:
         """``span``: the request's own (default: the current one); its stages' spans are its
         children, started only when it records."""
         started = time.perf_counter()
-        rollout = self.rules.rollouts.get(alias)
-        if rollout is None:
-            if self.rules.age_s is None:  # never read the rules: unknown, not undeclared
-                raise StoreUnavailable(f"the rules for {alias!r} are not loaded yet: "
-                                       f"{self.rules.last_error or 'still starting'}")
-            raise NotFoundError(alias)
+        rollout = self.rollout(alias)
         text = clean_text(request.query)  # bad text is the caller's: refuse before deciding
         query_filter = parse_filter(request.filter)
         context = Context(user_id=request.user_id, session_id=request.session_id,
@@ -162,6 +157,51 @@ class Searcher:
                 self.shadow.maybe(self, rollout, decision.version, query, found.hits)
         return self._answer(alias, rollout, decision, found, started=started, span=span,
                             text=text)
+
+    def rollout(self, alias: str) -> Rollout:
+        """The alias's rule as last read; NotFoundError if none declares it."""
+        rollout = self.rules.rollouts.get(alias)
+        if rollout is None:
+            if self.rules.age_s is None:  # never read the rules: unknown, not undeclared
+                raise StoreUnavailable(f"the rules for {alias!r} are not loaded yet: "
+                                       f"{self.rules.last_error or 'still starting'}")
+            raise NotFoundError(alias)
+        return rollout
+
+    def route(self, alias: str, user_id: str | None, random_key: str) -> Version:
+        """The version a caller would be answered from now (what it sees described)."""
+        rollout = self.rollout(alias)
+        coverage = self.rules.coverage.get(alias, {}).get(rollout.candidate or "")
+        decision = decide(rollout, Context(user_id=user_id, random_key=random_key), coverage)
+        return rollout.version(decision.version)
+
+    async def search_vector(self, alias: str, vector: list[float], *, limit: int,
+                            raw_filter: dict[str, Any] | None, with_payload: bool,
+                            span: trace.Span | None = None) -> SearchResponse:
+        """A vector the caller made itself, searched in stable's collection: nothing says which
+        model made it, and stable's is the space its users are answered from. A vector of
+        another size is refused (it was not made by stable's model)."""
+        started = time.perf_counter()
+        rollout = self.rollout(alias)
+        version = rollout.version(rollout.stable)
+        if len(vector) != version.dimensions:
+            raise RuleError("vector", f"has {len(vector)} numbers; {alias} answers vectors "
+                                      f"from {version.model} ({version.name}), which has "
+                                      f"{version.dimensions}")
+        blocked = self.unavailable.get((alias, version.name))
+        if blocked is not None:
+            raise ModelError(f"{alias}: version {version.name} is unavailable: {blocked}")
+        query_filter = parse_filter(raw_filter)
+        searching = time.perf_counter()
+        async with asyncio.timeout(self.deadline_s):
+            hits = await self.store.search(version.target, vector, limit, query_filter,
+                                           with_payload)
+        self.metrics.child(self.metrics.search_latency, alias, version.name).observe(
+            time.perf_counter() - searching)
+        decision = Decision(version.name, Reason.VECTOR, None, rollout.revision, 0.0)
+        span = span if span is not None else trace.get_current_span()
+        return self._answer(alias, rollout, decision, Found(hits, False, False),
+                            started=started, span=span, text="")
 
     async def _fallback(self, alias: str, rollout: Rollout, query: Query) -> Found:
         """Stable answers for a failed candidate; a search of stable's like any other, so it

@@ -23,7 +23,7 @@ import asyncio
 import os
 import resource
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
 import structlog
@@ -329,11 +329,14 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
 
 async def serve_until_signalled(app: web.Application, settings: Settings,
                                 on_listening: Callable[[str], None] | None = None,
-                                after_cleanup: Callable[[], Awaitable[None]] | None = None
+                                after_cleanup: Callable[[], Awaitable[None]] | None = None,
+                                also: Sequence[tuple[web.Application, Settings]] = ()
                                 ) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT, then drain and stop (see the module)."""
+    """Serve ``app`` until SIGTERM or SIGINT, then drain and stop (see the module); ``also``:
+    more apps on their own host and port (the Qdrant API), stopped first."""
     runner = make_runner(app, settings)
     await runner.setup()
+    others = [(make_runner(other, where), where) for other, where in also]
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     first_at: list[float] = []
@@ -355,12 +358,19 @@ async def serve_until_signalled(app: web.Application, settings: Settings,
     try:
         site = GuardedSite(runner, settings)
         await site.start()
+        for other, where in others:
+            await other.setup()
+            other_site = GuardedSite(other, where)
+            await other_site.start()
+            log.info("listening", url=f"http://{where.host}:{other_site.port}", api="qdrant")
         if on_listening is not None:
             on_listening(f"http://{settings.host}:{site.port}")
         await stopping.wait()
         await asyncio.sleep(settings.drain_s)  # still serving: load balancers see 503 first
     finally:
         stopping.set()  # from here on, a signal exits at once
+        for other, _ in others:
+            await other.cleanup()
         await runner.cleanup()  # stop listening, finish in-flight, then the app's cleanup
         if after_cleanup is not None:
             await after_cleanup()

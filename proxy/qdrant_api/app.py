@@ -1,0 +1,113 @@
+"""The Qdrant-compatible API as an aiohttp app of its own, served on its own port.
+
+It is built from the native app's parts (``make_qdrant_app``): the same searcher, so a user's
+version, stickiness, caches, metrics and guard cohorts are the same whichever API they come
+through. Routes are Qdrant's paths; what this edge does not serve is a Qdrant-shaped 404 naming
+it. With ``qdrant_read_key`` set, every route but the version and health checks asks for it
+(``api-key`` header, or ``Authorization: Bearer``), compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import structlog
+from aiohttp import web
+from opentelemetry.trace import Tracer
+
+from proxy.config import Settings
+from proxy.qdrant_api import handlers
+from proxy.qdrant_api.handlers import PARTS, Parts
+from proxy.qdrant_api.shapes import error
+from proxy.serving.search import Searcher
+from rollout_rules.errors import (
+    AccessError,
+    BackendError,
+    EmbedshiftError,
+    EncoderInputError,
+    ModelError,
+    NotFoundError,
+    RuleError,
+    StoreUnavailable,
+)
+
+log = structlog.get_logger("embedshift.qdrant_api")
+_ENCODER = msgspec.json.Encoder()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STATUS: dict[type[EmbedshiftError], int] = {
+    AccessError: 401, RuleError: 400, EncoderInputError: 400, NotFoundError: 404,
+    StoreUnavailable: 503, BackendError: 503, ModelError: 503}
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/", handlers.root),
+    ("GET", "/healthz", handlers.healthz),
+    ("GET", "/livez", handlers.healthz),
+    ("GET", "/readyz", handlers.healthz),
+    ("GET", "/collections", handlers.list_collections),
+    ("GET", "/aliases", handlers.list_aliases),
+    ("GET", "/collections/{name}", handlers.get_collection),
+    ("GET", "/collections/{name}/exists", handlers.collection_exists),
+    ("GET", "/collections/{name}/aliases", handlers.collection_aliases),
+    ("POST", "/collections/{name}/points/query", handlers.query),
+    ("POST", "/collections/{name}/points/query/batch", handlers.query_batch),
+    ("POST", "/collections/{name}/points/search", handlers.search),
+    ("POST", "/collections/{name}/points/search/batch", handlers.search_batch),
+]
+
+
+def _qdrant_error(status: int, message: str, started: float) -> web.Response:
+    return web.Response(body=_ENCODER.encode(error(message, time.perf_counter() - started)),
+                        status=status, content_type="application/json")
+
+
+@web.middleware
+async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure answered as Qdrant answers one; the read key checked first."""
+    started = time.perf_counter()
+    try:
+        _check_key(request)
+        return await handler(request)
+    except EmbedshiftError as exc:
+        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+        field = getattr(exc, "field", None)
+        return _qdrant_error(status, f"{field}: {exc}" if field and field not in str(exc)
+                             else str(exc), started)
+    except web.HTTPException as exc:
+        return _qdrant_error(exc.status, exc.text or exc.reason, started)
+    except Exception:
+        log.exception("qdrant_api_error", path=request.path)
+        return _qdrant_error(500, "internal error", started)
+
+
+OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz"})
+"""Open whatever the key, as in Qdrant: they tell only that it runs, and which API version."""
+
+
+def _check_key(request: web.Request) -> None:
+    expected = request.app[PARTS].settings.qdrant_read_key
+    if not expected or (request.method == "GET" and request.path in OPEN_PATHS):
+        return
+    given = request.headers.get("api-key")
+    if given is None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else None
+    if given is None or not hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), expected.encode()):
+        raise AccessError("a valid api-key is required")
+
+
+async def _not_served(request: web.Request) -> web.Response:
+    raise NotFoundError(f"{request.method} {request.path} is not served by embedshift's "
+                        "Qdrant API (see the README: what is supported)")
+
+
+def make_qdrant_app(settings: Settings, searcher: Searcher, tracer: Tracer) -> web.Application:
+    app = web.Application(middlewares=[boundary], client_max_size=8 * 1024 * 1024)
+    app[PARTS] = Parts(settings, searcher, tracer)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.router.add_route("*", "/{path:.*}", _not_served)
+    return app

@@ -1,0 +1,186 @@
+"""Qdrant's routes over embedshift's request path: a collection name is an alias, the caller's
+affinity key (``x-qdrant-route-affinity``, or the header configured) is its sticky user."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+
+from proxy.config import Settings
+from proxy.qdrant_api.shapes import (
+    QDRANT_VERSION,
+    Ask,
+    QueryBatch,
+    QueryBody,
+    SearchBatch,
+    SearchBody,
+    answer,
+    collection_info,
+    read_query,
+    read_search,
+    scored_points,
+)
+from proxy.serving.search import Searcher, SearchRequest, SearchResponse
+from proxy.telemetry import Attr
+from rollout_rules.errors import BackendError, RuleError
+
+T = TypeVar("T")
+MAX_BODY_BYTES = 1024 * 1024
+VERSION_HEADER = "X-Embedshift-Model-Version"
+_ENCODER = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Parts:
+    settings: Settings
+    searcher: Searcher
+    tracer: Tracer
+
+
+PARTS = web.AppKey("qdrant_parts", Parts)
+
+
+def _json(result: Any, started: float, version: str | None = None) -> web.Response:
+    response = web.Response(body=_ENCODER.encode(answer(result, time.perf_counter() - started)),
+                            content_type="application/json")
+    if version is not None:
+        response.headers[VERSION_HEADER] = version
+    return response
+
+
+async def _body(request: web.Request, kind: type[T]) -> T:
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise RuleError("body", f"is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise RuleError("body", str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise RuleError("body", f"not valid JSON: {exc}") from exc
+
+
+def affinity(request: web.Request) -> str | None:
+    """The caller's sticky key: the configured header, else Qdrant's route affinity."""
+    header = request.app[PARTS].settings.qdrant_affinity_header
+    value = request.headers.get(header) or request.headers.get("x-qdrant-route-affinity")
+    return value[:256] if value else None
+
+
+def _random_key() -> str:
+    return f"{random.getrandbits(64):016x}"
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.json_response({"title": "qdrant - vector search engine (embedshift)",
+                              "version": QDRANT_VERSION})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="healthz check passed")
+
+
+def _aliases(request: web.Request) -> list[str]:
+    return sorted(request.app[PARTS].searcher.rules.rollouts)
+
+
+async def list_collections(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    return _json({"collections": [{"name": name} for name in _aliases(request)]}, started)
+
+
+async def collection_exists(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    return _json({"exists": request.match_info["name"] in _aliases(request)}, started)
+
+
+async def list_aliases(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    searcher = request.app[PARTS].searcher
+    return _json({"aliases": [
+        {"alias_name": name, "collection_name": rollout.version(rollout.stable).target.collection}
+        for name, rollout in sorted(searcher.rules.rollouts.items())]}, started)
+
+
+async def collection_aliases(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    rollout = request.app[PARTS].searcher.rollout(request.match_info["name"])
+    return _json({"aliases": [{"alias_name": rollout.alias, "collection_name":
+                               rollout.version(rollout.stable).target.collection}]}, started)
+
+
+async def get_collection(request: web.Request) -> web.Response:
+    """The collection as the version this caller is routed to holds it."""
+    started = time.perf_counter()
+    searcher = request.app[PARTS].searcher
+    version = searcher.route(request.match_info["name"], affinity(request), _random_key())
+    points = await searcher.store.count(version.target)
+    return _json(collection_info(version, points), started, version.name)
+
+
+async def _one(request: web.Request, ask: Ask) -> tuple[dict[str, Any], str]:
+    """One query through the request path, in a server span like the native API's."""
+    parts = request.app[PARTS]
+    alias = request.match_info["name"]
+    span = parts.tracer.start_span("POST /collections/{name}/points/query",
+                                   kind=SpanKind.SERVER)
+    try:
+        found = await _found(parts.searcher, alias, ask, affinity(request), span)
+    except TimeoutError as exc:
+        span.set_status(StatusCode.ERROR, "deadline exceeded")
+        raise BackendError(f"no answer within {parts.searcher.deadline_s:g}s") from exc
+    except Exception as exc:
+        span.set_attribute(Attr.ALIAS, alias)
+        span.record_exception(exc)
+        raise
+    finally:
+        span.end()
+    version = parts.searcher.rollout(alias).version(found.model_version)
+    return {"points": scored_points(found.hits, ask, version)}, found.model_version
+
+
+async def _found(searcher: Searcher, alias: str, ask: Ask, user: str | None,
+                 span: Any) -> SearchResponse:
+    if ask.vector is not None:
+        return await searcher.search_vector(alias, ask.vector, limit=ask.window,
+                                            raw_filter=ask.filter,
+                                            with_payload=ask.payload.wanted, span=span)
+    request = SearchRequest(query=ask.text or "", user_id=user, limit=ask.window,
+                            filter=ask.filter, with_payload=ask.payload.wanted)
+    return await searcher.search(alias, request, _random_key(), span)
+
+
+async def query(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    result, version = await _one(request, read_query(await _body(request, QueryBody)))
+    return _json(result, started, version)
+
+
+async def query_batch(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    batch = await _body(request, QueryBatch)
+    asks = [read_query(body) for body in batch.searches]  # all read before any is searched
+    results = [await _one(request, ask) for ask in asks]
+    return _json([result for result, _ in results], started,
+                 ",".join(sorted({version for _, version in results})) or None)
+
+
+async def search(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    result, version = await _one(request, read_search(await _body(request, SearchBody)))
+    return _json(result["points"], started, version)
+
+
+async def search_batch(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    batch = await _body(request, SearchBatch)
+    asks = [read_search(body) for body in batch.searches]
+    results = [await _one(request, ask) for ask in asks]
+    return _json([result["points"] for result, _ in results], started,
+                 ",".join(sorted({version for _, version in results})) or None)

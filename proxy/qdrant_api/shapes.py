@@ -1,0 +1,232 @@
+"""Qdrant's request and answer shapes, read and written without I/O.
+
+A query arrives as Qdrant's ``points/query`` body. Text comes as a ``Document`` (``{"text",
+"model"}``, under ``nearest`` or bare) or an ``InferenceObject`` whose object is a string; the
+model named there may be any string and never picks a version (routing does). A list of numbers is
+a raw vector. Anything else Qdrant accepts (a point id, recommend, fusion, ...) is refused with a
+400 naming it. Answers are ``{"result": ..., "status": "ok", "time": seconds}``; errors
+``{"status": {"error": message}, "time": seconds}``, as Qdrant answers them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
+
+from proxy.vectors.base import Hit
+from rollout_rules.errors import RuleError
+from rollout_rules.model import Version
+
+QDRANT_VERSION = "1.20.0"
+"""The Qdrant REST API this edge speaks; clients warn unless within one minor of their own."""
+MAX_WINDOW = 100
+"""limit + offset: the deepest page a query may ask for (the native API's limit)."""
+RESERVED = "_embedshift"
+DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid", "manhattan": "Manhattan"}
+
+
+class QueryBody(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of Qdrant's ``QueryRequest`` this edge reads; the rest are refused by name."""
+
+    query: Any = None
+    prefetch: Any = None
+    using: str | None = None
+    filter: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    score_threshold: float | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 10
+    offset: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    with_vector: Any = None
+    with_payload: Any = None
+    lookup_from: Any = None
+    shard_key: Any = None
+
+
+class SearchBody(msgspec.Struct, frozen=True, kw_only=True):
+    """Qdrant's legacy ``points/search``: a raw vector."""
+
+    vector: Any
+    filter: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 10
+    offset: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    with_payload: Any = None
+    with_vector: Any = None
+    score_threshold: float | None = None
+    shard_key: Any = None
+
+
+class QueryBatch(msgspec.Struct, frozen=True, kw_only=True):
+    searches: list[QueryBody]
+
+
+class SearchBatch(msgspec.Struct, frozen=True, kw_only=True):
+    searches: list[SearchBody]
+
+
+class Selector(NamedTuple):
+    """Which payload keys a hit carries: all (``include`` None), some, or all but some."""
+
+    wanted: bool
+    include: frozenset[str] | None = None
+    exclude: frozenset[str] = frozenset()
+
+
+class Ask(NamedTuple):
+    """One query, read: text or a raw vector, and how to page, cut and shape its hits."""
+
+    text: str | None
+    vector: list[float] | None
+    filter: dict[str, Any] | None
+    limit: int
+    offset: int
+    score_threshold: float | None
+    payload: Selector
+
+    @property
+    def window(self) -> int:
+        return self.limit + self.offset
+
+
+def read_query(body: QueryBody) -> Ask:
+    for name in ("prefetch", "lookup_from", "shard_key"):
+        if getattr(body, name) is not None:
+            raise RuleError(name, "is not supported through embedshift: send the query text "
+                                  "as a Document in `query`")
+    if body.using not in (None, ""):
+        raise RuleError("using", "an alias has one vector, the unnamed one: leave `using` out")
+    text, vector = _query_of(body.query)
+    return _ask(text, vector, body)
+
+
+def read_search(body: SearchBody) -> Ask:
+    if body.shard_key is not None:
+        raise RuleError("shard_key", "is not supported through embedshift")
+    vector = body.vector
+    if isinstance(vector, dict):  # a named vector: {"name": ..., "vector": [...]}
+        if vector.get("name") not in (None, ""):
+            raise RuleError("vector.name", "an alias has one vector, the unnamed one")
+        vector = vector.get("vector")
+    return _ask(None, _numbers(vector, "vector"), body)
+
+
+def _ask(text: str | None, vector: list[float] | None, body: QueryBody | SearchBody) -> Ask:
+    if body.with_vector not in (None, False):
+        raise RuleError("with_vector", "vectors are not returned through embedshift: each "
+                                       "version's are in its own space")
+    if body.limit + (body.offset or 0) > MAX_WINDOW:
+        raise RuleError("limit", f"limit + offset may be at most {MAX_WINDOW}")
+    return Ask(text, vector, body.filter, body.limit, body.offset or 0, body.score_threshold,
+               read_selector(body.with_payload))
+
+
+def _query_of(query: Any) -> tuple[str | None, list[float] | None]:
+    """Text or a vector from a ``query``, as Qdrant's clients send them."""
+    if isinstance(query, dict) and set(query) == {"nearest"}:
+        query = query["nearest"]
+    if isinstance(query, dict) and "text" in query:  # a Document (bare or under nearest)
+        text = query["text"]
+        if not isinstance(text, str):
+            raise RuleError("query.text", "must be a string")
+        return text, None
+    if isinstance(query, dict) and "object" in query:  # an InferenceObject
+        if not isinstance(query["object"], str):
+            raise RuleError("query.object", "only text can be encoded here")
+        return query["object"], None
+    if isinstance(query, list):
+        return None, _numbers(query, "query")
+    if query is None:
+        raise RuleError("query", "a query is needed: the text as a Document "
+                                 "({\"text\": ..., \"model\": ...}) or a vector")
+    if isinstance(query, str | int):
+        raise RuleError("query", "querying by point id is not supported through embedshift: "
+                                 "send the text as a Document")
+    kind = next(iter(query)) if isinstance(query, dict) and query else type(query).__name__
+    raise RuleError("query", f"a {kind!s} query is not supported through embedshift: send the "
+                             "text as a Document, or a vector")
+
+
+def _numbers(value: Any, field: str) -> list[float]:
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)):
+        raise RuleError(field, "must be a dense vector: a list of numbers")
+    return [float(x) for x in value]
+
+
+def read_selector(with_payload: Any) -> Selector:
+    """Qdrant's ``with_payload``: a bool, a list of keys, or ``{"include"|"exclude": keys}``.
+    Naming embedshift's own keys is refused, as in filters: hits never carry them."""
+    if with_payload is None or with_payload is True:
+        return Selector(True)
+    if with_payload is False:
+        return Selector(False)
+    if isinstance(with_payload, list):
+        return Selector(True, include=_keys(with_payload, "with_payload"))
+    if isinstance(with_payload, dict) and len(with_payload) == 1:
+        (kind, keys), = with_payload.items()
+        if kind == "include":
+            return Selector(True, include=_keys(keys, "with_payload.include"))
+        if kind == "exclude":
+            return Selector(True, exclude=_keys(keys, "with_payload.exclude"))
+    raise RuleError("with_payload", "must be true, false, a list of keys, or "
+                                    "{\"include\": [...]} or {\"exclude\": [...]}")
+
+
+def _keys(keys: Any, field: str) -> frozenset[str]:
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise RuleError(field, "must be a list of payload keys")
+    for key in keys:
+        if key.replace('"', "").split(".", 1)[0].split("[", 1)[0] == RESERVED:
+            raise RuleError(field, f"{RESERVED} is embedshift's own and cannot be selected")
+    return frozenset(keys)
+
+
+def wants_payload(ask: Ask) -> bool:
+    return ask.payload.wanted
+
+
+def scored_points(hits: list[Hit], ask: Ask, version: Version) -> list[dict[str, Any]]:
+    """The page of hits a query asked for, as Qdrant's ``ScoredPoint``s."""
+    page = hits[ask.offset:ask.window]
+    if ask.score_threshold is not None:
+        lower_is_better = version.metric in ("euclid", "manhattan")
+        page = [hit for hit in page if (hit.score <= ask.score_threshold if lower_is_better
+                                        else hit.score >= ask.score_threshold)]
+    return [{"id": hit.id, "version": 0, "score": hit.score,
+             "payload": _select(hit.payload, ask.payload), "vector": None} for hit in page]
+
+
+def _select(payload: dict[str, Any] | None, selector: Selector) -> dict[str, Any] | None:
+    if not selector.wanted:
+        return None
+    payload = payload or {}
+    if selector.include is not None:
+        return {key: value for key, value in payload.items() if key in selector.include}
+    return {key: value for key, value in payload.items() if key not in selector.exclude}
+
+
+def answer(result: Any, took_s: float) -> dict[str, Any]:
+    return {"result": result, "status": "ok", "time": took_s}
+
+
+def error(message: str, took_s: float = 0.0) -> dict[str, Any]:
+    return {"status": {"error": message}, "time": took_s}
+
+
+def collection_info(version: Version, points: int) -> dict[str, Any]:
+    """Qdrant's ``CollectionInfo`` for an alias, as the version serving the caller sees it:
+    one unnamed vector of the version's size and distance."""
+    return {
+        "status": "green", "optimizer_status": "ok", "segments_count": 1,
+        "points_count": points, "indexed_vectors_count": points,
+        "config": {
+            "params": {"vectors": {"size": version.dimensions,
+                                   "distance": DISTANCES[version.metric]},
+                       "shard_number": 1, "replication_factor": 1,
+                       "write_consistency_factor": 1, "on_disk_payload": True},
+            "hnsw_config": {"m": 16, "ef_construct": 100, "full_scan_threshold": 10000},
+            "optimizer_config": {"deleted_threshold": 0.2, "vacuum_min_vector_number": 1000,
+                                 "default_segment_number": 0, "flush_interval_sec": 5},
+            "wal_config": {"wal_capacity_mb": 32, "wal_segments_ahead": 0}},
+        "payload_schema": {}}

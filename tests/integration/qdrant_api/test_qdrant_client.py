@@ -1,0 +1,220 @@
+"""qdrant-client, sync and async, points at embedshift by its URL alone and is routed per user.
+
+A real proxy (the native app and the Qdrant API beside it, on the real engine and models); the
+client is qdrant-client 1.20 as applications use it, with `cloud_inference=True` so a Document's
+text reaches the server, and the user's sticky key in `x-qdrant-route-affinity`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from qdrant_client import AsyncQdrantClient, QdrantClient, models
+from qdrant_client.context_headers import async_headers, headers
+from qdrant_client.http.exceptions import UnexpectedResponse
+
+from proxy.qdrant_api.app import make_qdrant_app
+from proxy.web.keys import SEARCHER, SETTINGS, TRACER
+from tests.integration.conftest import Proxy, ProxyFactory
+
+pytestmark = pytest.mark.integration
+READ_KEY = "qdrant-read-key-for-tests"
+
+
+class Served:
+    def __init__(self, proxy: Proxy, url: str) -> None:
+        self.proxy, self.url = proxy, url
+
+
+async def _serve(proxies: ProxyFactory, **settings: Any) -> AsyncIterator[Served]:
+    await proxies.declare(percent=50)
+    proxy = await proxies.start(**settings)
+    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield Served(proxy, f"http://127.0.0.1:{server.port}")
+    await server.close()
+
+
+@pytest.fixture
+async def served(proxies: ProxyFactory) -> AsyncIterator[Served]:
+    async for served in _serve(proxies):
+        yield served
+
+
+def _version_checked() -> None:
+    """qdrant-client checks the server's version in a thread of its own: wait for it."""
+    for thread in threading.enumerate():
+        if thread.name.endswith("(_check_compatibility)"):
+            thread.join(10)
+
+
+def _client(url: str, **kwargs: Any) -> QdrantClient:
+    """A sync client; any warning its version check gives fails the test."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        client = QdrantClient(url=url, cloud_inference=True, **kwargs)
+        _version_checked()
+    assert [str(w.message) for w in caught if "insecure" not in str(w.message)] == []
+    return client
+
+
+def _document(text: str) -> models.Document:
+    return models.Document(text=text, model="sentence-transformers/all-MiniLM-L6-v2")
+
+
+async def test_the_sync_client_lists_describes_and_queries_an_alias(served: Served) -> None:
+    client = await asyncio.to_thread(_client, served.url)
+    names = [c.name for c in (await asyncio.to_thread(client.get_collections)).collections]
+    assert names == ["products"]
+    assert await asyncio.to_thread(client.collection_exists, "products")
+    assert not await asyncio.to_thread(client.collection_exists, "nothing-here")
+    rollout = served.proxy.app[SEARCHER].rollout("products")
+    sizes = {v.name: v.dimensions for v in rollout.versions}
+
+    def described(user: str) -> int:
+        with headers({"x-qdrant-route-affinity": user}):
+            vectors = client.get_collection("products").config.params.vectors
+        assert isinstance(vectors, models.VectorParams)
+        assert vectors.distance == models.Distance.COSINE
+        return vectors.size
+
+    assert await asyncio.to_thread(described, "alice") in sizes.values()
+
+    def query(user: str, **kwargs: Any) -> list[models.ScoredPoint]:
+        with headers({"x-qdrant-route-affinity": user}):
+            return client.query_points("products", query=_document("warm jacket for winter"),
+                                       **kwargs).points
+
+    points = await asyncio.to_thread(query, "alice", limit=5)
+    native = await served.proxy.search(query="warm jacket for winter", user_id="alice", limit=5)
+    assert [p.id for p in points] == [h["id"] for h in native["hits"]]
+    assert [p.payload for p in points] == [h["payload"] for h in native["hits"]]
+    assert all("_embedshift" not in (p.payload or {}) for p in points)
+
+    page = await asyncio.to_thread(query, "alice", limit=2, offset=2)
+    assert [p.id for p in page] == [p.id for p in points[2:4]]
+    cut = await asyncio.to_thread(query, "alice", limit=5, score_threshold=points[2].score)
+    assert [p.id for p in cut] == [p.id for p in points[:3]]
+    picked = await asyncio.to_thread(query, "alice", limit=2, with_payload=["title"])
+    assert all(set(p.payload or {}) == {"title"} for p in picked)
+    bare = await asyncio.to_thread(query, "alice", limit=2, with_payload=False)
+    assert all(not p.payload for p in bare)
+    filtered = await asyncio.to_thread(
+        query, "alice", limit=5, query_filter=models.Filter(must=[models.FieldCondition(
+            key="category", match=models.MatchValue(value="clothing"))]))
+    assert filtered and all((p.payload or {})["category"] == "clothing" for p in filtered)
+
+
+async def test_a_users_version_is_the_same_through_either_api(served: Served) -> None:
+    async with aiohttp.ClientSession() as session:
+        for n in range(40):
+            user = f"user-{n}"
+            async with session.post(
+                    f"{served.url}/collections/products/points/query",
+                    headers={"x-qdrant-route-affinity": user},
+                    json={"query": {"nearest": {"text": "tent", "model": "any"}},
+                          "limit": 3}) as response:
+                assert response.status == 200, await response.text()
+                assert (await response.json())["status"] == "ok"
+                through_qdrant = response.headers["X-Embedshift-Model-Version"]
+            native = await served.proxy.search(query="tent", user_id=user, limit=3)
+            assert through_qdrant == native["model_version"], user
+
+
+async def _async_client(url: str) -> AsyncQdrantClient:
+    """The async client checks the server's version in a thread of its own: waited for, and
+    any warning it gives fails the test."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        client = AsyncQdrantClient(url=url, cloud_inference=True)
+        await asyncio.to_thread(_version_checked)
+    assert [str(w.message) for w in caught] == []
+    return client
+
+
+async def test_the_async_client_queries_in_batches_with_affinity(served: Served) -> None:
+    client = await _async_client(served.url)
+    async with async_headers({"x-qdrant-route-affinity": "bob"}):
+        answers = await client.query_batch_points("products", requests=[
+            models.QueryRequest(query=_document("warm jacket"), limit=3),
+            models.QueryRequest(query=_document("camping stove"), limit=2,
+                                with_payload=models.PayloadSelectorExclude(exclude=["text"]))])
+    assert [len(answer.points) for answer in answers] == [3, 2]
+    assert all("text" not in (p.payload or {}) and "title" in (p.payload or {})
+               for p in answers[1].points)
+    native = await served.proxy.search(query="warm jacket", user_id="bob", limit=3)
+    assert [p.id for p in answers[0].points] == [h["id"] for h in native["hits"]]
+    await client.close()
+
+
+async def test_what_cannot_be_served_is_refused_the_way_qdrant_refuses(served: Served) -> None:
+    client = await asyncio.to_thread(_client, served.url)
+
+    def refused(**kwargs: Any) -> tuple[int, str]:
+        try:
+            client.query_points(**{"collection_name": "products", **kwargs})
+        except UnexpectedResponse as exc:
+            return exc.status_code or 0, str(exc.content)
+        raise AssertionError(f"{kwargs} was answered")
+
+    status, says = await asyncio.to_thread(refused, query=[0.1] * 7)
+    assert status == 400 and "has 7 numbers" in says
+    status, says = await asyncio.to_thread(refused, query=_document("x"),
+                                           collection_name="nothing-here")
+    assert status == 404 and "nothing-here" in says
+    status, says = await asyncio.to_thread(refused, query=_document("x"), with_vectors=True)
+    assert status == 400 and "with_vector" in says
+    status, says = await asyncio.to_thread(
+        refused, query=_document("x"), query_filter=models.Filter(must=[models.FieldCondition(
+            key="_embedshift.text", match=models.MatchText(text="jacket"))]))
+    assert status == 400 and "cannot be filtered on" in says
+    status, says = await asyncio.to_thread(refused, query=_document("x"),
+                                           with_payload=["_embedshift"])
+    assert status == 400 and "cannot be selected" in says
+    status, says = await asyncio.to_thread(refused, query=7)
+    assert status == 400 and "point id" in says
+
+
+async def test_a_raw_vector_is_searched_in_stables_space(served: Served) -> None:
+    """A vector says nothing of the model that made it: it is searched in stable's space, the
+    one its size fits, whatever the caller's bucket; the legacy search route too."""
+    rollout = served.proxy.app[SEARCHER].rollout("products")
+    stable = rollout.version(rollout.stable)
+    encoder = served.proxy.app[SEARCHER].encoders[
+        next(k for k in served.proxy.app[SEARCHER].encoders if k[0] == stable.model)]
+    vector, _ = await encoder.encode("warm jacket for winter")
+    answers: dict[str, tuple[str, dict[str, Any]]] = {}
+    for n in range(60):  # a user of each version
+        native = await served.proxy.search(query="warm jacket for winter", limit=4,
+                                           user_id=f"user-{n}")
+        answers.setdefault(native["model_version"], (f"user-{n}", native))
+    on_candidate, _ = answers[rollout.candidate or ""]
+    _, on_stable = answers[stable.name]
+    body = {"vector": list(map(float, vector)), "limit": 4, "with_payload": True}
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{served.url}/collections/products/points/search", json=body,
+            headers={"x-qdrant-route-affinity": on_candidate}) as response:
+        assert response.status == 200, await response.text()
+        assert response.headers["X-Embedshift-Model-Version"] == stable.name
+        legacy = (await response.json())["result"]
+    assert [p["id"] for p in legacy] == [h["id"] for h in on_stable["hits"]]
+    assert all(p["version"] == 0 and p["payload"] for p in legacy)
+
+
+async def test_the_read_key_is_asked_for_when_set(proxies: ProxyFactory) -> None:
+    async for served in _serve(proxies, qdrant_read_key=READ_KEY):
+        client = await asyncio.to_thread(_client, served.url)
+        with pytest.raises(UnexpectedResponse) as refused:
+            await asyncio.to_thread(client.get_collections)
+        assert refused.value.status_code == 401
+        keyed = await asyncio.to_thread(_client, served.url, api_key=READ_KEY)
+        names = await asyncio.to_thread(keyed.get_collections)
+        assert [c.name for c in names.collections] == ["products"]

@@ -1,0 +1,98 @@
+"""Qdrant's query shapes are read as the clients send them, and what is not served is named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from proxy.qdrant_api.shapes import (
+    QueryBody,
+    SearchBody,
+    Selector,
+    read_query,
+    read_search,
+    read_selector,
+    scored_points,
+)
+from proxy.vectors.base import Hit
+from rollout_rules.errors import RuleError
+from rollout_rules.model import Target, Version
+
+
+def _query(**body: Any) -> QueryBody:
+    return msgspec.convert(body, QueryBody)
+
+
+@pytest.mark.parametrize("query", [
+    {"nearest": {"text": "warm jacket", "model": "any/model"}},  # qdrant-client, Document
+    {"text": "warm jacket", "model": "v2"},  # a bare Document (the JS client, prefetch)
+    {"nearest": {"object": "warm jacket", "model": "x"}},  # an InferenceObject
+])
+def test_text_arrives_however_the_clients_wrap_it_and_the_model_never_picks(
+        query: dict[str, Any]) -> None:
+    ask = read_query(_query(query=query, limit=3, offset=2))
+    assert (ask.text, ask.vector, ask.limit, ask.offset, ask.window) == \
+        ("warm jacket", None, 3, 2, 5)
+
+
+def test_a_list_of_numbers_is_a_vector_under_query_or_legacy_search() -> None:
+    assert read_query(_query(query={"nearest": [1, 2.5]})).vector == [1.0, 2.5]
+    assert read_search(msgspec.convert({"vector": [1, 2]}, SearchBody)).vector == [1.0, 2.0]
+    named = msgspec.convert({"vector": {"name": "", "vector": [3]}}, SearchBody)
+    assert read_search(named).vector == [3.0]
+
+
+@pytest.mark.parametrize(("body", "field", "says"), [
+    ({"query": "c0ffee00-0000-0000-0000-000000000000"}, "query", "point id"),
+    ({"query": 7}, "query", "point id"),
+    ({}, "query", "a query is needed"),
+    ({"query": {"recommend": {"positive": [1]}}}, "query", "recommend"),
+    ({"query": {"nearest": [1, True]}}, "query", "list of numbers"),
+    ({"query": {"text": 5, "model": "m"}}, "query.text", "string"),
+    ({"query": [1.0], "prefetch": [{"query": [1.0]}]}, "prefetch", "not supported"),
+    ({"query": [1.0], "using": "dense"}, "using", "unnamed"),
+    ({"query": [1.0], "with_vector": True}, "with_vector", "not returned"),
+    ({"query": [1.0], "limit": 90, "offset": 20}, "limit", "at most 100"),
+    ({"query": [1.0], "with_payload": ["_embedshift.text"]}, "with_payload",
+     "cannot be selected"),
+    ({"query": [1.0], "with_payload": {"exclude": ['"_embedshift"']}}, "with_payload.exclude",
+     "cannot be selected"),
+    ({"query": [1.0], "with_payload": {"only": ["a"]}}, "with_payload", "include"),
+])
+def test_what_is_not_served_is_a_400_naming_the_field(body: dict[str, Any], field: str,
+                                                       says: str) -> None:
+    with pytest.raises(RuleError) as refused:
+        read_query(_query(**body))
+    assert refused.value.field == field and says in str(refused.value)
+
+
+def test_payload_selectors_read_as_qdrant_reads_them() -> None:
+    assert read_selector(None) == Selector(True)
+    assert read_selector(False) == Selector(False)
+    assert read_selector(["a"]) == Selector(True, include=frozenset({"a"}))
+    assert read_selector({"include": ["a"]}) == Selector(True, include=frozenset({"a"}))
+    assert read_selector({"exclude": ["b"]}) == Selector(True, exclude=frozenset({"b"}))
+
+
+def _version(metric: str) -> Version:
+    return msgspec.convert({"name": "v1", "model": "m", "dimensions": 2, "metric": metric,
+                            "target": msgspec.to_builtins(Target(collection="c"))}, Version)
+
+
+HITS = [Hit(id=n, score=score, payload={"a": n, "b": -n})
+        for n, score in enumerate([0.9, 0.8, 0.7, 0.6])]
+
+
+def test_a_page_is_cut_after_the_offset_then_by_the_threshold_and_shaped() -> None:
+    ask = read_query(_query(query=[1.0], limit=2, offset=1, score_threshold=0.75,
+                            with_payload=["a"]))
+    assert scored_points(HITS, ask, _version("cosine")) == [
+        {"id": 1, "version": 0, "score": 0.8, "payload": {"a": 1}, "vector": None}]
+
+
+def test_a_distance_threshold_keeps_what_is_closer() -> None:
+    ask = read_query(_query(query=[1.0], limit=4, score_threshold=0.75, with_payload=False))
+    kept = scored_points(HITS, ask, _version("euclid"))
+    assert [p["id"] for p in kept] == [2, 3] and all(p["payload"] is None for p in kept)
