@@ -62,6 +62,9 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
         record.append(found.write(here, data_dir=data, url=url,
                                   host=settings.host, port=settings.port))
         print((_HINT if demo else _OWN_HINT).format(url=url), flush=True)
+        if settings.qdrant_port:
+            print(f"Qdrant's REST API (a collection name is an alias) on "
+                  f"http://{settings.host}:{settings.qdrant_port}", flush=True)
 
     async def close_stores() -> None:
         await vectors.close()

@@ -8,7 +8,6 @@ text reaches the server, and the user's sticky key in `x-qdrant-route-affinity`.
 from __future__ import annotations
 
 import asyncio
-import threading
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +22,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 from proxy.qdrant_api.app import make_qdrant_app
 from proxy.web.keys import SEARCHER, SETTINGS, TRACER
 from tests.integration.conftest import Proxy, ProxyFactory
+from tests.integration.qdrant_api.clients import version_checked
 
 pytestmark = pytest.mark.integration
 READ_KEY = "qdrant-read-key-for-tests"
@@ -49,19 +49,12 @@ async def served(proxies: ProxyFactory) -> AsyncIterator[Served]:
         yield served
 
 
-def _version_checked() -> None:
-    """qdrant-client checks the server's version in a thread of its own: wait for it."""
-    for thread in threading.enumerate():
-        if thread.name.endswith("(_check_compatibility)"):
-            thread.join(10)
-
-
 def _client(url: str, **kwargs: Any) -> QdrantClient:
     """A sync client; any warning its version check gives fails the test."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         client = QdrantClient(url=url, cloud_inference=True, **kwargs)
-        _version_checked()
+        version_checked()
     assert [str(w.message) for w in caught if "insecure" not in str(w.message)] == []
     return client
 
@@ -135,7 +128,7 @@ async def _async_client(url: str) -> AsyncQdrantClient:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         client = AsyncQdrantClient(url=url, cloud_inference=True)
-        await asyncio.to_thread(_version_checked)
+        await asyncio.to_thread(version_checked)
     assert [str(w.message) for w in caught] == []
     return client
 
