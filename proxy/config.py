@@ -47,6 +47,7 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     shutdown_timeout_s  EMBEDSHIFT_SHUTDOWN_TIMEOUT_S  then in-flight requests get this long (10)
     qdrant_port         EMBEDSHIFT_QDRANT_PORT     serve Qdrant's REST API here too (unset: off)
     qdrant_read_key     EMBEDSHIFT_QDRANT_READ_KEY  asked by that API as `api-key` (unset: open)
+    qdrant_write_key    EMBEDSHIFT_QDRANT_WRITE_KEY  its writes (upserts, deletes; unset: off)
     qdrant_affinity_header  EMBEDSHIFT_QDRANT_AFFINITY_HEADER  a header holding the caller's
                                                    sticky key there, before Qdrant's own
                                                    x-qdrant-route-affinity
@@ -101,6 +102,7 @@ _ENV = {
     "max_connections_per_client": "EMBEDSHIFT_MAX_CONNECTIONS_PER_CLIENT",
     "qdrant_port": "EMBEDSHIFT_QDRANT_PORT",
     "qdrant_read_key": "EMBEDSHIFT_QDRANT_READ_KEY",
+    "qdrant_write_key": "EMBEDSHIFT_QDRANT_WRITE_KEY",
     "qdrant_affinity_header": "EMBEDSHIFT_QDRANT_AFFINITY_HEADER",
     "backlog": "EMBEDSHIFT_BACKLOG",
     "drain_s": "EMBEDSHIFT_DRAIN_S",
@@ -144,6 +146,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 0
     qdrant_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     qdrant_read_key: str | None = None
+    qdrant_write_key: str | None = None
     qdrant_affinity_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,64}$")] = \
         "x-qdrant-route-affinity"
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
@@ -170,7 +173,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 f"redis_prefix={self.redis_prefix!r}, admin_token={hidden(self.admin_token)!r}, "
                 f"override_token={hidden(self.override_token)!r}, "
                 f"ui_token={hidden(self.ui_token)!r}, "
-                f"qdrant_read_key={hidden(self.qdrant_read_key)!r})")
+                f"qdrant_read_key={hidden(self.qdrant_read_key)!r}, "
+                f"qdrant_write_key={hidden(self.qdrant_write_key)!r})")
 
 
 def load_settings(environ: Mapping[str, str],

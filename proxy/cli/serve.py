@@ -33,7 +33,7 @@ from proxy.vectors.base import VectorStore
 from proxy.vectors.edge import EdgeStore
 from proxy.vectors.server import ServerStore
 from proxy.web.app import Deps, make_app
-from proxy.web.keys import SEARCHER, TRACER
+from proxy.web.keys import INGESTOR, SEARCHER, TRACER
 from proxy.web.server import serve_until_signalled
 from rollout_rules.errors import NotFoundError
 
@@ -77,7 +77,7 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
 
     app = make_app(settings, deps)
     also = [] if settings.qdrant_port is None else [
-        (make_qdrant_app(settings, app[SEARCHER], app[TRACER]),
+        (make_qdrant_app(settings, app[SEARCHER], app[TRACER], app[INGESTOR]),
          replace(settings, port=settings.qdrant_port))]
     await serve_until_signalled(app, settings, on_listening=listening,
                                 after_cleanup=close_stores, also=also)

@@ -105,6 +105,46 @@ def point_id(doc_id: DocId, version: Version) -> PointId:
     return str(uuid.uuid5(_NAMESPACE, key))
 
 
+TEXT_FIELDS = ("text", "page_content", "content")
+"""Payload keys where applications keep a point's text, in the order they are looked for
+(LangChain writes ``page_content``; LlamaIndex keeps it inside the JSON of ``_node_content``)."""
+
+
+def text_in(payload: dict[str, Any]) -> str | None:
+    """The text a point written by an application holds in its payload, if any."""
+    for key in TEXT_FIELDS:
+        if isinstance(payload.get(key), str) and payload[key].strip():
+            return str(payload[key])
+    node = payload.get("_node_content")
+    if isinstance(node, str):
+        try:
+            text = msgspec.json.decode(node).get("text")
+        except (msgspec.DecodeError, AttributeError):
+            return None
+        return text if isinstance(text, str) and text.strip() else None
+    return None
+
+
+class VectorPoint(msgspec.Struct, frozen=True):
+    """A point whose vector its writer made: no text of embedshift's encoded it."""
+
+    id: DocId
+    vector: list[float]
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def vector_payload(point: VectorPoint, version: Version) -> dict[str, Any]:
+    """The writer's payload plus the envelope; the source text when the payload holds it (so
+    the backfill can encode it into the other versions), none otherwise."""
+    own: dict[str, Any] = {"doc_id": point.id, "model": version.model, "version": version.name,
+                           "dimensions": version.dimensions, "metric": version.metric,
+                           "normalized": version.normalized, "vector_from": "writer"}
+    text = text_in(point.payload)
+    if text is not None:
+        own["text"] = " ".join(text.split())
+    return {**point.payload, RESERVED: own}
+
+
 def point_payload(document: Document, version: Version) -> dict[str, Any]:
     """The user's payload plus the source text and the envelope of the encoding version."""
     return {**document.payload, RESERVED: {

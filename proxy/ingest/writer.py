@@ -22,11 +22,18 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from proxy.ingest.documents import DocId, Document, point_id, point_payload
+from proxy.ingest.documents import (
+    DocId,
+    Document,
+    VectorPoint,
+    point_id,
+    point_payload,
+    vector_payload,
+)
 from proxy.models.encoders import TextModel
 from proxy.state.base import RuleStore
 from proxy.vectors.base import PointIn, VectorStore, id_of_key
-from rollout_rules.errors import BackendError, DocumentNotFound, ModelError
+from rollout_rules.errors import BackendError, DocumentNotFound, ModelError, RuleError
 from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.ingest")
@@ -87,6 +94,27 @@ class Ingestor:
         await self.update_coverage(rollout)
         return [DocumentResult(id=d.id, written=written[d.id], failed=failed[d.id])
                 for d in documents]
+
+    async def write_vectors(self, rollout: Rollout, points: Sequence[VectorPoint]) -> str:
+        """Points whose writer made their vectors, into stable's collection (the space a vector
+        with no sign of its model is taken to be in, as for queries); the other versions' copies
+        of those documents are removed, so the backfill re-encodes them from the text the
+        payload holds. The version written; RuleError when a vector does not fit it."""
+        version = rollout.version(rollout.stable)
+        for n, point in enumerate(points):
+            if len(point.vector) != version.dimensions:
+                raise RuleError(f"points[{n}].vector", f"has {len(point.vector)} numbers; "
+                                f"{rollout.alias}'s stable version {version.name} "
+                                f"({version.model}) has {version.dimensions}")
+        await self.ensure(version, rollout.versions)
+        await self.store.upsert(version.target, [
+            PointIn(point_id(p.id, version), p.vector, vector_payload(p, version))
+            for p in points])
+        for other in active_versions(rollout):
+            if other.name != version.name and await self.store.describe(other.target):
+                await self.store.delete(other.target, [point_id(p.id, other) for p in points])
+        await self.update_coverage(rollout)
+        return version.name
 
     async def write_version(self, version: Version, documents: Sequence[Document],
                             siblings: Sequence[Version] = ()) -> None:

@@ -19,6 +19,7 @@ from aiohttp import web
 from opentelemetry.trace import Tracer
 
 from proxy.config import Settings
+from proxy.ingest.writer import Ingestor
 from proxy.qdrant_api import handlers
 from proxy.qdrant_api.handlers import PARTS, Parts
 from proxy.qdrant_api.shapes import error
@@ -28,6 +29,7 @@ from rollout_rules.errors import (
     BackendError,
     EmbedshiftError,
     EncoderInputError,
+    FeatureOff,
     ModelError,
     NotFoundError,
     RuleError,
@@ -38,9 +40,14 @@ log = structlog.get_logger("embedshift.qdrant_api")
 _ENCODER = msgspec.json.Encoder()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATUS: dict[type[EmbedshiftError], int] = {
-    AccessError: 401, RuleError: 400, EncoderInputError: 400, NotFoundError: 404,
+    FeatureOff: 403, AccessError: 401, RuleError: 400, EncoderInputError: 400, NotFoundError: 404,
     StoreUnavailable: 503, BackendError: 503, ModelError: 503}
 
+WRITES: list[tuple[str, str, Handler]] = [
+    ("PUT", "/collections/{name}/points", handlers.upsert),
+    ("POST", "/collections/{name}/points/delete", handlers.delete_points),
+]
+"""Routes that change what is stored: the write key, always."""
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/", handlers.root),
     ("GET", "/healthz", handlers.healthz),
@@ -55,6 +62,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/collections/{name}/points/query/batch", handlers.query_batch),
     ("POST", "/collections/{name}/points/search", handlers.search),
     ("POST", "/collections/{name}/points/search/batch", handlers.search_batch),
+    ("POST", "/collections/{name}/points", handlers.retrieve),
+    ("GET", "/collections/{name}/points/{id}", handlers.retrieve_one),
+    ("POST", "/collections/{name}/points/scroll", handlers.scroll),
+    ("POST", "/collections/{name}/points/count", handlers.count),
 ]
 
 
@@ -86,17 +97,41 @@ OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz"})
 """Open whatever the key, as in Qdrant: they tell only that it runs, and which API version."""
 
 
+WRITE = web.AppKey("qdrant_write_handlers", frozenset)
+
+
 def _check_key(request: web.Request) -> None:
-    expected = request.app[PARTS].settings.qdrant_read_key
-    if not expected or (request.method == "GET" and request.path in OPEN_PATHS):
+    """Writes need the write key (off without one); reads the read key when one is set (the
+    write key opens them too)."""
+    settings = request.app[PARTS].settings
+    given = _given_key(request)
+    write = settings.qdrant_write_key
+    writing = request.match_info.handler in request.app[WRITE]
+    if writing and not write:
+        raise FeatureOff("writes through the Qdrant API are off: set "
+                         "EMBEDSHIFT_QDRANT_WRITE_KEY to enable them")
+    if writing:
+        if not _same(given, write):
+            raise AccessError("a valid api-key with write access is required")
         return
+    read = settings.qdrant_read_key
+    if not read or (request.method == "GET" and request.path in OPEN_PATHS):
+        return
+    if not (_same(given, read) or (write and _same(given, write))):
+        raise AccessError("a valid api-key is required")
+
+
+def _given_key(request: web.Request) -> str | None:
     given = request.headers.get("api-key")
     if given is None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else None
-    if given is None or not hmac.compare_digest(
-            given.encode("utf-8", "surrogateescape"), expected.encode()):
-        raise AccessError("a valid api-key is required")
+    return given
+
+
+def _same(given: str | None, expected: str | None) -> bool:
+    return given is not None and expected is not None and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 async def _not_served(request: web.Request) -> web.Response:
@@ -104,10 +139,12 @@ async def _not_served(request: web.Request) -> web.Response:
                         "Qdrant API (see the README: what is supported)")
 
 
-def make_qdrant_app(settings: Settings, searcher: Searcher, tracer: Tracer) -> web.Application:
+def make_qdrant_app(settings: Settings, searcher: Searcher, tracer: Tracer,
+                    ingestor: Ingestor) -> web.Application:
     app = web.Application(middlewares=[boundary], client_max_size=8 * 1024 * 1024)
-    app[PARTS] = Parts(settings, searcher, tracer)
-    for method, path, handler in ROUTES:
+    app[PARTS] = Parts(settings, searcher, tracer, ingestor)
+    app[WRITE] = frozenset(handler for _, _, handler in WRITES)
+    for method, path, handler in [*WRITES, *ROUTES]:
         app.router.add_route(method, path, handler)
     app.router.add_route("*", "/{path:.*}", _not_served)
     return app

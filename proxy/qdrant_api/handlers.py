@@ -3,6 +3,7 @@ affinity key (``x-qdrant-route-affinity``, or the header configured) is its stic
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -13,22 +14,30 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.config import Settings
+from proxy.ingest.documents import Document, VectorPoint, checked, doc_id_of, point_id
+from proxy.ingest.writer import Ingestor
 from proxy.qdrant_api.shapes import (
     QDRANT_VERSION,
     Ask,
+    Incoming,
     QueryBatch,
     QueryBody,
     SearchBatch,
     SearchBody,
     answer,
     collection_info,
+    point_ids,
+    read_points,
     read_query,
     read_search,
+    read_selector,
+    record,
     scored_points,
 )
 from proxy.serving.search import Searcher, SearchRequest, SearchResponse
 from proxy.telemetry import Attr
-from rollout_rules.errors import BackendError, RuleError
+from rollout_rules.errors import BackendError, DocumentNotFound, RuleError
+from rollout_rules.model import Version
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 1024 * 1024
@@ -41,6 +50,7 @@ class Parts:
     settings: Settings
     searcher: Searcher
     tracer: Tracer
+    ingestor: Ingestor
 
 
 PARTS = web.AppKey("qdrant_parts", Parts)
@@ -184,3 +194,110 @@ async def search_batch(request: web.Request) -> web.Response:
     results = [await _one(request, ask) for ask in asks]
     return _json([result["points"] for result, _ in results], started,
                  ",".join(sorted({version for _, version in results})) or None)
+
+
+# -- writes (the write key) and reads of stored points (the caller's version) -----------------
+
+async def _raw(request: web.Request) -> Any:
+    return await _body(request, dict[str, Any])
+
+
+async def upsert(request: web.Request) -> web.Response:
+    """Documents are written into every active version, as ingestion writes them; points with
+    the writer's own vectors into stable's space, their text kept for the backfill."""
+    started = time.perf_counter()
+    parts = request.app[PARTS]
+    rollout = parts.searcher.rollout(request.match_info["name"])
+    points = read_points(await _raw(request))
+    documents = [_document(n, p) for n, p in enumerate(points) if p.text is not None]
+    vectors = [VectorPoint(p.id, p.vector, p.payload) for p in points if p.vector is not None]
+    if documents:
+        results = await parts.ingestor.write(rollout, documents)
+        failed = {f"{r.id}": r.failed for r in results if r.failed}
+        if failed:
+            raise BackendError(f"not every version could be written: {failed}")
+    if vectors:
+        await parts.ingestor.write_vectors(rollout, vectors)
+    return _json({"operation_id": 0, "status": "completed"}, started)
+
+
+def _document(n: int, point: Incoming) -> Document:
+    try:
+        return checked(Document(id=point.id, text=point.text or "", payload=point.payload))
+    except RuleError as exc:
+        raise RuleError(f"points[{n}].{exc.field}", exc.message) from None
+
+
+async def delete_points(request: web.Request) -> web.Response:
+    """Each point leaves every version that holds it; one no version holds is no error (as in
+    Qdrant)."""
+    started = time.perf_counter()
+    parts = request.app[PARTS]
+    rollout = parts.searcher.rollout(request.match_info["name"])
+    for doc_id in point_ids(await _raw(request)):
+        with contextlib.suppress(DocumentNotFound):  # already gone
+            await parts.ingestor.delete(rollout, doc_id)
+    return _json({"operation_id": 0, "status": "completed"}, started)
+
+
+def _routed(request: web.Request) -> Version:
+    return request.app[PARTS].searcher.route(request.match_info["name"], affinity(request),
+                                             _random_key())
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    body = await _raw(request)
+    result = await _records(request, point_ids(body, "ids"), body.get("with_payload"),
+                            body.get("with_vector", body.get("with_vectors")))
+    return _json(result, started, _routed(request).name)
+
+
+async def retrieve_one(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    raw = request.match_info["id"]
+    doc_id: int | str = int(raw) if raw.isascii() and raw.isdigit() else raw
+    found = await _records(request, [doc_id], True, None)
+    if not found:
+        raise DocumentNotFound(request.match_info["name"], doc_id)
+    return _json(found[0], started, _routed(request).name)
+
+
+async def _records(request: web.Request, ids: list[int | str], with_payload: Any,
+                   with_vector: Any) -> list[dict[str, Any]]:
+    if with_vector not in (None, False):
+        raise RuleError("with_vector", "vectors are not returned through embedshift")
+    selector = read_selector(with_payload)
+    version = _routed(request)
+    stored = await request.app[PARTS].searcher.store.retrieve(
+        version.target, [point_id(i, version) for i in ids])
+    return [record(doc_id_of(point), point.payload, selector) for point in stored]
+
+
+async def scroll(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    body = await _raw(request)
+    for name in ("filter", "order_by"):
+        if body.get(name) is not None:
+            raise RuleError(name, "is not served yet through embedshift")
+    if body.get("with_vector", body.get("with_vectors")) not in (None, False):
+        raise RuleError("with_vector", "vectors are not returned through embedshift")
+    limit = body.get("limit", 10)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+        raise RuleError("limit", "must be an integer from 1 to 1000")
+    selector = read_selector(body.get("with_payload"))
+    version = _routed(request)
+    points, after = await request.app[PARTS].searcher.store.scroll(
+        version.target, body.get("offset"), limit)
+    return _json({"points": [record(doc_id_of(p), p.payload, selector) for p in points],
+                  "next_page_offset": after}, started, version.name)
+
+
+async def count(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    body = await _raw(request)
+    if body.get("filter") is not None:
+        raise RuleError("filter", "counting by filter is not served yet through embedshift")
+    version = _routed(request)
+    return _json({"count": await request.app[PARTS].searcher.store.count(version.target)},
+                 started, version.name)

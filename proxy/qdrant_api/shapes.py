@@ -230,3 +230,80 @@ def collection_info(version: Version, points: int) -> dict[str, Any]:
                                  "default_segment_number": 0, "flush_interval_sec": 5},
             "wal_config": {"wal_capacity_mb": 32, "wal_segments_ahead": 0}},
         "payload_schema": {}}
+
+
+class Incoming(NamedTuple):
+    """An upserted point, read: text to encode (a Document) or the writer's own vector."""
+
+    id: int | str
+    text: str | None
+    vector: list[float] | None
+    payload: dict[str, Any]
+
+
+def read_points(body: Any) -> list[Incoming]:
+    """Qdrant's upsert body, ``{"points": [...]}`` or ``{"batch": {"ids", "vectors",
+    "payloads"}}``, as points; RuleError naming the field of the first that cannot be read."""
+    if not isinstance(body, dict):
+        raise RuleError("body", "must be {\"points\": [...]} or {\"batch\": {...}}")
+    if isinstance(body.get("points"), list):
+        rows = [(f"points[{n}]", p.get("id"), p.get("vector"), p.get("payload"))
+                if isinstance(p, dict) else (f"points[{n}]", None, None, None)
+                for n, p in enumerate(body["points"])]
+    elif isinstance(body.get("batch"), dict):
+        batch = body["batch"]
+        ids, vectors = batch.get("ids"), batch.get("vectors")
+        payloads = batch.get("payloads") or [None] * len(ids or [])
+        if not (isinstance(ids, list) and isinstance(vectors, list) and isinstance(payloads, list)
+                and len(ids) == len(vectors) == len(payloads)):
+            raise RuleError("batch", "needs ids, vectors (and payloads) of one length; named "
+                                     "vectors are not served")
+        rows = [(f"batch[{n}]", *row) for n, row in enumerate(
+            zip(ids, vectors, payloads, strict=True))]
+    else:
+        raise RuleError("body", "must be {\"points\": [...]} or {\"batch\": {...}}")
+    if not rows:
+        raise RuleError("points", "no points")
+    return [_point(*row) for row in rows]
+
+
+def _point(where: str, point_id: Any, vector: Any, payload: Any) -> Incoming:
+    if isinstance(point_id, bool) or not ((isinstance(point_id, int) and point_id >= 0)
+                                          or (isinstance(point_id, str) and point_id)):
+        raise RuleError(f"{where}.id", "must be an unsigned integer or a UUID string")
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise RuleError(f"{where}.payload", "must be an object")
+    if RESERVED in payload:
+        raise RuleError(f"{where}.payload", f"{RESERVED} is embedshift's own")
+    if isinstance(vector, dict) and "text" not in vector and "object" not in vector:
+        if set(vector) != {""}:
+            raise RuleError(f"{where}.vector", "an alias has one vector, the unnamed one")
+        vector = vector[""]
+    if isinstance(vector, dict):
+        text, _ = _query_of(vector)
+        return Incoming(point_id, text, None, payload)
+    return Incoming(point_id, None, _numbers(vector, f"{where}.vector"), payload)
+
+
+def point_ids(body: Any, field: str = "points") -> list[int | str]:
+    """The ids of a delete (``{"points": [...]}``) or a retrieve (``{"ids": [...]}``)."""
+    if isinstance(body, dict) and "filter" in body:
+        raise RuleError("filter", "selecting points by filter is not served yet: name them by id")
+    ids = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not all(
+            isinstance(i, int | str) and not isinstance(i, bool) for i in ids):
+        raise RuleError(field, "must be a list of point ids")
+    return list(ids)
+
+
+def record(doc_id: Any, payload: dict[str, Any], selector: Selector) -> dict[str, Any]:
+    """A stored point as Qdrant's ``Record``: the id it was written with, the payload without
+    embedshift's envelope."""
+    user = {key: value for key, value in payload.items() if key != RESERVED}
+    return {"id": doc_id, "payload": _select(user, selector), "vector": None}
+
+
+def updated(took_s: float) -> dict[str, Any]:
+    return answer({"operation_id": 0, "status": "completed"}, took_s)

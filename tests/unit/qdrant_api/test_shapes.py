@@ -8,12 +8,16 @@ import msgspec
 import pytest
 
 from proxy.qdrant_api.shapes import (
+    Incoming,
     QueryBody,
     SearchBody,
     Selector,
+    point_ids,
+    read_points,
     read_query,
     read_search,
     read_selector,
+    record,
     scored_points,
 )
 from proxy.vectors.base import Hit
@@ -96,3 +100,37 @@ def test_a_distance_threshold_keeps_what_is_closer() -> None:
     ask = read_query(_query(query=[1.0], limit=4, score_threshold=0.75, with_payload=False))
     kept = scored_points(HITS, ask, _version("euclid"))
     assert [p["id"] for p in kept] == [2, 3] and all(p["payload"] is None for p in kept)
+
+
+def test_upserts_read_documents_and_vectors_in_either_form() -> None:
+    doc = {"text": "a note", "model": "any"}
+    points = read_points({"points": [{"id": 1, "vector": doc, "payload": {"a": 1}},
+                                     {"id": "u-2", "vector": {"": [0.5, 1]}}]})
+    assert points == [Incoming(1, "a note", None, {"a": 1}), Incoming("u-2", None, [0.5, 1.0], {})]
+    batch = read_points({"batch": {"ids": [3], "vectors": [doc], "payloads": [{"b": 2}]}})
+    assert batch == [Incoming(3, "a note", None, {"b": 2})]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"points": [{"id": -1, "vector": [1.0]}]}, "points[0].id"),
+    ({"points": [{"id": True, "vector": [1.0]}]}, "points[0].id"),
+    ({"points": [{"id": 1, "vector": {"dense": [1.0]}}]}, "points[0].vector"),
+    ({"points": [{"id": 1, "vector": [1.0], "payload": {"_embedshift": {}}}]},
+     "points[0].payload"),
+    ({"points": [{"id": 1, "vector": "text"}]}, "points[0].vector"),
+    ({"batch": {"ids": [1, 2], "vectors": [[1.0]]}}, "batch"),
+    ({"points": []}, "points"),
+    ({"upsert": []}, "body"),
+])
+def test_an_upsert_that_cannot_be_read_names_its_field(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(RuleError) as refused:
+        read_points(body)
+    assert refused.value.field == field
+
+
+def test_deletes_name_points_by_id_and_a_filter_is_refused() -> None:
+    assert point_ids({"points": [1, "u"]}) == [1, "u"]
+    with pytest.raises(RuleError, match="by filter"):
+        point_ids({"filter": {"must": []}})
+    assert record(7, {"a": 1, "_embedshift": {"text": "secret"}}, Selector(True)) == \
+        {"id": 7, "payload": {"a": 1}, "vector": None}

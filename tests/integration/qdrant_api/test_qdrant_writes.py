@@ -1,0 +1,170 @@
+"""Writes through the Qdrant API keep the writer's ids and reach every version.
+
+qdrant-client upserts Documents (written into every active version, as ingestion writes them)
+and points with vectors of its own (into stable's space, their `page_content` re-encoded into
+the candidate by the backfill); retrieve, scroll and count read the caller's version, deletes
+reach every version; writes need the write key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from qdrant_client import QdrantClient, models
+from qdrant_client.context_headers import headers
+from qdrant_client.http.exceptions import UnexpectedResponse
+
+from proxy.config import Settings
+from proxy.models.catalog import default_rollout
+from proxy.qdrant_api.app import make_qdrant_app
+from proxy.state.client import connect
+from proxy.state.rulestore import RedisRuleStore
+from proxy.vectors.edge import EdgeStore
+from proxy.web.keys import INGESTOR, SEARCHER, SETTINGS, TRACER
+from tests.eventually import eventually_async
+from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
+from tests.integration.qdrant_api.clients import version_checked
+
+pytestmark = pytest.mark.integration
+WRITE_KEY = "qdrant-write-key-for-tests"
+NOTE = "c0ffee00-1234-5678-9abc-def012345678"
+TEXTS: dict[int | str, str] = {
+    1: "a glacier lake frozen in winter", 2: "a harbour crane unloading ships",
+    3: "a desert road at noon", NOTE: "a lighthouse on a stormy coast"}
+
+
+class Served:
+    def __init__(self, proxy: Proxy, url: str) -> None:
+        self.proxy, self.url = proxy, url
+
+
+@pytest.fixture
+async def served(proxies: ProxyFactory, tmp_path: Path) -> AsyncIterator[Served]:
+    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    await rules.create(default_rollout("notes"), "tests", "declare")
+    await rules.aclose()
+    proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"), qdrant_write_key=WRITE_KEY,
+                                data_dir=str(tmp_path / "data"))
+    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
+                          proxy.app[INGESTOR])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield Served(proxy, f"http://127.0.0.1:{server.port}")
+    await server.close()
+
+
+def _client(url: str, key: str | None = WRITE_KEY) -> QdrantClient:
+    with warnings.catch_warnings():  # "api key over an insecure connection": loopback here
+        warnings.simplefilter("ignore")
+        client = QdrantClient(url=url, api_key=key, cloud_inference=True, https=False)
+        version_checked()
+    return client
+
+
+def _document(text: str) -> models.Document:
+    return models.Document(text=text, model="any")
+
+
+async def test_documents_reach_every_version_under_the_writers_ids(served: Served) -> None:
+    client = await asyncio.to_thread(_client, served.url)
+    points = [models.PointStruct(id=i, vector=_document(text), payload={"n": str(i)})
+              for i, text in TEXTS.items()]
+    done = await asyncio.to_thread(client.upsert, "notes", points)
+    assert done.status == models.UpdateStatus.COMPLETED
+    store = served.proxy.store.inner
+    rollout = served.proxy.app[SEARCHER].rollout("notes")
+    for version in rollout.versions:  # every active version, encoded by its own model
+        assert await store.count(version.target) == 4
+
+    def read(user: str) -> tuple[list[Any], list[Any], int, list[Any]]:
+        with headers({"x-qdrant-route-affinity": user}):
+            hits = client.query_points("notes", query=_document("lighthouse storm"), limit=2)
+            got = client.retrieve("notes", [1, NOTE])
+            total = client.count("notes").count
+            scrolled, _ = client.scroll("notes", limit=10)
+        return hits.points, got, total, scrolled
+
+    hits, got, total, scrolled = await asyncio.to_thread(read, "alice")
+    assert str(hits[0].id) == NOTE  # the UUID the writer gave, not a point id of embedshift's
+    assert sorted((str(r.id), r.payload) for r in got) == [
+        ("1", {"n": "1"}), (NOTE, {"n": NOTE})]  # no envelope
+    assert total == 4 and sorted(str(r.id) for r in scrolled) == sorted(map(str, TEXTS))
+
+    await asyncio.to_thread(client.delete, "notes", models.PointIdsList(points=[1, 99]))
+    for version in rollout.versions:
+        assert await store.count(version.target) == 3
+    assert await asyncio.to_thread(client.retrieve, "notes", [1]) == []
+
+
+async def test_the_writers_own_vectors_go_to_stable_and_the_backfill_brings_their_text(
+        served: Served) -> None:
+    rollout = served.proxy.app[SEARCHER].rollout("notes")
+    stable = rollout.version(rollout.stable)
+    model = served.proxy.app[INGESTOR].models
+    encoder = await model.get(stable)
+    vectors = await asyncio.to_thread(encoder.embed_many, list(TEXTS.values()))
+    client = await asyncio.to_thread(_client, served.url)
+    points = [models.PointStruct(id=i, vector=[float(x) for x in vector],
+                                 payload={"page_content": text, "metadata": {"i": str(i)}})
+              for (i, text), vector in zip(TEXTS.items(), vectors, strict=True)]
+    await asyncio.to_thread(client.upsert, "notes", points)
+    store = served.proxy.store.inner
+    candidate = rollout.version(rollout.candidate or "")
+    assert await store.count(stable.target) == 4 and await store.describe(candidate.target) \
+        is None
+    answer = await served.proxy.client.post(
+        "/admin/aliases/notes/backfill", json={"batch_size": 2},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert answer.status == 200, await answer.text()
+
+    async def done() -> bool:
+        progress = await served.proxy.client.get(
+            "/admin/aliases/notes/backfill", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        return bool((await progress.json())["state"] == "done")
+
+    await eventually_async(done, timeout_s=60)
+    assert await store.count(candidate.target) == 4  # re-encoded from page_content
+    hits = await served.proxy.client.post("/v1/aliases/notes/search", json={
+        "query": "lighthouse storm", "version": None, "limit": 1})
+    assert (await hits.json())["hits"][0]["id"] == NOTE
+
+
+async def test_writes_need_the_write_key_and_a_vector_that_fits(served: Served) -> None:
+    point = models.PointStruct(id=5, vector=_document("a note"))
+    for key, status in ((None, 401), ("wrong", 401)):
+        client = await asyncio.to_thread(_client, served.url, key)
+        with pytest.raises(UnexpectedResponse) as refused:
+            await asyncio.to_thread(client.upsert, "notes", [point])
+        assert refused.value.status_code == status
+    client = await asyncio.to_thread(_client, served.url)
+    with pytest.raises(UnexpectedResponse) as refused:
+        await asyncio.to_thread(client.upsert, "notes", [models.PointStruct(id=5,
+                                                                           vector=[0.5] * 7)])
+    assert refused.value.status_code == 400 and "has 7 numbers" in refused.value.content.decode()
+    with pytest.raises(UnexpectedResponse) as refused:
+        await asyncio.to_thread(client.upsert, "notes", [models.PointStruct(
+            id=str(uuid.UUID(int=5)), vector=_document("x"), payload={"_embedshift": 1})])
+    assert refused.value.status_code == 400 and "embedshift's own" in refused.value.content.decode()
+
+
+async def test_without_a_write_key_writes_are_off(proxies: ProxyFactory) -> None:
+    await proxies.declare()
+    proxy = await proxies.start()
+    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
+                          proxy.app[INGESTOR])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = await asyncio.to_thread(_client, f"http://127.0.0.1:{server.port}", None)
+    with pytest.raises(UnexpectedResponse) as refused:
+        await asyncio.to_thread(client.upsert, "products",
+                                [models.PointStruct(id=5, vector=_document("a note"))])
+    assert refused.value.status_code == 403
+    assert "EMBEDSHIFT_QDRANT_WRITE_KEY" in refused.value.content.decode()
+    await server.close()
