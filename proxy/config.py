@@ -51,6 +51,8 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     qdrant_affinity_header  EMBEDSHIFT_QDRANT_AFFINITY_HEADER  a header holding the caller's
                                                    sticky key there, before Qdrant's own
                                                    x-qdrant-route-affinity
+    handed_out_ttl_s    EMBEDSHIFT_HANDED_OUT_TTL_S  how long a vector from /v1/embeddings is
+                                                   known as its version's (3600)
     config file:        EMBEDSHIFT_CONFIG
 """
 
@@ -101,6 +103,7 @@ _ENV = {
     "max_connections": "EMBEDSHIFT_MAX_CONNECTIONS",
     "max_connections_per_client": "EMBEDSHIFT_MAX_CONNECTIONS_PER_CLIENT",
     "qdrant_port": "EMBEDSHIFT_QDRANT_PORT",
+    "handed_out_ttl_s": "EMBEDSHIFT_HANDED_OUT_TTL_S",
     "qdrant_read_key": "EMBEDSHIFT_QDRANT_READ_KEY",
     "qdrant_write_key": "EMBEDSHIFT_QDRANT_WRITE_KEY",
     "qdrant_affinity_header": "EMBEDSHIFT_QDRANT_AFFINITY_HEADER",
@@ -145,6 +148,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1000
     max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 0
     qdrant_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    handed_out_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)] = 3600.0
     qdrant_read_key: str | None = None
     qdrant_write_key: str | None = None
     qdrant_affinity_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,64}$")] = \

@@ -26,6 +26,7 @@ from proxy.models.catalog import default_rollout
 from proxy.models.loader import ModelCache
 from proxy.qdrant_api.app import make_qdrant_app
 from proxy.state.base import RuleStore
+from proxy.state.handed import RedisHandedOut
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import open_store
 from proxy.telemetry import configure_logging, tracer_provider
@@ -33,7 +34,7 @@ from proxy.vectors.base import VectorStore
 from proxy.vectors.edge import EdgeStore
 from proxy.vectors.server import ServerStore
 from proxy.web.app import Deps, make_app
-from proxy.web.keys import INGESTOR, SEARCHER, TRACER
+from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, TRACER
 from proxy.web.server import serve_until_signalled
 from rollout_rules.errors import NotFoundError
 
@@ -54,7 +55,8 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
         await prepare_demo(rules, Ingestor(vectors, rules, models),
                            data / "demo-declared")
     deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
-                models=models, jobs=rules.backfill_queue)
+                models=models, jobs=rules.backfill_queue,
+                handed=RedisHandedOut(rules.client, settings.redis_prefix))
     here = Path.cwd()
     record: list[Path] = []
 
@@ -77,7 +79,7 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
 
     app = make_app(settings, deps)
     also = [] if settings.qdrant_port is None else [
-        (make_qdrant_app(settings, app[SEARCHER], app[TRACER], app[INGESTOR]),
+        (make_qdrant_app(settings, app[SEARCHER], app[TRACER], app[INGESTOR], app[EMBEDDER]),
          replace(settings, port=settings.qdrant_port))]
     await serve_until_signalled(app, settings, on_listening=listening,
                                 after_cleanup=close_stores, also=also)

@@ -23,6 +23,7 @@ from proxy.ingest.writer import Ingestor
 from proxy.qdrant_api import handlers
 from proxy.qdrant_api.handlers import PARTS, Parts
 from proxy.qdrant_api.shapes import error
+from proxy.serving.embed import Embedder
 from proxy.serving.search import Searcher
 from rollout_rules.errors import (
     AccessError,
@@ -140,9 +141,9 @@ async def _not_served(request: web.Request) -> web.Response:
 
 
 def make_qdrant_app(settings: Settings, searcher: Searcher, tracer: Tracer,
-                    ingestor: Ingestor) -> web.Application:
+                    ingestor: Ingestor, embedder: Embedder) -> web.Application:
     app = web.Application(middlewares=[boundary], client_max_size=8 * 1024 * 1024)
-    app[PARTS] = Parts(settings, searcher, tracer, ingestor)
+    app[PARTS] = Parts(settings, searcher, tracer, ingestor, embedder)
     app[WRITE] = frozenset(handler for _, _, handler in WRITES)
     for method, path, handler in [*WRITES, *ROUTES]:
         app.router.add_route(method, path, handler)

@@ -34,6 +34,7 @@ from proxy.qdrant_api.shapes import (
     record,
     scored_points,
 )
+from proxy.serving.embed import Embedder
 from proxy.serving.search import Searcher, SearchRequest, SearchResponse
 from proxy.telemetry import Attr
 from rollout_rules.errors import BackendError, DocumentNotFound, RuleError
@@ -51,6 +52,7 @@ class Parts:
     searcher: Searcher
     tracer: Tracer
     ingestor: Ingestor
+    embedder: Embedder
 
 
 PARTS = web.AppKey("qdrant_parts", Parts)
@@ -130,8 +132,8 @@ async def get_collection(request: web.Request) -> web.Response:
     started = time.perf_counter()
     searcher = request.app[PARTS].searcher
     version = searcher.route(request.match_info["name"], affinity(request), _random_key())
-    points = await searcher.store.count(version.target)
-    return _json(collection_info(version, points), started, version.name)
+    info = await searcher.store.describe(version.target)  # None: not written yet, 0 points
+    return _json(collection_info(version, info.points if info else 0), started, version.name)
 
 
 async def _one(request: web.Request, ask: Ask) -> tuple[dict[str, Any], str]:
@@ -141,7 +143,7 @@ async def _one(request: web.Request, ask: Ask) -> tuple[dict[str, Any], str]:
     span = parts.tracer.start_span("POST /collections/{name}/points/query",
                                    kind=SpanKind.SERVER)
     try:
-        found = await _found(parts.searcher, alias, ask, affinity(request), span)
+        found = await _found(parts, alias, ask, affinity(request), span)
     except TimeoutError as exc:
         span.set_status(StatusCode.ERROR, "deadline exceeded")
         raise BackendError(f"no answer within {parts.searcher.deadline_s:g}s") from exc
@@ -155,11 +157,15 @@ async def _one(request: web.Request, ask: Ask) -> tuple[dict[str, Any], str]:
     return {"points": scored_points(found.hits, ask, version)}, found.model_version
 
 
-async def _found(searcher: Searcher, alias: str, ask: Ask, user: str | None,
+async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
                  span: Any) -> SearchResponse:
+    """Text is routed and encoded; a vector is searched where it was made (its version when
+    this proxy handed it out from /v1/embeddings, else stable's)."""
+    searcher = parts.searcher
     if ask.vector is not None:
+        space = await parts.embedder.space_of(alias, ask.vector)
         return await searcher.search_vector(alias, ask.vector, limit=ask.window,
-                                            raw_filter=ask.filter,
+                                            raw_filter=ask.filter, version=space,
                                             with_payload=ask.payload.wanted, span=span)
     request = SearchRequest(query=ask.text or "", user_id=user, limit=ask.window,
                             filter=ask.filter, with_payload=ask.payload.wanted)
@@ -299,5 +305,7 @@ async def count(request: web.Request) -> web.Response:
     if body.get("filter") is not None:
         raise RuleError("filter", "counting by filter is not served yet through embedshift")
     version = _routed(request)
-    return _json({"count": await request.app[PARTS].searcher.store.count(version.target)},
-                 started, version.name)
+    store = request.app[PARTS].searcher.store
+    written = await store.describe(version.target) is not None  # else nothing yet: 0
+    return _json({"count": await store.count(version.target) if written else 0}, started,
+                 version.name)

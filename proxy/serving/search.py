@@ -177,28 +177,30 @@ class Searcher:
 
     async def search_vector(self, alias: str, vector: list[float], *, limit: int,
                             raw_filter: dict[str, Any] | None, with_payload: bool,
-                            span: trace.Span | None = None) -> SearchResponse:
-        """A vector the caller made itself, searched in stable's collection: nothing says which
-        model made it, and stable's is the space its users are answered from. A vector of
-        another size is refused (it was not made by stable's model)."""
+                            version: str | None = None, span: trace.Span | None = None
+                            ) -> SearchResponse:
+        """A vector searched in ``version``'s collection, the one whose model made it (known
+        when the proxy handed it out: ``proxy.serving.embed``), else in stable's: nothing else
+        says which model made it, and stable's is the space its users are answered from. A
+        vector of another size is refused (that model did not make it)."""
         started = time.perf_counter()
         rollout = self.rollout(alias)
-        version = rollout.version(rollout.stable)
-        if len(vector) != version.dimensions:
+        space = rollout.version(version or rollout.stable)
+        if len(vector) != space.dimensions:
             raise RuleError("vector", f"has {len(vector)} numbers; {alias} answers vectors "
-                                      f"from {version.model} ({version.name}), which has "
-                                      f"{version.dimensions}")
-        blocked = self.unavailable.get((alias, version.name))
+                                      f"from {space.model} ({space.name}), which has "
+                                      f"{space.dimensions}")
+        blocked = self.unavailable.get((alias, space.name))
         if blocked is not None:
-            raise ModelError(f"{alias}: version {version.name} is unavailable: {blocked}")
+            raise ModelError(f"{alias}: version {space.name} is unavailable: {blocked}")
         query_filter = parse_filter(raw_filter)
         searching = time.perf_counter()
         async with asyncio.timeout(self.deadline_s):
-            hits = await self.store.search(version.target, vector, limit, query_filter,
+            hits = await self.store.search(space.target, vector, limit, query_filter,
                                            with_payload)
-        self.metrics.child(self.metrics.search_latency, alias, version.name).observe(
+        self.metrics.child(self.metrics.search_latency, alias, space.name).observe(
             time.perf_counter() - searching)
-        decision = Decision(version.name, Reason.VECTOR, None, rollout.revision, 0.0)
+        decision = Decision(space.name, Reason.VECTOR, None, rollout.revision, 0.0)
         span = span if span is not None else trace.get_current_span()
         return self._answer(alias, rollout, decision, Found(hits, False, False),
                             started=started, span=span, text="")

@@ -34,11 +34,13 @@ from proxy.ingest.writer import Ingestor
 from proxy.models.encoders import default_threads
 from proxy.models.loader import Encoders, ModelCache
 from proxy.serving.cohorts import CohortRecorder
+from proxy.serving.embed import Embedder
 from proxy.serving.popularity import HitRecorder
 from proxy.serving.resultcache import ResultCache
 from proxy.serving.search import Searcher
 from proxy.serving.shadow import Shadow
 from proxy.state.base import RuleStore
+from proxy.state.handed import HandedOut, MemoryHandedOut
 from proxy.state.jobs import BackfillQueue
 from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
@@ -50,6 +52,7 @@ from proxy.web.history import History
 from proxy.web.keys import (
     ALERTS,
     BACKFILL,
+    EMBEDDER,
     GUARD,
     HISTORY,
     INGESTOR,
@@ -77,6 +80,7 @@ class Deps:
     tracer_provider: TracerProvider
     models: ModelCache
     jobs: QueueFactory | None = None  # the backfill's work queue (Redis); None: no backfill
+    handed: HandedOut | None = None  # vectors handed out, shared (Redis); None: this process's
 
 
 def make_app(settings: Settings, deps: Deps) -> web.Application:
@@ -87,7 +91,8 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     encoders = Encoders(deps.models, executor, settings.cache_size)
     watcher = RuleWatcher(deps.rules_store, settings.refresh_interval_s)
     tracer = deps.tracer_provider.get_tracer("embedshift")
-    app[SETTINGS], app[METRICS], app[WATCHER], app[TRACER] = settings, metrics, watcher, tracer
+    app[SETTINGS], app[METRICS], app[WATCHER], app[TRACER], app[READY] = (
+        settings, metrics, watcher, tracer, {})
     recorder = HitRecorder(deps.rules_store, settings.popularity_sample)
     shadow = Shadow(metrics, settings.shadow_concurrency)
     searcher = app[SEARCHER] = Searcher(
@@ -95,8 +100,8 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
         results=ResultCache(settings.result_cache_size, settings.result_cache_ttl_s),
         deadline_s=settings.request_timeout_s, log_queries=settings.log_queries,
         hits=recorder, cohorts=CohortRecorder(), shadow=shadow)
+    app[EMBEDDER] = Embedder(searcher, deps.handed or MemoryHandedOut(), settings.handed_out_ttl_s)
     guard, backfill = _add_operations(app, settings, deps, watcher, searcher.cohorts)
-    app[READY] = {}
     _add_routes(app, History(metrics.registry, settings.ui_step_s))
 
     async def stop() -> None:

@@ -13,6 +13,7 @@ from proxy.control.guard import GuardLoop
 from proxy.control.operator import Operator
 from proxy.ingest.backfill import Backfill
 from proxy.ingest.writer import Ingestor
+from proxy.serving.embed import Embedder
 from proxy.serving.search import Searcher
 from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
@@ -31,3 +32,4 @@ BACKFILL = web.AppKey("backfill", Backfill)
 ALERTS = web.AppKey("alerts", AlertHandler)
 GUARD = web.AppKey("guard", GuardLoop)
 HISTORY = web.AppKey("history", History)
+EMBEDDER = web.AppKey("embedder", Embedder)

@@ -17,7 +17,7 @@ from proxy.ingest.verify import Report
 from proxy.serving.search import SearchRequest, SearchResponse
 from proxy.web.auth import OVERRIDE_TOKEN_HEADER
 from proxy.web.errors import Handler
-from proxy.web.handlers import admin, alerts, documents, health, search, ui
+from proxy.web.handlers import admin, alerts, documents, embeddings, health, search, ui
 from proxy.web.openapi import serve_document
 from rollout_rules.ramp import RampPlan
 
@@ -53,6 +53,10 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/aliases/{alias}/documents/{doc_id}", documents.delete_document,
           "Remove a document from every version (admin token)", admin=True,
           body_required=False),
+    Route("POST", "/v1/embeddings", embeddings.embeddings,
+          "OpenAI's embeddings API where model names an alias: each input embedded by the "
+          "model of the caller's version (user, or x-qdrant-route-affinity, is the sticky key)",
+          body=embeddings.EmbeddingsRequest, answer=embeddings.EmbeddingsAnswer),
     Route("GET", "/healthz", health.healthz, "Alive"),
     Route("GET", "/readyz", health.readyz, "Ready, with detail (503 when not)"),
     Route("GET", "/metrics", health.metrics, "Prometheus metrics"),

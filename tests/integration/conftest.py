@@ -20,6 +20,7 @@ from proxy.models.catalog import default_rollout, resolve
 from proxy.models.encoders import OnnxModel
 from proxy.models.loader import ModelCache
 from proxy.state.client import connect
+from proxy.state.handed import RedisHandedOut
 from proxy.state.memory import MemoryRuleStore
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
@@ -145,7 +146,8 @@ class ProxyFactory:
         store = FlakyStore(engine or self.engine.store)
         deps = Deps(rules_store=rules, vector_store=store,
                     tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),
-                    models=self.engine.model_cache(self.models_dir), jobs=rules.backfill_queue)
+                    models=self.engine.model_cache(self.models_dir), jobs=rules.backfill_queue,
+                    handed=RedisHandedOut(rules.client, self.prefix))
         return make_app(config, deps), config, rules, spans, store
 
     async def start(self, refresh_interval_s: float = 3600.0,

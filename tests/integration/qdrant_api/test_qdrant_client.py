@@ -20,7 +20,7 @@ from qdrant_client.context_headers import async_headers, headers
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from proxy.qdrant_api.app import make_qdrant_app
-from proxy.web.keys import INGESTOR, SEARCHER, SETTINGS, TRACER
+from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER
 from tests.integration.conftest import Proxy, ProxyFactory
 from tests.integration.qdrant_api.clients import version_checked
 
@@ -37,7 +37,7 @@ async def _serve(proxies: ProxyFactory, **settings: Any) -> AsyncIterator[Served
     await proxies.declare(percent=50)
     proxy = await proxies.start(**settings)
     app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR])
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield Served(proxy, f"http://127.0.0.1:{server.port}")

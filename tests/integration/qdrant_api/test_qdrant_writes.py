@@ -27,7 +27,7 @@ from proxy.qdrant_api.app import make_qdrant_app
 from proxy.state.client import connect
 from proxy.state.rulestore import RedisRuleStore
 from proxy.vectors.edge import EdgeStore
-from proxy.web.keys import INGESTOR, SEARCHER, SETTINGS, TRACER
+from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER
 from tests.eventually import eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.integration.qdrant_api.clients import version_checked
@@ -53,7 +53,7 @@ async def served(proxies: ProxyFactory, tmp_path: Path) -> AsyncIterator[Served]
     proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"), qdrant_write_key=WRITE_KEY,
                                 data_dir=str(tmp_path / "data"))
     app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR])
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield Served(proxy, f"http://127.0.0.1:{server.port}")
@@ -158,7 +158,7 @@ async def test_without_a_write_key_writes_are_off(proxies: ProxyFactory) -> None
     await proxies.declare()
     proxy = await proxies.start()
     app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR])
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     client = await asyncio.to_thread(_client, f"http://127.0.0.1:{server.port}", None)

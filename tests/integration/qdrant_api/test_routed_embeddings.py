@@ -1,0 +1,130 @@
+"""Applications that embed their text themselves are routed too: the vector a user is handed
+by `/v1/embeddings` is searched where its model made it, on any proxy, after the rule moves.
+
+The real openai client asks for the vectors (base64, its default), LangChain's
+`OpenAIEmbeddings` and `QdrantVectorStore` run unchanged against the proxy's two URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from langchain_openai import OpenAIEmbeddings
+from langchain_qdrant import QdrantVectorStore
+from msgspec.structs import replace
+from openai import OpenAI
+from pydantic import SecretStr
+from qdrant_client import models
+
+from proxy.config import Settings
+from proxy.models.catalog import default_rollout
+from proxy.qdrant_api.app import make_qdrant_app
+from proxy.state.client import connect
+from proxy.state.rulestore import RedisRuleStore
+from proxy.vectors.edge import EdgeStore
+from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER, WATCHER
+from tests.eventually import eventually
+from tests.integration.conftest import Proxy, ProxyFactory
+from tests.integration.qdrant_api.clients import version_checked
+
+pytestmark = pytest.mark.integration
+WRITE_KEY = "qdrant-write-key-for-tests"
+
+
+async def _qdrant(proxy: Proxy) -> tuple[TestServer, str]:
+    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server, f"http://127.0.0.1:{server.port}"
+
+
+def _openai(proxy: Proxy) -> OpenAI:
+    return OpenAI(base_url=f"http://127.0.0.1:{proxy.client.port}/v1", api_key="unused")
+
+
+def _users_on(proxy: Proxy, version: str, count: int = 3) -> list[str]:
+    searcher = proxy.app[SEARCHER]
+    return [user for user in (f"user-{n}" for n in range(200))
+            if searcher.route("products", user, "k").name == version][:count]
+
+
+async def _query(url: str, vector: list[float], user: str) -> tuple[str, list[Any]]:
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{url}/collections/products/points/query",
+            headers={"x-qdrant-route-affinity": user},
+            json={"query": vector, "limit": 3, "with_payload": False}) as response:
+        assert response.status == 200, await response.text()
+        return (response.headers["X-Embedshift-Model-Version"],
+                [p["id"] for p in (await response.json())["result"]["points"]])
+
+
+async def test_a_vector_handed_out_is_searched_where_it_was_made_anywhere_and_later(
+        proxies: ProxyFactory) -> None:
+    declared = await proxies.declare(percent=50)
+    first = await proxies.start(refresh_interval_s=0.1)
+    second = await proxies.start(refresh_interval_s=0.1)
+    [user] = _users_on(first, "v2", 1)
+    answer = await asyncio.to_thread(
+        _openai(first).embeddings.create, model="products", user=user,
+        input=["warm jacket for winter", "tent for two"])  # base64, the client's default
+    assert answer.model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert [len(d.embedding) for d in answer.data] == [384, 384]
+    native = await first.search(query="warm jacket for winter", user_id=user, limit=3)
+    assert native["model_version"] == "v2"
+
+    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    rolled = await rules.write(replace(declared, percent=0), declared.revision, "tests",
+                               "rollback")  # the user is on v1 from now on
+    await rules.aclose()
+    await eventually(lambda: second.app[WATCHER].rollouts["products"].revision ==
+                     rolled.revision)
+    server, url = await _qdrant(second)  # another proxy, after the rule moved
+    version, ids = await _query(url, list(answer.data[0].embedding), user)
+    assert version == "v2" and ids == [h["id"] for h in native["hits"]]
+
+    unknown = [x * 0.5 for x in answer.data[0].embedding]  # a vector nobody handed out
+    assert (await _query(url, unknown, user))[0] == "v1"
+    await server.close()
+
+
+async def test_langchain_embeds_writes_and_searches_through_the_proxy_alone(
+        proxies: ProxyFactory, tmp_path: Path) -> None:
+    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    await rules.create(default_rollout("notes"), "tests", "declare")
+    await rules.aclose()
+    proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"),
+                                qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
+    server, url = await _qdrant(proxy)
+    texts = ["a glacier lake frozen in winter", "a harbour crane unloading ships",
+             "a lighthouse on a stormy coast", "a desert road at noon"]
+
+    def langchain() -> list[Any]:
+        with warnings.catch_warnings():  # "api key over an insecure connection": loopback
+            warnings.filterwarnings("ignore", message="Api key is used with an insecure")
+            return _langchain()
+
+    def _langchain() -> list[Any]:
+        embeddings = OpenAIEmbeddings(
+            model="notes", base_url=f"http://127.0.0.1:{proxy.client.port}/v1",
+            api_key=SecretStr("unused"), check_embedding_ctx_length=False)  # no tokenizer download
+        store = QdrantVectorStore.from_texts(
+            texts, embeddings, url=url, api_key=WRITE_KEY, https=False,
+            collection_name="notes", force_recreate=False,
+            metadatas=[{"kind": "cold" if n == 0 else "warm"} for n in range(len(texts))])
+        version_checked()
+        found = store.similarity_search(
+            "storm at sea", k=2, filter=models.Filter(must=[models.FieldCondition(
+                key="metadata.kind", match=models.MatchValue(value="warm"))]))
+        return found
+
+    found = await asyncio.to_thread(langchain)
+    assert found[0].page_content == "a lighthouse on a stormy coast"
+    assert all(d.metadata["kind"] == "warm" for d in found)
+    await server.close()
