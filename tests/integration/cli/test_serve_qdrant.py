@@ -1,4 +1,4 @@
-"""`embedshift serve --qdrant-port` runs the README's qdrant-client program as the README shows."""
+"""`embedshift serve --qdrant-port` runs the README's qdrant-client and LangChain programs."""
 
 from __future__ import annotations
 
@@ -18,19 +18,24 @@ from tests.readme import README
 pytestmark = pytest.mark.integration
 
 
-def _shown() -> tuple[str, list[str]]:
-    """The README's program (``# qdrant-app``) and the output it shows, scores left out."""
-    program, output = re.search(r"```python\n# qdrant-app\n(.*?)```\n\n```\n(.*?)```", README,
+def _shown(name: str) -> tuple[str, list[str]]:
+    """The README's program marked ``# name`` and the output it shows, scores left out."""
+    program, output = re.search(rf"```python\n# {name}\n(.*?)```\n\n```\n(.*?)```", README,
                                 re.DOTALL).groups()  # type: ignore[union-attr]
-    return program, [re.sub(r" \d\.\d+ ", " ", line) for line in output.splitlines()]
+    return program, _unscored(output)
 
 
-async def test_the_readmes_qdrant_client_program_runs_as_shown(
-        start_serving: StartServing) -> None:
-    port = free_port()
-    serving = start_serving(EMBEDSHIFT_QDRANT_PORT=str(port))
+def _unscored(output: str) -> list[str]:
+    return [re.sub(r" \d\.\d+ ", " ", line) for line in output.splitlines()]
+
+
+@pytest.mark.parametrize("name", ["qdrant-app", "langchain-app"])
+async def test_the_readmes_programs_run_as_shown(start_serving: StartServing, name: str) -> None:
+    qdrant_port = free_port()
+    serving = start_serving(EMBEDSHIFT_QDRANT_PORT=str(qdrant_port))
+    port = serving.port
     await wait_ready(serving, timeout_s=240)
-    program, shown = _shown()
+    program, shown = _shown(name)
     assert "127.0.0.1:16333" in program
 
     def run() -> list[str]:
@@ -38,10 +43,10 @@ async def test_the_readmes_qdrant_client_program_runs_as_shown(
         with warnings.catch_warnings(record=True) as caught, \
                 contextlib.redirect_stdout(printed):
             warnings.simplefilter("always")
-            exec(program.replace("16333", str(port)), {})
+            exec(program.replace("16333", str(qdrant_port)).replace("8080", str(port)), {})
             version_checked()
         assert [str(w.message) for w in caught if "compatib" in str(w.message)] == []
-        return [re.sub(r" \d\.\d+ ", " ", line) for line in printed.getvalue().splitlines()]
+        return _unscored(printed.getvalue())
 
     assert await asyncio.to_thread(run) == shown
     assert '"api":"qdrant"' in serving.log.read_text()
