@@ -1,0 +1,66 @@
+"""Qdrant's JavaScript REST client, under node, queries an alias as qdrant-client does.
+
+The client (`@qdrant/js-client-rest`, pinned by `js/package-lock.json`) is installed from npm
+into a folder of the test's own; without node and npm the test says so and skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from proxy.qdrant_api.app import make_qdrant_app
+from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER
+from tests.integration.conftest import Proxy, ProxyFactory
+
+pytestmark = pytest.mark.integration
+HERE = Path(__file__).parent / "js"
+
+
+@pytest.fixture(scope="session")
+def js_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed (Debian: nodejs npm): the JavaScript "
+                    "client cannot run here")
+    folder = tmp_path_factory.mktemp("js-client")
+    for name in ("package.json", "package-lock.json", "query.mjs"):
+        shutil.copy(HERE / name, folder / name)
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=folder,
+                   check=True, timeout=600)
+    return folder
+
+
+@pytest.fixture
+async def served(proxies: ProxyFactory) -> AsyncIterator[tuple[Proxy, str]]:
+    await proxies.declare(percent=50)
+    proxy = await proxies.start()
+    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield proxy, f"http://127.0.0.1:{server.port}"
+    await server.close()
+
+
+async def test_the_javascript_client_lists_describes_and_queries(
+        js_client: Path, served: tuple[Proxy, str]) -> None:
+    proxy, url = served
+    for user in ("alice", "bob", "carol"):
+        process = await asyncio.create_subprocess_exec(
+            "node", "query.mjs", url, user, cwd=js_client, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, err.decode()
+        got = json.loads(out)
+        native = await proxy.search(query="warm jacket for winter", user_id=user, limit=3)
+        assert got["collections"] == ["products"] and got["size"] == 384
+        assert got["ids"] == [hit["id"] for hit in native["hits"]], user
+        assert got["titles"] == [hit["payload"]["title"] for hit in native["hits"]]
+        assert got["warnings"] == []  # no version-compatibility warning
