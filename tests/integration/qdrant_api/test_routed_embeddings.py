@@ -128,3 +128,43 @@ async def test_langchain_embeds_writes_and_searches_through_the_proxy_alone(
     assert found[0].page_content == "a lighthouse on a stormy coast"
     assert all(d.metadata["kind"] == "warm" for d in found)
     await server.close()
+
+
+async def test_llamaindex_writes_and_queries_its_nodes_through_the_proxy(
+        proxies: ProxyFactory, tmp_path: Path) -> None:
+    """LlamaIndex's Qdrant store with vectors from the proxy's embeddings: its nodes (text
+    inside `_node_content`) go to stable and come back whole."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+    from llama_index.vector_stores.qdrant import QdrantVectorStore as LlamaQdrant
+    from qdrant_client import QdrantClient
+
+    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    await rules.create(default_rollout("notes"), "tests", "declare")
+    await rules.aclose()
+    proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"),
+                                qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
+    server, url = await _qdrant(proxy)
+    texts = ["a glacier lake frozen in winter", "a lighthouse on a stormy coast",
+             "a desert road at noon"]
+
+    def llamaindex() -> list[str]:
+        vectors = [d.embedding for d in _openai(proxy).embeddings.create(
+            model="notes", input=texts, encoding_format="float").data]
+        with warnings.catch_warnings():  # "api key over an insecure connection": loopback
+            warnings.filterwarnings("ignore", message="Api key is used with an insecure")
+            client = QdrantClient(url=url, api_key=WRITE_KEY, https=False)
+            version_checked()
+        store = LlamaQdrant(collection_name="notes", client=client)
+        store.add([TextNode(text=text, embedding=vector, metadata={"n": n})
+                   for n, (text, vector) in enumerate(zip(texts, vectors, strict=True))])
+        query = _openai(proxy).embeddings.create(model="notes", input="storm at sea")
+        found = store.query(VectorStoreQuery(query_embedding=query.data[0].embedding,
+                                             similarity_top_k=2))
+        return [node.get_content() for node in found.nodes or []]
+
+    found = await asyncio.to_thread(llamaindex)
+    assert found[0] == "a lighthouse on a stormy coast" and len(found) == 2
+    stable = proxy.app[SEARCHER].rollout("notes").version("v1")
+    assert await proxy.store.inner.count(stable.target) == 3
+    await server.close()
