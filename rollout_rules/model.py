@@ -64,6 +64,10 @@ class Version(_Frozen, frozen=True):
     metric: Literal["cosine", "dot", "euclid", "manhattan"] = "cosine"
     quantization: Literal["none", "int8"] = "none"
     query_prefix: str = ""
+    # the payload key holding the text of points embedshift did not write (an adopted
+    # collection): the backfill re-encodes it from there
+    text_field: Annotated[str, msgspec.Meta(max_length=64,
+                                            pattern=r"^(|[A-Za-z0-9_][\w.\-]*)$")] = ""
 
 
 class CoverageStep(_Frozen, frozen=True):

@@ -234,7 +234,8 @@ class Backfill:
                         claim: Claim) -> int:
         """Re-encode one batch from stable's stored text into the candidate; how many."""
         points = await self.ingestor.store.retrieve(stable.target, claim.ids)
-        documents = [d for d in (document_of(p.payload) for p in points) if d is not None]
+        documents = [d for d in (document_of(p.payload, p.id, stable.text_field)
+                                 for p in points) if d is not None]
         skipped = len(points) - len(documents)
         if skipped:
             self.skipped[rollout.alias] = self.skipped.get(rollout.alias, 0) + skipped

@@ -14,7 +14,7 @@ version that shares its collection with another (``payload_match``), becomes a U
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -105,23 +105,24 @@ def point_id(doc_id: DocId, version: Version) -> PointId:
     return str(uuid.uuid5(_NAMESPACE, key))
 
 
-TEXT_FIELDS = ("text", "page_content", "content")
+NODE_CONTENT = "_node_content"
+TEXT_FIELDS = ("text", "page_content", "content", NODE_CONTENT)
 """Payload keys where applications keep a point's text, in the order they are looked for
 (LangChain writes ``page_content``; LlamaIndex keeps it inside the JSON of ``_node_content``)."""
 
 
-def text_in(payload: dict[str, Any]) -> str | None:
-    """The text a point written by an application holds in its payload, if any."""
-    for key in TEXT_FIELDS:
-        if isinstance(payload.get(key), str) and payload[key].strip():
-            return str(payload[key])
-    node = payload.get("_node_content")
-    if isinstance(node, str):
-        try:
-            text = msgspec.json.decode(node).get("text")
-        except (msgspec.DecodeError, AttributeError):
-            return None
-        return text if isinstance(text, str) and text.strip() else None
+def text_in(payload: dict[str, Any], fields: Sequence[str] = TEXT_FIELDS) -> str | None:
+    """The text a point written by an application holds under the first of ``fields`` that
+    holds some (``_node_content``: the ``text`` of the JSON it holds)."""
+    for key in fields:
+        value = payload.get(key)
+        if key == NODE_CONTENT and isinstance(value, str):
+            try:
+                value = msgspec.json.decode(value).get("text")
+            except (msgspec.DecodeError, AttributeError):
+                continue
+        if isinstance(value, str) and value.strip():
+            return value
     return None
 
 
@@ -153,13 +154,19 @@ def point_payload(document: Document, version: Version) -> dict[str, Any]:
         "normalized": version.normalized}}
 
 
-def document_of(payload: dict[str, Any]) -> Document | None:
-    """The document a stored point was made from; None when it carries no source text."""
+def document_of(payload: dict[str, Any], point: PointId | None = None,
+                text_field: str = "") -> Document | None:
+    """The document a stored point was made from; None when it carries no source text. A point
+    embedshift did not write (an adopted collection's) is the document under its point id,
+    its text read from ``text_field``."""
     own = payload.get(RESERVED)
-    if not isinstance(own, dict) or not isinstance(own.get("text"), str) or \
-            not isinstance(own.get("doc_id"), (int, str)):
-        return None
     user = {k: v for k, v in payload.items() if k != RESERVED}
+    if not isinstance(own, dict):
+        text = text_in(payload, (text_field,)) if text_field and point is not None else None
+        return None if text is None or point is None else Document(
+            id=point, text=" ".join(text.split()), payload=user)
+    if not isinstance(own.get("text"), str) or not isinstance(own.get("doc_id"), (int, str)):
+        return None
     return Document(id=own["doc_id"], text=own["text"], payload=user)
 
 

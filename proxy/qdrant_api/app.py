@@ -45,6 +45,9 @@ STATUS: dict[type[EmbedshiftError], int] = {
     StoreUnavailable: 503, BackendError: 503, ModelError: 503}
 
 WRITES: list[tuple[str, str, Handler]] = [
+    ("PUT", "/collections/{name}", handlers.create_collection),
+    ("DELETE", "/collections/{name}", handlers.delete_collection),
+    ("PUT", "/collections/{name}/index", handlers.create_index),
     ("PUT", "/collections/{name}/points", handlers.upsert),
     ("POST", "/collections/{name}/points/delete", handlers.delete_points),
 ]

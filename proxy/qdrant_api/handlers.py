@@ -16,6 +16,12 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from proxy.config import Settings
 from proxy.ingest.documents import Document, VectorPoint, checked, doc_id_of, point_id
 from proxy.ingest.writer import Ingestor
+from proxy.qdrant_api.plain import (
+    plain,
+    plain_version,
+    refuse_version_collection,
+    version_collections,
+)
 from proxy.qdrant_api.shapes import (
     QDRANT_VERSION,
     Ask,
@@ -31,14 +37,21 @@ from proxy.qdrant_api.shapes import (
     read_query,
     read_search,
     read_selector,
+    read_vectors_config,
     record,
     scored_points,
 )
 from proxy.serving.embed import Embedder
 from proxy.serving.search import Searcher, SearchRequest, SearchResponse
 from proxy.telemetry import Attr
-from rollout_rules.errors import BackendError, DocumentNotFound, RuleError
-from rollout_rules.model import Version
+from rollout_rules.errors import (
+    BackendError,
+    DocumentNotFound,
+    FeatureOff,
+    NotFoundError,
+    RuleError,
+)
+from rollout_rules.model import Target, Version
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 1024 * 1024
@@ -103,13 +116,59 @@ def _aliases(request: web.Request) -> list[str]:
 
 
 async def list_collections(request: web.Request) -> web.Response:
+    """The declared aliases, and the application's own collections (never a version's)."""
     started = time.perf_counter()
-    return _json({"collections": [{"name": name} for name in _aliases(request)]}, started)
+    searcher = request.app[PARTS].searcher
+    hidden = version_collections(searcher) | set(_aliases(request))
+    own = [name for name in await searcher.store.collections() if name not in hidden]
+    return _json({"collections": [{"name": name} for name in [*_aliases(request), *own]]},
+                 started)
 
 
 async def collection_exists(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    return _json({"exists": request.match_info["name"] in _aliases(request)}, started)
+    try:
+        await plain(request.app[PARTS].searcher, request.match_info["name"])
+    except (NotFoundError, FeatureOff):
+        return _json({"exists": False}, started)
+    return _json({"exists": True}, started)
+
+
+async def create_collection(request: web.Request) -> web.Response:
+    """A collection of the application's own; an alias's are created by its rule."""
+    started = time.perf_counter()
+    searcher = request.app[PARTS].searcher
+    name = request.match_info["name"]
+    if name in searcher.rules.rollouts:
+        raise FeatureOff(f"{name} is a declared alias: its versions' collections are created "
+                         "by its rule (embedshift init, embedshift apply)")
+    refuse_version_collection(searcher, name)
+    if await searcher.store.describe(Target(collection=name)) is not None:
+        raise RuleError("name", f"collection {name} already exists")
+    size, metric = read_vectors_config(await _raw(request))
+    version = plain_version(name, size, metric)
+    await searcher.store.ensure_collection(version.target, version)
+    return _json(True, started)
+
+
+async def delete_collection(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    name = request.match_info["name"]
+    own = await plain(request.app[PARTS].searcher, name)
+    if own is None:
+        raise FeatureOff(f"{name} is a declared alias: retire and archive its versions, or "
+                         "`embedshift delete` it, rather than drop a collection")
+    await request.app[PARTS].searcher.store.drop(own.target)
+    return _json(True, started)
+
+
+async def create_index(request: web.Request) -> web.Response:
+    """Accepted: the engine filters without a payload index too (more slowly); embedshift does
+    not build one on request yet."""
+    started = time.perf_counter()
+    name = request.match_info["name"]
+    await plain(request.app[PARTS].searcher, name)  # a name that exists
+    return _json({"operation_id": 0, "status": "completed"}, started)
 
 
 async def list_aliases(request: web.Request) -> web.Response:
@@ -122,6 +181,8 @@ async def list_aliases(request: web.Request) -> web.Response:
 
 async def collection_aliases(request: web.Request) -> web.Response:
     started = time.perf_counter()
+    if await plain(request.app[PARTS].searcher, request.match_info["name"]) is not None:
+        return _json({"aliases": []}, started)
     rollout = request.app[PARTS].searcher.rollout(request.match_info["name"])
     return _json({"aliases": [{"alias_name": rollout.alias, "collection_name":
                                rollout.version(rollout.stable).target.collection}]}, started)
@@ -131,9 +192,12 @@ async def get_collection(request: web.Request) -> web.Response:
     """The collection as the version this caller is routed to holds it."""
     started = time.perf_counter()
     searcher = request.app[PARTS].searcher
-    version = searcher.route(request.match_info["name"], affinity(request), _random_key())
+    own = await plain(searcher, request.match_info["name"])
+    version = own.version if own is not None else searcher.route(
+        request.match_info["name"], affinity(request), _random_key())
     info = await searcher.store.describe(version.target)  # None: not written yet, 0 points
-    return _json(collection_info(version, info.points if info else 0), started, version.name)
+    return _json(collection_info(version, info.points if info else 0), started,
+                 None if own is not None else version.name)
 
 
 async def _one(request: web.Request, ask: Ask) -> tuple[dict[str, Any], str]:
@@ -172,34 +236,42 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
     return await searcher.search(alias, request, _random_key(), span)
 
 
+async def _each(request: web.Request, asks: list[Ask]) -> list[tuple[dict[str, Any], str]]:
+    """Every query of a request, in an alias (routed) or in the application's own collection."""
+    own = await plain(request.app[PARTS].searcher, request.match_info["name"])
+    if own is not None:
+        return [(await own.query(ask), "") for ask in asks]
+    return [await _one(request, ask) for ask in asks]
+
+
 async def query(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    result, version = await _one(request, read_query(await _body(request, QueryBody)))
-    return _json(result, started, version)
+    [(result, version)] = await _each(request, [read_query(await _body(request, QueryBody))])
+    return _json(result, started, version or None)
 
 
 async def query_batch(request: web.Request) -> web.Response:
     started = time.perf_counter()
     batch = await _body(request, QueryBatch)
     asks = [read_query(body) for body in batch.searches]  # all read before any is searched
-    results = [await _one(request, ask) for ask in asks]
+    results = await _each(request, asks)
     return _json([result for result, _ in results], started,
-                 ",".join(sorted({version for _, version in results})) or None)
+                 ",".join(sorted({v for _, v in results if v})) or None)
 
 
 async def search(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    result, version = await _one(request, read_search(await _body(request, SearchBody)))
-    return _json(result["points"], started, version)
+    [(result, version)] = await _each(request, [read_search(await _body(request, SearchBody))])
+    return _json(result["points"], started, version or None)
 
 
 async def search_batch(request: web.Request) -> web.Response:
     started = time.perf_counter()
     batch = await _body(request, SearchBatch)
     asks = [read_search(body) for body in batch.searches]
-    results = [await _one(request, ask) for ask in asks]
+    results = await _each(request, asks)
     return _json([result["points"] for result, _ in results], started,
-                 ",".join(sorted({version for _, version in results})) or None)
+                 ",".join(sorted({v for _, v in results if v})) or None)
 
 
 # -- writes (the write key) and reads of stored points (the caller's version) -----------------
@@ -213,8 +285,12 @@ async def upsert(request: web.Request) -> web.Response:
     the writer's own vectors into stable's space, their text kept for the backfill."""
     started = time.perf_counter()
     parts = request.app[PARTS]
-    rollout = parts.searcher.rollout(request.match_info["name"])
     points = read_points(await _raw(request))
+    own = await plain(parts.searcher, request.match_info["name"])
+    if own is not None:
+        await own.upsert(points)
+        return _json({"operation_id": 0, "status": "completed"}, started)
+    rollout = parts.searcher.rollout(request.match_info["name"])
     documents = [_document(n, p) for n, p in enumerate(points) if p.text is not None]
     vectors = [VectorPoint(p.id, p.vector, p.payload) for p in points if p.vector is not None]
     if documents:
@@ -239,16 +315,25 @@ async def delete_points(request: web.Request) -> web.Response:
     Qdrant)."""
     started = time.perf_counter()
     parts = request.app[PARTS]
+    ids = point_ids(await _raw(request))
+    own = await plain(parts.searcher, request.match_info["name"])
+    if own is not None:
+        await parts.searcher.store.delete(own.target, ids)
+        return _json({"operation_id": 0, "status": "completed"}, started)
     rollout = parts.searcher.rollout(request.match_info["name"])
-    for doc_id in point_ids(await _raw(request)):
+    for doc_id in ids:
         with contextlib.suppress(DocumentNotFound):  # already gone
             await parts.ingestor.delete(rollout, doc_id)
     return _json({"operation_id": 0, "status": "completed"}, started)
 
 
-def _routed(request: web.Request) -> Version:
-    return request.app[PARTS].searcher.route(request.match_info["name"], affinity(request),
-                                             _random_key())
+async def _routed(request: web.Request) -> Version:
+    """The version this caller reads: its routed one, or the application's own collection."""
+    searcher = request.app[PARTS].searcher
+    own = await plain(searcher, request.match_info["name"])
+    if own is not None:
+        return own.version
+    return searcher.route(request.match_info["name"], affinity(request), _random_key())
 
 
 async def retrieve(request: web.Request) -> web.Response:
@@ -256,7 +341,7 @@ async def retrieve(request: web.Request) -> web.Response:
     body = await _raw(request)
     result = await _records(request, point_ids(body, "ids"), body.get("with_payload"),
                             body.get("with_vector", body.get("with_vectors")))
-    return _json(result, started, _routed(request).name)
+    return _json(result, started, (await _routed(request)).name)
 
 
 async def retrieve_one(request: web.Request) -> web.Response:
@@ -266,7 +351,7 @@ async def retrieve_one(request: web.Request) -> web.Response:
     found = await _records(request, [doc_id], True, None)
     if not found:
         raise DocumentNotFound(request.match_info["name"], doc_id)
-    return _json(found[0], started, _routed(request).name)
+    return _json(found[0], started, (await _routed(request)).name)
 
 
 async def _records(request: web.Request, ids: list[int | str], with_payload: Any,
@@ -274,7 +359,7 @@ async def _records(request: web.Request, ids: list[int | str], with_payload: Any
     if with_vector not in (None, False):
         raise RuleError("with_vector", "vectors are not returned through embedshift")
     selector = read_selector(with_payload)
-    version = _routed(request)
+    version = await _routed(request)
     stored = await request.app[PARTS].searcher.store.retrieve(
         version.target, [point_id(i, version) for i in ids])
     return [record(doc_id_of(point), point.payload, selector) for point in stored]
@@ -292,7 +377,7 @@ async def scroll(request: web.Request) -> web.Response:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
         raise RuleError("limit", "must be an integer from 1 to 1000")
     selector = read_selector(body.get("with_payload"))
-    version = _routed(request)
+    version = await _routed(request)
     points, after = await request.app[PARTS].searcher.store.scroll(
         version.target, body.get("offset"), limit)
     return _json({"points": [record(doc_id_of(p), p.payload, selector) for p in points],
@@ -304,7 +389,7 @@ async def count(request: web.Request) -> web.Response:
     body = await _raw(request)
     if body.get("filter") is not None:
         raise RuleError("filter", "counting by filter is not served yet through embedshift")
-    version = _routed(request)
+    version = await _routed(request)
     store = request.app[PARTS].searcher.store
     written = await store.describe(version.target) is not None  # else nothing yet: 0
     return _json({"count": await store.count(version.target) if written else 0}, started,

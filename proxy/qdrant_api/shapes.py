@@ -307,3 +307,20 @@ def record(doc_id: Any, payload: dict[str, Any], selector: Selector) -> dict[str
 
 def updated(took_s: float) -> dict[str, Any]:
     return answer({"operation_id": 0, "status": "completed"}, took_s)
+
+
+METRICS = {qdrant: ours for ours, qdrant in DISTANCES.items()}
+
+
+def read_vectors_config(body: Any) -> tuple[int, str]:
+    """The size and metric of ``PUT /collections/{name}``: one unnamed vector."""
+    vectors = body.get("vectors") if isinstance(body, dict) else None
+    if not isinstance(vectors, dict) or "size" not in vectors:
+        raise RuleError("vectors", "one unnamed vector, {\"size\": n, \"distance\": ...}, is "
+                                   "what a collection here may have")
+    size, distance = vectors.get("size"), vectors.get("distance")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 65536:
+        raise RuleError("vectors.size", "must be an integer from 1 to 65536")
+    if distance not in METRICS:
+        raise RuleError("vectors.distance", f"must be one of {', '.join(METRICS)}")
+    return size, METRICS[distance]

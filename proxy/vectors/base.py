@@ -113,6 +113,10 @@ class VectorStore(Protocol):
         """How many points the version has (only its own in a shared collection)."""
         ...
 
+    async def collections(self) -> list[str]:
+        """Every collection the store holds, by name."""
+        ...
+
     async def delete(self, target: Target, ids: Sequence[PointId]) -> None: ...
 
     async def close(self) -> None: ...
@@ -317,6 +321,11 @@ def check_vector(target: Target, version: Version, vectors: Mapping[str, Any]) -
                            f"{version.dimensions}-d {version.metric} ones")
 
 
+UNRECORDED_MODEL = "embedshift/unrecorded"
+"""The model recorded for a collection created without one (an application's own, created
+through the Qdrant API): unknown, so nothing is held against a version that adopts it."""
+
+
 def mismatches(version: Version, info: CollectionInfo) -> list[str]:
     """What differs between a version's envelope and its collection; empty when they agree."""
     if info.missing is not None:
@@ -328,7 +337,7 @@ def mismatches(version: Version, info: CollectionInfo) -> list[str]:
     if info.metric != version.metric:
         problems.append(f"distance: version {version.name} wants {version.metric}, "
                         f"collection {info.name} uses {info.metric}")
-    if info.model_id is not None and info.model_id != version.model:
+    if info.model_id not in (None, UNRECORDED_MODEL) and info.model_id != version.model:
         problems.append(f"model: version {version.name} is {version.model}, collection "
                         f"{info.name} was encoded with {info.model_id}")
     return problems

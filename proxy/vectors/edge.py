@@ -165,6 +165,16 @@ class EdgeStore:
         with backend_errors(target.collection, "optimize"):
             await self._call(shard.optimize)
 
+    async def collections(self) -> list[str]:
+        def listed() -> list[str]:
+            if not self.root.is_dir():
+                return []
+            return sorted(p.name for p in self.root.iterdir() if (p / SIDECAR).exists())
+
+        with backend_errors("*", "listing collections"):
+            found: list[str] = await self._call(listed)
+        return found
+
     async def describe(self, target: Target) -> CollectionInfo | None:
         with backend_errors(target.collection, "describing the collection"):
             meta = await self._call(self._sidecar, target.collection)

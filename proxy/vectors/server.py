@@ -153,6 +153,11 @@ class ServerStore:
             await self.client.delete(target.collection,
                                      points_selector=models.PointIdsList(points=list(ids)))
 
+    async def collections(self) -> list[str]:
+        with backend_errors("*", "listing collections"):
+            found = await self.client.get_collections()
+        return sorted(c.name for c in found.collections)
+
     async def close(self) -> None:
         await self.client.close()
 

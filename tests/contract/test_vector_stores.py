@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from proxy.vectors.base import RESERVED, PointIn, VectorStore, mismatches, parse_filter
+from proxy.vectors.base import (
+    RESERVED,
+    UNRECORDED_MODEL,
+    PointIn,
+    VectorStore,
+    mismatches,
+    parse_filter,
+)
 from proxy.vectors.edge import EdgeStore
 from proxy.vectors.memory import MemoryStore
 from rollout_rules.errors import BackendError, RuleError
@@ -125,6 +132,22 @@ async def test_describe_reports_what_a_version_is_checked_against(store: VectorS
     wrong = _version("v1", Target(collection="plain"), metric="dot")
     assert mismatches(wrong, info) == ["distance: version v1 wants dot, collection plain uses "
                                        "cosine"]
+
+
+async def test_collections_lists_what_was_created_and_an_unrecorded_model_is_no_mismatch(
+        store: VectorStore) -> None:
+    assert await store.collections() == []
+    plain = Version(name="plain", model=UNRECORDED_MODEL, dimensions=8,
+                    target=Target(collection="theirs"))
+    await store.ensure_collection(plain.target, plain)
+    await store.ensure_collection(Target(collection="ours"), _version("v1", Target("ours")))
+    assert await store.collections() == ["ours", "theirs"]
+    info = await store.describe(plain.target)
+    assert info is not None
+    adopted = _version("v1", Target(collection="theirs"))  # a model is named for it later
+    assert mismatches(adopted, info) == []
+    await store.drop(plain.target)
+    assert await store.collections() == ["ours"]
 
 
 def test_a_filter_that_is_not_a_qdrant_filter_is_refused() -> None:

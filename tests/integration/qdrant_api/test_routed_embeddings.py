@@ -1,7 +1,7 @@
-"""Applications that embed their text themselves are routed too: the vector a user is handed
-by `/v1/embeddings` is searched where its model made it, on any proxy, after the rule moves.
+"""Applications that embed their text themselves are routed: a vector is searched where it was made.
 
-The real openai client asks for the vectors (base64, its default), LangChain's
+The vector a user is handed by `/v1/embeddings` is searched in that version's collection, on
+any proxy, after the rule moves. The real openai client asks for the vectors (base64, its default), LangChain's
 `OpenAIEmbeddings` and `QdrantVectorStore` run unchanged against the proxy's two URLs.
 """
 
