@@ -1,8 +1,9 @@
 """Applications that embed their text themselves are routed: a vector is searched where it was made.
 
 The vector a user is handed by `/v1/embeddings` is searched in that version's collection, on
-any proxy, after the rule moves. The real openai client asks for the vectors (base64, its default), LangChain's
-`OpenAIEmbeddings` and `QdrantVectorStore` run unchanged against the proxy's two URLs.
+any proxy, after the rule moves. The real openai client asks for the vectors (base64, its
+default); LangChain's `OpenAIEmbeddings` and `QdrantVectorStore`, and LlamaIndex's Qdrant store,
+run unchanged against the proxy's two URLs.
 """
 
 from __future__ import annotations
