@@ -344,6 +344,24 @@ def render_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_adopt(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
+              ) -> Result:
+    body = {"collection": args.collection, "model": args.model, "vector": args.vector or "",
+            "text_field": args.text_field or "", "sample": args.sample}
+    a = asyncio.run(_post(args, settings, f"/admin/aliases/{args.alias}/adopt", body))
+    vector = f", vector {a['vector']!r}" if a["vector"] else ""
+    lines = [f"adopted {a['collection']} as {a['alias']} v1 (revision {a['revision']})",
+             f"  collection  {a['points']:,} points, {a['dimensions']} dimensions, "
+             f"{a['metric']}{vector}",
+             f"  payload     {', '.join(a['payload_keys'])}; text read from "
+             f"{a['text_field']!r}",
+             f"  model       {a['model']}: {a['sampled']} stored texts re-encoded, median "
+             f"cosine {a['median_cosine']:.4f} (lowest {a['min_cosine']:.4f})",
+             f"next: declare a candidate (embedshift apply), then embedshift backfill "
+             f"{a['alias']}; ids stay yours, no point of {a['collection']} is rewritten"]
+    return a, "\n".join(lines)
+
+
 def cmd_plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
              ) -> Result:
     body: dict[str, Any] = {"sample": args.sample, "max_workers": args.workers}
@@ -445,6 +463,18 @@ def add_parsers(add: AddCommand) -> None:
     with_url(p)
     p.add_argument("--sample", type=int, default=50, help="points re-encoded to check their "
                                                          "vectors (50)")
+    p = add("adopt", cmd_adopt, "declare an alias whose v1 is a collection your application "
+                                "wrote (checked: its vectors must be the model's)")
+    with_url(p)
+    p.add_argument("--collection", required=True, help="the collection to adopt")
+    p.add_argument("--model", required=True, help="the model that made its vectors (a "
+                                                  "catalogue name or model id)")
+    p.add_argument("--vector", help="its named vector (default: the unnamed one)")
+    p.add_argument("--text-field", help="the payload key holding each point's text (default: "
+                                        "found among text, page_content, content, "
+                                        "_node_content)")
+    p.add_argument("--sample", type=int, default=64, help="stored texts re-encoded to check "
+                                                         "the model (64)")
     p = add("plan", cmd_plan, "measure the candidate's encoder on your documents and say what "
                               "the backfill will take (time, tokens, storage, cost)")
     with_url(p)

@@ -66,7 +66,7 @@ GROUPS = {
     "rollout": ("init", "diff", "export", "undo", "status", "set", "pause", "resume",
                 "rollback", "promote", "retire", "delete", "history", "explain", "guard", "ramp",
                 "coverage"),
-    "data": ("ingest", "backfill", "plan", "verify", "archive", "unarchive"),
+    "data": ("ingest", "adopt", "backfill", "plan", "verify", "archive", "unarchive"),
     "serve": ("serve",),
     "models": ("models", "eval"),
     "redis": ("redis",),

@@ -97,9 +97,13 @@ def parse_doc_id(text: str) -> DocId:
 
 
 def point_id(doc_id: DocId, version: Version) -> PointId:
-    """The document's point id in a version: stable, so writing again replaces it."""
+    """The document's point id in a version: stable, so writing again replaces it. In an
+    adopted collection (``text_field`` set) a document is the point its application wrote:
+    its id is the point id, a UUID as it is."""
     shared = bool(version.target.payload_match)
     if isinstance(doc_id, int) and not shared:
+        return doc_id
+    if version.text_field and not shared and isinstance(doc_id, str) and _is_uuid(doc_id):
         return doc_id
     key = f"{version.name}\x00{doc_id!r}" if shared else repr(doc_id)
     return str(uuid.uuid5(_NAMESPACE, key))
@@ -144,6 +148,13 @@ def vector_payload(point: VectorPoint, version: Version) -> dict[str, Any]:
     if text is not None:
         own["text"] = " ".join(text.split())
     return {**point.payload, RESERVED: own}
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
 
 
 def point_payload(document: Document, version: Version) -> dict[str, Any]:

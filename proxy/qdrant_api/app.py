@@ -145,7 +145,7 @@ async def _not_served(request: web.Request) -> web.Response:
 
 def make_qdrant_app(settings: Settings, searcher: Searcher, tracer: Tracer,
                     ingestor: Ingestor, embedder: Embedder) -> web.Application:
-    app = web.Application(middlewares=[boundary], client_max_size=8 * 1024 * 1024)
+    app = web.Application(middlewares=[boundary], client_max_size=handlers.MAX_BODY_BYTES)
     app[PARTS] = Parts(settings, searcher, tracer, ingestor, embedder)
     app[WRITE] = frozenset(handler for _, _, handler in WRITES)
     for method, path, handler in [*WRITES, *ROUTES]:

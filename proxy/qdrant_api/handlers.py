@@ -54,7 +54,7 @@ from rollout_rules.errors import (
 from rollout_rules.model import Target, Version
 
 T = TypeVar("T")
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 32 * 1024 * 1024  # Qdrant's own default limit
 VERSION_HEADER = "X-Embedshift-Model-Version"
 _ENCODER = msgspec.json.Encoder()
 
@@ -80,9 +80,9 @@ def _json(result: Any, started: float, version: str | None = None) -> web.Respon
 
 
 async def _body(request: web.Request, kind: type[T]) -> T:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise RuleError("body", f"is larger than {MAX_BODY_BYTES} bytes")
+    raw = await request.read()  # whole, within the app's client_max_size (MAX_BODY_BYTES)
     try:
         return msgspec.json.decode(raw or b"{}", type=kind)
     except msgspec.ValidationError as exc:

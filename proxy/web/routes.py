@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.control.alerts import Answer, Notification
+from proxy.ingest.adopt import Adoption, AdoptRequest
 from proxy.ingest.archive import ArchiveInfo
 from proxy.ingest.backfill import Options, Progress
 from proxy.ingest.plan import Plan
@@ -77,6 +78,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/admin/aliases/{alias}/restore", admin.restore,
           "Write this proxy's last good rule back to a rule store that lost it",
           body=admin.Action, admin=True, body_required=False),
+    Route("POST", "/admin/aliases/{alias}/adopt", documents.adopt_collection,
+          "Declare the alias with a collection the application wrote as its v1, once a sample "
+          "of its stored texts re-encoded by the model named agrees with its vectors",
+          body=AdoptRequest, answer=Adoption, admin=True),
     Route("POST", "/admin/aliases/{alias}/backfill", documents.start_backfill,
           "Start or resume the candidate's backfill in this proxy", body=Options,
           answer=Progress, admin=True, body_required=False),

@@ -35,7 +35,7 @@ class PercentAction(Action, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 ACTOR_HEADER = "X-Embedshift-Actor"
 
 
-def _operator(request: web.Request) -> Operator:
+def operator_of(request: web.Request) -> Operator:
     base = request.app[OPERATOR]
     actor = request.headers.get(ACTOR_HEADER, "admin-api")[:100]
     try:
@@ -46,23 +46,23 @@ def _operator(request: web.Request) -> Operator:
 
 
 async def list_aliases(request: web.Request) -> web.Response:
-    return json_response(await _operator(request).statuses())
+    return json_response(await operator_of(request).statuses())
 
 
 async def get_alias(request: web.Request) -> web.Response:
-    return json_response(await _operator(request).status(request.match_info["alias"]))
+    return json_response(await operator_of(request).status(request.match_info["alias"]))
 
 
 async def history(request: web.Request) -> web.Response:
     raw = request.query.get("limit", "20")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise RuleError("limit", "an integer from 1 to 1000")
-    return json_response(await _operator(request).history(request.match_info["alias"], int(raw)))
+    return json_response(await operator_of(request).history(request.match_info["alias"], int(raw)))
 
 
 async def set_percent(request: web.Request) -> web.Response:
     body = await read_json(request, PercentAction)
-    change = await _operator(request).set_percent(request.match_info["alias"], body.percent,
+    change = await operator_of(request).set_percent(request.match_info["alias"], body.percent,
                                                   body.reason, body.if_revision)
     return json_response(change)
 
@@ -74,7 +74,7 @@ async def _act(request: web.Request, act: Act) -> web.Response:
     """Run one state action on the alias in the path, with the optional body's reason,
     expected revision and force."""
     body = await _optional_body(request)
-    return json_response(await act(_operator(request), request.match_info["alias"], body))
+    return json_response(await act(operator_of(request), request.match_info["alias"], body))
 
 
 async def _optional_body(request: web.Request) -> Action:
@@ -89,9 +89,9 @@ async def delete(request: web.Request) -> web.Response:
     alias = request.match_info["alias"]
     watcher = request.app[WATCHER]
     if alias in watcher.vanished and alias in watcher.rollouts:
-        return json_response(await _operator(request).delete_vanished(watcher.rollouts[alias],
+        return json_response(await operator_of(request).delete_vanished(watcher.rollouts[alias],
                                                                       body.reason))
-    entry = await _operator(request).delete(alias, body.reason, body.if_revision)
+    entry = await operator_of(request).delete(alias, body.reason, body.if_revision)
     return json_response(entry)
 
 
@@ -103,7 +103,7 @@ async def restore(request: web.Request) -> web.Response:
         raise NotFoundError(alias)
     body = await _optional_body(request)
     coverage = request.app[WATCHER].coverage.get(alias, {})
-    return json_response(await _operator(request).restore(snapshot, body.reason, coverage))
+    return json_response(await operator_of(request).restore(snapshot, body.reason, coverage))
 
 
 async def pause(request: web.Request) -> web.Response:
@@ -136,13 +136,13 @@ class RampRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 async def start_ramp(request: web.Request) -> web.Response:
     body = await read_json(request, RampRequest)
-    plan = await ramp.start_ramp(_operator(request).store, request.match_info["alias"],
-                                 tuple(body.steps), body.every_s, _operator(request).actor,
+    plan = await ramp.start_ramp(operator_of(request).store, request.match_info["alias"],
+                                 tuple(body.steps), body.every_s, operator_of(request).actor,
                                  promote=body.promote)
     return json_response(plan)
 
 
 async def control_ramp(request: web.Request) -> web.Response:
-    plan = await ramp.control_ramp(_operator(request).store, request.match_info["alias"],
+    plan = await ramp.control_ramp(operator_of(request).store, request.match_info["alias"],
                                    request.match_info["action"])
     return json_response(plan)

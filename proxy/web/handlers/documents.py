@@ -11,6 +11,7 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from proxy.ingest.adopt import AdoptRequest, adopt
 from proxy.ingest.archive import archive, unarchive
 from proxy.ingest.backfill import Options
 from proxy.ingest.documents import Document, checked, parse_doc_id
@@ -21,6 +22,7 @@ from proxy.ingest.writer import DocumentResult
 from proxy.state.base import plan_key, quality_key
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES, read_json
 from proxy.web.errors import json_response
+from proxy.web.handlers.admin import operator_of
 from proxy.web.keys import BACKFILL, INGESTOR, SETTINGS, WATCHER
 from rollout_rules.errors import NotFoundError, RuleError
 from rollout_rules.model import Rollout
@@ -145,3 +147,12 @@ async def run_quality(request: web.Request) -> web.Response:
     await request.app[INGESTOR].rules.record_verification(
         rollout.alias, quality_key(judgement.candidate), msgspec.to_builtins(judgement))
     return json_response(judgement)
+
+
+async def adopt_collection(request: web.Request) -> web.Response:
+    """Declare the alias with a collection the application wrote as its v1 (see
+    ``proxy.ingest.adopt``)."""
+    body = await read_json(request, AdoptRequest)
+    adoption = await adopt(request.app[INGESTOR], request.match_info["alias"], body,
+                           operator_of(request).actor)
+    return json_response(adoption)
