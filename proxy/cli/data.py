@@ -357,7 +357,8 @@ def cmd_adopt(args: argparse.Namespace, settings: Settings, environ: Mapping[str
              f"{a['text_field']!r}",
              f"  model       {a['model']}: {a['sampled']} stored texts re-encoded, median "
              f"cosine {a['median_cosine']:.4f} (lowest {a['min_cosine']:.4f})",
-             f"next: declare a candidate (embedshift apply), then embedshift backfill "
+             f"next: embedshift export {a['alias']} > rules.toml, add a candidate, embedshift "
+             f"init {a['alias']} --file rules.toml --force, then embedshift backfill "
              f"{a['alias']}; ids stay yours, no point of {a['collection']} is rewritten"]
     return a, "\n".join(lines)
 

@@ -11,6 +11,8 @@ import warnings
 import pytest
 
 from loadtest.bench_proxy import free_port
+from proxy.cli.main import main
+from proxy.models.builtin import L3_ID, L6_ID
 from tests.integration.cli.conftest import StartServing, wait_ready
 from tests.integration.qdrant_api.clients import version_checked
 from tests.readme import README
@@ -29,10 +31,13 @@ def _unscored(output: str) -> list[str]:
     return [re.sub(r" \d\.\d+ ", " ", line) for line in output.splitlines()]
 
 
-@pytest.mark.parametrize("name", ["qdrant-app", "langchain-app"])
-async def test_the_readmes_programs_run_as_shown(start_serving: StartServing, name: str) -> None:
+@pytest.mark.parametrize("name", ["qdrant-app", "langchain-app", "adopt-app"])
+async def test_the_readmes_programs_run_as_shown(start_serving: StartServing, name: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     qdrant_port = free_port()
-    serving = start_serving(EMBEDSHIFT_QDRANT_PORT=str(qdrant_port))
+    serving = start_serving(EMBEDSHIFT_QDRANT_PORT=str(qdrant_port),
+                            EMBEDSHIFT_QDRANT_WRITE_KEY="write-secret",
+                            EMBEDSHIFT_ADMIN_TOKEN="admin-secret")
     port = serving.port
     await wait_ready(serving, timeout_s=240)
     program, shown = _shown(name)
@@ -50,3 +55,11 @@ async def test_the_readmes_programs_run_as_shown(start_serving: StartServing, na
 
     assert await asyncio.to_thread(run) == shown
     assert '"api":"qdrant"' in serving.log.read_text()
+    if name == "adopt-app":  # and the README's adopt, refused then done, as it shows
+        env = {"EMBEDSHIFT_ADMIN_TOKEN": "admin-secret"}
+        for model, code in ((L6_ID, 3), (L3_ID, 0)):
+            args = ["adopt", "kb-docs", "--collection", "kb", "--model", model,
+                    "--url", serving.base]
+            assert await asyncio.to_thread(main, args, env) == code
+        said = capsys.readouterr()
+        assert "median cosine of 0.2" in said.err and "adopted kb as kb-docs v1" in said.out
