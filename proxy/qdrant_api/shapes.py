@@ -90,14 +90,42 @@ class Ask(NamedTuple):
 
 
 def read_query(body: QueryBody) -> Ask:
-    for name in ("prefetch", "lookup_from", "shard_key"):
+    for name in ("lookup_from", "shard_key"):
         if getattr(body, name) is not None:
             raise RuleError(name, "is not supported through embedshift: send the query text "
                                   "as a Document in `query`")
+    if body.prefetch is not None:
+        body = _through_prefetch(body)
     if body.using not in (None, ""):
         raise RuleError("using", "an alias has one vector, the unnamed one: leave `using` out")
     text, vector = _query_of(body.query)
     return _ask(text, vector, body)
+
+
+def _through_prefetch(body: QueryBody) -> QueryBody:
+    """One prefetch, under no query or a fusion of it alone, is its own query: an alias has one
+    vector, so there is nothing to fuse it with. Its filter and the outer one both apply."""
+    prefetch = body.prefetch
+    if isinstance(prefetch, list) and len(prefetch) == 1:
+        prefetch = prefetch[0]
+    if not isinstance(prefetch, dict):
+        raise RuleError("prefetch", "one prefetch is served (an alias has one vector: there "
+                                    "is nothing to fuse it with)")
+    unknown = set(prefetch) - {"query", "filter", "limit", "score_threshold", "using", "params"}
+    if unknown:
+        raise RuleError(f"prefetch.{sorted(unknown)[0]}", "is not served through embedshift")
+    outer = body.query
+    if outer is not None and not (isinstance(outer, dict) and set(outer) == {"fusion"}):
+        raise RuleError("query", "over a prefetch only a fusion is served: put the text in the "
+                                 "prefetch's query, or drop the prefetch")
+    filters = [f for f in (body.filter, prefetch.get("filter")) if f is not None]
+    threshold = body.score_threshold if body.score_threshold is not None else \
+        prefetch.get("score_threshold")
+    return msgspec.structs.replace(
+        body, prefetch=None, query=prefetch.get("query"),
+        using=prefetch.get("using") or body.using,
+        filter=filters[0] if len(filters) == 1 else ({"must": filters} if filters else None),
+        score_threshold=threshold)
 
 
 def read_search(body: SearchBody) -> Ask:

@@ -91,12 +91,21 @@ async def test_the_sync_client_lists_describes_and_queries_an_alias(served: Serv
             return client.query_points("products", query=_document("warm jacket for winter"),
                                        **kwargs).points
 
+    def query_prefetched(user: str, prefetch: models.Prefetch) -> list[models.ScoredPoint]:
+        with headers({"x-qdrant-route-affinity": user}):
+            return client.query_points("products", prefetch=prefetch, limit=5,
+                                       query=models.FusionQuery(fusion=models.Fusion.RRF)).points
+
     points = await asyncio.to_thread(query, "alice", limit=5)
     native = await served.proxy.search(query="warm jacket for winter", user_id="alice", limit=5)
     assert [p.id for p in points] == [h["id"] for h in native["hits"]]
     assert [p.payload for p in points] == [h["payload"] for h in native["hits"]]
     assert all("_embedshift" not in (p.payload or {}) for p in points)
 
+    fused = await asyncio.to_thread(  # a hybrid-search shape: one prefetch, fused alone
+        query_prefetched, "alice", models.Prefetch(query=_document("warm jacket for winter"),
+                                                   limit=20))
+    assert [p.id for p in fused] == [p.id for p in points]
     page = await asyncio.to_thread(query, "alice", limit=2, offset=2)
     assert [p.id for p in page] == [p.id for p in points[2:4]]
     cut = await asyncio.to_thread(query, "alice", limit=5, score_threshold=points[2].score)

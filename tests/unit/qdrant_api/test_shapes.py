@@ -55,7 +55,9 @@ def test_a_list_of_numbers_is_a_vector_under_query_or_legacy_search() -> None:
     ({"query": {"recommend": {"positive": [1]}}}, "query", "recommend"),
     ({"query": {"nearest": [1, True]}}, "query", "list of numbers"),
     ({"query": {"text": 5, "model": "m"}}, "query.text", "string"),
-    ({"query": [1.0], "prefetch": [{"query": [1.0]}]}, "prefetch", "not supported"),
+    ({"query": [1.0], "prefetch": [{"query": [1.0]}]}, "query", "only a fusion"),
+    ({"prefetch": [{"query": [1.0]}, {"query": [2.0]}]}, "prefetch", "one prefetch"),
+    ({"prefetch": {"query": [1.0], "prefetch": {}}}, "prefetch.prefetch", "not served"),
     ({"query": [1.0], "using": "dense"}, "using", "unnamed"),
     ({"query": [1.0], "with_vector": True}, "with_vector", "not returned"),
     ({"query": [1.0], "limit": 90, "offset": 20}, "limit", "at most 100"),
@@ -134,3 +136,14 @@ def test_deletes_name_points_by_id_and_a_filter_is_refused() -> None:
         point_ids({"filter": {"must": []}})
     assert record(7, {"a": 1, "_embedshift": {"text": "secret"}}, Selector(True)) == \
         {"id": 7, "payload": {"a": 1}, "vector": None}
+
+
+def test_one_prefetch_under_no_query_or_a_fusion_is_its_own_query_with_both_filters() -> None:
+    inner = {"must": [{"key": "a", "match": {"value": 1}}]}
+    outer = {"must": [{"key": "b", "match": {"value": 2}}]}
+    ask = read_query(_query(prefetch=[{"query": {"text": "lake", "model": "m"}, "limit": 50,
+                                       "filter": inner}],
+                            query={"fusion": "rrf"}, filter=outer, limit=3))
+    assert (ask.text, ask.limit, ask.filter) == ("lake", 3, {"must": [outer, inner]})
+    bare = read_query(_query(prefetch={"query": [0.5], "score_threshold": 0.2}))
+    assert (bare.vector, bare.filter, bare.score_threshold) == ([0.5], None, 0.2)
