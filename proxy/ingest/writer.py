@@ -21,6 +21,7 @@ import msgspec
 import numpy as np
 import structlog
 from numpy.typing import NDArray
+from qdrant_client import models
 
 from proxy.ingest.documents import (
     DocId,
@@ -160,6 +161,17 @@ class Ingestor:
             raise DocumentNotFound(rollout.alias, doc_id)
         await self.update_coverage(rollout)
         return removed
+
+    async def delete_where(self, rollout: Rollout, query_filter: models.Filter) -> list[str]:
+        """Remove the documents matching ``query_filter`` (on the application's payload) from
+        every declared version; the versions it ran in."""
+        ran = []
+        for version in rollout.versions:
+            if await self.store.describe(version.target) is not None:
+                await self.store.delete_where(version.target, query_filter)
+                ran.append(version.name)
+        await self.update_coverage(rollout)
+        return ran
 
     async def update_coverage(self, rollout: Rollout) -> list[Coverage]:
         """Count every active version against stable and record it; only a figure that differs

@@ -44,6 +44,7 @@ from proxy.qdrant_api.shapes import (
 from proxy.serving.embed import Embedder
 from proxy.serving.search import Searcher, SearchRequest, SearchResponse
 from proxy.telemetry import Attr
+from proxy.vectors.base import UNRECORDED_MODEL, parse_filter
 from rollout_rules.errors import (
     BackendError,
     DocumentNotFound,
@@ -315,12 +316,17 @@ async def delete_points(request: web.Request) -> web.Response:
     Qdrant)."""
     started = time.perf_counter()
     parts = request.app[PARTS]
-    ids = point_ids(await _raw(request))
+    body = await _raw(request)
+    where = parse_filter(body.get("filter")) if "filter" in body else None
+    ids = [] if where is not None else point_ids(body)
     own = await plain(parts.searcher, request.match_info["name"])
     if own is not None:
-        await parts.searcher.store.delete(own.target, ids)
+        await (parts.searcher.store.delete_where(own.target, where) if where is not None
+               else parts.searcher.store.delete(own.target, ids))
         return _json({"operation_id": 0, "status": "completed"}, started)
     rollout = parts.searcher.rollout(request.match_info["name"])
+    if where is not None:
+        await parts.ingestor.delete_where(rollout, where)
     for doc_id in ids:
         with contextlib.suppress(DocumentNotFound):  # already gone
             await parts.ingestor.delete(rollout, doc_id)
@@ -360,17 +366,17 @@ async def _records(request: web.Request, ids: list[int | str], with_payload: Any
         raise RuleError("with_vector", "vectors are not returned through embedshift")
     selector = read_selector(with_payload)
     version = await _routed(request)
+    own = version.model == UNRECORDED_MODEL  # the application's own: ids as they are
     stored = await request.app[PARTS].searcher.store.retrieve(
-        version.target, [point_id(i, version) for i in ids])
+        version.target, ids if own else [point_id(i, version) for i in ids])
     return [record(doc_id_of(point), point.payload, selector) for point in stored]
 
 
 async def scroll(request: web.Request) -> web.Response:
     started = time.perf_counter()
     body = await _raw(request)
-    for name in ("filter", "order_by"):
-        if body.get(name) is not None:
-            raise RuleError(name, "is not served yet through embedshift")
+    if body.get("order_by") is not None:
+        raise RuleError("order_by", "is not served yet through embedshift")
     if body.get("with_vector", body.get("with_vectors")) not in (None, False):
         raise RuleError("with_vector", "vectors are not returned through embedshift")
     limit = body.get("limit", 10)
@@ -379,7 +385,8 @@ async def scroll(request: web.Request) -> web.Response:
     selector = read_selector(body.get("with_payload"))
     version = await _routed(request)
     points, after = await request.app[PARTS].searcher.store.scroll(
-        version.target, body.get("offset"), limit)
+        version.target, body.get("offset"), limit,
+        query_filter=parse_filter(body.get("filter")))
     return _json({"points": [record(doc_id_of(p), p.payload, selector) for p in points],
                   "next_page_offset": after}, started, version.name)
 
@@ -387,10 +394,9 @@ async def scroll(request: web.Request) -> web.Response:
 async def count(request: web.Request) -> web.Response:
     started = time.perf_counter()
     body = await _raw(request)
-    if body.get("filter") is not None:
-        raise RuleError("filter", "counting by filter is not served yet through embedshift")
+    where = parse_filter(body.get("filter"))
     version = await _routed(request)
     store = request.app[PARTS].searcher.store
     written = await store.describe(version.target) is not None  # else nothing yet: 0
-    return _json({"count": await store.count(version.target) if written else 0}, started,
-                 version.name)
+    return _json({"count": await store.count(version.target, where) if written else 0},
+                 started, version.name)

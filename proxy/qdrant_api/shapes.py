@@ -317,8 +317,6 @@ def _point(where: str, point_id: Any, vector: Any, payload: Any) -> Incoming:
 
 def point_ids(body: Any, field: str = "points") -> list[int | str]:
     """The ids of a delete (``{"points": [...]}``) or a retrieve (``{"ids": [...]}``)."""
-    if isinstance(body, dict) and "filter" in body:
-        raise RuleError("filter", "selecting points by filter is not served yet: name them by id")
     ids = body.get(field) if isinstance(body, dict) else None
     if not isinstance(ids, list) or not all(
             isinstance(i, int | str) and not isinstance(i, bool) for i in ids):

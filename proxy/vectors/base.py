@@ -92,10 +92,12 @@ class VectorStore(Protocol):
     async def describe(self, target: Target) -> CollectionInfo | None: ...
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,
-                     fields: Sequence[str] | None = None, vectors: bool = False
+                     fields: Sequence[str] | None = None, vectors: bool = False, *,
+                     query_filter: models.Filter | None = None
                      ) -> tuple[list[Stored], PointId | None]:
-        """A page of the version's points in id order, and the offset of the next page (None
-        after the last); ``fields`` picks payload keys (None: the whole payload)."""
+        """A page of the version's points (matching ``query_filter``) in id order, and the
+        offset of the next page (None after the last); ``fields`` picks payload keys (None:
+        the whole payload)."""
         ...
 
     async def drop(self, target: Target) -> None:
@@ -109,8 +111,13 @@ class VectorStore(Protocol):
         (the version's own) if asked."""
         ...
 
-    async def count(self, target: Target) -> int:
-        """How many points the version has (only its own in a shared collection)."""
+    async def count(self, target: Target, query_filter: models.Filter | None = None) -> int:
+        """How many points the version has (only its own in a shared collection), of those
+        matching ``query_filter`` if given."""
+        ...
+
+    async def delete_where(self, target: Target, query_filter: models.Filter) -> None:
+        """Delete the version's points that match ``query_filter``."""
         ...
 
     async def collections(self) -> list[str]:

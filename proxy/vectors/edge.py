@@ -193,11 +193,12 @@ class EdgeStore:
                               points=info.points_count)
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,
-                     fields: Sequence[str] | None = None, vectors: bool = False
+                     fields: Sequence[str] | None = None, vectors: bool = False, *,
+                     query_filter: models.Filter | None = None
                      ) -> tuple[list[Stored], PointId | None]:
         request = edge.ScrollRequest(offset=offset, limit=limit, with_vector=vectors,
                                      with_payload=_payload(fields),
-                                     filter=to_edge_filter(with_target(None, target)))
+                                     filter=to_edge_filter(with_target(query_filter, target)))
         shard = await self._shard(target.collection)
         with backend_errors(target.collection, "scroll"):
             records, following = await self._call(shard.scroll, request)
@@ -229,11 +230,19 @@ class EdgeStore:
             records = await self._call(shard.retrieve, list(ids), _payload(fields), vectors)
         return [stored(r, target.vector_name) for r in records]
 
-    async def count(self, target: Target) -> int:
-        request = edge.CountRequest(exact=True, filter=to_edge_filter(with_target(None, target)))
+    async def count(self, target: Target, query_filter: models.Filter | None = None) -> int:
+        request = edge.CountRequest(exact=True, filter=to_edge_filter(
+            with_target(query_filter, target)))
         shard = await self._shard(target.collection)
         with backend_errors(target.collection, "count"):
             return int(await self._call(shard.count, request))
+
+    async def delete_where(self, target: Target, query_filter: models.Filter) -> None:
+        where = to_edge_filter(with_target(query_filter, target))
+        assert where is not None, "a filter was given"
+        shard = await self._shard(target.collection)
+        with backend_errors(target.collection, "delete"):
+            await self._call(shard.update, edge.UpdateOperation.delete_points_by_filter(where))
 
     async def delete(self, target: Target, ids: Sequence[PointId]) -> None:
         shard = await self._shard(target.collection)

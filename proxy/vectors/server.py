@@ -115,11 +115,12 @@ class ServerStore:
                               points=info.points_count or 0)
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,
-                     fields: Sequence[str] | None = None, vectors: bool = False
+                     fields: Sequence[str] | None = None, vectors: bool = False, *,
+                     query_filter: models.Filter | None = None
                      ) -> tuple[list[Stored], PointId | None]:
         with backend_errors(target.collection, "scroll"):
             records, following = await self.client.scroll(
-                target.collection, scroll_filter=with_target(None, target), limit=limit,
+                target.collection, scroll_filter=with_target(query_filter, target), limit=limit,
                 offset=offset, with_payload=True if fields is None else list(fields),
                 with_vectors=vectors)
         return ([stored(r, target.vector_name) for r in records],
@@ -142,11 +143,18 @@ class ServerStore:
             if await self.client.collection_exists(target.collection):
                 await self.client.delete_collection(target.collection)
 
-    async def count(self, target: Target) -> int:
+    async def count(self, target: Target, query_filter: models.Filter | None = None) -> int:
         with backend_errors(target.collection, "count"):
-            result = await self.client.count(target.collection,
-                                             count_filter=with_target(None, target), exact=True)
+            result = await self.client.count(
+                target.collection, count_filter=with_target(query_filter, target), exact=True)
         return result.count
+
+    async def delete_where(self, target: Target, query_filter: models.Filter) -> None:
+        where = with_target(query_filter, target)
+        assert where is not None, "a filter was given"
+        with backend_errors(target.collection, "delete"):
+            await self.client.delete(target.collection,
+                                     points_selector=models.FilterSelector(filter=where))
 
     async def delete(self, target: Target, ids: Sequence[PointId]) -> None:
         with backend_errors(target.collection, "delete"):

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from qdrant_client import models
 
 from proxy.vectors.base import (
     RESERVED,
@@ -148,6 +149,31 @@ async def test_collections_lists_what_was_created_and_an_unrecorded_model_is_no_
     assert mismatches(adopted, info) == []
     await store.drop(plain.target)
     assert await store.collections() == ["ours"]
+
+
+async def test_count_scroll_and_delete_by_filter_keep_to_the_versions_own_points(
+        store: VectorStore) -> None:
+    v1 = _version("v1", Target(collection="shared", payload_match={"model_version": "v1"}))
+    v2 = _version("v2", Target(collection="shared", payload_match={"model_version": "v2"}))
+    await store.ensure_collection(v1.target, v1, [v2])
+    for version, first in ((v1, 0), (v2, 10)):
+        await store.upsert(version.target, [
+            PointIn(i, [float(i + 1)] * 8, {"kind": "odd" if i % 2 else "even",
+                                            "model_version": version.name})
+            for i in range(first, first + 6)])
+    odd = parse_filter({"must": [{"key": "kind", "match": {"value": "odd"}}]})
+    assert odd is not None
+    assert await store.count(v1.target, odd) == 3 and await store.count(v1.target) == 6
+    page, _ = await store.scroll(v1.target, None, 10, query_filter=odd)
+    assert sorted(p.id for p in page) == [1, 3, 5]
+    await store.delete_where(v1.target, odd)
+    assert await store.count(v1.target) == 3 and await store.count(v2.target, odd) == 3
+    reserved = models.Filter(must=[models.FieldCondition(  # built past parse_filter's check
+        key=f"{RESERVED}.text", match=models.MatchText(text="x"))])
+    with pytest.raises(RuleError, match="cannot be filtered on"):
+        await store.count(v1.target, reserved)  # the store refuses it too
+    with pytest.raises(RuleError, match="cannot be filtered on"):
+        await store.delete_where(v1.target, reserved)
 
 
 def test_a_filter_that_is_not_a_qdrant_filter_is_refused() -> None:

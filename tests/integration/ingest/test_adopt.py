@@ -80,6 +80,8 @@ async def test_a_collection_the_application_wrote_is_adopted_and_migrated(
         return client
 
     client = await asyncio.to_thread(write)
+    [mine] = await asyncio.to_thread(client.retrieve, "kb", [ids[0]])  # a UUID, as written
+    assert mine.id == ids[0] and mine.payload == {"page_content": texts[0], "metadata": {"n": 0}}
     assert [c.name for c in (await asyncio.to_thread(client.get_collections)).collections] == \
         ["kb"]
 

@@ -102,6 +102,15 @@ async def test_documents_reach_every_version_under_the_writers_ids(served: Serve
         assert await store.count(version.target) == 3
     assert await asyncio.to_thread(client.retrieve, "notes", [1]) == []
 
+    by_n = models.Filter(must=[models.FieldCondition(key="n", match=models.MatchValue(
+        value="2"))])
+    assert (await asyncio.to_thread(client.count, "notes", by_n)).count == 1
+    found, _ = await asyncio.to_thread(lambda: client.scroll("notes", scroll_filter=by_n))
+    assert [r.id for r in found] == [2]
+    await asyncio.to_thread(client.delete, "notes", models.FilterSelector(filter=by_n))
+    for version in rollout.versions:  # by filter too, from every version
+        assert await store.count(version.target) == 2
+
 
 async def test_the_writers_own_vectors_go_to_stable_and_the_backfill_brings_their_text(
         served: Served) -> None:

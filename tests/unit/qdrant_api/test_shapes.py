@@ -130,10 +130,11 @@ def test_an_upsert_that_cannot_be_read_names_its_field(body: dict[str, Any], fie
     assert refused.value.field == field
 
 
-def test_deletes_name_points_by_id_and_a_filter_is_refused() -> None:
+def test_deletes_and_retrieves_name_points_by_id() -> None:
     assert point_ids({"points": [1, "u"]}) == [1, "u"]
-    with pytest.raises(RuleError, match="by filter"):
-        point_ids({"filter": {"must": []}})
+    assert point_ids({"ids": [2]}, "ids") == [2]
+    with pytest.raises(RuleError, match="list of point ids"):
+        point_ids({"points": [True]})
     assert record(7, {"a": 1, "_embedshift": {"text": "secret"}}, Selector(True)) == \
         {"id": 7, "payload": {"a": 1}, "vector": None}
 
