@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 import numpy as np
@@ -33,9 +33,9 @@ from proxy.ingest.documents import (
 )
 from proxy.models.encoders import TextModel
 from proxy.state.base import RuleStore
-from proxy.vectors.base import PointIn, VectorStore, id_of_key
+from proxy.vectors.base import RESERVED, PointId, PointIn, VectorStore, id_of_key
 from rollout_rules.errors import BackendError, DocumentNotFound, ModelError, RuleError
-from rollout_rules.model import Rollout, Version
+from rollout_rules.model import Rollout, Target, Version
 
 log = structlog.get_logger("embedshift.ingest")
 POPULAR_SAMPLE = 1000  # the most-answered documents the popularity-weighted share is read over
@@ -67,6 +67,37 @@ def active_versions(rollout: Rollout) -> list[Version]:
 async def encode(model: TextModel, texts: Sequence[str]) -> NDArray[np.float32]:
     """Documents' vectors, off the event loop (the model is shared with the request path)."""
     return await asyncio.to_thread(model.embed_many, list(texts))
+
+
+class PayloadChange(msgspec.Struct, frozen=True, kw_only=True):
+    """What an application asks of its points' payloads: ``set`` keys, ``overwrite`` the
+    payload (its own part), ``delete`` keys, or ``clear`` it; by document ids or a filter."""
+
+    kind: Literal["set", "overwrite", "delete", "clear"]
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    keys: tuple[str, ...] = ()
+    ids: tuple[DocId, ...] | None = None
+    filter: models.Filter | None = None
+
+
+async def apply_payload_change(store: VectorStore, target: Target, change: PayloadChange,
+                               ids: list[PointId] | None, protected: set[str]) -> None:
+    """One version's (or one plain collection's) share of a payload change. Overwrite and clear
+    are by id: they remove the application's other keys, never ``protected`` ones."""
+    where = {"ids": ids} if ids is not None else {"query_filter": change.filter}
+    if change.kind in ("overwrite", "clear"):
+        if ids is None:
+            raise RuleError("filter", f"{change.kind} names its points by id")
+        stored = await store.retrieve(target, ids)
+        stale = {key for point in stored for key in point.payload} - protected
+        if change.kind == "overwrite":
+            stale -= set(change.payload)
+        if stale:
+            await store.delete_payload(target, sorted(stale), ids=ids)
+    if change.kind == "delete":
+        await store.delete_payload(target, list(change.keys), **where)
+    elif change.payload:
+        await store.set_payload(target, change.payload, **where)
 
 
 class Ingestor:
@@ -171,6 +202,25 @@ class Ingestor:
                 await self.store.delete_where(version.target, query_filter)
                 ran.append(version.name)
         await self.update_coverage(rollout)
+        return ran
+
+    async def update_payload(self, rollout: Rollout, change: PayloadChange) -> list[str]:
+        """Apply an application's payload change in every declared version that exists (its
+        documents by id, or those matching a filter on its payload); embedshift's envelope and
+        a shared layout's match keys are never touched. The versions it ran in."""
+        ran = []
+        for version in rollout.versions:
+            if await self.store.describe(version.target) is None:
+                continue
+            protected = {RESERVED, *version.target.payload_match}
+            touched = set(change.payload) | set(change.keys)
+            if touched & protected:
+                raise RuleError("payload", f"{sorted(touched & protected)[0]} is embedshift's "
+                                           "own and cannot be changed")
+            ids = (None if change.ids is None
+                   else [point_id(doc_id, version) for doc_id in change.ids])
+            await apply_payload_change(self.store, version.target, change, ids, protected)
+            ran.append(version.name)
         return ran
 
     async def update_coverage(self, rollout: Rollout) -> list[Coverage]:

@@ -50,6 +50,10 @@ WRITES: list[tuple[str, str, Handler]] = [
     ("PUT", "/collections/{name}/index", handlers.create_index),
     ("PUT", "/collections/{name}/points", handlers.upsert),
     ("POST", "/collections/{name}/points/delete", handlers.delete_points),
+    ("POST", "/collections/{name}/points/payload", handlers.set_payload),
+    ("PUT", "/collections/{name}/points/payload", handlers.overwrite_payload),
+    ("POST", "/collections/{name}/points/payload/delete", handlers.delete_payload),
+    ("POST", "/collections/{name}/points/payload/clear", handlers.clear_payload),
 ]
 """Routes that change what is stored: the write key, always."""
 ROUTES: list[tuple[str, str, Handler]] = [

@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.config import Settings
 from proxy.ingest.documents import Document, VectorPoint, checked, doc_id_of, point_id
-from proxy.ingest.writer import Ingestor
+from proxy.ingest.writer import Ingestor, apply_payload_change
 from proxy.qdrant_api.plain import (
     plain,
     plain_version,
@@ -33,6 +33,7 @@ from proxy.qdrant_api.shapes import (
     answer,
     collection_info,
     point_ids,
+    read_payload_change,
     read_points,
     read_query,
     read_search,
@@ -44,7 +45,7 @@ from proxy.qdrant_api.shapes import (
 from proxy.serving.embed import Embedder
 from proxy.serving.search import Searcher, SearchRequest, SearchResponse
 from proxy.telemetry import Attr
-from proxy.vectors.base import UNRECORDED_MODEL, parse_filter
+from proxy.vectors.base import RESERVED, UNRECORDED_MODEL, parse_filter
 from rollout_rules.errors import (
     BackendError,
     DocumentNotFound,
@@ -400,3 +401,35 @@ async def count(request: web.Request) -> web.Response:
     written = await store.describe(version.target) is not None  # else nothing yet: 0
     return _json({"count": await store.count(version.target, where) if written else 0},
                  started, version.name)
+
+
+async def _change_payload(request: web.Request, kind: str) -> web.Response:
+    """A payload change, in every version of an alias or in the application's collection."""
+    started = time.perf_counter()
+    parts = request.app[PARTS]
+    change = read_payload_change(kind, await _raw(request))
+    own = await plain(parts.searcher, request.match_info["name"])
+    if own is not None:
+        await apply_payload_change(parts.searcher.store, own.target, change,
+                                   None if change.ids is None else list(change.ids),
+                                   {RESERVED})
+    else:
+        await parts.ingestor.update_payload(
+            parts.searcher.rollout(request.match_info["name"]), change)
+    return _json({"operation_id": 0, "status": "completed"}, started)
+
+
+async def set_payload(request: web.Request) -> web.Response:
+    return await _change_payload(request, "set")
+
+
+async def overwrite_payload(request: web.Request) -> web.Response:
+    return await _change_payload(request, "overwrite")
+
+
+async def delete_payload(request: web.Request) -> web.Response:
+    return await _change_payload(request, "delete")
+
+
+async def clear_payload(request: web.Request) -> web.Response:
+    return await _change_payload(request, "clear")

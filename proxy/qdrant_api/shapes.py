@@ -14,7 +14,8 @@ from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
-from proxy.vectors.base import Hit
+from proxy.ingest.writer import PayloadChange
+from proxy.vectors.base import Hit, parse_filter
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Version
 
@@ -350,3 +351,25 @@ def read_vectors_config(body: Any) -> tuple[int, str]:
     if distance not in METRICS:
         raise RuleError("vectors.distance", f"must be one of {', '.join(METRICS)}")
     return size, METRICS[distance]
+
+
+def read_payload_change(kind: str, body: Any) -> PayloadChange:
+    """Qdrant's payload updates: ``{"payload" | "keys", "points" | "filter"}``."""
+    if not isinstance(body, dict):
+        raise RuleError("body", "must be an object")
+    if body.get("key") is not None:
+        raise RuleError("key", "setting a nested key is not served yet: set the whole key")
+    payload = body.get("payload", {}) if kind in ("set", "overwrite") else {}
+    if not isinstance(payload, dict):
+        raise RuleError("payload", "must be an object")
+    keys = body.get("keys", []) if kind == "delete" else []
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise RuleError("keys", "must be a list of payload keys")
+    for key in [*payload, *keys]:
+        if key.split(".", 1)[0].split("[", 1)[0] == RESERVED:
+            raise RuleError("payload", f"{RESERVED} is embedshift's own and cannot be changed")
+    if "filter" in body and body["filter"] is not None:
+        return PayloadChange(kind=kind, payload=payload, keys=tuple(keys),  # type: ignore[arg-type]
+                             filter=parse_filter(body["filter"]))
+    return PayloadChange(kind=kind, payload=payload, keys=tuple(keys),  # type: ignore[arg-type]
+                         ids=tuple(point_ids(body)))

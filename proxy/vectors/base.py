@@ -120,6 +120,19 @@ class VectorStore(Protocol):
         """Delete the version's points that match ``query_filter``."""
         ...
 
+    async def set_payload(self, target: Target, payload: dict[str, Any], *,
+                          ids: Sequence[PointId] | None = None,
+                          query_filter: models.Filter | None = None) -> None:
+        """Set keys of the payload of the version's points ``ids`` (or those matching
+        ``query_filter``), the other keys kept."""
+        ...
+
+    async def delete_payload(self, target: Target, keys: Sequence[str], *,
+                             ids: Sequence[PointId] | None = None,
+                             query_filter: models.Filter | None = None) -> None:
+        """Remove ``keys`` from the payload of the version's points ``ids`` (or matching)."""
+        ...
+
     async def collections(self) -> list[str]:
         """Every collection the store holds, by name."""
         ...

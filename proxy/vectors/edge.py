@@ -249,11 +249,39 @@ class EdgeStore:
         with backend_errors(target.collection, "delete"):
             await self._call(shard.update, edge.UpdateOperation.delete_points(list(ids)))
 
+    async def set_payload(self, target: Target, payload: dict[str, Any], *,
+                          ids: Sequence[PointId] | None = None,
+                          query_filter: models.Filter | None = None) -> None:
+        operation = (edge.UpdateOperation.set_payload(list(ids), payload) if ids is not None
+                     else edge.UpdateOperation.set_payload_by_filter(
+                         _where(query_filter, target), payload))
+        await self._update(target, operation, "set payload")
+
+    async def delete_payload(self, target: Target, keys: Sequence[str], *,
+                             ids: Sequence[PointId] | None = None,
+                             query_filter: models.Filter | None = None) -> None:
+        operation = (edge.UpdateOperation.delete_payload(list(ids), list(keys))
+                     if ids is not None else edge.UpdateOperation.delete_payload_by_filter(
+                         _where(query_filter, target), list(keys)))
+        await self._update(target, operation, "delete payload")
+
+    async def _update(self, target: Target, operation: Any, action: str) -> None:
+        shard = await self._shard(target.collection)
+        with backend_errors(target.collection, action):
+            await self._call(shard.update, operation)
+
     async def close(self) -> None:
         for shard in self._shards.values():
             shard.close()
         self._shards.clear()
         self._pool.shutdown(wait=True)
+
+
+def _where(query_filter: models.Filter | None, target: Target) -> Any:
+    """The engine's filter for the version's points matching ``query_filter`` (required)."""
+    if query_filter is None:
+        raise RuleError("filter", "name the points by id or by a filter")
+    return to_edge_filter(with_target(query_filter, target))
 
 
 def _payload(fields: Sequence[str] | None) -> Any:

@@ -8,6 +8,7 @@ BackendError naming the collection.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from qdrant_client import AsyncQdrantClient, models
 
@@ -30,6 +31,7 @@ from proxy.vectors.base import (
     stored,
     with_target,
 )
+from rollout_rules.errors import RuleError
 from rollout_rules.model import Target, Version
 
 ANSWER_PAYLOAD = models.PayloadSelectorExclude(exclude=ANSWER_EXCLUDES)
@@ -161,6 +163,20 @@ class ServerStore:
             await self.client.delete(target.collection,
                                      points_selector=models.PointIdsList(points=list(ids)))
 
+    async def set_payload(self, target: Target, payload: dict[str, Any], *,
+                          ids: Sequence[PointId] | None = None,
+                          query_filter: models.Filter | None = None) -> None:
+        with backend_errors(target.collection, "set payload"):
+            await self.client.set_payload(target.collection, payload,
+                                          points=_selector(target, ids, query_filter))
+
+    async def delete_payload(self, target: Target, keys: Sequence[str], *,
+                             ids: Sequence[PointId] | None = None,
+                             query_filter: models.Filter | None = None) -> None:
+        with backend_errors(target.collection, "delete payload"):
+            await self.client.delete_payload(target.collection, list(keys),
+                                             points=_selector(target, ids, query_filter))
+
     async def collections(self) -> list[str]:
         with backend_errors("*", "listing collections"):
             found = await self.client.get_collections()
@@ -172,3 +188,13 @@ class ServerStore:
 
 def _metric(distance: models.Distance) -> str:
     return {v: k for k, v in DISTANCES.items()}[distance.value]
+
+
+def _selector(target: Target, ids: Sequence[PointId] | None,
+              query_filter: models.Filter | None) -> Any:
+    if ids is not None:
+        return models.PointIdsList(points=list(ids))
+    where = with_target(query_filter, target)
+    if where is None:
+        raise RuleError("filter", "name the points by id or by a filter")
+    return models.FilterSelector(filter=where)

@@ -176,6 +176,29 @@ async def test_count_scroll_and_delete_by_filter_keep_to_the_versions_own_points
         await store.delete_where(v1.target, reserved)
 
 
+async def test_payload_keys_are_set_and_removed_by_id_or_filter_in_the_version_alone(
+        store: VectorStore) -> None:
+    v1 = _version("v1", Target(collection="shared", payload_match={"model_version": "v1"}))
+    v2 = _version("v2", Target(collection="shared", payload_match={"model_version": "v2"}))
+    await store.ensure_collection(v1.target, v1, [v2])
+    for version, first in ((v1, 0), (v2, 10)):
+        await store.upsert(version.target, [
+            PointIn(i, [float(i + 1)] * 8, {"kind": "a", "keep": i,
+                                            "model_version": version.name})
+            for i in range(first, first + 3)])
+    await store.set_payload(v1.target, {"tag": "x"}, ids=[0, 1])
+    kind_a = parse_filter({"must": [{"key": "kind", "match": {"value": "a"}}]})
+    await store.set_payload(v1.target, {"kind": "b"}, query_filter=kind_a)
+    await store.delete_payload(v1.target, ["keep"], ids=[1])
+    payloads = {p.id: p.payload for p in await store.retrieve(v1.target, [0, 1, 2])}
+    assert payloads == {
+        0: {"kind": "b", "keep": 0, "tag": "x", "model_version": "v1"},
+        1: {"kind": "b", "tag": "x", "model_version": "v1"},
+        2: {"kind": "b", "keep": 2, "model_version": "v1"}}
+    others = await store.retrieve(v2.target, [10, 11, 12])  # the other version untouched
+    assert all(p.payload["kind"] == "a" and "tag" not in p.payload for p in others)
+
+
 def test_a_filter_that_is_not_a_qdrant_filter_is_refused() -> None:
     with pytest.raises(RuleError) as caught:
         parse_filter({"must": [{"key": "a", "match": {"value": {"nested": 1}}}]})

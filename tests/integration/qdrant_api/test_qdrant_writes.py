@@ -22,6 +22,7 @@ from qdrant_client.context_headers import headers
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from proxy.config import Settings
+from proxy.ingest.documents import point_id
 from proxy.models.catalog import default_rollout
 from proxy.qdrant_api.app import make_qdrant_app
 from proxy.state.client import connect
@@ -110,6 +111,29 @@ async def test_documents_reach_every_version_under_the_writers_ids(served: Serve
     await asyncio.to_thread(client.delete, "notes", models.FilterSelector(filter=by_n))
     for version in rollout.versions:  # by filter too, from every version
         assert await store.count(version.target) == 2
+
+    def change_payloads() -> None:
+        client.set_payload("notes", {"tag": "kept", "n": "three"}, points=[3])
+        client.overwrite_payload("notes", {"only": "this"}, points=[NOTE])
+        client.delete_payload("notes", ["tag"], points=models.FilterSelector(filter=models.Filter(
+            must=[models.FieldCondition(key="n", match=models.MatchValue(value="three"))])))
+        client.set_payload("notes", {"seen": True}, points=[3])
+
+    await asyncio.to_thread(change_payloads)
+    for version in rollout.versions:  # every version, the envelope untouched
+        stored = {p.id: p.payload for p in await store.retrieve(version.target, [
+            3, point_id(NOTE, version)])}
+        assert {k: v for k, v in stored[3].items() if k != "_embedshift"} == {
+            "n": "three", "seen": True}
+        assert {k: v for k, v in stored[point_id(NOTE, version)].items()
+                if k != "_embedshift"} == {"only": "this"}
+        assert all(p["_embedshift"]["text"] for p in stored.values())
+    await asyncio.to_thread(client.clear_payload, "notes", [3])
+    [cleared] = await asyncio.to_thread(client.retrieve, "notes", [3])
+    assert cleared.payload == {}
+    with pytest.raises(UnexpectedResponse) as refused:
+        await asyncio.to_thread(client.set_payload, "notes", {"_embedshift": {}}, [3])
+    assert refused.value.status_code == 400
 
 
 async def test_the_writers_own_vectors_go_to_stable_and_the_backfill_brings_their_text(

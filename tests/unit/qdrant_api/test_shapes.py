@@ -13,6 +13,7 @@ from proxy.qdrant_api.shapes import (
     SearchBody,
     Selector,
     point_ids,
+    read_payload_change,
     read_points,
     read_query,
     read_search,
@@ -148,3 +149,18 @@ def test_one_prefetch_under_no_query_or_a_fusion_is_its_own_query_with_both_filt
     assert (ask.text, ask.limit, ask.filter) == ("lake", 3, {"must": [outer, inner]})
     bare = read_query(_query(prefetch={"query": [0.5], "score_threshold": 0.2}))
     assert (bare.vector, bare.filter, bare.score_threshold) == ([0.5], None, 0.2)
+
+
+def test_payload_changes_read_as_qdrant_sends_them_and_never_touch_the_envelope() -> None:
+    set_ = read_payload_change("set", {"payload": {"a": 1}, "points": [1, "u"]})
+    assert (set_.kind, set_.payload, set_.ids, set_.filter) == ("set", {"a": 1}, (1, "u"), None)
+    deleted = read_payload_change("delete", {"keys": ["a"], "filter": {"must": []}})
+    assert deleted.keys == ("a",) and deleted.ids is None and deleted.filter is not None
+    for kind, body, field in (("set", {"payload": {"_embedshift": 1}, "points": [1]}, "payload"),
+                              ("delete", {"keys": ["_embedshift.text"], "points": [1]},
+                               "payload"),
+                              ("set", {"payload": {"a": 1}, "key": "a.b", "points": [1]}, "key"),
+                              ("set", {"payload": 3, "points": [1]}, "payload")):
+        with pytest.raises(RuleError) as refused:
+            read_payload_change(kind, body)
+        assert refused.value.field == field
