@@ -68,6 +68,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/collections/{name}/aliases", handlers.collection_aliases),
     ("POST", "/collections/{name}/points/query", handlers.query),
     ("POST", "/collections/{name}/points/query/batch", handlers.query_batch),
+    ("POST", "/collections/{name}/points/query/groups", handlers.query_groups),
+    ("POST", "/collections/{name}/points/recommend", handlers.recommend),
     ("POST", "/collections/{name}/points/search", handlers.search),
     ("POST", "/collections/{name}/points/search/batch", handlers.search_batch),
     ("POST", "/collections/{name}/points", handlers.retrieve),

@@ -7,7 +7,7 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -23,16 +23,22 @@ from proxy.qdrant_api.plain import (
     version_collections,
 )
 from proxy.qdrant_api.shapes import (
+    MAX_WINDOW,
     QDRANT_VERSION,
     Ask,
+    GroupsBody,
     Incoming,
     QueryBatch,
     QueryBody,
+    Recommend,
     SearchBatch,
     SearchBody,
     answer,
+    average_vector,
     collection_info,
+    groups_of,
     point_ids,
+    read_groups,
     read_payload_change,
     read_points,
     read_query,
@@ -45,7 +51,14 @@ from proxy.qdrant_api.shapes import (
 from proxy.serving.embed import Embedder
 from proxy.serving.search import Searcher, SearchRequest, SearchResponse
 from proxy.telemetry import Attr
-from proxy.vectors.base import RESERVED, UNRECORDED_MODEL, parse_filter
+from proxy.vectors.base import (
+    RESERVED,
+    UNRECORDED_MODEL,
+    Hit,
+    VectorStore,
+    id_key,
+    parse_filter,
+)
 from rollout_rules.errors import (
     BackendError,
     DocumentNotFound,
@@ -202,10 +215,22 @@ async def get_collection(request: web.Request) -> web.Response:
                  None if own is not None else version.name)
 
 
-async def _one(request: web.Request, ask: Ask) -> tuple[dict[str, Any], str]:
-    """One query through the request path, in a server span like the native API's."""
+class Answered(NamedTuple):
+    hits: list[Hit]
+    version: Version  # whose collection answered (its metric reads the scores)
+    served_by: str  # the version's name; "" for the application's own collection
+
+
+async def _answered(request: web.Request, ask: Ask) -> Answered:
+    """One query: in the application's own collection, or through the request path in a
+    server span like the native API's."""
     parts = request.app[PARTS]
     alias = request.match_info["name"]
+    own = await plain(parts.searcher, alias)
+    if own is not None:
+        vector = ask.vector if ask.recommend is None else await _recommended(
+            parts.searcher.store, own.version, ask.recommend, own=True)
+        return Answered(await own.hits(ask._replace(vector=vector)), own.version, "")
     span = parts.tracer.start_span("POST /collections/{name}/points/query",
                                    kind=SpanKind.SERVER)
     try:
@@ -220,14 +245,26 @@ async def _one(request: web.Request, ask: Ask) -> tuple[dict[str, Any], str]:
     finally:
         span.end()
     version = parts.searcher.rollout(alias).version(found.model_version)
-    return {"points": scored_points(found.hits, ask, version)}, found.model_version
+    return Answered(found.hits, version, found.model_version)
 
 
 async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
                  span: Any) -> SearchResponse:
     """Text is routed and encoded; a vector is searched where it was made (its version when
-    this proxy handed it out from /v1/embeddings, else stable's)."""
+    this proxy handed it out from /v1/embeddings, else stable's); examples to recommend from
+    are looked up in the caller's version and searched there."""
     searcher = parts.searcher
+    if ask.recommend is not None:
+        version = searcher.route(alias, user, _random_key())
+        vector = await _recommended(searcher.store, version, ask.recommend)
+        examples = {id_key(x) for x in (*ask.recommend.positive, *ask.recommend.negative)
+                    if not isinstance(x, list)}
+        found = await searcher.search_vector(
+            alias, vector, limit=min(MAX_WINDOW, ask.window + len(examples)),
+            raw_filter=ask.filter, version=version.name, with_payload=ask.payload.wanted,
+            span=span)
+        return msgspec.structs.replace(found, hits=[
+            hit for hit in found.hits if id_key(hit.id) not in examples])
     if ask.vector is not None:
         space = await parts.embedder.space_of(alias, ask.vector)
         return await searcher.search_vector(alias, ask.vector, limit=ask.window,
@@ -238,12 +275,32 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
     return await searcher.search(alias, request, _random_key(), span)
 
 
+async def _recommended(store: VectorStore, version: Version, examples: Recommend,
+                       own: bool = False) -> list[float]:
+    """The average-vector query for ``examples``: ids are looked up in ``version`` (as they
+    are in the application's own collection, else as its documents)."""
+    ids = [x for x in (*examples.positive, *examples.negative) if not isinstance(x, list)]
+    stored = await store.retrieve(
+        version.target, ids if own else [point_id(i, version) for i in ids], vectors=True)
+    vectors = {id_key(doc_id_of(p)): p.vector for p in stored if p.vector is not None}
+
+    def vector(example: int | str | list[float]) -> list[float]:
+        if isinstance(example, list):
+            return example
+        found = vectors.get(id_key(example))
+        if found is None:
+            raise DocumentNotFound(version.target.collection, example)
+        return found
+
+    return average_vector([vector(x) for x in examples.positive],
+                          [vector(x) for x in examples.negative])
+
+
 async def _each(request: web.Request, asks: list[Ask]) -> list[tuple[dict[str, Any], str]]:
-    """Every query of a request, in an alias (routed) or in the application's own collection."""
-    own = await plain(request.app[PARTS].searcher, request.match_info["name"])
-    if own is not None:
-        return [(await own.query(ask), "") for ask in asks]
-    return [await _one(request, ask) for ask in asks]
+    """Every query of a request, as Qdrant's ``{"points": [...]}``, and who served it."""
+    answered = [await _answered(request, ask) for ask in asks]
+    return [({"points": scored_points(a.hits, ask, a.version)}, a.served_by)
+            for a, ask in zip(answered, asks, strict=True)]
 
 
 async def query(request: web.Request) -> web.Response:
@@ -433,3 +490,22 @@ async def delete_payload(request: web.Request) -> web.Response:
 
 async def clear_payload(request: web.Request) -> web.Response:
     return await _change_payload(request, "clear")
+
+
+async def query_groups(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    grouping = read_groups(await _body(request, GroupsBody))
+    answered = await _answered(request, grouping.ask)
+    return _json({"groups": groups_of(answered.hits, grouping, answered.version)}, started,
+                 answered.served_by or None)
+
+
+async def recommend(request: web.Request) -> web.Response:
+    """The legacy ``points/recommend``: examples by id or vector, the average-vector strategy."""
+    started = time.perf_counter()
+    body = await _raw(request)
+    examples = {key: body.pop(key) for key in ("positive", "negative", "strategy")
+                if key in body}
+    query_body = msgspec.convert({**body, "query": {"recommend": examples}}, QueryBody)
+    [(result, version)] = await _each(request, [read_query(query_body)])
+    return _json(result["points"], started, version or None)

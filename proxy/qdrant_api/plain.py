@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.qdrant_api.shapes import Ask, Incoming, read_selector, record, scored_points
+from proxy.qdrant_api.shapes import Ask, Incoming, read_selector, record
 from proxy.serving.search import Searcher
-from proxy.vectors.base import UNRECORDED_MODEL, PointIn, parse_filter
+from proxy.vectors.base import UNRECORDED_MODEL, Hit, PointIn, parse_filter
 from rollout_rules.errors import FeatureOff, NotFoundError, RuleError
 from rollout_rules.model import Target, Version
 
@@ -28,7 +28,7 @@ class Plain:
     def target(self) -> Target:
         return self.version.target
 
-    async def query(self, ask: Ask) -> dict[str, Any]:
+    async def hits(self, ask: Ask) -> list[Hit]:
         if ask.vector is None:
             raise RuleError("query", f"collection {self.target.collection} has no model to "
                                      "encode text with: send a vector, or declare an alias")
@@ -36,9 +36,8 @@ class Plain:
             raise RuleError("vector", f"has {len(ask.vector)} numbers; collection "
                                       f"{self.target.collection} holds "
                                       f"{self.version.dimensions}")
-        hits = await self.searcher.store.search(self.target, ask.vector, ask.window,
+        return await self.searcher.store.search(self.target, ask.vector, ask.window,
                                                 parse_filter(ask.filter), ask.payload.wanted)
-        return {"points": scored_points(hits, ask, self.version)}
 
     async def upsert(self, points: list[Incoming]) -> None:
         for n, point in enumerate(points):

@@ -74,6 +74,11 @@ class Selector(NamedTuple):
     exclude: frozenset[str] = frozenset()
 
 
+class Recommend(NamedTuple):
+    positive: list[int | str | list[float]]
+    negative: list[int | str | list[float]]
+
+
 class Ask(NamedTuple):
     """One query, read: text or a raw vector, and how to page, cut and shape its hits."""
 
@@ -84,6 +89,7 @@ class Ask(NamedTuple):
     offset: int
     score_threshold: float | None
     payload: Selector
+    recommend: Recommend | None = None  # examples to recommend from, instead of text or vector
 
     @property
     def window(self) -> int:
@@ -97,6 +103,8 @@ def read_query(body: QueryBody) -> Ask:
                                   "as a Document in `query`")
     if body.prefetch is not None:
         body = _through_prefetch(body)
+    if isinstance(body.query, dict) and set(body.query) == {"recommend"}:
+        return _ask(None, None, body)._replace(recommend=read_recommend(body.query["recommend"]))
     if body.using not in (None, ""):
         raise RuleError("using", "an alias has one vector, the unnamed one: leave `using` out")
     text, vector = _query_of(body.query)
@@ -373,3 +381,83 @@ def read_payload_change(kind: str, body: Any) -> PayloadChange:
                              filter=parse_filter(body["filter"]))
     return PayloadChange(kind=kind, payload=payload, keys=tuple(keys),  # type: ignore[arg-type]
                          ids=tuple(point_ids(body)))
+
+
+class GroupsBody(QueryBody, frozen=True, kw_only=True):
+    """Qdrant's ``points/query/groups``: a query whose hits are grouped by a payload key."""
+
+    group_by: str
+    group_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_WINDOW)] = 3
+    with_lookup: Any = None
+
+
+class Grouping(NamedTuple):
+    ask: Ask  # the query, searched as deep as a query may go, payload kept for grouping
+    shown: Selector  # what each hit shows of its payload
+    group_by: str
+    group_size: int
+    groups: int
+
+
+def read_groups(body: GroupsBody) -> Grouping:
+    if body.with_lookup is not None:
+        raise RuleError("with_lookup", "is not served through embedshift")
+    if body.group_by.replace('"', "").split(".", 1)[0].split("[", 1)[0] == RESERVED:
+        raise RuleError("group_by", f"{RESERVED} is embedshift's own")
+    ask = read_query(msgspec.structs.replace(body, limit=MAX_WINDOW, offset=None))
+    return Grouping(ask._replace(payload=Selector(True)), ask.payload, body.group_by,
+                    body.group_size, body.limit)
+
+
+def groups_of(hits: list[Hit], grouping: Grouping, version: Version) -> list[dict[str, Any]]:
+    """Hits grouped by the value (or each value, for a list) of ``group_by`` in their payload,
+    groups in order of their best hit, at most ``group_size`` hits and ``groups`` groups."""
+    points = scored_points(hits, grouping.ask, version)
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for point in points:
+        value = _at(point["payload"] or {}, grouping.group_by)
+        for key in value if isinstance(value, list) else [value]:
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                continue
+            members = groups.setdefault(key, [])
+            if len(members) < grouping.group_size:
+                members.append({**point, "payload": _select(point["payload"], grouping.shown)})
+    return [{"id": key, "hits": members}
+            for key, members in list(groups.items())[:grouping.groups]]
+
+
+def _at(payload: dict[str, Any], path: str) -> Any:
+    value: Any = payload
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def read_recommend(raw: Any, field: str = "query.recommend") -> Recommend:
+    """Examples to recommend from, ids or vectors; only the average-vector strategy."""
+    if not isinstance(raw, dict):
+        raise RuleError(field, "must be {\"positive\": [...], \"negative\": [...]}")
+    if raw.get("strategy") not in (None, "average_vector"):
+        raise RuleError(f"{field}.strategy", "only average_vector is served")
+    examples = []
+    for side in ("positive", "negative"):
+        given = raw.get(side) or []
+        if not isinstance(given, list) or not all(
+                isinstance(x, int | str | list) and not isinstance(x, bool) for x in given):
+            raise RuleError(f"{field}.{side}", "must be a list of point ids or vectors")
+        examples.append([_numbers(x, f"{field}.{side}") if isinstance(x, list) else x
+                         for x in given])
+    if not examples[0]:
+        raise RuleError(f"{field}.positive", "at least one example is needed")
+    return Recommend(*examples)
+
+
+def average_vector(positive: list[list[float]], negative: list[list[float]]) -> list[float]:
+    """Qdrant's average_vector strategy: the positives' mean, pushed away from the
+    negatives' mean by the same distance."""
+    size = len(positive[0])
+    mean_pos = [sum(v[i] for v in positive) / len(positive) for i in range(size)]
+    if not negative:
+        return mean_pos
+    mean_neg = [sum(v[i] for v in negative) / len(negative) for i in range(size)]
+    return [2 * p - n for p, n in zip(mean_pos, mean_neg, strict=True)]

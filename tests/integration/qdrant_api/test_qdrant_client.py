@@ -225,3 +225,26 @@ async def test_the_read_key_is_asked_for_when_set(proxies: ProxyFactory) -> None
         keyed = await asyncio.to_thread(_client, served.url, api_key=READ_KEY)
         names = await asyncio.to_thread(keyed.get_collections)
         assert names.collections[0].name == "products"
+
+
+async def test_groups_and_recommendations_come_from_the_callers_version(served: Served) -> None:
+    client = await asyncio.to_thread(_client, served.url)
+    native = await served.proxy.search(query="warm jacket for winter", user_id="carol", limit=3)
+
+    def ask() -> tuple[Any, Any]:
+        with headers({"x-qdrant-route-affinity": "carol"}):
+            groups = client.query_points_groups(
+                "products", group_by="category", limit=3, group_size=2,
+                query=_document("warm jacket for winter"))
+            liked, disliked = native["hits"][0]["id"], native["hits"][1]["id"]
+            similar = client.query_points("products", limit=4, query=models.RecommendQuery(
+                recommend=models.RecommendInput(positive=[liked], negative=[disliked])))
+        return groups, similar
+
+    groups, similar = await asyncio.to_thread(ask)
+    assert len(groups.groups) == 3 and all(1 <= len(g.hits) <= 2 for g in groups.groups)
+    assert len({g.id for g in groups.groups}) == 3
+    assert all((h.payload or {})["category"] == g.id for g in groups.groups for h in g.hits)
+    assert groups.groups[0].hits[0].id == native["hits"][0]["id"]  # the best hit leads
+    ids = [p.id for p in similar.points]
+    assert len(ids) == 4 and not {native["hits"][0]["id"], native["hits"][1]["id"]} & set(ids)

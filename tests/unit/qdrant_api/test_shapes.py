@@ -8,14 +8,20 @@ import msgspec
 import pytest
 
 from proxy.qdrant_api.shapes import (
+    GroupsBody,
     Incoming,
     QueryBody,
+    Recommend,
     SearchBody,
     Selector,
+    average_vector,
+    groups_of,
     point_ids,
+    read_groups,
     read_payload_change,
     read_points,
     read_query,
+    read_recommend,
     read_search,
     read_selector,
     record,
@@ -53,7 +59,7 @@ def test_a_list_of_numbers_is_a_vector_under_query_or_legacy_search() -> None:
     ({"query": "c0ffee00-0000-0000-0000-000000000000"}, "query", "point id"),
     ({"query": 7}, "query", "point id"),
     ({}, "query", "a query is needed"),
-    ({"query": {"recommend": {"positive": [1]}}}, "query", "recommend"),
+    ({"query": {"discover": {"target": 1}}}, "query", "discover"),
     ({"query": {"nearest": [1, True]}}, "query", "list of numbers"),
     ({"query": {"text": 5, "model": "m"}}, "query.text", "string"),
     ({"query": [1.0], "prefetch": [{"query": [1.0]}]}, "query", "only a fusion"),
@@ -164,3 +170,32 @@ def test_payload_changes_read_as_qdrant_sends_them_and_never_touch_the_envelope(
         with pytest.raises(RuleError) as refused:
             read_payload_change(kind, body)
         assert refused.value.field == field
+
+
+def test_hits_are_grouped_by_a_payload_value_best_first_within_the_sizes() -> None:
+    hits = [Hit(id=n, score=1 - n / 10, payload={"c": c, "x": n})
+            for n, c in enumerate(["a", "b", "a", "a", ["b", "c"], None])]
+    grouping = read_groups(msgspec.convert({"query": [1.0], "group_by": "c", "group_size": 2,
+                                            "limit": 2, "with_payload": ["x"]}, GroupsBody))
+    groups = groups_of(hits, grouping, _version("cosine"))
+    assert [(g["id"], [h["id"] for h in g["hits"]]) for g in groups] == [("a", [0, 2]),
+                                                                          ("b", [1, 4])]
+    assert groups[0]["hits"][0]["payload"] == {"x": 0}  # the selector still applies
+
+
+def test_recommendations_average_their_examples_as_qdrant_does() -> None:
+    examples = read_recommend({"positive": [1, [0.0, 2.0]], "negative": ["u"]})
+    assert examples == Recommend([1, [0.0, 2.0]], ["u"])
+    assert average_vector([[1.0, 0.0], [3.0, 2.0]], [[0.0, 1.0]]) == [4.0, 1.0]
+    assert average_vector([[1.0, 3.0]], []) == [1.0, 3.0]
+    for raw, field in (({"positive": []}, "query.recommend.positive"),
+                       ({"positive": [1], "strategy": "best_score"},
+                        "query.recommend.strategy"),
+                       ({"positive": [True]}, "query.recommend.positive")):
+        with pytest.raises(RuleError) as refused:
+            read_recommend(raw)
+        assert refused.value.field == field
+    with pytest.raises(RuleError) as refused:
+        read_groups(msgspec.convert({"query": [1.0], "group_by": "_embedshift.text"},
+                                    GroupsBody))
+    assert refused.value.field == "group_by"
