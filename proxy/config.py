@@ -51,6 +51,8 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     qdrant_affinity_header  EMBEDSHIFT_QDRANT_AFFINITY_HEADER  a header holding the caller's
                                                    sticky key there, before Qdrant's own
                                                    x-qdrant-route-affinity
+    qdrant_affinity_from_key  EMBEDSHIFT_QDRANT_AFFINITY_FROM_KEY  without one, the caller's
+                                                   api-key (hashed) is its sticky key (off)
     handed_out_ttl_s    EMBEDSHIFT_HANDED_OUT_TTL_S  how long a vector from /v1/embeddings is
                                                    known as its version's (3600)
     config file:        EMBEDSHIFT_CONFIG
@@ -107,6 +109,7 @@ _ENV = {
     "qdrant_read_key": "EMBEDSHIFT_QDRANT_READ_KEY",
     "qdrant_write_key": "EMBEDSHIFT_QDRANT_WRITE_KEY",
     "qdrant_affinity_header": "EMBEDSHIFT_QDRANT_AFFINITY_HEADER",
+    "qdrant_affinity_from_key": "EMBEDSHIFT_QDRANT_AFFINITY_FROM_KEY",
     "backlog": "EMBEDSHIFT_BACKLOG",
     "drain_s": "EMBEDSHIFT_DRAIN_S",
     "shutdown_timeout_s": "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S",
@@ -151,6 +154,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     handed_out_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)] = 3600.0
     qdrant_read_key: str | None = None
     qdrant_write_key: str | None = None
+    qdrant_affinity_from_key: bool = False
     qdrant_affinity_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,64}$")] = \
         "x-qdrant-route-affinity"
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024

@@ -4,6 +4,7 @@ affinity key (``x-qdrant-route-affinity``, or the header configured) is its stic
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from proxy.qdrant_api.shapes import (
     groups_of,
     point_ids,
     read_groups,
+    read_index,
     read_payload_change,
     read_points,
     read_query,
@@ -107,10 +109,18 @@ async def _body(request: web.Request, kind: type[T]) -> T:
 
 
 def affinity(request: web.Request) -> str | None:
-    """The caller's sticky key: the configured header, else Qdrant's route affinity."""
-    header = request.app[PARTS].settings.qdrant_affinity_header
-    value = request.headers.get(header) or request.headers.get("x-qdrant-route-affinity")
-    return value[:256] if value else None
+    """The caller's sticky key: the configured header, else Qdrant's route affinity, else
+    (with ``qdrant_affinity_from_key``) an identity of the caller's api-key, never the key."""
+    settings = request.app[PARTS].settings
+    value = (request.headers.get(settings.qdrant_affinity_header)
+             or request.headers.get("x-qdrant-route-affinity"))
+    if value:
+        return value[:256]
+    key = request.headers.get("api-key")
+    if settings.qdrant_affinity_from_key and key:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=12)
+        return f"api-key:{digest.hexdigest()}"
+    return None
 
 
 def _random_key() -> str:
@@ -178,11 +188,17 @@ async def delete_collection(request: web.Request) -> web.Response:
 
 
 async def create_index(request: web.Request) -> web.Response:
-    """Accepted: the engine filters without a payload index too (more slowly); embedshift does
-    not build one on request yet."""
+    """A payload index, built in every version of an alias (or the application's own
+    collection); never on embedshift's own keys."""
     started = time.perf_counter()
-    name = request.match_info["name"]
-    await plain(request.app[PARTS].searcher, name)  # a name that exists
+    searcher = request.app[PARTS].searcher
+    field, schema = read_index(await _raw(request))
+    own = await plain(searcher, request.match_info["name"])
+    versions = [own.version] if own is not None else \
+        searcher.rollout(request.match_info["name"]).versions
+    for version in versions:
+        if await searcher.store.describe(version.target) is not None:
+            await searcher.store.index_field(version.target, field, schema)
     return _json({"operation_id": 0, "status": "completed"}, started)
 
 

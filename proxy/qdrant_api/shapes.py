@@ -15,7 +15,7 @@ from typing import Annotated, Any, NamedTuple
 import msgspec
 
 from proxy.ingest.writer import PayloadChange
-from proxy.vectors.base import Hit, parse_filter
+from proxy.vectors.base import INDEX_SCHEMAS, Hit, parse_filter
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Version
 
@@ -461,3 +461,19 @@ def average_vector(positive: list[list[float]], negative: list[list[float]]) -> 
         return mean_pos
     mean_neg = [sum(v[i] for v in negative) / len(negative) for i in range(size)]
     return [2 * p - n for p, n in zip(mean_pos, mean_neg, strict=True)]
+
+
+def read_index(body: Any) -> tuple[str, str]:
+    """``PUT /collections/{name}/index``: ``{"field_name", "field_schema"}`` (a kind, or
+    ``{"type": kind, ...}``)."""
+    field = body.get("field_name") if isinstance(body, dict) else None
+    if not isinstance(field, str) or not field:
+        raise RuleError("field_name", "must name a payload key")
+    if field.replace('"', "").split(".", 1)[0].split("[", 1)[0] == RESERVED:
+        raise RuleError("field_name", f"{RESERVED} is embedshift's own")
+    schema = body.get("field_schema")
+    if isinstance(schema, dict):
+        schema = schema.get("type")
+    if schema not in INDEX_SCHEMAS:
+        raise RuleError("field_schema", f"must be one of {', '.join(INDEX_SCHEMAS)}")
+    return field, str(schema)

@@ -137,6 +137,10 @@ class VectorStore(Protocol):
         """Every collection the store holds, by name."""
         ...
 
+    async def index_field(self, target: Target, field: str, schema: str) -> None:
+        """Build a payload index on ``field`` (a schema of ``INDEX_SCHEMAS``)."""
+        ...
+
     async def delete(self, target: Target, ids: Sequence[PointId]) -> None: ...
 
     async def close(self) -> None: ...
@@ -341,6 +345,8 @@ def check_vector(target: Target, version: Version, vectors: Mapping[str, Any]) -
                            f"{version.dimensions}-d {version.metric} ones")
 
 
+INDEX_SCHEMAS = ("keyword", "integer", "float", "bool", "geo", "datetime", "text", "uuid")
+"""Payload index kinds both engines build (Qdrant's names)."""
 UNRECORDED_MODEL = "embedshift/unrecorded"
 """The model recorded for a collection created without one (an application's own, created
 through the Qdrant API): unknown, so nothing is held against a version that adopts it."""

@@ -265,6 +265,11 @@ class EdgeStore:
                          _where(query_filter, target), list(keys)))
         await self._update(target, operation, "delete payload")
 
+    async def index_field(self, target: Target, field: str, schema: str) -> None:
+        kind = getattr(edge.PayloadSchemaType, schema.capitalize())
+        await self._update(target, edge.UpdateOperation.create_field_index(field, kind),
+                           "index a payload field")
+
     async def _update(self, target: Target, operation: Any, action: str) -> None:
         shard = await self._shard(target.collection)
         with backend_errors(target.collection, action):

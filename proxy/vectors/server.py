@@ -177,6 +177,13 @@ class ServerStore:
             await self.client.delete_payload(target.collection, list(keys),
                                              points=_selector(target, ids, query_filter))
 
+    async def index_field(self, target: Target, field: str, schema: str) -> None:
+        if not self.payload_indexes:
+            return  # qdrant-client's local mode has none (and warns)
+        with backend_errors(target.collection, "index a payload field"):
+            await self.client.create_payload_index(target.collection, field,
+                                                   models.PayloadSchemaType(schema))
+
     async def collections(self) -> list[str]:
         with backend_errors("*", "listing collections"):
             found = await self.client.get_collections()

@@ -201,3 +201,20 @@ async def test_without_a_write_key_writes_are_off(proxies: ProxyFactory) -> None
     assert refused.value.status_code == 403
     assert "EMBEDSHIFT_QDRANT_WRITE_KEY" in refused.value.content.decode()
     await server.close()
+
+
+async def test_a_payload_index_reaches_every_version_never_on_embedshifts_keys(
+        served: Served) -> None:
+    client = await asyncio.to_thread(_client, served.url)
+    await asyncio.to_thread(client.upsert, "notes", [
+        models.PointStruct(id=i, vector=_document(text), payload={"n": str(i)})
+        for i, text in TEXTS.items()])
+    await asyncio.to_thread(client.create_payload_index, "notes", "n",
+                            models.PayloadSchemaType.KEYWORD)
+    with pytest.raises(UnexpectedResponse) as refused:
+        await asyncio.to_thread(client.create_payload_index, "notes", "_embedshift.text",
+                                models.PayloadSchemaType.TEXT)
+    assert refused.value.status_code == 400
+    by_n = models.Filter(must=[models.FieldCondition(key="n", match=models.MatchValue(
+        value="2"))])
+    assert (await asyncio.to_thread(client.count, "notes", by_n)).count == 1
