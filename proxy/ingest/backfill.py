@@ -33,7 +33,7 @@ from proxy.ingest.writer import Coverage, Ingestor
 from proxy.state.base import plan_key
 from proxy.state.jobs import BackfillQueue, Claim, JobStatus
 from proxy.tasks import cancel_and_wait
-from proxy.vectors.base import id_of_key, scroll_all
+from proxy.vectors.base import RESERVED, id_of_key, scroll_all
 from rollout_rules.errors import BackendError, ModelError, RuleError, StoreUnavailable
 from rollout_rules.model import Rollout, Version
 
@@ -166,7 +166,8 @@ class Backfill:
             log.info("backfill_attached", alias=rollout.alias)
             return await self.progress(rollout)
         status = await self.plan(rollout, options)
-        _, candidate = _pair(rollout)
+        stable, candidate = _pair(rollout)
+        await self.copy_indexes(stable, candidate, rollout)
         await self.queues(rollout.alias, candidate.name).set_started(options.workers)
         await self.ingestor.update_coverage(rollout)
         limit = RateLimit(options.rate)
@@ -177,6 +178,24 @@ class Backfill:
                                 name=f"backfill-{rollout.alias}-{n}")
             for n in range(options.workers)]
         return await self.progress(rollout)
+
+    async def copy_indexes(self, stable: Version, candidate: Version, rollout: Rollout) -> None:
+        """The candidate gets stable's payload indexes (an adopted collection's too), so its
+        filtered searches are as fast; embedshift's own keys are indexed as it needs them."""
+        store = self.ingestor.store
+        if await store.describe(stable.target) is None:
+            return
+        wanted = {field: schema for field, schema in (await store.indexed_fields(
+            stable.target)).items() if not field.startswith(RESERVED)}
+        if not wanted:
+            return
+        await self.ingestor.ensure(candidate, rollout.versions)
+        have = await store.indexed_fields(candidate.target)
+        for field, schema in wanted.items():
+            if field not in have:
+                await store.index_field(candidate.target, field, schema)
+                log.info("index_copied", alias=rollout.alias, field=field, schema=schema,
+                         version=candidate.name)
 
     def running(self, alias: str) -> int:
         return sum(1 for t in self.tasks.get(alias, []) if not t.done())

@@ -270,6 +270,13 @@ class EdgeStore:
         await self._update(target, edge.UpdateOperation.create_field_index(field, kind),
                            "index a payload field")
 
+    async def indexed_fields(self, target: Target) -> dict[str, str]:
+        shard = await self._shard(target.collection)
+        with backend_errors(target.collection, "reading its payload indexes"):
+            info = await self._call(shard.info)
+        return {field: str(index.data_type).rsplit(".", 1)[-1].lower()
+                for field, index in info.payload_schema.items()}
+
     async def _update(self, target: Target, operation: Any, action: str) -> None:
         shard = await self._shard(target.collection)
         with backend_errors(target.collection, action):

@@ -184,6 +184,12 @@ class ServerStore:
             await self.client.create_payload_index(target.collection, field,
                                                    models.PayloadSchemaType(schema))
 
+    async def indexed_fields(self, target: Target) -> dict[str, str]:
+        with backend_errors(target.collection, "reading its payload indexes"):
+            info = await self.client.get_collection(target.collection)
+        return {field: str(getattr(index.data_type, "value", index.data_type))
+                for field, index in (info.payload_schema or {}).items()}
+
     async def collections(self) -> list[str]:
         with backend_errors("*", "listing collections"):
             found = await self.client.get_collections()

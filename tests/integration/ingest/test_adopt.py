@@ -73,6 +73,7 @@ async def test_a_collection_the_application_wrote_is_adopted_and_migrated(
             version_checked()
         client.create_collection("kb", vectors_config=models.VectorParams(
             size=384, distance=models.Distance.COSINE))
+        client.create_payload_index("kb", "metadata.n", models.PayloadSchemaType.INTEGER)
         client.upsert("kb", [models.PointStruct(
             id=i, vector=[float(x) for x in v],
             payload={"page_content": t, "metadata": {"n": n}})
@@ -111,6 +112,8 @@ async def test_a_collection_the_application_wrote_is_adopted_and_migrated(
                             rollout.revision, "tests", "add the candidate")
     await eventually(lambda: proxy.app[WATCHER].rollouts["docs"].candidate == "v2")
     await _backfill(proxy, len(texts))
+    indexes = await proxy.store.inner.indexed_fields(Target(collection="docs_v2"))
+    assert indexes.get("metadata.n") == "integer"  # v1's payload index, copied
 
     late = len(texts)  # the application's pipeline keeps writing into kb directly
     await proxy.store.inner.upsert(Target(collection="kb"), [PointIn(
