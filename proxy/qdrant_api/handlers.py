@@ -49,6 +49,7 @@ from proxy.qdrant_api.shapes import (
     read_vectors_config,
     record,
     scored_points,
+    wants_vector,
 )
 from proxy.serving.embed import Embedder
 from proxy.serving.search import Searcher, SearchRequest, SearchResponse
@@ -314,9 +315,23 @@ async def _recommended(store: VectorStore, version: Version, examples: Recommend
 
 async def _each(request: web.Request, asks: list[Ask]) -> list[tuple[dict[str, Any], str]]:
     """Every query of a request, as Qdrant's ``{"points": [...]}``, and who served it."""
-    answered = [await _answered(request, ask) for ask in asks]
-    return [({"points": scored_points(a.hits, ask, a.version)}, a.served_by)
-            for a, ask in zip(answered, asks, strict=True)]
+    results = []
+    for ask in asks:
+        a = await _answered(request, ask)
+        vectors = await _vectors(request, a) if ask.with_vector else None
+        results.append(({"points": scored_points(a.hits, ask, a.version, vectors)},
+                        a.served_by))
+    return results
+
+
+async def _vectors(request: web.Request, answered: Answered) -> dict[Any, list[float]]:
+    """The hits' vectors, as the version that answered holds them."""
+    version = answered.version
+    own = version.model == UNRECORDED_MODEL
+    stored = await request.app[PARTS].searcher.store.retrieve(
+        version.target, [h.id if own else point_id(h.id, version) for h in answered.hits],
+        vectors=True)
+    return {id_key(doc_id_of(p)): p.vector for p in stored if p.vector is not None}
 
 
 async def query(request: web.Request) -> web.Response:
@@ -436,14 +451,14 @@ async def retrieve_one(request: web.Request) -> web.Response:
 
 async def _records(request: web.Request, ids: list[int | str], with_payload: Any,
                    with_vector: Any) -> list[dict[str, Any]]:
-    if with_vector not in (None, False):
-        raise RuleError("with_vector", "vectors are not returned through embedshift")
+    vectors = wants_vector(with_vector)
     selector = read_selector(with_payload)
     version = await _routed(request)
     own = version.model == UNRECORDED_MODEL  # the application's own: ids as they are
     stored = await request.app[PARTS].searcher.store.retrieve(
-        version.target, ids if own else [point_id(i, version) for i in ids])
-    return [record(doc_id_of(point), point.payload, selector) for point in stored]
+        version.target, ids if own else [point_id(i, version) for i in ids], vectors=vectors)
+    return [record(doc_id_of(point), point.payload, selector, point.vector)
+            for point in stored]
 
 
 async def scroll(request: web.Request) -> web.Response:
@@ -451,17 +466,17 @@ async def scroll(request: web.Request) -> web.Response:
     body = await _raw(request)
     if body.get("order_by") is not None:
         raise RuleError("order_by", "is not served yet through embedshift")
-    if body.get("with_vector", body.get("with_vectors")) not in (None, False):
-        raise RuleError("with_vector", "vectors are not returned through embedshift")
+    vectors = wants_vector(body.get("with_vector", body.get("with_vectors")))
     limit = body.get("limit", 10)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
         raise RuleError("limit", "must be an integer from 1 to 1000")
     selector = read_selector(body.get("with_payload"))
     version = await _routed(request)
     points, after = await request.app[PARTS].searcher.store.scroll(
-        version.target, body.get("offset"), limit,
+        version.target, body.get("offset"), limit, vectors=vectors,
         query_filter=parse_filter(body.get("filter")))
-    return _json({"points": [record(doc_id_of(p), p.payload, selector) for p in points],
+    return _json({"points": [record(doc_id_of(p), p.payload, selector, p.vector)
+                             for p in points],
                   "next_page_offset": after}, started, version.name)
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, NamedTuple
 import msgspec
 
 from proxy.ingest.writer import PayloadChange
-from proxy.vectors.base import INDEX_SCHEMAS, Hit, parse_filter
+from proxy.vectors.base import INDEX_SCHEMAS, Hit, id_key, parse_filter
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Version
 
@@ -90,6 +90,7 @@ class Ask(NamedTuple):
     score_threshold: float | None
     payload: Selector
     recommend: Recommend | None = None  # examples to recommend from, instead of text or vector
+    with_vector: bool = False
 
     @property
     def window(self) -> int:
@@ -149,13 +150,20 @@ def read_search(body: SearchBody) -> Ask:
 
 
 def _ask(text: str | None, vector: list[float] | None, body: QueryBody | SearchBody) -> Ask:
-    if body.with_vector not in (None, False):
-        raise RuleError("with_vector", "vectors are not returned through embedshift: each "
-                                       "version's are in its own space")
     if body.limit + (body.offset or 0) > MAX_WINDOW:
         raise RuleError("limit", f"limit + offset may be at most {MAX_WINDOW}")
     return Ask(text, vector, body.filter, body.limit, body.offset or 0, body.score_threshold,
-               read_selector(body.with_payload))
+               read_selector(body.with_payload), with_vector=wants_vector(body.with_vector))
+
+
+def wants_vector(with_vector: Any) -> bool:
+    """Qdrant's ``with_vector``: true, false, or the names wanted (only the unnamed one here).
+    A vector returned is in the space of the version that answered (the answer's header)."""
+    if with_vector is None or isinstance(with_vector, bool):
+        return bool(with_vector)
+    if isinstance(with_vector, list) and set(with_vector) <= {""}:
+        return bool(with_vector)
+    raise RuleError("with_vector", "an alias has one vector, the unnamed one: true or false")
 
 
 def _query_of(query: Any) -> tuple[str | None, list[float] | None]:
@@ -223,15 +231,19 @@ def wants_payload(ask: Ask) -> bool:
     return ask.payload.wanted
 
 
-def scored_points(hits: list[Hit], ask: Ask, version: Version) -> list[dict[str, Any]]:
-    """The page of hits a query asked for, as Qdrant's ``ScoredPoint``s."""
+def scored_points(hits: list[Hit], ask: Ask, version: Version,
+                  vectors: dict[Any, list[float]] | None = None) -> list[dict[str, Any]]:
+    """The page of hits a query asked for, as Qdrant's ``ScoredPoint``s (with their vectors
+    from ``vectors`` by id, when asked)."""
     page = hits[ask.offset:ask.window]
     if ask.score_threshold is not None:
         lower_is_better = version.metric in ("euclid", "manhattan")
         page = [hit for hit in page if (hit.score <= ask.score_threshold if lower_is_better
                                         else hit.score >= ask.score_threshold)]
+    found = vectors or {}
     return [{"id": hit.id, "version": 0, "score": hit.score,
-             "payload": _select(hit.payload, ask.payload), "vector": None} for hit in page]
+             "payload": _select(hit.payload, ask.payload),
+             "vector": found.get(id_key(hit.id))} for hit in page]
 
 
 def _select(payload: dict[str, Any] | None, selector: Selector) -> dict[str, Any] | None:
@@ -333,11 +345,12 @@ def point_ids(body: Any, field: str = "points") -> list[int | str]:
     return list(ids)
 
 
-def record(doc_id: Any, payload: dict[str, Any], selector: Selector) -> dict[str, Any]:
+def record(doc_id: Any, payload: dict[str, Any], selector: Selector,
+           vector: list[float] | None = None) -> dict[str, Any]:
     """A stored point as Qdrant's ``Record``: the id it was written with, the payload without
     embedshift's envelope."""
     user = {key: value for key, value in payload.items() if key != RESERVED}
-    return {"id": doc_id, "payload": _select(user, selector), "vector": None}
+    return {"id": doc_id, "payload": _select(user, selector), "vector": vector}
 
 
 def updated(took_s: float) -> dict[str, Any]:

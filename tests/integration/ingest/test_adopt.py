@@ -55,11 +55,7 @@ async def test_a_collection_the_application_wrote_is_adopted_and_migrated(
         proxies: ProxyFactory, tmp_path: Path) -> None:
     proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"), refresh_interval_s=0.2,
                                 qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
-    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    url = f"http://127.0.0.1:{server.port}"
+    server, url = await _qdrant_api(proxy)
     texts = [f"{topic}, note {n}" for n, topic in enumerate(TOPICS * 8)]
     ids = _ids(len(texts))
     l3 = proxies.engine.models[(L3_ID, "none")]  # the application's own encoder
@@ -131,6 +127,14 @@ async def test_a_collection_the_application_wrote_is_adopted_and_migrated(
                                                     "metadata": {"n": 6}}
     assert await proxy.store.inner.count(Target(collection="kb")) == len(texts) + 1  # as was
     await server.close()
+
+
+async def _qdrant_api(proxy: Proxy) -> tuple[TestServer, str]:
+    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server, f"http://127.0.0.1:{server.port}"
 
 
 async def _backfill(proxy: Proxy, expected: int) -> None:

@@ -110,6 +110,8 @@ async def test_the_sync_client_lists_describes_and_queries_an_alias(served: Serv
     assert [p.id for p in page] == [p.id for p in points[2:4]]
     cut = await asyncio.to_thread(query, "alice", limit=5, score_threshold=points[2].score)
     assert [p.id for p in cut] == [p.id for p in points[:3]]
+    with_vectors = await asyncio.to_thread(query, "alice", limit=2, with_vectors=True)
+    assert all(isinstance(p.vector, list) and len(p.vector) == 384 for p in with_vectors)
     picked = await asyncio.to_thread(query, "alice", limit=2, with_payload=["title"])
     assert all(set(p.payload or {}) == {"title"} for p in picked)
     bare = await asyncio.to_thread(query, "alice", limit=2, with_payload=False)
@@ -177,8 +179,8 @@ async def test_what_cannot_be_served_is_refused_the_way_qdrant_refuses(served: S
     status, says = await asyncio.to_thread(refused, query=_document("x"),
                                            collection_name="nothing-here")
     assert status == 404 and "nothing-here" in says
-    status, says = await asyncio.to_thread(refused, query=_document("x"), with_vectors=True)
-    assert status == 400 and "with_vector" in says
+    status, says = await asyncio.to_thread(refused, query=_document("x"), using="dense")
+    assert status == 400 and "using" in says
     status, says = await asyncio.to_thread(
         refused, query=_document("x"), query_filter=models.Filter(must=[models.FieldCondition(
             key="_embedshift.text", match=models.MatchText(text="jacket"))]))

@@ -87,13 +87,14 @@ async def test_documents_reach_every_version_under_the_writers_ids(served: Serve
     def read(user: str) -> tuple[list[Any], list[Any], int, list[Any]]:
         with headers({"x-qdrant-route-affinity": user}):
             hits = client.query_points("notes", query=_document("lighthouse storm"), limit=2)
-            got = client.retrieve("notes", [1, NOTE])
+            got = client.retrieve("notes", [1, NOTE], with_vectors=True)
             total = client.count("notes").count
             scrolled, _ = client.scroll("notes", limit=10)
         return hits.points, got, total, scrolled
 
     hits, got, total, scrolled = await asyncio.to_thread(read, "alice")
     assert str(hits[0].id) == NOTE  # the UUID the writer gave, not a point id of embedshift's
+    assert all(isinstance(r.vector, list) and len(r.vector) == 384 for r in got)
     assert sorted((str(r.id), r.payload) for r in got) == [
         ("1", {"n": "1"}), (NOTE, {"n": NOTE})]  # no envelope
     assert total == 4 and sorted(str(r.id) for r in scrolled) == sorted(map(str, TEXTS))

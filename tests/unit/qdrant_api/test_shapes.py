@@ -66,7 +66,7 @@ def test_a_list_of_numbers_is_a_vector_under_query_or_legacy_search() -> None:
     ({"prefetch": [{"query": [1.0]}, {"query": [2.0]}]}, "prefetch", "one prefetch"),
     ({"prefetch": {"query": [1.0], "prefetch": {}}}, "prefetch.prefetch", "not served"),
     ({"query": [1.0], "using": "dense"}, "using", "unnamed"),
-    ({"query": [1.0], "with_vector": True}, "with_vector", "not returned"),
+    ({"query": [1.0], "with_vector": ["dense"]}, "with_vector", "unnamed"),
     ({"query": [1.0], "limit": 90, "offset": 20}, "limit", "at most 100"),
     ({"query": [1.0], "with_payload": ["_embedshift.text"]}, "with_payload",
      "cannot be selected"),
