@@ -252,17 +252,28 @@ class GuardedSite(web.TCPSite):
     """A TCP site whose connections pass a ``Door``: capped by the descriptor limit, shared
     fairly between clients, idle ones shed first, the rest refused with a JSON 503."""
 
-    def __init__(self, runner: web.AppRunner, settings: Settings) -> None:
+    def __init__(self, runner: web.AppRunner, settings: Settings,
+                 shared_with: GuardedSite | None = None) -> None:
+        """``shared_with``: another site of this process (the Qdrant API beside the native
+        one) whose cap, descriptor budget and refusals this one shares."""
         super().__init__(runner, settings.host, settings.port, backlog=settings.backlog)
         self._settings = settings
+        self._refused = Tally("connection_refused")
+        self._shed = Tally("connection_shed")
+        self.connections: Connections
+        self._refusing: dict[Refusal, None]  # oldest first
+        self._fd_limit: int
+        if shared_with is not None:
+            self.connections = shared_with.connections
+            self._refusing = shared_with._refusing
+            self._fd_limit = shared_with._fd_limit
+            return
         fd_limit = descriptor_limit(fd_wanted(settings.max_connections))
         cap = connection_cap(settings.max_connections, fd_limit)
         self.connections = Connections(
             cap, per_client_cap(cap, settings.max_connections_per_client))
-        self._refusing: dict[Refusal, None] = {}  # oldest first
+        self._refusing = {}
         self._fd_limit = fd_limit
-        self._refused = Tally("connection_refused")
-        self._shed = Tally("connection_shed")
         log.info("connections", cap=cap, per_client=self.connections.per_client,
                  max_connections=settings.max_connections, fd_limit=fd_limit,
                  reason=None if cap == settings.max_connections else "fd_limit")
@@ -360,7 +371,7 @@ async def serve_until_signalled(app: web.Application, settings: Settings,
         await site.start()
         for other, where in others:
             await other.setup()
-            other_site = GuardedSite(other, where)
+            other_site = GuardedSite(other, where, shared_with=site)  # one budget
             await other_site.start()
             log.info("listening", url=f"http://{where.host}:{other_site.port}", api="qdrant")
         if on_listening is not None:

@@ -198,3 +198,22 @@ async def test_a_body_that_arrives_whole_is_read_and_a_trickled_one_cut_off(
     assert "did not arrive within 0.5s" in answer.decode()
     assert 0.4 < waited < 3, waited
     writer.close()
+
+
+async def test_two_sites_of_one_process_share_one_cap() -> None:
+    """The Qdrant API's site beside the native one: one descriptor budget, not two."""
+    runner, _, settings = await _start(header_timeout_s=30, max_connections=6)
+    first = next(site for site in runner.sites if isinstance(site, GuardedSite))
+    other_runner = make_runner(web.Application(), settings)
+    await other_runner.setup()
+    second = GuardedSite(other_runner, settings, shared_with=first)
+    await second.start()
+    assert second.connections is first.connections
+    busy = [*await _open(first.port, 3, "127.0.0.2", send=BEGUN),
+            *await _open(second.port, 3, "127.0.0.3", send=BEGUN)]
+    status, body = await _get(first.port, "127.0.0.4")
+    assert status == 503 and "too many open connections: the limit is 6" in body.decode()
+    for _, writer in busy:
+        writer.close()
+    await other_runner.cleanup()
+    await runner.cleanup()
