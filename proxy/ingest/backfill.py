@@ -189,7 +189,12 @@ class Backfill:
             stable.target)).items() if not field.startswith(RESERVED)}
         if not wanted:
             return
-        await self.ingestor.ensure(candidate, rollout.versions)
+        try:
+            await self.ingestor.ensure(candidate, rollout.versions)
+        except BackendError as exc:  # the workers meet it too, and fail the job saying so
+            log.warning("indexes_not_copied", alias=rollout.alias, version=candidate.name,
+                        error=str(exc))
+            return
         have = await store.indexed_fields(candidate.target)
         for field, schema in wanted.items():
             if field not in have:
