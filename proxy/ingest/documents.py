@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from proxy.vectors.base import DOC_ID, RESERVED, Stored
+from proxy.vectors.base import DOC_ID, RESERVED, UNRECORDED_MODEL, Stored
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Version, rule_error
 
@@ -97,13 +97,15 @@ def parse_doc_id(text: str) -> DocId:
 
 
 def point_id(doc_id: DocId, version: Version) -> PointId:
-    """The document's point id in a version: stable, so writing again replaces it. In an
-    adopted collection (``text_field`` set) a document is the point its application wrote:
-    its id is the point id, a UUID as it is."""
+    """The document's point id in a version: stable, so writing again replaces it. In a
+    collection its application wrote (adopted: ``text_field`` set; its own, passed through:
+    no model recorded) a document is the point the application wrote: its id is the point id,
+    a UUID as it is."""
     shared = bool(version.target.payload_match)
     if isinstance(doc_id, int) and not shared:
         return doc_id
-    if version.text_field and not shared and isinstance(doc_id, str) and _is_uuid(doc_id):
+    written_by_application = version.text_field or version.model == UNRECORDED_MODEL
+    if written_by_application and not shared and isinstance(doc_id, str) and _is_uuid(doc_id):
         return doc_id
     key = f"{version.name}\x00{doc_id!r}" if shared else repr(doc_id)
     return str(uuid.uuid5(_NAMESPACE, key))

@@ -19,6 +19,7 @@ from aiohttp import web
 from opentelemetry.trace import Tracer
 
 from proxy.config import Settings
+from proxy.http import status_of
 from proxy.ingest.writer import Ingestor
 from proxy.qdrant_api import handlers
 from proxy.qdrant_api.handlers import PARTS, Parts
@@ -27,22 +28,14 @@ from proxy.serving.embed import Embedder
 from proxy.serving.search import Searcher
 from rollout_rules.errors import (
     AccessError,
-    BackendError,
     EmbedshiftError,
-    EncoderInputError,
     FeatureOff,
-    ModelError,
     NotFoundError,
-    RuleError,
-    StoreUnavailable,
 )
 
 log = structlog.get_logger("embedshift.qdrant_api")
 _ENCODER = msgspec.json.Encoder()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-STATUS: dict[type[EmbedshiftError], int] = {
-    FeatureOff: 403, AccessError: 401, RuleError: 400, EncoderInputError: 400, NotFoundError: 404,
-    StoreUnavailable: 503, BackendError: 503, ModelError: 503}
 
 WRITES: list[tuple[str, str, Handler]] = [
     ("PUT", "/collections/{name}", handlers.create_collection),
@@ -92,7 +85,7 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         _check_key(request)
         return await handler(request)
     except EmbedshiftError as exc:
-        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+        status = status_of(exc)
         field = getattr(exc, "field", None)
         return _qdrant_error(status, f"{field}: {exc}" if field and field not in str(exc)
                              else str(exc), started)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -15,6 +14,7 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.config import Settings
+from proxy.http import decode, random_key
 from proxy.ingest.documents import Document, VectorPoint, checked, doc_id_of, point_id
 from proxy.ingest.writer import Ingestor, apply_payload_change
 from proxy.qdrant_api.plain import (
@@ -56,7 +56,6 @@ from proxy.serving.search import Searcher, SearchRequest, SearchResponse
 from proxy.telemetry import Attr
 from proxy.vectors.base import (
     RESERVED,
-    UNRECORDED_MODEL,
     Hit,
     VectorStore,
     id_key,
@@ -101,12 +100,7 @@ async def _body(request: web.Request, kind: type[T]) -> T:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise RuleError("body", f"is larger than {MAX_BODY_BYTES} bytes")
     raw = await request.read()  # whole, within the app's client_max_size (MAX_BODY_BYTES)
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise RuleError("body", str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise RuleError("body", f"not valid JSON: {exc}") from exc
+    return decode(raw or b"{}", kind)  # as every edge decodes: UTF-8, depth, then the type
 
 
 def affinity(request: web.Request) -> str | None:
@@ -122,10 +116,6 @@ def affinity(request: web.Request) -> str | None:
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=12)
         return f"api-key:{digest.hexdigest()}"
     return None
-
-
-def _random_key() -> str:
-    return f"{random.getrandbits(64):016x}"
 
 
 async def root(request: web.Request) -> web.Response:
@@ -167,7 +157,7 @@ async def create_collection(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name in searcher.rules.rollouts:
         raise FeatureOff(f"{name} is a declared alias: its versions' collections are created "
-                         "by its rule (embedshift init, embedshift apply)")
+                         f"by its rule (embedshift init {name} --file rules.toml --force)")
     refuse_version_collection(searcher, name)
     if await searcher.store.describe(Target(collection=name)) is not None:
         raise RuleError("name", f"collection {name} already exists")
@@ -226,7 +216,7 @@ async def get_collection(request: web.Request) -> web.Response:
     searcher = request.app[PARTS].searcher
     own = await plain(searcher, request.match_info["name"])
     version = own.version if own is not None else searcher.route(
-        request.match_info["name"], affinity(request), _random_key())
+        request.match_info["name"], affinity(request), random_key())
     info = await searcher.store.describe(version.target)  # None: not written yet, 0 points
     return _json(collection_info(version, info.points if info else 0), started,
                  None if own is not None else version.name)
@@ -246,7 +236,7 @@ async def _answered(request: web.Request, ask: Ask) -> Answered:
     own = await plain(parts.searcher, alias)
     if own is not None:
         vector = ask.vector if ask.recommend is None else await _recommended(
-            parts.searcher.store, own.version, ask.recommend, own=True)
+            parts.searcher.store, own.version, ask.recommend)
         return Answered(await own.hits(ask._replace(vector=vector)), own.version, "")
     span = parts.tracer.start_span("POST /collections/{name}/points/query",
                                    kind=SpanKind.SERVER)
@@ -272,7 +262,7 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
     are looked up in the caller's version and searched there."""
     searcher = parts.searcher
     if ask.recommend is not None:
-        version = searcher.route(alias, user, _random_key())
+        version = searcher.route(alias, user, random_key())
         vector = await _recommended(searcher.store, version, ask.recommend)
         examples = {id_key(x) for x in (*ask.recommend.positive, *ask.recommend.negative)
                     if not isinstance(x, list)}
@@ -289,16 +279,15 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
                                             with_payload=ask.payload.wanted, span=span)
     request = SearchRequest(query=ask.text or "", user_id=user, limit=ask.window,
                             filter=ask.filter, with_payload=ask.payload.wanted)
-    return await searcher.search(alias, request, _random_key(), span)
+    return await searcher.search(alias, request, random_key(), span)
 
 
-async def _recommended(store: VectorStore, version: Version, examples: Recommend,
-                       own: bool = False) -> list[float]:
-    """The average-vector query for ``examples``: ids are looked up in ``version`` (as they
-    are in the application's own collection, else as its documents)."""
+async def _recommended(store: VectorStore, version: Version, examples: Recommend
+                       ) -> list[float]:
+    """The average-vector query for ``examples``: ids are looked up in ``version``."""
     ids = [x for x in (*examples.positive, *examples.negative) if not isinstance(x, list)]
-    stored = await store.retrieve(
-        version.target, ids if own else [point_id(i, version) for i in ids], vectors=True)
+    stored = await store.retrieve(version.target, [point_id(i, version) for i in ids],
+                                  vectors=True)
     vectors = {id_key(doc_id_of(p)): p.vector for p in stored if p.vector is not None}
 
     def vector(example: int | str | list[float]) -> list[float]:
@@ -327,10 +316,8 @@ async def _each(request: web.Request, asks: list[Ask]) -> list[tuple[dict[str, A
 async def _vectors(request: web.Request, answered: Answered) -> dict[Any, list[float]]:
     """The hits' vectors, as the version that answered holds them."""
     version = answered.version
-    own = version.model == UNRECORDED_MODEL
     stored = await request.app[PARTS].searcher.store.retrieve(
-        version.target, [h.id if own else point_id(h.id, version) for h in answered.hits],
-        vectors=True)
+        version.target, [point_id(h.id, version) for h in answered.hits], vectors=True)
     return {id_key(doc_id_of(p)): p.vector for p in stored if p.vector is not None}
 
 
@@ -428,7 +415,7 @@ async def _routed(request: web.Request) -> Version:
     own = await plain(searcher, request.match_info["name"])
     if own is not None:
         return own.version
-    return searcher.route(request.match_info["name"], affinity(request), _random_key())
+    return searcher.route(request.match_info["name"], affinity(request), random_key())
 
 
 async def retrieve(request: web.Request) -> web.Response:
@@ -454,9 +441,8 @@ async def _records(request: web.Request, ids: list[int | str], with_payload: Any
     vectors = wants_vector(with_vector)
     selector = read_selector(with_payload)
     version = await _routed(request)
-    own = version.model == UNRECORDED_MODEL  # the application's own: ids as they are
     stored = await request.app[PARTS].searcher.store.retrieve(
-        version.target, ids if own else [point_id(i, version) for i in ids], vectors=vectors)
+        version.target, [point_id(i, version) for i in ids], vectors=vectors)
     return [record(doc_id_of(point), point.payload, selector, point.vector)
             for point in stored]
 

@@ -16,35 +16,16 @@ import structlog
 from aiohttp import HttpVersion11, web
 from opentelemetry.trace import SpanKind, StatusCode
 
+from proxy.http import status_of
 from proxy.web.keys import METRICS, TRACER
 from rollout_rules.errors import (
-    AccessError,
-    BackendError,
-    ConflictError,
     EmbedshiftError,
-    EncoderInputError,
-    FeatureOff,
-    ModelError,
-    NotFoundError,
-    RuleError,
-    StoreUnavailable,
-    TransitionError,
 )
 
 log = structlog.get_logger("embedshift.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-STATUS: dict[type[EmbedshiftError], int] = {  # first match wins: subclasses first
-    FeatureOff: 403, AccessError: 401, RuleError: 400, EncoderInputError: 400,
-    NotFoundError: 404, ConflictError: 409, TransitionError: 409, StoreUnavailable: 503,
-    BackendError: 503, ModelError: 503,
-}
 _ENCODER = msgspec.json.Encoder()
-
-
-def status_of(exc: BaseException) -> int:
-    """The HTTP status an exception is answered with (500 for anything unforeseen)."""
-    return next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:

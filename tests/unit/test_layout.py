@@ -17,7 +17,7 @@ IO_LIBRARIES = {"aiohttp", "redis", "qdrant_client", "qdrant_edge", "onnxruntime
 # use them. The CLI sits above the web app because ``serve`` starts it; nothing imports the CLI.
 LAYERS = {
     "rollout_rules": 0,
-    "proxy.config": 1, "proxy.telemetry": 1, "proxy.tasks": 1,
+    "proxy.config": 1, "proxy.telemetry": 1, "proxy.tasks": 1, "proxy.http": 1,
     "proxy.state": 2, "proxy.vectors": 2, "proxy.models": 2,
     "proxy.serving": 3, "proxy.control": 3, "proxy.ingest": 3,
     "proxy.web": 4, "proxy.qdrant_api": 4,

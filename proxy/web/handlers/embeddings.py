@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
+from proxy.http import random_key
 from proxy.serving.embed import Embedded
 from proxy.web.bodies import read_json
 from proxy.web.errors import json_response
-from proxy.web.handlers.search import random_key
 from proxy.web.keys import EMBEDDER
 from rollout_rules.errors import RuleError
 

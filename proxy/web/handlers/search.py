@@ -7,8 +7,6 @@ answered from the caches.
 
 from __future__ import annotations
 
-import random
-
 import msgspec
 import structlog
 from aiohttp import web
@@ -16,11 +14,12 @@ from opentelemetry import context, trace
 from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, StatusCode
 
+from proxy.http import random_key, status_of
 from proxy.serving.search import SearchRequest
 from proxy.telemetry import Attr
 from proxy.web.auth import check_override
 from proxy.web.bodies import read_json
-from proxy.web.errors import TRACE_ID, json_response, status_of
+from proxy.web.errors import TRACE_ID, json_response
 from proxy.web.keys import SEARCHER, TRACER
 from rollout_rules.errors import BackendError
 
@@ -37,12 +36,6 @@ def incoming_context(request: web.Request) -> context.Context | None:
     except Exception:  # noqa: BLE001 - any propagator failure means "no usable context"
         log.info("trace_context_ignored", reason="unreadable propagation header")
         return None
-
-
-def random_key() -> str:
-    """The key a caller with no stickiness key is bucketed by: uniform, not secret (an OS
-    random draw per request cost 2% of the proxy's time under load)."""
-    return f"{random.getrandbits(64):016x}"
 
 
 async def search(request: web.Request) -> web.Response:

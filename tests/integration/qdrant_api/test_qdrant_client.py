@@ -14,15 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 from qdrant_client.context_headers import async_headers, headers
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from proxy.qdrant_api.app import make_qdrant_app
-from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER
+from proxy.web.keys import SEARCHER
 from tests.integration.conftest import Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import version_checked
+from tests.integration.qdrant_api.clients import qdrant_api, version_checked
 
 pytestmark = pytest.mark.integration
 READ_KEY = "qdrant-read-key-for-tests"
@@ -36,11 +34,8 @@ class Served:
 async def _serve(proxies: ProxyFactory, **settings: Any) -> AsyncIterator[Served]:
     await proxies.declare(percent=50)
     proxy = await proxies.start(**settings)
-    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield Served(proxy, f"http://127.0.0.1:{server.port}")
+    server, url = await qdrant_api(proxy)
+    yield Served(proxy, url)
     await server.close()
 
 
@@ -190,6 +185,11 @@ async def test_what_cannot_be_served_is_refused_the_way_qdrant_refuses(served: S
     assert status == 400 and "cannot be selected" in says
     status, says = await asyncio.to_thread(refused, query=7)
     assert status == 400 and "point id" in says
+    deep = b'{"query": [0.1], "filter": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{served.url}/collections/products/points/query", data=deep) as response:
+        assert response.status == 400  # decoded as the native API decodes: depth first
+        assert "deeper" in (await response.json())["status"]["error"]
 
 
 async def test_a_raw_vector_is_searched_in_stables_space(served: Served) -> None:

@@ -15,7 +15,7 @@ from proxy.ingest.documents import (
     text_in,
     vector_payload,
 )
-from proxy.vectors.base import RESERVED
+from proxy.vectors.base import RESERVED, UNRECORDED_MODEL
 from rollout_rules.model import Target, Version
 
 NODE = json.dumps({"id_": "n1", "text": "a node's text", "metadata": {}})
@@ -54,6 +54,9 @@ def test_an_adopted_versions_points_keep_the_applications_ids() -> None:
     assert point_id(UID, _version()) != UID  # ours: a UUID of the id
     assert point_id("not-a-uuid", _version("page_content")) != "not-a-uuid"
     assert point_id(5, _version("page_content")) == 5
+    plain = Version(name="plain", model=UNRECORDED_MODEL, dimensions=2,
+                    target=Target(collection="theirs"))
+    assert point_id(UID, plain) == UID  # the application's own collection: its ids as they are
 
 
 def test_a_writers_vector_keeps_its_text_for_the_backfill_when_the_payload_has_it() -> None:
