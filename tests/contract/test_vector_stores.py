@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,16 +151,23 @@ async def test_collections_lists_what_was_created_and_an_unrecorded_model_is_no_
     assert await store.collections() == ["ours"]
 
 
-async def test_count_scroll_and_delete_by_filter_keep_to_the_versions_own_points(
-        store: VectorStore) -> None:
+async def _shared_pair(store: VectorStore, count: int,
+                       payload: Callable[[int], dict[str, Any]]) -> tuple[Version, Version]:
+    """v1 and v2 in one collection, told apart by payload, with ``count`` points each (ids from
+    0 and from 10), point ``i`` carrying ``payload(i)``."""
     v1 = _version("v1", Target(collection="shared", payload_match={"model_version": "v1"}))
     v2 = _version("v2", Target(collection="shared", payload_match={"model_version": "v2"}))
     await store.ensure_collection(v1.target, v1, [v2])
     for version, first in ((v1, 0), (v2, 10)):
         await store.upsert(version.target, [
-            PointIn(i, [float(i + 1)] * 8, {"kind": "odd" if i % 2 else "even",
-                                            "model_version": version.name})
-            for i in range(first, first + 6)])
+            PointIn(i, [float(i + 1)] * 8, {**payload(i), "model_version": version.name})
+            for i in range(first, first + count)])
+    return v1, v2
+
+
+async def test_count_scroll_and_delete_by_filter_keep_to_the_versions_own_points(
+        store: VectorStore) -> None:
+    v1, v2 = await _shared_pair(store, 6, lambda i: {"kind": "odd" if i % 2 else "even"})
     odd = parse_filter({"must": [{"key": "kind", "match": {"value": "odd"}}]})
     assert odd is not None
     assert await store.count(v1.target, odd) == 3 and await store.count(v1.target) == 6
@@ -178,14 +185,7 @@ async def test_count_scroll_and_delete_by_filter_keep_to_the_versions_own_points
 
 async def test_payload_keys_are_set_and_removed_by_id_or_filter_in_the_version_alone(
         store: VectorStore) -> None:
-    v1 = _version("v1", Target(collection="shared", payload_match={"model_version": "v1"}))
-    v2 = _version("v2", Target(collection="shared", payload_match={"model_version": "v2"}))
-    await store.ensure_collection(v1.target, v1, [v2])
-    for version, first in ((v1, 0), (v2, 10)):
-        await store.upsert(version.target, [
-            PointIn(i, [float(i + 1)] * 8, {"kind": "a", "keep": i,
-                                            "model_version": version.name})
-            for i in range(first, first + 3)])
+    v1, v2 = await _shared_pair(store, 3, lambda i: {"kind": "a", "keep": i})
     await store.set_payload(v1.target, {"tag": "x"}, ids=[0, 1])
     kind_a = parse_filter({"must": [{"key": "kind", "match": {"value": "a"}}]})
     await store.set_payload(v1.target, {"kind": "b"}, query_filter=kind_a)

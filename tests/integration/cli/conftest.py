@@ -74,15 +74,21 @@ DRAIN_S, SHUTDOWN_S = 1.5, 5.0
 
 
 async def wait_ready(serving: Serving, timeout_s: float) -> None:
+    await wait_until_ready(serving.process, serving.base, serving.log, timeout_s)
+
+
+async def wait_until_ready(process: subprocess.Popen[bytes], base: str, log: Path,
+                           timeout_s: float) -> None:
+    """Until ``base``/readyz says 200; the end of ``log`` if the process exits first."""
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
-            assert serving.process.poll() is None, serving.log.read_text()[-2000:]
+            assert process.poll() is None, log.read_text()[-3000:]  # noqa: ASYNC240 - dead only
             try:
-                async with session.get(f"{serving.base}/readyz") as response:
+                async with session.get(f"{base}/readyz") as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientError:
                 pass
-            await asyncio.sleep(0.25)
-    raise AssertionError(f"not ready within {timeout_s}s")
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"not ready within {timeout_s:g} s")

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import msgspec
 import pytest
 from msgspec.structs import replace
@@ -31,6 +30,7 @@ from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
 from proxy.vectors.edge import EdgeStore
 from rollout_rules.model import to_builtins
+from tests.integration.cli.conftest import wait_until_ready
 from tests.integration.ingest.conftest import corpus
 from tests.paths import REPO
 
@@ -62,22 +62,7 @@ class Proxy:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "proxy.cli.main", "serve", "--no-demo"], cwd=REPO,
                 env=self.env, stdout=subprocess.DEVNULL, stderr=log)
-        asyncio.run(self._ready())
-
-    async def _ready(self) -> None:
-        deadline = time.monotonic() + 120
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                assert self.process is not None and self.process.poll() is None, \
-                    self.log.read_text()[-3000:]
-                try:
-                    async with session.get(f"{self.base}/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise AssertionError("not ready within 120 s")
+        asyncio.run(wait_until_ready(self.process, self.base, self.log, 120))
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -16,19 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
 from qdrant_client import QdrantClient, models
 
 from proxy.models.builtin import L3_ID, L6_ID
-from proxy.qdrant_api.app import make_qdrant_app
 from proxy.vectors.base import PointIn
 from proxy.vectors.edge import EdgeStore
-from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER, WATCHER
+from proxy.web.keys import WATCHER
 from rollout_rules.model import Target, Version
 from tests.eventually import eventually, eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import version_checked
+from tests.integration.qdrant_api.clients import qdrant_api, version_checked
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -55,7 +53,7 @@ async def test_a_collection_the_application_wrote_is_adopted_and_migrated(
         proxies: ProxyFactory, tmp_path: Path) -> None:
     proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"), refresh_interval_s=0.2,
                                 qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
-    server, url = await _qdrant_api(proxy)
+    server, url = await qdrant_api(proxy)
     texts = [f"{topic}, note {n}" for n, topic in enumerate(TOPICS * 8)]
     ids = _ids(len(texts))
     l3 = proxies.engine.models[(L3_ID, "none")]  # the application's own encoder
@@ -127,14 +125,6 @@ async def test_a_collection_the_application_wrote_is_adopted_and_migrated(
                                                     "metadata": {"n": 6}}
     assert await proxy.store.inner.count(Target(collection="kb")) == len(texts) + 1  # as was
     await server.close()
-
-
-async def _qdrant_api(proxy: Proxy) -> tuple[TestServer, str]:
-    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return server, f"http://127.0.0.1:{server.port}"
 
 
 async def _backfill(proxy: Proxy, expected: int) -> None:

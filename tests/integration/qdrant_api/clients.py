@@ -1,8 +1,42 @@
-"""Waiting for qdrant-client's version check, which runs in a thread of its own."""
+"""What the Qdrant API's tests share: the API served over a proxy's parts, a proxy with an
+alias of its own to write into, and waiting for qdrant-client's version check."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+
+from proxy.config import Settings
+from proxy.models.catalog import default_rollout
+from proxy.qdrant_api.app import make_qdrant_app
+from proxy.state.client import connect
+from proxy.state.rulestore import RedisRuleStore
+from proxy.vectors.edge import EdgeStore
+from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER
+from tests.integration.conftest import Proxy, ProxyFactory
+
+
+async def qdrant_api(proxy: Proxy) -> tuple[TestServer, str]:
+    """Qdrant's API over ``proxy``'s parts, on a port of its own, as `serve --qdrant-port`
+    builds it; the server (to close) and its URL."""
+    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server, f"http://127.0.0.1:{server.port}"
+
+
+async def notes_proxy(proxies: ProxyFactory, tmp_path: Path, **settings: Any) -> Proxy:
+    """A proxy on an engine of its own with the alias ``notes`` declared (v1 L3, v2 L6) and
+    nothing written yet: writes cannot disturb the session's demo collections."""
+    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    await rules.create(default_rollout("notes"), "tests", "declare")
+    await rules.aclose()
+    return await proxies.start(engine=EdgeStore(tmp_path / "qdrant"),
+                               data_dir=str(tmp_path / "data"), **settings)
 
 
 def version_checked() -> None:

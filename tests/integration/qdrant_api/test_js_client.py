@@ -14,11 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from proxy.qdrant_api.app import make_qdrant_app
-from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER
 from tests.integration.conftest import Proxy, ProxyFactory
+from tests.integration.qdrant_api.clients import qdrant_api
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent / "js"
@@ -41,11 +39,8 @@ def js_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def served(proxies: ProxyFactory) -> AsyncIterator[tuple[Proxy, str]]:
     await proxies.declare(percent=50)
     proxy = await proxies.start()
-    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield proxy, f"http://127.0.0.1:{server.port}"
+    server, url = await qdrant_api(proxy)
+    yield proxy, url
     await server.close()
 
 

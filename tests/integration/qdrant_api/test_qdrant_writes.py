@@ -16,22 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 from qdrant_client import QdrantClient, models
 from qdrant_client.context_headers import headers
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from proxy.config import Settings
 from proxy.ingest.documents import point_id
-from proxy.models.catalog import default_rollout
-from proxy.qdrant_api.app import make_qdrant_app
-from proxy.state.client import connect
-from proxy.state.rulestore import RedisRuleStore
-from proxy.vectors.edge import EdgeStore
-from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER
+from proxy.web.keys import INGESTOR, SEARCHER
 from tests.eventually import eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import version_checked
+from tests.integration.qdrant_api.clients import notes_proxy, qdrant_api, version_checked
 
 pytestmark = pytest.mark.integration
 WRITE_KEY = "qdrant-write-key-for-tests"
@@ -48,16 +41,9 @@ class Served:
 
 @pytest.fixture
 async def served(proxies: ProxyFactory, tmp_path: Path) -> AsyncIterator[Served]:
-    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
-    await rules.create(default_rollout("notes"), "tests", "declare")
-    await rules.aclose()
-    proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"), qdrant_write_key=WRITE_KEY,
-                                data_dir=str(tmp_path / "data"))
-    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield Served(proxy, f"http://127.0.0.1:{server.port}")
+    proxy = await notes_proxy(proxies, tmp_path, qdrant_write_key=WRITE_KEY)
+    server, url = await qdrant_api(proxy)
+    yield Served(proxy, url)
     await server.close()
 
 
@@ -190,12 +176,8 @@ async def test_writes_need_the_write_key_and_a_vector_that_fits(served: Served) 
 
 async def test_without_a_write_key_writes_are_off(proxies: ProxyFactory) -> None:
     await proxies.declare()
-    proxy = await proxies.start()
-    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    client = await asyncio.to_thread(_client, f"http://127.0.0.1:{server.port}", None)
+    server, url = await qdrant_api(await proxies.start())
+    client = await asyncio.to_thread(_client, url, None)
     with pytest.raises(UnexpectedResponse) as refused:
         await asyncio.to_thread(client.upsert, "products",
                                 [models.PointStruct(id=5, vector=_document("a note"))])

@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from langchain_openai import OpenAIEmbeddings
 from langchain_qdrant import QdrantVectorStore
 from msgspec.structs import replace
@@ -24,26 +23,15 @@ from pydantic import SecretStr
 from qdrant_client import models
 
 from proxy.config import Settings
-from proxy.models.catalog import default_rollout
-from proxy.qdrant_api.app import make_qdrant_app
 from proxy.state.client import connect
 from proxy.state.rulestore import RedisRuleStore
-from proxy.vectors.edge import EdgeStore
-from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER, WATCHER
+from proxy.web.keys import SEARCHER, WATCHER
 from tests.eventually import eventually
 from tests.integration.conftest import Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import version_checked
+from tests.integration.qdrant_api.clients import notes_proxy, qdrant_api, version_checked
 
 pytestmark = pytest.mark.integration
 WRITE_KEY = "qdrant-write-key-for-tests"
-
-
-async def _qdrant(proxy: Proxy) -> tuple[TestServer, str]:
-    app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return server, f"http://127.0.0.1:{server.port}"
 
 
 def _openai(proxy: Proxy) -> OpenAI:
@@ -86,7 +74,7 @@ async def test_a_vector_handed_out_is_searched_where_it_was_made_anywhere_and_la
     await rules.aclose()
     await eventually(lambda: second.app[WATCHER].rollouts["products"].revision ==
                      rolled.revision)
-    server, url = await _qdrant(second)  # another proxy, after the rule moved
+    server, url = await qdrant_api(second)  # another proxy, after the rule moved
     version, ids = await _query(url, list(answer.data[0].embedding), user)
     assert version == "v2" and ids == [h["id"] for h in native["hits"]]
 
@@ -97,12 +85,8 @@ async def test_a_vector_handed_out_is_searched_where_it_was_made_anywhere_and_la
 
 async def test_langchain_embeds_writes_and_searches_through_the_proxy_alone(
         proxies: ProxyFactory, tmp_path: Path) -> None:
-    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
-    await rules.create(default_rollout("notes"), "tests", "declare")
-    await rules.aclose()
-    proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"),
-                                qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
-    server, url = await _qdrant(proxy)
+    proxy = await notes_proxy(proxies, tmp_path, qdrant_write_key=WRITE_KEY)
+    server, url = await qdrant_api(proxy)
     texts = ["a glacier lake frozen in winter", "a harbour crane unloading ships",
              "a lighthouse on a stormy coast", "a desert road at noon"]
 
@@ -140,12 +124,8 @@ async def test_llamaindex_writes_and_queries_its_nodes_through_the_proxy(
     from llama_index.vector_stores.qdrant import QdrantVectorStore as LlamaQdrant
     from qdrant_client import QdrantClient
 
-    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
-    await rules.create(default_rollout("notes"), "tests", "declare")
-    await rules.aclose()
-    proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"),
-                                qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
-    server, url = await _qdrant(proxy)
+    proxy = await notes_proxy(proxies, tmp_path, qdrant_write_key=WRITE_KEY)
+    server, url = await qdrant_api(proxy)
     texts = ["a glacier lake frozen in winter", "a lighthouse on a stormy coast",
              "a desert road at noon"]
 
