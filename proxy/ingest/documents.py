@@ -105,7 +105,7 @@ def point_id(doc_id: DocId, version: Version) -> PointId:
     if isinstance(doc_id, int) and not shared:
         return doc_id
     written_by_application = version.text_field or version.model == UNRECORDED_MODEL
-    if written_by_application and not shared and isinstance(doc_id, str) and _is_uuid(doc_id):
+    if written_by_application and not shared and isinstance(doc_id, str) and is_uuid(doc_id):
         return doc_id
     key = f"{version.name}\x00{doc_id!r}" if shared else repr(doc_id)
     return str(uuid.uuid5(_NAMESPACE, key))
@@ -152,7 +152,8 @@ def vector_payload(point: VectorPoint, version: Version) -> dict[str, Any]:
     return {**point.payload, RESERVED: own}
 
 
-def _is_uuid(text: str) -> bool:
+def is_uuid(text: str) -> bool:
+    """Whether ``text`` is a UUID in its usual hyphenated form (either case)."""
     try:
         return str(uuid.UUID(text)) == text.lower()
     except ValueError:

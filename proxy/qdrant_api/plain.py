@@ -9,9 +9,8 @@ embedshift's envelope (the source text) out of every answer.
 
 from __future__ import annotations
 
-from typing import Any
-
-from proxy.qdrant_api.shapes import Ask, Incoming, read_selector, record
+from proxy.ingest.documents import is_uuid
+from proxy.qdrant_api.shapes import Ask, Incoming
 from proxy.serving.search import Searcher
 from proxy.vectors.base import UNRECORDED_MODEL, Hit, PointIn, parse_filter
 from rollout_rules.errors import FeatureOff, NotFoundError, RuleError
@@ -47,12 +46,11 @@ class Plain:
             if len(point.vector) != self.version.dimensions:
                 raise RuleError(f"points[{n}].vector", f"has {len(point.vector)} numbers; "
                                 f"the collection holds {self.version.dimensions}")
+            if isinstance(point.id, str) and not is_uuid(point.id):
+                raise RuleError(f"points[{n}].id", "a point id is an unsigned integer or a "
+                                "UUID, as in Qdrant")
         await self.searcher.store.upsert(self.target, [
             PointIn(p.id, p.vector or [], p.payload) for p in points])
-
-    def records(self, stored: list[Any], with_payload: Any) -> list[dict[str, Any]]:
-        selector = read_selector(with_payload)
-        return [record(point.id, point.payload, selector) for point in stored]
 
 
 async def plain(searcher: Searcher, name: str) -> Plain | None:
