@@ -55,6 +55,10 @@ dict. The environment wins over the file. Names, file key on the left, variable 
                                                    api-key (hashed) is its sticky key (off)
     handed_out_ttl_s    EMBEDSHIFT_HANDED_OUT_TTL_S  how long a vector from /v1/embeddings is
                                                    known as its version's (3600)
+    drift_check_s       EMBEDSHIFT_DRIFT_CHECK_S   how often served models re-embed their probe
+                                                   texts to catch drift (300; 0: only at start)
+    drift_policy        EMBEDSHIFT_DRIFT_POLICY    on drift: rollback (a candidate served by the
+                                                   model) or report (rollback)
     config file:        EMBEDSHIFT_CONFIG
 """
 
@@ -64,7 +68,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -113,6 +117,8 @@ _ENV = {
     "backlog": "EMBEDSHIFT_BACKLOG",
     "drain_s": "EMBEDSHIFT_DRAIN_S",
     "shutdown_timeout_s": "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S",
+    "drift_check_s": "EMBEDSHIFT_DRIFT_CHECK_S",
+    "drift_policy": "EMBEDSHIFT_DRIFT_POLICY",
 }
 
 
@@ -160,6 +166,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     drain_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    drift_check_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    drift_policy: Literal["rollback", "report"] = "rollback"
 
     @property
     def data_path(self) -> Path:

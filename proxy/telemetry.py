@@ -185,6 +185,22 @@ class Metrics:
         self.guard_rollbacks = Counter("embedshift_guard_rollbacks",
                                        "Rollbacks this proxy made: by its guard or an alert",
                                        ["alias", "by"], registry=r)
+        self.model_drifted = Gauge("embedshift_model_drifted",
+                                   "1 when a served model's probe texts no longer get the "
+                                   "vectors it was catalogued with", ["model"], registry=r)
+        self.model_probe_cosine = Gauge("embedshift_model_probe_cosine",
+                                        "The least cosine of a served model's probe vectors "
+                                        "now against its catalogued ones", ["model"], registry=r)
+        self.served_calls = Gauge("embedshift_served_calls",
+                                  "Calls to a served model's API so far, by outcome (ok, "
+                                  "retried, failed, rate_limited)", ["model", "outcome"],
+                                  registry=r)
+        self.served_tokens = Gauge("embedshift_served_tokens",
+                                   "Tokens a served model's API counted so far (its usage)",
+                                   ["model"], registry=r)
+        self.served_circuit = Gauge("embedshift_served_circuit_open",
+                                    "1 while calls to a served model fail fast after failures "
+                                    "in a row", ["model"], registry=r)
         self.http_requests = Counter("embedshift_http_requests",
                                      "HTTP answers by route, method and status (every route, "
                                      "errors included)", ["route", "method", "status"],

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, get_args
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -18,27 +19,31 @@ from proxy.config import Settings
 from proxy.models.builtin import L3_ID, L6_ID
 from proxy.models.catalog import (
     Added,
+    AddedServed,
     Entry,
     add_model,
+    add_served,
     build_model,
     default_rollout,
     describe,
     entries,
     find,
-    load_model,
+    open_model,
     remove_model,
 )
 from proxy.models.encoders import default_threads
 from proxy.models.evaluation import Scores, evaluate, load_beir
 from proxy.models.folders import Choices
 from proxy.models.manifest import Pooling
+from proxy.models.served import ServedSpec
 from proxy.state.rulestore import open_store
 from rollout_rules.errors import ModelError, RuleError
 from rollout_rules.model import Rollout, Target, Version
+from rollout_rules.text import one_line
 
 METRICS = [("nDCG@10", "ndcg_at_10"), ("recall@10", "recall_at_10"),
            ("recall@100", "recall_at_100"), ("MRR@10", "mrr_at_10")]
-ACTIONS = {"add": ("name", "path"), "show": ("name",), "remove": ("name",), "list": (),
+ACTIONS = {"add": ("name",), "show": ("name",), "remove": ("name",), "list": (),
            "build": ()}
 
 
@@ -60,6 +65,11 @@ def list_models(models_dir: Path) -> Result:
 
 
 def _row(entry: Entry) -> str:
+    if entry.served is not None:
+        spec = entry.served
+        return (f"{entry.name:46} {'served':7} {spec.dimensions:>5} {'':>5} {'':9} "
+                f"{'yes' if spec.normalize else 'no':5} {'none':5} {'':>8}  "
+                f"{spec.identity[:19]} {spec.model_id} at {spec.url}")
     m = entry.manifest
     if m is None:
         return f"{entry.name:46} {'default':7} {'384':>5} {'':>5} {'':9} {'yes':5} {'none':5} " \
@@ -72,7 +82,8 @@ def _row(entry: Entry) -> str:
 def _as_dict(entry: Entry) -> dict[str, object]:
     return {"name": entry.name, "kind": entry.kind, "folder": str(entry.folder),
             "size_bytes": entry.size_bytes,
-            "manifest": None if entry.manifest is None else msgspec.to_builtins(entry.manifest)}
+            "manifest": None if entry.manifest is None else msgspec.to_builtins(entry.manifest),
+            **({"served": msgspec.to_builtins(_shown(entry.served))} if entry.served else {})}
 
 
 def show_model(name: str, models_dir: Path) -> Result:
@@ -81,7 +92,12 @@ def show_model(name: str, models_dir: Path) -> Result:
     return payload, msgspec.json.format(msgspec.json.encode(payload)).decode()
 
 
-def add(args: argparse.Namespace, models_dir: Path) -> Result:
+def add(args: argparse.Namespace, models_dir: Path, environ: Mapping[str, str]) -> Result:
+    if args.openai_url:
+        return add_served_model(args, models_dir, environ)
+    if args.path is None:
+        raise RuleError("path", "models add needs NAME PATH (a model folder), or NAME "
+                                "--openai-url URL --model-id ID (a served model)")
     choices = Choices(onnx=args.onnx, pooling=args.pooling, normalize=args.normalize,
                       max_length=args.max_length, model_id=args.model_id, output=args.output)
     added = add_model(args.name, Path(args.path), models_dir, choices=choices,
@@ -117,6 +133,74 @@ def render_added(added: Added) -> str:
     return "\n".join(lines)
 
 
+def add_served_model(args: argparse.Namespace, models_dir: Path,
+                     environ: Mapping[str, str]) -> Result:
+    if not args.model_id:
+        raise RuleError("--model-id", "a served model needs the id the service knows it by "
+                                      "(the request's model field)")
+    if args.path is not None:
+        raise RuleError("path", "a served model has no folder: give --openai-url or a PATH")
+    for flag, value, low, high in (("--max-batch", args.max_batch, 1, 2048),
+                                   ("--max-concurrency", args.max_concurrency, 1, 64),
+                                   ("--rpm", args.rpm, 0, 10**9), ("--tpm", args.tpm, 0, 10**12),
+                                   ("--dimensions", args.dimensions or 1, 1, 65536)):
+        if not low <= value <= high:
+            raise RuleError(flag, f"{value}: from {low} to {high}")
+    if not 0 < args.timeout <= 60:
+        raise RuleError("--timeout", f"{args.timeout}: more than 0, at most 60 seconds")
+    draft = ServedSpec(url=served_url(args.openai_url), model_id=args.model_id,
+                       dimensions=args.dimensions or 0,
+                       ask_dimensions=args.dimensions is not None,
+                       api_key_env=args.api_key_env or "", api_key_file=args.api_key_file or "",
+                       max_batch=args.max_batch, max_concurrency=args.max_concurrency,
+                       rpm=args.rpm, tpm=args.tpm, timeout_s=args.timeout)
+    added = add_served(args.name, draft, models_dir, environ=environ,
+                       expect=Path(args.expect) if args.expect else None, log=print)
+    return {"name": added.name, "folder": str(added.folder), "existing": added.existing,
+            "served": msgspec.to_builtins(_shown(added.spec))}, render_served(added)
+
+
+def served_url(url: str) -> str:
+    """The API's base URL, checked: http(s), a host, no credentials (a key goes in
+    --api-key-env or --api-key-file, never in the catalogue)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RuleError("--openai-url", f"{one_line(url)!r} is not an http(s) URL (the API's "
+                                        "base, e.g. https://api.openai.com/v1)")
+    if parts.username or parts.password:
+        raise RuleError("--openai-url", "holds credentials: give the key with --api-key-env "
+                                        "VAR or --api-key-file PATH instead")
+    if parts.query or parts.fragment:
+        raise RuleError("--openai-url", "the API's base URL has no query or fragment")
+    return url.rstrip("/")
+
+
+def _shown(spec: ServedSpec) -> ServedSpec:
+    return msgspec.structs.replace(spec, probes=())  # 5 x dims numbers: in the file, not shown
+
+
+def render_served(added: AddedServed) -> str:
+    spec = added.spec
+    if added.existing:
+        return (f"already catalogued as {added.name} (same identity {spec.identity[:19]}): "
+                f"name it in a rule as model {added.name!r}")
+    key = (f"${spec.api_key_env}" if spec.api_key_env else spec.api_key_file) or "none"
+    limits = ", ".join(f"{value} {unit}" for value, unit in ((spec.rpm, "requests/min"),
+                                                             (spec.tpm, "tokens/min")) if value)
+    lines = [f"added {added.name}: {spec.model_id} served at {spec.url}",
+             f"  folder       {added.folder}", f"  identity     {spec.identity}",
+             f"  fingerprint  {spec.fingerprint} (the probe texts' vectors)",
+             f"  dimensions   {spec.dimensions}", f"  key          {key}",
+             f"  calls        at most {spec.max_batch} texts each, {spec.max_concurrency} at "
+             f"once{', ' + limits if limits else ''}; a query's call times out after "
+             f"{spec.timeout_s:g} s"]
+    lines += ["checks passed:"] + [f"  {line}" for line in spec.checks]
+    version = {"name": "v2", "model": added.name, "dimensions": spec.dimensions,
+               "normalized": spec.normalize, "target": {"collection": "ALIAS_v2"}}
+    lines.append("name it in a rule: " + msgspec.json.encode(version).decode())
+    return "\n".join(lines)
+
+
 def remove(name: str, settings: Settings, environ: Mapping[str, str]) -> Result:
     async def rules() -> list[Rollout]:
         store = open_store(settings, environ, start=False)
@@ -138,7 +222,7 @@ def run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]
     if args.action == "build":
         return build_models(models_dir, args.int8)
     if args.action == "add":
-        return add(args, models_dir)
+        return add(args, models_dir, environ)
     if args.action == "show":
         return show_model(args.name, models_dir)
     if args.action == "remove":
@@ -152,7 +236,7 @@ def run_eval(args: argparse.Namespace, models_dir: Path, versions: list[Version]
     dataset = load_beir(Path(args.dataset), max_docs=args.max_docs)
     results: dict[str, Scores] = {}
     for version in versions:
-        model = load_model(version, models_dir, default_threads())
+        model = open_model(version, models_dir, default_threads())
         results[version.name] = evaluate(model, dataset, version.query_prefix)
     payload = {"dataset": dataset.name, "results": {
         v.name: {"model": v.model, "quantization": v.quantization,
@@ -225,7 +309,21 @@ def add_parsers(add_command: AddCommand) -> None:
     p.add_argument("--max-length", type=int, help="with add: tokens the model reads")
     p.add_argument("--model-id", help="with add: the upstream model id to record")
     p.add_argument("--expect", help="with add: JSON lines {text, vector} the model must match "
-                   "(cosine >= 0.9999), made with sentence-transformers")
+                   "(cosine >= 0.9999; 0.999 for a served model), made with "
+                   "sentence-transformers")
+    served = p.add_argument_group("a served model (an OpenAI-compatible embeddings API)")
+    served.add_argument("--openai-url", help="with add, instead of PATH: the API's base URL "
+                        "(embeddings are POSTed to URL/embeddings); --model-id names the model")
+    served.add_argument("--dimensions", type=int, help="ask the service for vectors of N "
+                        "numbers (models that shorten on request; default: what it gives)")
+    served.add_argument("--api-key-env", help="the environment variable holding the API key")
+    served.add_argument("--api-key-file", help="or a file holding it")
+    served.add_argument("--max-batch", type=int, default=32, help="texts per call (32)")
+    served.add_argument("--max-concurrency", type=int, default=4, help="calls at once (4)")
+    served.add_argument("--rpm", type=int, default=0, help="requests per minute allowed")
+    served.add_argument("--tpm", type=int, default=0, help="tokens per minute allowed")
+    served.add_argument("--timeout", type=float, default=2.0,
+                        help="seconds a query's call may take before stable answers (2)")
     p = add_command("eval", run_eval_command, "retrieval quality per model on a BEIR-format "
                     "dataset")
     p.add_argument("--dataset", required=True, help="a BEIR folder: queries.jsonl and "

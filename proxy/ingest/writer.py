@@ -31,7 +31,7 @@ from proxy.ingest.documents import (
     point_payload,
     vector_payload,
 )
-from proxy.models.encoders import TextModel
+from proxy.models.encoders import TextModel, embed_off_loop
 from proxy.state.base import RuleStore
 from proxy.vectors.base import RESERVED, PointId, PointIn, VectorStore, id_of_key
 from rollout_rules.errors import BackendError, DocumentNotFound, ModelError, RuleError
@@ -65,8 +65,9 @@ def active_versions(rollout: Rollout) -> list[Version]:
 
 
 async def encode(model: TextModel, texts: Sequence[str]) -> NDArray[np.float32]:
-    """Documents' vectors, off the event loop (the model is shared with the request path)."""
-    return await asyncio.to_thread(model.embed_many, list(texts))
+    """Documents' vectors, off the event loop (the model is shared with the request path; a
+    served model's calls leave live queries their share of the service)."""
+    return await embed_off_loop(model, texts, live=False)
 
 
 class PayloadChange(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,6 +10,8 @@ A version's ``model`` is one of:
   ``<models dir>/NAME``, holding copies of the graph and tokenizer and a manifest whose
   identity is a content hash (``proxy.models.manifest``), written only after the model passed the
   behaviour checks (``proxy.models.checks``);
+- the name of a served model (``embedshift models add NAME --openai-url URL --model-id ID``):
+  its folder holds no weights, only how to call it and its fingerprint (``proxy.models.served``);
 - the path of a catalogued model folder (one with our manifest), for compatibility.
 
 ``quantization = "int8"`` names the int8 variant of any of them, built beside it on first use.
@@ -17,10 +19,12 @@ A version's ``model`` is one of:
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +32,14 @@ import msgspec
 
 from proxy.models.bert_onnx import save_bert
 from proxy.models.builtin import BUILTIN_SETTINGS, L3_ID, L6_ID, build_l3, build_l6
-from proxy.models.checks import INT8_MIN_COSINE, Measured, check_int8, run_checks
-from proxy.models.encoders import OnnxModel
+from proxy.models.checks import (
+    INT8_MIN_COSINE,
+    Measured,
+    check_int8,
+    read_references,
+    run_checks,
+)
+from proxy.models.encoders import OnnxModel, TextModel
 from proxy.models.folders import Choices, Draft, bert_config, read_folder
 from proxy.models.manifest import (
     MANIFEST,
@@ -40,6 +50,15 @@ from proxy.models.manifest import (
     sealed,
     verify_files,
     write_manifest,
+)
+from proxy.models.served import (
+    SPEC_FILE,
+    ServedModel,
+    ServedSpec,
+    examine,
+    read_key,
+    read_spec,
+    write_spec,
 )
 from rollout_rules.errors import ModelError, RuleError
 from rollout_rules.model import Rollout, Target, Version, check_rollout
@@ -84,8 +103,30 @@ def resolve(version: Version, models_dir: Path, build: bool = True) -> Path:
     return build_model(version.model, version.quantization, models_dir)
 
 
+def served_folder(model: str, models_dir: Path) -> Path | None:
+    """The folder of a served model a rule names, None when it names no served model."""
+    if not NAME.match(model) or not (models_dir / model / SPEC_FILE).is_file():
+        return None
+    return models_dir / model
+
+
+def open_model(version: Version, models_dir: Path, threads: int,
+               environ: Mapping[str, str] = os.environ) -> TextModel:
+    """A version's model, local (``load_model``) or served, with its key read from where its
+    spec says."""
+    served = served_folder(version.model, models_dir)
+    if served is None:
+        return load_model(version, models_dir, threads)
+    if version.quantization != "none":
+        raise ModelError(f"model {version.model} is served: it has no {version.quantization} "
+                         'variant (quantization = "none")')
+    spec = read_spec(served)
+    return ServedModel(spec, version.model, api_key=read_key(spec, environ, version.model))
+
+
 def load_model(version: Version, models_dir: Path, threads: int) -> OnnxModel:
-    """A version's model loaded, its files checked against the hashes it was catalogued with."""
+    """A version's local model loaded, its files checked against the hashes it was catalogued
+    with."""
     folder = resolve(version, models_dir)
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
@@ -216,6 +257,34 @@ def _add(name: str, draft: Draft, scratch: Path, models_dir: Path, *, expect: Pa
     return Added(name, folder, manifest, draft.decided, measured, existing=found is not None)
 
 
+def add_served(name: str, draft: ServedSpec, models_dir: Path, *,
+               environ: Mapping[str, str] = os.environ, expect: Path | None = None,
+               log: Log = lambda _: None) -> AddedServed:
+    """Call a served model, check its behaviour and catalogue it as ``name`` (its folder holds
+    the spec: how to call it and its fingerprint, never its key)."""
+    _check_name(name)
+    key = read_key(draft, environ, name)
+    references = read_references(expect, draft.dimensions or 0) if expect else []
+    log(f"checking {draft.model_id} at {draft.url}: size, batches, norms, a long text"
+        + (f", reference vectors in {expect}" if expect else ""))
+    spec = asyncio.run(examine(draft, name, key, references))
+    for entry in entries(models_dir):
+        if entry.served is not None and entry.served.identity == spec.identity:
+            return AddedServed(entry.name, entry.folder, entry.served, existing=True)
+    if (models_dir / name).exists():
+        raise ModelError(f"model name {name!r} is taken: remove it first or choose another name")
+    folder = _publish(models_dir / name, lambda tmp: write_spec(tmp, spec))
+    return AddedServed(name, folder, spec)
+
+
+@dataclass(frozen=True)
+class AddedServed:
+    name: str
+    folder: Path
+    spec: ServedSpec
+    existing: bool = False
+
+
 def _move_into(source: Path, target: Path) -> None:
     for item in source.iterdir():
         item.rename(target / item.name)
@@ -252,6 +321,7 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     folder: Path
     manifest: Manifest | None
     size_bytes: int = 0
+    served: ServedSpec | None = None  # kind "served": how it is called
 
 
 def entries(models_dir: Path) -> list[Entry]:
@@ -269,6 +339,11 @@ def entries(models_dir: Path) -> list[Entry]:
         folder = manifest_path.parent
         if folder.name not in builtin_folders and not folder.name.startswith("."):
             rows.append(_entry(folder.name, "added", folder))
+    for spec_path in sorted(models_dir.glob(f"*/{SPEC_FILE}")):
+        folder = spec_path.parent
+        if not folder.name.startswith("."):
+            rows.append(Entry(name=folder.name, kind="served", folder=folder, manifest=None,
+                              served=read_spec(folder)))
     return rows
 
 
@@ -290,7 +365,7 @@ def find(name: str, models_dir: Path) -> Entry:
 def remove_model(name: str, models_dir: Path, rules: Iterable[Rollout]) -> list[Path]:
     """Delete an added model (and its int8 variant), unless a rule names it."""
     entry = find(name, models_dir)
-    if entry.kind != "added":
+    if entry.kind not in ("added", "served"):
         raise ModelError(f"{name!r} is a default model, not an added one: nothing to remove")
     folders = {entry.folder.name, folder_name(entry.folder.name, "int8")}
     users = [f"{rollout.alias}/{version.name}" for rollout in rules for version in rollout.versions
@@ -313,6 +388,13 @@ def describe(model: str, models_dir: Path) -> tuple[int, bool, str] | None:
     if unknown."""
     if model in BUILTIN_SETTINGS:
         return BUILTIN_SETTINGS[model][0], True, ""
+    served = served_folder(model, models_dir)
+    if served is not None:
+        try:
+            spec = read_spec(served)
+        except ModelError:
+            return None
+        return spec.dimensions, spec.normalize, ""
     folder = models_dir / model if NAME.match(model) else Path(model).expanduser()
     if not (folder / MANIFEST).is_file():
         return None

@@ -131,8 +131,9 @@ def check_max_length(model: OnnxModel) -> int:
 
 
 def read_references(path: Path, dimensions: int) -> list[Reference]:
-    """``--expect`` lines: {"text": ..., "vector": [...]}; errors name the line."""
-    references = []
+    """``--expect`` lines: {"text": ..., "vector": [...]}; errors name the line. Every vector
+    has ``dimensions`` numbers (0: as many as the first line's)."""
+    references: list[Reference] = []
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
@@ -145,9 +146,12 @@ def read_references(path: Path, dimensions: int) -> list[Reference]:
         except msgspec.DecodeError as exc:
             raise ModelError(f"{path}:{number}: {exc} (each line is "
                              '{"text": "...", "vector": [...]})') from exc
-        if len(reference.vector) != dimensions:
+        size = dimensions or (len(references[0].vector) if references else
+                              len(reference.vector))
+        if len(reference.vector) != size:
+            other = "the model produces" if dimensions else "the first line's has"
             raise ModelError(f"{path}:{number}: the vector has {len(reference.vector)} "
-                             f"dimensions, the model produces {dimensions}")
+                             f"dimensions, {other} {size}")
         references.append(reference)
     if not references:
         raise ModelError(f"--expect {path}: no reference lines")

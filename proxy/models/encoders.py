@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import numpy as np
@@ -58,6 +58,43 @@ class TextModel(Protocol):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """The tokens the model reads of each text (after truncation at its max length)."""
         ...
+
+
+@runtime_checkable
+class RemoteModel(TextModel, Protocol):
+    """A model whose work is a call to a service (``proxy.models.served``): awaited on the
+    event loop, no thread; ``live`` calls (queries) go first and give up quickly."""
+
+    @property
+    def max_batch(self) -> int: ...
+
+    @property
+    def max_concurrency(self) -> int: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    async def aembed(self, texts: Sequence[str], *, live: bool) -> Vector: ...
+
+    async def drift(self) -> float:
+        """The least cosine of its probe texts' vectors now against when it was catalogued."""
+        ...
+
+    def figures(self) -> dict[str, float]:
+        """Its calls so far: ok, retried, failed, rate_limited, texts, tokens, circuit_open."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+async def embed_off_loop(model: TextModel, texts: Sequence[str], *, live: bool,
+                         executor: Executor | None = None) -> Vector:
+    """A model's vectors without blocking the event loop: a served model's call awaited, a
+    local model run in ``executor`` (default: a thread of asyncio's)."""
+    if isinstance(model, RemoteModel):
+        return await model.aembed(texts, live=live)
+    run = model.embed if live else model.embed_many
+    return await asyncio.get_running_loop().run_in_executor(executor, run, list(texts))
 
 
 class Encoder(Protocol):
@@ -274,6 +311,8 @@ class QueryEncoder:
         self._queue: list[str] = []
         self._inflight = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task[Vector]] = set()  # referenced until they finish
+        self._remote = model if isinstance(model, RemoteModel) else None  # asked once
 
     async def encode(self, text: str) -> tuple[Vector, bool]:
         if not isinstance(text, str):  # a batch of it would fail in a timer callback, unseen
@@ -310,12 +349,19 @@ class QueryEncoder:
             self.batches += 1
             self.batched_texts += len(batch)
             texts = [self.query_prefix + key for key in batch]
-            run = loop.run_in_executor(self.executor, self.model.embed, texts)
+            run: asyncio.Future[Vector]
+            if self._remote is not None:
+                run = loop.create_task(self._remote.aembed(texts, live=True))
+                self._running.add(run)
+                run.add_done_callback(self._running.discard)
+            else:
+                run = loop.run_in_executor(self.executor, self.model.embed, texts)
             run.add_done_callback(functools.partial(self._finished, batch))
 
     def _finished(self, keys: list[str], done: asyncio.Future[Vector]) -> None:
         self._inflight -= 1
-        error = done.exception()
+        error = (ModelError("the encoding was cancelled (the proxy is stopping)")
+                 if done.cancelled() else done.exception())
         vectors: Any = None if error is not None else done.result()
         for i, key in enumerate(keys):
             future = self._waiting.pop(key)

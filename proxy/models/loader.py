@@ -18,8 +18,8 @@ from typing import Any
 
 import structlog
 
-from proxy.models.catalog import load_model
-from proxy.models.encoders import Encoder, QueryEncoder, TextModel
+from proxy.models.catalog import open_model
+from proxy.models.encoders import Encoder, QueryEncoder, RemoteModel, TextModel
 from proxy.tasks import cancel_and_wait
 from rollout_rules.errors import ModelError
 from rollout_rules.model import Rollout, Version
@@ -39,7 +39,7 @@ class ModelCache:
         """``load`` reads a version's model (default: its ONNX folder, built if need be, with
         ``threads`` intra-op threads; the request path runs several such models in parallel)."""
         self.models_dir = models_dir
-        self._load = load or (lambda v: load_model(v, models_dir, threads))
+        self._load = load or (lambda v: open_model(v, models_dir, threads))
         self._models: dict[tuple[str, str], TextModel] = {}
         self._lock = asyncio.Lock()
 
@@ -55,6 +55,16 @@ class ModelCache:
             raise ModelError(f"version {version.name} declares {version.dimensions} dimensions,"
                              f" its model {version.model} produces {model.dimensions}")
         return model
+
+    def served(self) -> dict[str, RemoteModel]:
+        """The served models loaded, by the name rules give them."""
+        return {name: model for (name, _), model in self._models.items()
+                if isinstance(model, RemoteModel)}
+
+    async def aclose(self) -> None:
+        """Close the served models' connections (local models hold none)."""
+        for model in self.served().values():
+            await model.aclose()
 
 
 class Encoders:
@@ -74,10 +84,16 @@ class Encoders:
                 failed[version.name] = str(exc)
                 continue
             if encoder_key(version) not in self.by_key:
-                self.by_key[encoder_key(version)] = QueryEncoder(
-                    model, self.executor, query_prefix=version.query_prefix,
-                    cache_size=self.cache_size)
+                self.by_key[encoder_key(version)] = self._encoder(model, version)
         return failed
+
+    def _encoder(self, model: TextModel, version: Version) -> QueryEncoder:
+        if isinstance(model, RemoteModel):  # batches and calls at once as the service allows
+            return QueryEncoder(model, self.executor, query_prefix=version.query_prefix,
+                                cache_size=self.cache_size, max_batch=model.max_batch,
+                                max_inflight=model.max_concurrency, max_wait_ms=2.0)
+        return QueryEncoder(model, self.executor, query_prefix=version.query_prefix,
+                            cache_size=self.cache_size)
 
     def schedule(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background (preparing a rule that arrived while serving)."""

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.config import Settings
 from proxy.control.alerts import AlertHandler
+from proxy.control.drift import DriftWatch
 from proxy.control.guard import GuardLoop
 from proxy.control.operator import Operator
 from proxy.control.ramp import RampScheduler
@@ -52,6 +53,7 @@ from proxy.web.history import History
 from proxy.web.keys import (
     ALERTS,
     BACKFILL,
+    DRIFT,
     EMBEDDER,
     GUARD,
     HISTORY,
@@ -101,16 +103,13 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
         deadline_s=settings.request_timeout_s, log_queries=settings.log_queries,
         hits=recorder, cohorts=CohortRecorder(), shadow=shadow)
     app[EMBEDDER] = Embedder(searcher, deps.handed or MemoryHandedOut(), settings.handed_out_ttl_s)
-    guard, backfill = _add_operations(app, settings, deps, watcher, searcher.cohorts)
+    guard, backfill, drift = _add_operations(app, settings, deps, watcher, searcher.cohorts)
     _add_routes(app, History(metrics.registry, settings.ui_step_s))
 
     async def stop() -> None:
-        await guard.stop()
-        await shadow.close()
-        await backfill.close()
-        await recorder.stop()
-        await watcher.stop()
-        await encoders.close()
+        for close in (drift.stop, guard.stop, shadow.close, backfill.close, recorder.stop,
+                      watcher.stop, encoders.close, deps.models.aclose):
+            await close()  # in this order: what writes first, what it writes with last
         executor.shutdown(wait=False, cancel_futures=True)
 
     async def prepare(rollout: Rollout) -> None:
@@ -143,6 +142,7 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
             raise
         recorder.start()
         guard.start()
+        drift.start()
         app[READY]["started"] = True
         yield
         await stop()
@@ -154,9 +154,10 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
 
 def _add_operations(app: web.Application, settings: Settings, deps: Deps,
                     watcher: RuleWatcher, cohorts: CohortRecorder
-                    ) -> tuple[GuardLoop, Backfill]:
+                    ) -> tuple[GuardLoop, Backfill, DriftWatch]:
     """What writes rules and data beside the operator: ingestion and the backfill, the alert
-    webhook, this instance's guard loop (and the guarded ramp it drives)."""
+    webhook, this instance's guard loop (and the guarded ramp it drives), the served models'
+    drift watch."""
     store = deps.rules_store
     app[OPERATOR] = Operator(store, "admin-api")
     ingestor = app[INGESTOR] = Ingestor(deps.vector_store, store, deps.models)
@@ -168,7 +169,10 @@ def _add_operations(app: web.Application, settings: Settings, deps: Deps,
                                    app[METRICS], instance=instance,
                                    tick_s=settings.guard_tick_s,
                                    ramp=RampScheduler(store, instance, settings.guard_tick_s))
-    return guard, backfill
+    drift = app[DRIFT] = DriftWatch(deps.models.served, lambda: watcher.rollouts, app[OPERATOR],
+                                    app[METRICS], interval_s=settings.drift_check_s,
+                                    policy=settings.drift_policy)
+    return guard, backfill, drift
 
 
 def _add_status_history(app: web.Application, history: History) -> None:

@@ -9,6 +9,7 @@ from opentelemetry.trace import Tracer
 
 from proxy.config import Settings
 from proxy.control.alerts import AlertHandler
+from proxy.control.drift import DriftWatch
 from proxy.control.guard import GuardLoop
 from proxy.control.operator import Operator
 from proxy.ingest.backfill import Backfill
@@ -33,3 +34,4 @@ ALERTS = web.AppKey("alerts", AlertHandler)
 GUARD = web.AppKey("guard", GuardLoop)
 HISTORY = web.AppKey("history", History)
 EMBEDDER = web.AppKey("embedder", Embedder)
+DRIFT = web.AppKey("drift", DriftWatch)

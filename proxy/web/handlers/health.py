@@ -8,7 +8,8 @@ every alias out for one alias's mistake. ``models_missing`` lists versions still
 Redis being down, or losing its data, does not make a proxy unready: every proxy sees that at
 once, and pulling them all would turn a control-plane fault into a search outage. It serves the
 last good rules (fail static), and the detail, ``embedshift_rules_store_up`` and
-``embedshift_rules_vanished`` say so.
+``embedshift_rules_vanished`` say so. A served model's drift or failing service is named under
+``served_models`` (its last probe, its calls) without making the proxy unready, for the same reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.models.loader import encoder_key
 from proxy.web.errors import json_response
-from proxy.web.keys import METRICS, READY, SEARCHER, WATCHER
+from proxy.web.keys import DRIFT, METRICS, READY, SEARCHER, WATCHER
 from rollout_rules.model import State
 
 
@@ -48,7 +49,7 @@ async def readyz(request: web.Request) -> web.Response:
     ready = watcher.age_s is not None and request.app[READY].get("started", False) and \
         not draining  # rules read at least once (no alias declared yet is a snapshot too)
     detail = {"ready": ready, "draining": draining, "rules": rules, "models_missing": missing,
-              "unavailable": unavailable}
+              "unavailable": unavailable, "served_models": request.app[DRIFT].detail()}
     return json_response(detail, 200 if ready else 503)
 
 
@@ -66,5 +67,6 @@ async def metrics(request: web.Request) -> web.Response:
     for alias, coverage in watcher.coverage.items():
         for version, fraction in coverage.items():
             registry.coverage.labels(alias, version).set(fraction)
+    request.app[DRIFT].export()
     body = generate_latest(registry.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
