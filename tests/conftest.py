@@ -15,6 +15,7 @@ from proxy.config import Settings
 from proxy.state.client import connect
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
+from tests.servers import Infinity
 
 # A run fails for a reason, never for a draw: the same examples every run, no example database
 # carried between runs, and a failure prints the blob that reproduces it
@@ -60,3 +61,11 @@ def models_dir() -> Path:
     for model_id, quantization in ((L3_ID, "none"), (L6_ID, "none"), (L6_ID, "int8")):
         build_model(model_id, quantization, directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infinity]:
+    """A real OpenAI-compatible embeddings server (Infinity) serving all-MiniLM-L6-v2."""
+    server = Infinity(tmp_path_factory.mktemp("infinity")).start()
+    yield server
+    server.stop()

@@ -21,6 +21,7 @@ from tests.paths import FIXTURES, REPO
 
 REQUIREMENTS = FIXTURES / "infinity-requirements.txt"
 SERVED_NAME = "all-minilm-l6"
+KEY = "infinity-test-key-5d0c2a"  # the server asks for it, as a hosted API would
 STARTUP_S = 180.0
 
 
@@ -72,7 +73,8 @@ class Infinity:
 
     def __init__(self, log_dir: Path, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.root}/v1"  # the API's base, as OpenAI's is .../v1
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -82,19 +84,20 @@ class Infinity:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
                "OMP_NUM_THREADS": "1"}
-        log = (self.log_dir / f"infinity-{self.port}.log").open("ab")
-        self.process = subprocess.Popen(
-            [str(folder / "bin" / "infinity_emb"), "v2", "--model-id", str(model or l6_folder()),
-             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port",
-             str(self.port), "--engine", "torch", "--device", "cpu", "--no-model-warmup"],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+        with (self.log_dir / f"infinity-{self.port}.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(folder / "bin" / "infinity_emb"), "v2", "--model-id",
+                 str(model or l6_folder()), "--served-model-name", SERVED_NAME, "--host",
+                 "127.0.0.1", "--port", str(self.port), "--engine", "torch", "--device", "cpu",
+                 "--no-model-warmup", "--url-prefix", "/v1"],
+                env={**env, "INFINITY_API_KEY": KEY}, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + STARTUP_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Infinity exited ({self.process.returncode}): "
                                    f"{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                with urllib.request.urlopen(f"{self.root}/health", timeout=2):
                     return self
             except OSError:
                 time.sleep(0.5)

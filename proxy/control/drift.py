@@ -25,6 +25,7 @@ import structlog
 from proxy.control.operator import Operator
 from proxy.models.encoders import RemoteModel
 from proxy.models.served import DRIFT_MIN_COSINE
+from proxy.state.base import RuleStore
 from proxy.tasks import cancel_and_wait
 from proxy.telemetry import Metrics
 from rollout_rules.errors import ConflictError, EmbedshiftError
@@ -59,9 +60,10 @@ def to_roll_back(rollouts: Iterable[Rollout], drifted: set[str]) -> list[Rollout
 
 class DriftWatch:
     def __init__(self, served: Callable[[], Mapping[str, RemoteModel]],
-                 rollouts: Callable[[], Mapping[str, Rollout]], operator: Operator,
+                 rollouts: Callable[[], Mapping[str, Rollout]], store: RuleStore,
                  metrics: Metrics, *, interval_s: float, policy: str = "rollback") -> None:
-        self.served, self.rollouts, self.operator = served, rollouts, operator
+        self.served, self.rollouts = served, rollouts
+        self.operator = Operator(store, DRIFT_ACTOR)  # the audit names who rolled back
         self.metrics, self.interval_s, self.policy = metrics, interval_s, policy
         self.findings: dict[str, Finding] = {}
         self._task: asyncio.Task[None] | None = None

@@ -169,7 +169,7 @@ def _add_operations(app: web.Application, settings: Settings, deps: Deps,
                                    app[METRICS], instance=instance,
                                    tick_s=settings.guard_tick_s,
                                    ramp=RampScheduler(store, instance, settings.guard_tick_s))
-    drift = app[DRIFT] = DriftWatch(deps.models.served, lambda: watcher.rollouts, app[OPERATOR],
+    drift = app[DRIFT] = DriftWatch(deps.models.served, lambda: watcher.rollouts, store,
                                     app[METRICS], interval_s=settings.drift_check_s,
                                     policy=settings.drift_policy)
     return guard, backfill, drift

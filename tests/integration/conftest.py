@@ -135,9 +135,11 @@ class ProxyFactory:
         return rollout
 
     def app(self, refresh_interval_s: float = 3600.0, environ: dict[str, str] | None = None,
-            engine: VectorStore | None = None, **settings: Any
+            engine: VectorStore | None = None, models: ModelCache | None = None,
+            **settings: Any
             ) -> tuple[Any, Settings, RedisRuleStore, InMemorySpanExporter, FlakyStore]:
-        """A proxy app on this Redis and engine (or ``engine``), not yet serving."""
+        """A proxy app on this Redis and engine (or ``engine``), with the session's models (or
+        ``models``), not yet serving."""
         rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
         spans = InMemorySpanExporter()
         settings = {"admin_token": ADMIN_TOKEN, "override_token": OVERRIDE_TOKEN, **settings}
@@ -146,14 +148,16 @@ class ProxyFactory:
         store = FlakyStore(engine or self.engine.store)
         deps = Deps(rules_store=rules, vector_store=store,
                     tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),
-                    models=self.engine.model_cache(self.models_dir), jobs=rules.backfill_queue,
+                    models=models or self.engine.model_cache(self.models_dir),
+                    jobs=rules.backfill_queue,
                     handed=RedisHandedOut(rules.client, self.prefix))
         return make_app(config, deps), config, rules, spans, store
 
     async def start(self, refresh_interval_s: float = 3600.0,
                     environ: dict[str, str] | None = None, engine: VectorStore | None = None,
-                    **settings: Any) -> Proxy:
-        app, _, rules, spans, store = self.app(refresh_interval_s, environ, engine, **settings)
+                    models: ModelCache | None = None, **settings: Any) -> Proxy:
+        app, _, rules, spans, store = self.app(refresh_interval_s, environ, engine, models,
+                                               **settings)
         client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         proxy = Proxy(client, app, spans, rules, store)
