@@ -198,8 +198,15 @@ class ServedModel:
 
     async def drift(self) -> float:
         """The least cosine of the probes' vectors now against the catalogued ones (1.0: the
-        same); ModelError when the service cannot be asked."""
-        fresh = await self.aembed(list(PROBES), live=False)
+        same); ModelError when the service cannot be asked. One call, past the circuit and any
+        Retry-After: it is the health check, and an answer closes the circuit at once."""
+        try:
+            async with self._slot(live=True):
+                fresh, _tokens = await self._post(list(PROBES), live=False)
+        except _Retryable as exc:
+            raise ModelError(str(exc)) from None
+        self.circuit.succeeded()
+        self._cool_until = 0.0
         return drift(self.spec, fresh)
 
     # -- the TextModel protocol, for callers without an event loop (the CLI) ------------------
