@@ -369,13 +369,18 @@ def cmd_plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str,
     if args.price_per_1k is not None:
         body["price_per_1k"] = args.price_per_1k
     p = asyncio.run(_post(args, settings, f"/admin/aliases/{args.alias}/plan", body))
+    where = (f"{p['cores']} cores here" if p["tokens_counted_by"] == "tokenizer" else
+             f"through the service, which counted the tokens; {p['parallel']} calls at once")
     lines = [f"plan {p['alias']}: re-encode {p['to_encode']} of {p['documents']} documents "
              f"into {p['candidate']} ({p['model']})",
              f"  measured    {p['docs_per_s']} docs/s per worker on {p['sampled']} of your "
-             f"documents, {p['tokens_per_doc']} tokens each ({p['cores']} cores here)",
+             f"documents, {p['tokens_per_doc']} tokens each ({where})",
              f"  tokens      {p['tokens']:,}",
              f"  storage     {p['storage_bytes'] / 1e6:,.1f} MB for {p['candidate']}'s "
              "collection (vectors, payload, index)"]
+    if p["rate_limit_docs_per_s"] is not None:
+        lines.append(f"  rate limit  {p['rate_limit_docs_per_s']} docs/s for the backfill (the "
+                     "service's rpm/tpm, a quarter kept for live queries)")
     lines += [f"  {w['workers']} worker{'s' if w['workers'] > 1 else ' '}   "
               f"{_duration(w['seconds'])}" for w in p["wall_time"]]
     if p["cost"] is not None:

@@ -8,6 +8,11 @@ arithmetic over the corpus size (``estimate``, pure): wall time at 1..N workers 
 encodes on one thread, so workers scale up to the cores and no further), the candidate
 collection's size (vectors, payload, index links) and, given a price per thousand tokens, what
 an encoding service would charge for the same tokens.
+
+A served candidate (``proxy.models.served``) is measured the same way, through its service: its
+tokens are what the service itself counted (``usage``) for the sample, and its workers scale to
+the calls the backfill may make at once (one fewer than the model's ``max_concurrency``) and no
+faster than its rate limits allow, keeping live queries their share.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import msgspec
 from proxy.ingest.backfill import Options
 from proxy.ingest.documents import DOC_ID_FIELD, TEXT_FIELD, document_of
 from proxy.ingest.writer import Ingestor, encode
+from proxy.models.encoders import RemoteModel
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout
 
@@ -42,8 +48,11 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     sampled: int
     docs_per_s: float  # one worker, measured here
     tokens_per_doc: float
+    tokens_counted_by: str  # "tokenizer" (a local model) or "service" (its usage figures)
     tokens: int  # to encode
     cores: int
+    parallel: int  # workers that run at once: the cores, or a served model's bulk calls
+    rate_limit_docs_per_s: float | None  # a served model's rpm/tpm, as documents per second
     wall_time: list[Workers]
     storage_bytes: int  # the candidate's collection, whole
     price_per_1k_tokens: float | None
@@ -53,17 +62,20 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
 def estimate(*, documents: int, to_encode: int, docs_per_s: float, tokens_per_doc: float,
              text_bytes_per_doc: float, dimensions: int, cores: int, max_workers: int,
              price_per_1k: float | None, batch_overhead_s: float = 0.0,
-             batch_size: int = BATCH) -> dict[str, object]:
+             batch_size: int = BATCH, ceiling_docs_per_s: float | None = None
+             ) -> dict[str, object]:
     """The arithmetic of a plan (pure): each worker encodes at ``docs_per_s`` and pays
     ``batch_overhead_s`` per batch (reading the batch, recounting coverage), in parallel up
-    to the cores."""
+    to ``cores`` (the calls a served model may take at once), and never faster than
+    ``ceiling_docs_per_s`` (a served model's rate limits)."""
     tokens = round(to_encode * tokens_per_doc)
     per_point = dimensions * 4 + text_bytes_per_doc + ENVELOPE_BYTES + HNSW_LINK_BYTES
     one_worker = to_encode / docs_per_s + -(-to_encode // batch_size) * batch_overhead_s \
         if docs_per_s > 0 else 0.0
+    floor = to_encode / ceiling_docs_per_s if ceiling_docs_per_s else 0.0
     return {
         "tokens": tokens,
-        "wall_time": [Workers(w, round(one_worker / min(w, cores), 1))
+        "wall_time": [Workers(w, round(max(floor, one_worker / min(w, cores)), 1))
                       for w in range(1, max_workers + 1)] if docs_per_s > 0 else [],
         "storage_bytes": round(documents * per_point),
         "cost": None if price_per_1k is None else round(tokens / 1000 * price_per_1k, 2),
@@ -90,6 +102,8 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
         raise RuleError("documents", f"{stable.name} holds no documents with source text to "
                                      "measure (ingest some first)")
     model = await ingestor.models.get(candidate)
+    served = model if isinstance(model, RemoteModel) else None
+    counted = served.figures()["tokens"] if served else 0.0
     await encode(model, texts[:8])  # warm
     began = time.perf_counter()
     for start in range(0, len(texts), BATCH):  # in the backfill's batches, as it encodes
@@ -99,16 +113,23 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
     await store.retrieve(stable.target, [p.id for p in page[:BATCH]])
     await ingestor.count_coverage(rollout)
     overhead = time.perf_counter() - began
-    tokens_per_doc = sum(model.count_tokens(texts)) / len(texts)
-    text_bytes = sum(len(t.encode()) for t in texts) / len(texts)
     cores = os.cpu_count() or 1
+    parallel, ceiling = cores, None
+    if served is not None:  # what the service counted for the sample (warm-up included)
+        tokens_per_doc = (served.figures()["tokens"] - counted) / (len(texts) + len(texts[:8]))
+        parallel, ceiling = served.bulk_capacity(tokens_per_doc)
+    else:
+        tokens_per_doc = sum(model.count_tokens(texts)) / len(texts)
+    text_bytes = sum(len(t.encode()) for t in texts) / len(texts)
     figures = estimate(documents=documents, to_encode=max(0, documents - have),
                        docs_per_s=docs_per_s, tokens_per_doc=tokens_per_doc,
                        text_bytes_per_doc=text_bytes, dimensions=candidate.dimensions,
-                       cores=cores, max_workers=max_workers, price_per_1k=price_per_1k,
-                       batch_overhead_s=overhead)
+                       cores=parallel, max_workers=max_workers, price_per_1k=price_per_1k,
+                       batch_overhead_s=overhead, ceiling_docs_per_s=ceiling)
     return Plan(alias=rollout.alias, candidate=candidate.name, model=candidate.model,
                 documents=documents, to_encode=max(0, documents - have), sampled=len(texts),
                 docs_per_s=round(docs_per_s, 1), tokens_per_doc=round(tokens_per_doc, 1),
-                cores=cores, price_per_1k_tokens=price_per_1k,
-                **figures)  # type: ignore[arg-type]
+                tokens_counted_by="service" if served else "tokenizer", cores=cores,
+                parallel=parallel,
+                rate_limit_docs_per_s=None if ceiling is None else round(ceiling, 1),
+                price_per_1k_tokens=price_per_1k, **figures)  # type: ignore[arg-type]

@@ -84,6 +84,11 @@ class RemoteModel(TextModel, Protocol):
         """Its calls so far: ok, retried, failed, rate_limited, texts, tokens, circuit_open."""
         ...
 
+    def bulk_capacity(self, tokens_per_text: float) -> tuple[int, float | None]:
+        """Bulk calls it may take at once, and the texts per second its rate limits leave
+        bulk work (None: no limit known)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

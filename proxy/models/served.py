@@ -196,6 +196,13 @@ class ServedModel:
                 "rate_limited": spent.rate_limited, "texts": spent.texts, "tokens": spent.tokens,
                 "circuit_open": 1 if self.circuit.state(self._clock()) == "open" else 0}
 
+    def bulk_capacity(self, tokens_per_text: float) -> tuple[int, float | None]:
+        spec, share = self.spec, (1 - BULK_KEEP) / 60
+        limits = [spec.rpm * share * spec.max_batch] if spec.rpm else []
+        if spec.tpm and tokens_per_text > 0:
+            limits.append(spec.tpm * share / tokens_per_text)
+        return max(1, spec.max_concurrency - 1), min(limits) if limits else None
+
     async def drift(self) -> float:
         """The least cosine of the probes' vectors now against the catalogued ones (1.0: the
         same); ModelError when the service cannot be asked. One call, past the circuit and any

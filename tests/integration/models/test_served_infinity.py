@@ -119,6 +119,12 @@ async def test_a_migration_to_the_served_model_from_ingest_to_search(
     await rules.write(_rollout(candidate=True), current.revision, "tests", "add v2")
     await rules.aclose()
     await eventually_async(lambda: _has_candidate(proxy), timeout_s=10)
+    plan = await _admin(proxy, "plan", {"sample": 50, "price_per_1k": 0.02})
+    assert plan["tokens_counted_by"] == "service" and plan["parallel"] == 3, plan
+    # what the service bills: Infinity's usage counts characters (the titles are 43-49), where
+    # the model's tokenizer would count about 12: the plan prices the service's own figure
+    assert 43 <= plan["tokens_per_doc"] <= 49, plan
+    assert plan["cost"] == round(plan["tokens"] / 1000 * 0.02, 2) > 0, plan
     await _admin(proxy, "backfill", {"workers": 2, "rate": None})
 
     async def done() -> bool:

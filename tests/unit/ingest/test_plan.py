@@ -32,3 +32,12 @@ def test_the_backfill_compares_itself_with_the_plan_at_its_workers_and_size() ->
     assert predicted_seconds(plan, job) == 7.0
     assert predicted_seconds(plan, replace(job, workers=8)) == 13.5  # not planned: 1 worker
     assert predicted_seconds(None, job) is None
+
+
+def test_a_served_models_rate_limit_bounds_the_backfill_whatever_the_workers() -> None:
+    figures = estimate(documents=10_000, to_encode=9_000, docs_per_s=50.0, tokens_per_doc=100,
+                       text_bytes_per_doc=500, dimensions=1536, cores=3, max_workers=4,
+                       price_per_1k=0.00002, ceiling_docs_per_s=75.0)
+    assert figures["wall_time"] == [Workers(1, 180.0), Workers(2, 120.0), Workers(3, 120.0),
+                                    Workers(4, 120.0)]  # 9,000 at 75/s: 2 minutes at best
+    assert figures["cost"] == 0.02

@@ -106,3 +106,15 @@ def test_a_broken_answer_is_refused_saying_what_is_wrong(body: bytes, count: int
     with pytest.raises(ModelError, match=r"^m: ") as raised:
         parse_embeddings(body, count, 2, "m")
     assert said in str(raised.value)
+
+
+def test_bulk_work_gets_one_call_fewer_than_the_model_and_three_quarters_of_its_limits() -> None:
+    from proxy.models.served import ServedModel, ServedSpec
+
+    spec = ServedSpec(url="http://127.0.0.1:1", model_id="m", dimensions=8, max_batch=10,
+                      max_concurrency=4, rpm=600, tpm=120_000)
+    assert ServedModel(spec, "m").bulk_capacity(100.0) == (3, 15.0)  # tpm: 1500 tok/s, 100 each
+    assert ServedModel(spec, "m").bulk_capacity(1.0) == (3, 75.0)  # rpm: 7.5 calls/s x 10 texts
+    unlimited = ServedSpec(url="http://127.0.0.1:1", model_id="m", dimensions=8,
+                           max_concurrency=1)
+    assert ServedModel(unlimited, "m").bulk_capacity(100.0) == (1, None)
