@@ -368,6 +368,8 @@ def cmd_plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str,
     body: dict[str, Any] = {"sample": args.sample, "max_workers": args.workers}
     if args.price_per_1k is not None:
         body["price_per_1k"] = args.price_per_1k
+    if args.corpus is not None:
+        body["corpus"] = args.corpus
     p = asyncio.run(_post(args, settings, f"/admin/aliases/{args.alias}/plan", body))
     where = (f"{p['cores']} cores here" if p["tokens_counted_by"] == "tokenizer" else
              f"through the service, which counted the tokens; {p['parallel']} calls at once")
@@ -487,6 +489,8 @@ def add_parsers(add: AddCommand) -> None:
     p.add_argument("--sample", type=int, default=200, help="documents encoded to measure (200)")
     p.add_argument("--workers", type=int, default=4, help="estimate for 1..N workers (4)")
     p.add_argument("--price-per-1k", type=float, help="a price per 1,000 tokens, for the cost")
+    p.add_argument("--corpus", type=int, help="price and time N documents like the sample "
+                   "(default: what stable holds)")
     p = add("archive", cmd_archive, "export a version no rule names to a file under the data "
                                     "folder, then delete its points")
     with_url(p)

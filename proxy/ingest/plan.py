@@ -83,7 +83,9 @@ def estimate(*, documents: int, to_encode: int, docs_per_s: float, tokens_per_do
 
 
 async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_workers: int = 4,
-               price_per_1k: float | None = None) -> Plan:
+               price_per_1k: float | None = None, *, corpus: int | None = None) -> Plan:
+    """``corpus``: price and time a corpus of that many documents like the sample (the
+    collection you will have, measured on the one you have)."""
     if rollout.candidate is None:
         raise RuleError("candidate", f"{rollout.alias} has no candidate to plan for")
     if not 10 <= sample <= 5000:
@@ -121,6 +123,8 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
     else:
         tokens_per_doc = sum(model.count_tokens(texts)) / len(texts)
     text_bytes = sum(len(t.encode()) for t in texts) / len(texts)
+    if corpus is not None:
+        documents, have = corpus, 0
     figures = estimate(documents=documents, to_encode=max(0, documents - have),
                        docs_per_s=docs_per_s, tokens_per_doc=tokens_per_doc,
                        text_bytes_per_doc=text_bytes, dimensions=candidate.dimensions,

@@ -120,6 +120,7 @@ class PlanOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     sample: int = 200
     max_workers: int = 4
     price_per_1k: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    corpus: Annotated[int, msgspec.Meta(ge=1, le=10**12)] | None = None  # as if stable held N
 
 
 async def run_plan(request: web.Request) -> web.Response:
@@ -127,7 +128,7 @@ async def run_plan(request: web.Request) -> web.Response:
     rollout = _rollout(request)
     options = await read_json(request, PlanOptions) if request.can_read_body else PlanOptions()
     found = await plan(request.app[INGESTOR], rollout, options.sample, options.max_workers,
-                       options.price_per_1k)
+                       options.price_per_1k, corpus=options.corpus)
     await request.app[INGESTOR].rules.record_verification(  # the backfill's end compares
         rollout.alias, plan_key(found.candidate), msgspec.to_builtins(found))
     return json_response(found)

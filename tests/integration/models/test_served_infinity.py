@@ -125,6 +125,11 @@ async def test_a_migration_to_the_served_model_from_ingest_to_search(
     # the model's tokenizer would count about 12: the plan prices the service's own figure
     assert 43 <= plan["tokens_per_doc"] <= 49, plan
     assert plan["cost"] == round(plan["tokens"] / 1000 * 0.02, 2) > 0, plan
+    million = await _admin(proxy, "plan", {"sample": 50, "price_per_1k": 0.02,
+                                           "corpus": 1_000_000})
+    assert million["documents"] == million["to_encode"] == 1_000_000, million
+    # tokens_per_doc is shown to 0.1: the tokens it prices are within 0.05 a document of it
+    assert abs(million["tokens"] - 1_000_000 * million["tokens_per_doc"]) <= 50_000, million
     await _admin(proxy, "backfill", {"workers": 2, "rate": None})
 
     async def done() -> bool:
