@@ -10,13 +10,16 @@ collection's size (vectors, payload, index links) and, given a price per thousan
 an encoding service would charge for the same tokens.
 
 A served candidate (``proxy.models.served``) is measured the same way, through its service: its
-tokens are what the service itself counted (``usage``) for the sample, and its workers scale to
-the calls the backfill may make at once (one fewer than the model's ``max_concurrency``) and no
-faster than its rate limits allow, keeping live queries their share.
+tokens are what the service itself counted (``usage``) for the sample; its workers scale to the
+calls the backfill may make at once (one fewer than the model's ``max_concurrency``) but no
+faster than the sample went with that many calls in flight (measured: a self-hosted server may
+not answer faster for being asked twice) nor than its rate limits allow, keeping live queries
+their share. A served plan sends the sample twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -25,7 +28,7 @@ import msgspec
 from proxy.ingest.backfill import Options
 from proxy.ingest.documents import DOC_ID_FIELD, TEXT_FIELD, document_of
 from proxy.ingest.writer import Ingestor, encode
-from proxy.models.encoders import RemoteModel
+from proxy.models.encoders import RemoteModel, TextModel
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout
 
@@ -82,6 +85,20 @@ def estimate(*, documents: int, to_encode: int, docs_per_s: float, tokens_per_do
     }
 
 
+async def _together(model: TextModel, texts: list[str], parallel: int) -> float:
+    """Documents/s with ``parallel`` batches in flight at once: a service's calls do not
+    always add up (a server on one machine's CPU answers no faster for being asked twice)."""
+    batches = [texts[start:start + BATCH] for start in range(0, len(texts), BATCH)]
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(batch: list[str]) -> None:
+        async with gate:
+            await encode(model, batch)
+    began = time.perf_counter()
+    await asyncio.gather(*(one(batch) for batch in batches))
+    return len(texts) / (time.perf_counter() - began)
+
+
 async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_workers: int = 4,
                price_per_1k: float | None = None, *, corpus: int | None = None) -> Plan:
     """``corpus``: price and time a corpus of that many documents like the sample (the
@@ -119,7 +136,9 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
     parallel, ceiling = cores, None
     if served is not None:  # what the service counted for the sample (warm-up included)
         tokens_per_doc = (served.figures()["tokens"] - counted) / (len(texts) + len(texts[:8]))
-        parallel, ceiling = served.bulk_capacity(tokens_per_doc)
+        parallel, limit = served.bulk_capacity(tokens_per_doc)
+        ceiling = await _together(model, texts, parallel)
+        ceiling = min(ceiling, limit) if limit else ceiling
     else:
         tokens_per_doc = sum(model.count_tokens(texts)) / len(texts)
     text_bytes = sum(len(t.encode()) for t in texts) / len(texts)

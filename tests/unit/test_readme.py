@@ -16,7 +16,7 @@ def test_the_readme_rule_documents_are_valid() -> None:
     blocks = [b for b in toml_blocks() if not b.startswith("# layout:")]
     rules = [b for b in blocks if "[[versions]]" in b]
     rollouts = [parse_rollout({"alias": "products", **tomllib.loads(b)}) for b in rules]
-    assert [r.alias for r in rollouts] == ["articles", "products"]
+    assert [r.alias for r in rollouts] == ["articles", "products", "kb"]
     assert rollouts[1].coverage_gate == CoverageGate()  # the default, written out
     gates = [b for b in blocks if "[[versions]]" not in b]
     stepped = msgspec.convert(tomllib.loads(gates[0])["coverage_gate"], type=CoverageGate)

@@ -184,3 +184,19 @@ async def test_a_model_changed_under_its_name_is_caught_and_its_candidate_rolled
                                             headers=ADMIN)).json()
     assert any(entry["actor"] == "drift-watch" and "drift: model hash" in entry["reason"]
                for entry in history), history
+
+
+async def test_a_failing_served_stable_answers_503_naming_why(proxies: ProxyFactory,
+                                                             served: Served) -> None:
+    v1 = Version(name="v1", model="hash", dimensions=384, target=Target(collection="h_v1"))
+    served.rollout = Rollout(alias="notes", versions=(v1,), stable="v1")
+    proxy = await _start(proxies, served, drift_check_s=0)
+    response = await proxy.client.post("/v1/aliases/notes/documents", headers=ADMIN,
+                                       json={"documents": served.documents(20)})
+    assert response.status == 200, await response.text()
+    served.service.mode = "500"
+    response = await proxy.client.post("/v1/aliases/notes/search",
+                                       json={"query": "a kettle for trip 3", "user_id": "u1"})
+    body = await response.text()
+    assert response.status == 503, body
+    assert "model hash" in body and "500" in body and KEY not in body
