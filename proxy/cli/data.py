@@ -303,6 +303,9 @@ def render_progress(p: dict[str, Any]) -> str:
         workers = (p.get("job") or {}).get("workers") or 1
         lines.append(f"  time        {predicted}it took {p['took_s']:.0f} s "
                      f"({workers} worker{'s' if workers > 1 else ''})")
+    if p.get("tokens_spent") is not None:
+        cost = f", {p['cost']:,.4f} at the plan's price" if p.get("cost") is not None else ""
+        lines.append(f"  tokens      {p['tokens_spent']:,} counted by the service{cost}")
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ from proxy.ingest.documents import (
     point_id,
 )
 from proxy.ingest.writer import Coverage, Ingestor
+from proxy.models.encoders import RemoteModel
 from proxy.state.base import plan_key
 from proxy.state.jobs import BackfillQueue, Claim, JobStatus
 from proxy.tasks import cancel_and_wait
@@ -84,6 +85,8 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     coverage: list[Coverage]
     predicted_s: float | None = None  # what the last `plan` said this job would take
     took_s: float | None = None  # what it took, start of the job to its last batch
+    tokens_spent: int | None = None  # a served candidate: what its service counted for this
+    cost: float | None = None        # process's workers since they started, priced as planned
 
 
 class RateLimit:
@@ -137,6 +140,7 @@ class Backfill:
         self.ingestor, self.queues, self.worker_prefix = ingestor, queues, worker_prefix
         self.tasks: dict[str, list[asyncio.Task[None]]] = {}
         self.started: dict[str, tuple[float, int]] = {}  # alias: (monotonic, done_docs then)
+        self.tokens_at_start: dict[str, float | None] = {}  # a served candidate's count then
         self.skipped: dict[str, int] = {}
 
     async def plan(self, rollout: Rollout, options: Options) -> JobStatus:
@@ -172,6 +176,7 @@ class Backfill:
         await self.ingestor.update_coverage(rollout)
         limit = RateLimit(options.rate)
         self.started[rollout.alias] = (time.monotonic(), status.done_docs)
+        self.tokens_at_start[rollout.alias] = await self._tokens(candidate)
         self.skipped[rollout.alias] = 0
         self.tasks[rollout.alias] = [
             asyncio.create_task(self.work(rollout, options, limit, f"{self.worker_prefix}/{n}"),
@@ -296,26 +301,51 @@ class Backfill:
         state = ("none" if not job.exists else "failed" if job.failed
                  else "done" if job.finished
                  else "running" if here or (job.leased and not job.stopped) else "stopped")
-        predicted, took = await self._against_plan(rollout.alias, rollout.candidate, job)
+        planned = await self.ingestor.rules.verification(rollout.alias,
+                                                         plan_key(rollout.candidate))
+        took = _took(job)
+        spent, cost = await self._spent(rollout, planned)
         return Progress(alias=rollout.alias, version=rollout.candidate, state=state, job=job,
                         running_here=here, rate_docs_s=rate, eta_s=eta,
                         skipped=self.skipped.get(rollout.alias, 0), coverage=coverage,
-                        predicted_s=predicted, took_s=took)
+                        predicted_s=predicted_seconds(planned, job), took_s=took,
+                        tokens_spent=spent, cost=cost)
 
-    async def _against_plan(self, alias: str, candidate: str, job: JobStatus
-                            ) -> tuple[float | None, float | None]:
-        """The plan's time for this job (scaled to its documents, at its workers) and the
-        time it took once finished; None where either is unknown."""
-        took = None
-        if job.finished_at and job.created_at:
-            took = (datetime.fromisoformat(job.finished_at) -
-                    datetime.fromisoformat(job.created_at)).total_seconds()
-        found = await self.ingestor.rules.verification(alias, plan_key(candidate))
-        return predicted_seconds(found, job), took
+    async def _tokens(self, version: Version) -> float | None:
+        """What a served model's service has counted in this process (None: a local model, or
+        one that does not load: the workers will say why)."""
+        try:
+            model = await self.ingestor.models.get(version)
+        except ModelError:
+            return None
+        return model.figures()["tokens"] if isinstance(model, RemoteModel) else None
+
+    async def _spent(self, rollout: Rollout, planned: Mapping[str, Any] | None
+                     ) -> tuple[int | None, float | None]:
+        """Tokens a served candidate's service counted since this process's workers started,
+        and their price at the plan's (None where unknown)."""
+        before = self.tokens_at_start.get(rollout.alias)
+        if before is None or rollout.candidate is None:
+            return None, None
+        now = await self._tokens(rollout.version(rollout.candidate))
+        if now is None:
+            return None, None
+        spent = int(now - before)
+        price = planned.get("price_per_1k_tokens") if planned else None
+        return spent, (round(spent / 1000 * price, 4) if isinstance(price, (int, float))
+                       else None)
 
     async def close(self) -> None:
         await cancel_and_wait(t for ts in self.tasks.values() for t in ts)
         self.tasks.clear()
+
+
+def _took(job: JobStatus) -> float | None:
+    """The job's time, start to its last batch, once finished."""
+    if not (job.finished_at and job.created_at):
+        return None
+    return (datetime.fromisoformat(job.finished_at) -
+            datetime.fromisoformat(job.created_at)).total_seconds()
 
 
 def predicted_seconds(plan: Mapping[str, Any] | None, job: JobStatus) -> float | None:

@@ -137,6 +137,9 @@ async def test_a_migration_to_the_served_model_from_ingest_to_search(
                                                  headers=ADMIN)).json()
         return bool(progress["state"] == "done")
     await eventually_async(done, timeout_s=180, every_s=0.5)
+    progress = await (await proxy.client.get("/admin/aliases/kb/backfill", headers=ADMIN)).json()
+    assert progress["tokens_spent"] >= 300 * 43, progress  # Infinity counts characters
+    assert progress["cost"] == round(progress["tokens_spent"] / 1000 * 0.02, 4), progress
     response = await proxy.client.post("/v1/aliases/kb/documents", headers=ADMIN,
                                        json={"documents": documents[300:]})  # dual-write
     assert response.status == 200 and all(r["written"] == ["v1", "v2"]
