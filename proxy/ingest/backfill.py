@@ -49,6 +49,7 @@ GIVE_UP_AFTER = 5
 """Batches failing in a row (waiting 1, 2, 4, 8 s between them) after which a worker ends the
 job as failed, with the error, rather than retrying for ever: a failure that outlasts that is
 the rule's or the engine's to fix, and ``backfill`` again resumes."""
+RECOUNT_SPACING = 20.0  # a coverage recount waits 20x what the last took: <= ~5% of the time
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -141,6 +142,7 @@ class Backfill:
         self.tasks: dict[str, list[asyncio.Task[None]]] = {}
         self.started: dict[str, tuple[float, int]] = {}  # alias: (monotonic, done_docs then)
         self.tokens_at_start: dict[str, float | None] = {}  # a served candidate's count then
+        self._next_recount: dict[str, float] = {}  # alias: monotonic time of the next recount
         self.skipped: dict[str, int] = {}
 
     async def plan(self, rollout: Rollout, options: Options) -> JobStatus:
@@ -242,7 +244,7 @@ class Backfill:
                 written = await self.run_batch(rollout, stable, candidate, claim)
                 failures = 0
                 if await queue.finish(worker, claim, written):
-                    await self.ingestor.update_coverage(rollout)
+                    await self.recount(rollout)
                 else:
                     log.warning("backfill_lease_lost", alias=rollout.alias, batch=claim.batch)
             except (BackendError, ModelError) as exc:
@@ -258,6 +260,21 @@ class Backfill:
             except StoreUnavailable as exc:
                 log.warning("backfill_waiting_for_redis", alias=rollout.alias, error=str(exc))
                 await asyncio.sleep(1.0)
+
+    async def recount(self, rollout: Rollout) -> None:
+        """Coverage recounted after a batch, unless the last recount is too recent for its
+        cost: a recount counts whole collections, so it grows with the corpus (0.01 s at
+        100,000 documents, 0.1-0.2 s at 1,000,000 on the embedded engine), and after every
+        batch it would come to dominate the batches. Each recount waits ``RECOUNT_SPACING``
+        times what the last one took, so counting costs at most about 1/20 of the workers' time
+        at any size; the gate meanwhile reads a lower figure than the truth (less traffic,
+        never more), and the job's end always recounts."""
+        if time.monotonic() < self._next_recount.get(rollout.alias, 0.0):
+            return
+        began = time.monotonic()
+        await self.ingestor.update_coverage(rollout)
+        took = time.monotonic() - began
+        self._next_recount[rollout.alias] = time.monotonic() + RECOUNT_SPACING * took
 
     async def run_batch(self, rollout: Rollout, stable: Version, candidate: Version,
                         claim: Claim) -> int:
