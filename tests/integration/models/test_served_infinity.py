@@ -28,6 +28,7 @@ from proxy.web.keys import DRIFT, WATCHER
 from rollout_rules.model import Rollout, Target, Version
 from tests.eventually import eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Engine, Proxy, ProxyFactory
+from tests.readme import README
 from tests.servers import KEY, SERVED_NAME, Infinity, cls_pooled_copy
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -212,3 +213,21 @@ async def test_the_server_changing_its_model_under_the_same_name_rolls_the_candi
     history = await (await proxy.client.get("/admin/aliases/kb/history", headers=ADMIN)).json()
     assert history[0]["actor"] == "drift-watch", history[0]
     assert history[0]["reason"].startswith("drift: model l6-api"), history[0]
+
+
+def test_the_readmes_models_add_runs_as_shown(infinity: Infinity, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's served `models add`, against this run's Infinity (its address put in
+    place of the README's): the same lines but the ones naming this run's folder, identity
+    (which holds the address) and fingerprint (the probe vectors, rounded: compared by cosine
+    in the contract tests)."""
+    shown = README.split("### Models you call over HTTP", 1)[1]
+    command, output = re.search(r"\$ (embedshift models add .*?)\n(.*?)```", shown,
+                                re.DOTALL).groups()  # type: ignore[union-attr]
+    readme_url = re.search(r"--openai-url (\S+)", command).group(1)  # type: ignore[union-attr]
+    argv = command.replace(readme_url, infinity.url).split()[1:]
+    assert main(argv, {**ENV, "EMBEDSHIFT_DATA_DIR": str(tmp_path)}) == 0
+    varying = ("  folder", "  identity", "  fingerprint")
+    got = [line for line in capsys.readouterr().out.replace(infinity.url, readme_url)
+           .splitlines() if not line.startswith(varying)]
+    assert got == [line for line in output.splitlines() if not line.startswith(varying)]
