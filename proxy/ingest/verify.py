@@ -5,7 +5,8 @@ ways; every candidate point's envelope (model, version, dimensions, metric, norm
 the candidate's own; and a random sample of candidate points is re-encoded from its stored text
 with the candidate's model, each stored vector agreeing with the fresh one to cosine >= 0.999.
 Ids in the report are the documents' own. ``verify`` only reads and reports: the route that runs
-it keeps the report in the rule store, where ``promote`` looks for a pass.
+it keeps the report in the rule store, where ``promote`` looks for a pass. It reads page by page,
+keeping the two sets of ids and nothing else of the points (the sample is drawn as they go by).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from proxy.ingest.documents import DOC_ID_FIELD, PointId, doc_id_of, document_of
 from proxy.ingest.writer import Ingestor, encode
 from proxy.state.base import now
-from proxy.vectors.base import ENVELOPE, RESERVED, Stored, VectorStore, scroll_all
+from proxy.vectors.base import ENVELOPE, RESERVED, Stored, scroll_all
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout, Version
 
@@ -48,10 +49,6 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     passed: bool
 
 
-async def _pages(store: VectorStore, version: Version, fields: list[str]) -> list[Stored]:
-    return [p async for p in scroll_all(store, version.target, fields)]
-
-
 def envelope_problems(version: Version, points: list[Stored]) -> Iterator[str]:
     expected = {"model": version.model, "version": version.name,
                 "dimensions": version.dimensions, "metric": version.metric,
@@ -75,24 +72,37 @@ async def verify(ingestor: Ingestor, rollout: Rollout, sample: int = 50,
         raise RuleError("sample", "from 0 to 10000 points")
     store = ingestor.store
     stable, candidate = rollout.version(rollout.stable), rollout.version(rollout.candidate)
-    stable_points = (await _pages(store, stable, [DOC_ID_FIELD])
-                     if await store.describe(stable.target) else [])
-    candidate_points = (await _pages(store, candidate, [f"{RESERVED}.{f}" for f in
-                                                        ("doc_id", *ENVELOPE)])
-                        if await store.describe(candidate.target) else [])
-    stable_ids = {doc_id_of(p) for p in stable_points}
-    candidate_ids = {doc_id_of(p) for p in candidate_points}
+    stable_ids: set[Any] = set()  # the ids, never the points: 1,000,000 fit in about 100 MB
+    if await store.describe(stable.target):
+        async for point in scroll_all(store, stable.target, [DOC_ID_FIELD]):
+            stable_ids.add(doc_id_of(point))
+    candidate_ids: set[Any] = set()
+    problems: list[str] = []
+    mismatches = 0
+    chosen: list[PointId] = []  # a uniform sample, drawn as the points go by (reservoir)
+    draw, seen = random.Random(seed), 0
+    if await store.describe(candidate.target):
+        fields = [f"{RESERVED}.{f}" for f in ("doc_id", *ENVELOPE)]
+        async for point in scroll_all(store, candidate.target, fields):
+            seen += 1
+            candidate_ids.add(doc_id_of(point))
+            for problem in envelope_problems(candidate, [point]):
+                mismatches += 1
+                if len(problems) < SHOWN:
+                    problems.append(problem)
+            if len(chosen) < sample:
+                chosen.append(point.id)
+            elif (slot := draw.randrange(seen)) < sample:
+                chosen[slot] = point.id
     missing, extra = stable_ids - candidate_ids, candidate_ids - stable_ids
-    problems = list(envelope_problems(candidate, candidate_points))
-    chosen = random.Random(seed).sample(candidate_points, min(sample, len(candidate_points)))
-    cosines, bad = await _resample(ingestor, candidate, [p.id for p in chosen])
-    passed = not missing and not extra and not problems and not bad and bool(stable_ids)
+    cosines, bad = await _resample(ingestor, candidate, chosen)
+    passed = not missing and not extra and not mismatches and not bad and bool(stable_ids)
     return Report(alias=rollout.alias, stable=stable.name, candidate=candidate.name,
                   revision=rollout.revision, at=now(), stable_documents=len(stable_ids),
                   candidate_documents=len(candidate_ids), missing=len(missing),
                   missing_ids=sorted(missing, key=str)[:SHOWN], extra=len(extra),
-                  extra_ids=sorted(extra, key=str)[:SHOWN], envelope_mismatches=len(problems),
-                  envelope_examples=problems[:SHOWN], sampled=len(cosines),
+                  extra_ids=sorted(extra, key=str)[:SHOWN], envelope_mismatches=mismatches,
+                  envelope_examples=problems, sampled=len(cosines),
                   min_cosine=round(min(cosines), 6) if cosines else None,
                   vector_mismatch_ids=bad[:SHOWN], passed=passed)
 
