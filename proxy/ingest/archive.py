@@ -24,8 +24,8 @@ import msgspec
 from proxy.ingest.documents import doc_id_of
 from proxy.ingest.writer import Ingestor
 from proxy.state.base import RuleStore, now
-from proxy.vectors.base import PointIn, Stored, scroll_all
-from rollout_rules.errors import NotFoundError, RuleError
+from proxy.vectors.base import PointId, PointIn, Stored, VectorStore, scroll_all
+from rollout_rules.errors import BackendError, NotFoundError, RuleError
 from rollout_rules.model import Rollout, Version
 
 BATCH = 256
@@ -93,33 +93,66 @@ async def archive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Path,
                             "does not exist (archived already?)")
     at = now()
     path = folder / rollout.alias / f"{name}-{at.replace(':', '').replace('.', '-')}.jsonl.gz"
-    points = [p async for p in scroll_all(store, version.target, vectors=True)]
-    await asyncio.to_thread(_write, path, _Header(embedshift_archive=1, alias=rollout.alias,
-                                                  version=version, points=len(points), at=at),
-                            points)
+    count = await store.count(version.target)
+    header = _Header(embedshift_archive=1, alias=rollout.alias, version=version, points=count,
+                     at=at)
+    ids = await _stream(store, version, path, header)
     if version.target.payload_match:  # a shared collection: only this version's points go
-        for start in range(0, len(points), BATCH):
-            await store.delete(version.target, [p.id for p in points[start:start + BATCH]])
+        for start in range(0, len(ids), BATCH):
+            await store.delete(version.target, ids[start:start + BATCH])
     else:
         await store.drop(version.target)
         ingestor.forget(version)
     removed = await asyncio.to_thread(_prune, folder / rollout.alias, keep)
     return ArchiveInfo(alias=rollout.alias, version=name, collection=version.target.collection,
-                       file=str(path), points=len(points), at=at, removed=removed)
+                       file=str(path), points=count, at=at, removed=removed)
 
 
-def _write(path: Path, header: _Header, points: list[Stored]) -> None:
+async def _stream(store: VectorStore, version: Version, path: Path, header: _Header
+                  ) -> list[PointId]:
+    """Write the version's points to ``path`` page by page (a page in memory at a time; the
+    file appears whole or not at all); the point ids, when its collection is shared (to delete
+    them after)."""
+    partial = await asyncio.to_thread(_open, path)
+    ids: list[PointId] = []
+    written = 0
+    try:
+        with gzip.open(partial, "ab") as out:
+            await asyncio.to_thread(out.write, msgspec.json.encode(header) + b"\n")
+            page: list[Stored] = []
+            async for point in scroll_all(store, version.target, vectors=True):
+                page.append(point)
+                if len(page) == BATCH:
+                    await asyncio.to_thread(_lines, out, page)
+                    written, page = written + len(page), []
+                if version.target.payload_match:
+                    ids.append(point.id)
+            await asyncio.to_thread(_lines, out, page)
+            written += len(page)
+        if written != header.points:
+            raise BackendError(f"{version.target.collection} changed while it was archived "
+                               f"({header.points} points counted, {written} read): nothing "
+                               "was removed; archive it again")
+        partial.rename(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return ids
+
+
+def _open(path: Path) -> Path:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     # every source text is in it: readable by the proxy's own user only
     partial.touch(mode=0o600)
     partial.chmod(0o600)
-    with gzip.open(partial, "wb") as out:
-        out.write(msgspec.json.encode(header) + b"\n")
-        for p in points:
-            out.write(msgspec.json.encode(_Point(p.id, p.vector or [], p.payload,
-                                                 doc_id_of(p))) + b"\n")
-    partial.rename(path)  # a file is whole or absent
+    return partial
+
+
+def _lines(out: Any, points: list[Stored]) -> None:
+    for p in points:
+        out.write(msgspec.json.encode(_Point(p.id, p.vector or [], p.payload, doc_id_of(p)))
+                  + b"\n")
 
 
 def _prune(folder: Path, keep: int) -> list[str]:
