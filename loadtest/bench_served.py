@@ -97,7 +97,7 @@ async def bench(args: argparse.Namespace, work: Path, server: Infinity) -> None:
                       target=Target(collection="kb_v1"))
     rollout = await rules.create(Rollout(alias="kb", versions=(version,), stable="v1"),
                                  "bench", "declare")
-    await Ingestor(store, rules, models).write(rollout, corpus(2000))
+    await Ingestor(store, rules, models).write(rollout, corpus(300))
     settings = Settings(cache_size=0, result_cache_size=0, guard_tick_s=0, drift_check_s=0,
                         popularity_sample=0)
     app = make_app(settings, Deps(rules_store=rules, vector_store=store,
