@@ -17,7 +17,7 @@ from proxy.state.base import AuditEntry
 from proxy.web.auth import bearer, check_token
 from proxy.web.errors import json_response
 from proxy.web.history import Point, shadow_overlap
-from proxy.web.keys import HISTORY, METRICS, OPERATOR, SEARCHER, SETTINGS, WATCHER
+from proxy.web.keys import DRIFT, HISTORY, METRICS, OPERATOR, SEARCHER, SETTINGS, WATCHER
 from rollout_rules.errors import NotFoundError, StoreUnavailable
 
 STATIC = files("proxy.web") / "static"
@@ -34,6 +34,7 @@ class AliasView(msgspec.Struct, frozen=True, kw_only=True):
     audit: list[AuditEntry]
     problem: str | None = None  # why part of it comes from this proxy's memory
     unavailable: dict[str, str] = msgspec.field(default_factory=dict)  # version: why
+    drifted: dict[str, str] = msgspec.field(default_factory=dict)  # version: its served model's
 
 
 class Page(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,5 +80,8 @@ async def status(request: web.Request) -> web.Response:
                 problem=f"the rule store did not answer ({exc}); shown from this proxy's memory")
         unavailable = {version: why for (name, version), why in
                        request.app[SEARCHER].unavailable.items() if name == alias}
-        views.append(msgspec.structs.replace(view, unavailable=unavailable))
+        drifted = {v.name: f"model {v.model} drifted (probe cosine {found.cosine})"
+                   for v in rollout.versions
+                   if (found := request.app[DRIFT].findings.get(v.model)) and found.drifted}
+        views.append(msgspec.structs.replace(view, unavailable=unavailable, drifted=drifted))
     return json_response(Page(refresh_s=REFRESH_S, step_s=history.step_s, aliases=views))

@@ -59,8 +59,10 @@ function versionRows(view) {
     const role = v.name === r.stable ? "stable" : v.name === r.candidate ? "candidate" :
       v.name === r.previous_stable ? "previous stable" : "";
     const why = view.unavailable[v.name];
+    const drift = (view.drifted || {})[v.name];
     const roleCell = why ? el("td", {class: "unavailable", "data-field": "unavailable"},
-      `${role}, unavailable: ${why}`) : el("td", {}, role);
+      `${role}, unavailable: ${why}`) : drift ? el("td", {class: "unavailable",
+      "data-field": "drifted"}, `${role}, ${drift}`) : el("td", {}, role);
     const points = view.figures[v.name] || [];
     const last = points.length ? points[points.length - 1] : null;
     const timed = points.filter((p) => p.p50_ms !== null);

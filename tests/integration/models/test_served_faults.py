@@ -180,6 +180,8 @@ async def test_a_model_changed_under_its_name_is_caught_and_its_candidate_rolled
     assert ready["served_models"]["hash"]["cosine"] < 0.999
     metrics = await (await proxy.client.get("/metrics")).text()
     assert 'embedshift_model_drifted{model="hash"} 1.0' in metrics
+    page = await (await proxy.client.get("/ui/status.json")).json()
+    assert page["aliases"][0]["drifted"]["v2"].startswith("model hash drifted (probe cosine")
     history = await (await proxy.client.get("/admin/aliases/notes/history",
                                             headers=ADMIN)).json()
     assert any(entry["actor"] == "drift-watch" and "drift: model hash" in entry["reason"]
