@@ -265,7 +265,8 @@ class ServedModel:
                 continue
             try:
                 async with self._slot(live):
-                    vectors, tokens = await self._post(texts, live)
+                    vectors, tokens = await self._post(texts, live,
+                                                       deadline - self._clock() if live else None)
             except _Retryable as exc:
                 now = self._clock()
                 if exc.counts:
@@ -319,7 +320,10 @@ class ServedModel:
         async with self._bulk, self._all:
             yield
 
-    async def _post(self, texts: list[str], live: bool) -> tuple[Vector, int]:
+    async def _post(self, texts: list[str], live: bool, left_s: float | None = None
+                    ) -> tuple[Vector, int]:
+        """One call; ``left_s``: what is left of a query's patience (a retry never outlasts
+        it)."""
         body: dict[str, object] = {"model": self.spec.model_id, "input": texts,
                                    "encoding_format": "float"}
         if self.spec.ask_dimensions:
@@ -327,8 +331,8 @@ class ServedModel:
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        timeout = aiohttp.ClientTimeout(total=self.spec.timeout_s if live
-                                        else self.spec.bulk_timeout_s)
+        seconds = self.spec.timeout_s if live else self.spec.bulk_timeout_s
+        timeout = aiohttp.ClientTimeout(total=max(0.05, min(seconds, left_s or seconds)))
         source = f"model {self.name}"
         try:
             async with self._session_now().post(self._endpoint, data=msgspec.json.encode(body),
