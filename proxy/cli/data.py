@@ -383,6 +383,9 @@ def cmd_plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str,
              f"  tokens      {p['tokens']:,}",
              f"  storage     {p['storage_bytes'] / 1e6:,.1f} MB for {p['candidate']}'s "
              "collection (vectors, payload, index)"]
+    if p.get("together_docs_per_s") is not None:
+        lines.append(f"  together    {p['together_docs_per_s']} docs/s with {p['parallel']} calls "
+                     "at once (the service's own limit: no more workers go faster)")
     if p["rate_limit_docs_per_s"] is not None:
         lines.append(f"  rate limit  {p['rate_limit_docs_per_s']} docs/s for the backfill (the "
                      "service's rpm/tpm, a quarter kept for live queries)")

@@ -55,6 +55,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     tokens: int  # to encode
     cores: int
     parallel: int  # workers that run at once: the cores, or a served model's bulk calls
+    together_docs_per_s: float | None  # a served model: measured with ``parallel`` calls at once
     rate_limit_docs_per_s: float | None  # a served model's rpm/tpm, as documents per second
     wall_time: list[Workers]
     storage_bytes: int  # the candidate's collection, whole
@@ -83,6 +84,10 @@ def estimate(*, documents: int, to_encode: int, docs_per_s: float, tokens_per_do
         "storage_bytes": round(documents * per_point),
         "cost": None if price_per_1k is None else round(tokens / 1000 * price_per_1k, 2),
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 async def _together(model: TextModel, texts: list[str], parallel: int) -> float:
@@ -133,12 +138,11 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
     await ingestor.count_coverage(rollout)
     overhead = time.perf_counter() - began
     cores = os.cpu_count() or 1
-    parallel, ceiling = cores, None
+    parallel, together, limit = cores, None, None
     if served is not None:  # what the service counted for the sample (warm-up included)
         tokens_per_doc = (served.figures()["tokens"] - counted) / (len(texts) + len(texts[:8]))
         parallel, limit = served.bulk_capacity(tokens_per_doc)
-        ceiling = await _together(model, texts, parallel)
-        ceiling = min(ceiling, limit) if limit else ceiling
+        together = await _together(model, texts, parallel)
     else:
         tokens_per_doc = sum(model.count_tokens(texts)) / len(texts)
     text_bytes = sum(len(t.encode()) for t in texts) / len(texts)
@@ -148,11 +152,12 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
                        docs_per_s=docs_per_s, tokens_per_doc=tokens_per_doc,
                        text_bytes_per_doc=text_bytes, dimensions=candidate.dimensions,
                        cores=parallel, max_workers=max_workers, price_per_1k=price_per_1k,
-                       batch_overhead_s=overhead, ceiling_docs_per_s=ceiling)
+                       batch_overhead_s=overhead,
+                       ceiling_docs_per_s=min((x for x in (together, limit) if x), default=None))
     return Plan(alias=rollout.alias, candidate=candidate.name, model=candidate.model,
                 documents=documents, to_encode=max(0, documents - have), sampled=len(texts),
                 docs_per_s=round(docs_per_s, 1), tokens_per_doc=round(tokens_per_doc, 1),
                 tokens_counted_by="service" if served else "tokenizer", cores=cores,
-                parallel=parallel,
-                rate_limit_docs_per_s=None if ceiling is None else round(ceiling, 1),
+                parallel=parallel, together_docs_per_s=_rounded(together),
+                rate_limit_docs_per_s=_rounded(limit),
                 price_per_1k_tokens=price_per_1k, **figures)  # type: ignore[arg-type]
