@@ -394,6 +394,9 @@ def cmd_plan(args: argparse.Namespace, settings: Settings, environ: Mapping[str,
     if p["cost"] is not None:
         lines.append(f"  cost        {p['cost']:,.2f} at {p['price_per_1k_tokens']} per 1k "
                      "tokens")
+    if p.get("creates"):
+        request = msgspec.json.encode(p["creates"]).decode()
+        lines.append(f"  creates     {p['candidate']}'s collection as: {request}")
     return p, "\n".join(lines)
 
 

@@ -197,7 +197,7 @@ class Backfill:
         if not wanted:
             return
         try:
-            await self.ingestor.ensure(candidate, rollout.versions)
+            await self.ingestor.ensure(candidate, rollout.versions, stable.target)
         except BackendError as exc:  # the workers meet it too, and fail the job saying so
             log.warning("indexes_not_copied", alias=rollout.alias, version=candidate.name,
                         error=str(exc))
@@ -286,7 +286,8 @@ class Backfill:
         if skipped:
             self.skipped[rollout.alias] = self.skipped.get(rollout.alias, 0) + skipped
             log.warning("backfill_no_source_text", alias=rollout.alias, points=skipped)
-        await self.ingestor.write_version(candidate, documents, rollout.versions)
+        await self.ingestor.write_version(candidate, documents, rollout.versions,
+                                          like=stable.target)
         return len(documents)
 
     async def stop(self, rollout: Rollout) -> Progress:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 import msgspec
 
@@ -61,6 +62,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     storage_bytes: int  # the candidate's collection, whole
     price_per_1k_tokens: float | None
     cost: float | None
+    creates: dict[str, Any] | None = None  # a Qdrant server's create request for the
+    # candidate's collection (stable's settings), while it is not there
 
 
 def estimate(*, documents: int, to_encode: int, docs_per_s: float, tokens_per_doc: float,
@@ -84,6 +87,15 @@ def estimate(*, documents: int, to_encode: int, docs_per_s: float, tokens_per_do
         "storage_bytes": round(documents * per_point),
         "cost": None if price_per_1k is None else round(tokens / 1000 * price_per_1k, 2),
     }
+
+
+def _plain(value: Any) -> Any:
+    """A create request as JSON (the engine's request models as their set fields)."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def _rounded(value: float | None) -> float | None:
@@ -146,6 +158,11 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
     else:
         tokens_per_doc = sum(model.count_tokens(texts)) / len(texts)
     text_bytes = sum(len(t.encode()) for t in texts) / len(texts)
+    creates = None
+    if not await store.describe(candidate.target):
+        others = [v for v in rollout.versions if v.name != candidate.name]
+        creates = _plain(await store.creation(candidate.target, candidate, others,
+                                              stable.target)) or None
     if corpus is not None:
         documents, have = corpus, 0
     figures = estimate(documents=documents, to_encode=max(0, documents - have),
@@ -160,4 +177,5 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
                 tokens_counted_by="service" if served else "tokenizer", cores=cores,
                 parallel=parallel, together_docs_per_s=_rounded(together),
                 rate_limit_docs_per_s=_rounded(limit),
-                price_per_1k_tokens=price_per_1k, **figures)  # type: ignore[arg-type]
+                price_per_1k_tokens=price_per_1k, creates=creates,
+                **figures)  # type: ignore[arg-type]

@@ -58,6 +58,11 @@ class Coverage(msgspec.Struct, frozen=True, kw_only=True):
     popular: float | None  # None until the proxy has recorded answers
 
 
+def stable_target(rollout: Rollout) -> Target:
+    """Where stable's points are: the collection whose settings a new version's takes."""
+    return rollout.version(rollout.stable).target
+
+
 def active_versions(rollout: Rollout) -> list[Version]:
     """The versions a document must reach: stable, candidate and the previous stable."""
     names = {rollout.stable, rollout.candidate, rollout.previous_stable} - {None}
@@ -115,7 +120,8 @@ class Ingestor:
         failed: dict[DocId, dict[str, str]] = {d.id: {} for d in documents}
         for version in versions if versions is not None else active_versions(rollout):
             try:
-                await self.write_version(version, documents, rollout.versions)
+                await self.write_version(version, documents, rollout.versions,
+                                         like=stable_target(rollout))
             except (BackendError, ModelError) as exc:
                 log.warning("ingest_failed", alias=rollout.alias, version=version.name,
                             documents=len(documents), error=str(exc))
@@ -150,27 +156,31 @@ class Ingestor:
         return version.name
 
     async def write_version(self, version: Version, documents: Sequence[Document],
-                            siblings: Sequence[Version] = ()) -> None:
+                            siblings: Sequence[Version] = (), like: Target | None = None
+                            ) -> None:
         """Encode and upsert into one version; raises on failure (nothing is counted then).
         ``siblings``: the rule's other versions, whose vectors a collection they share with
-        this one is created with."""
+        this one is created with; ``like``: the collection whose settings a new one takes."""
         if not documents:
             return
         model = await self.models.get(version)
-        await self.ensure(version, siblings)  # before encoding: a failure wastes no encode
+        await self.ensure(version, siblings, like)  # first: a failure wastes no encode
         vectors = await encode(model, [d.text for d in documents])
         await self.store.upsert(version.target, [
             PointIn(point_id(d.id, version), vector.tolist(), point_payload(d, version))
             for d, vector in zip(documents, vectors, strict=True)])
 
-    async def ensure(self, version: Version, siblings: Sequence[Version] = ()) -> None:
+    async def ensure(self, version: Version, siblings: Sequence[Version] = (),
+                     like: Target | None = None) -> None:
+        """The version's collection, created if need be with ``like``'s settings (stable's
+        collection: a candidate must not lose its replicas or quantization)."""
         key = (version.target.collection, version.name)
         if key in self._ready:
             return
         async with self._creating:  # concurrent first writes create it once
             if key not in self._ready:
                 others = [v for v in siblings if v.name != version.name]
-                await self.store.ensure_collection(version.target, version, others)
+                await self.store.ensure_collection(version.target, version, others, like)
                 self._ready.add(key)
 
     def forget(self, version: Version) -> None:

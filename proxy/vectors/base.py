@@ -77,10 +77,18 @@ class VectorStore(Protocol):
                      query_filter: models.Filter | None, with_payload: bool) -> list[Hit]: ...
 
     async def ensure_collection(self, target: Target, version: Version,
-                                siblings: Sequence[Version] = ()) -> None:
+                                siblings: Sequence[Version] = (), like: Target | None = None
+                                ) -> None:
         """Create the version's collection unless it exists, declaring the vectors of the
-        ``siblings`` that share it too; BackendError when it exists without the version's
-        vector (``no_vector``)."""
+        ``siblings`` that share it too, with the settings of ``like``'s collection (stable's:
+        shards, replicas, write consistency, on-disk storage, HNSW, quantization) where the
+        engine has such settings; BackendError when it exists without the version's vector
+        (``no_vector``)."""
+        ...
+
+    async def creation(self, target: Target, version: Version, siblings: Sequence[Version] = (),
+                       like: Target | None = None) -> dict[str, Any]:
+        """What ``ensure_collection`` would ask the engine for (``plan`` shows it)."""
         ...
 
     async def upsert(self, target: Target, points: Sequence[PointIn]) -> None: ...

@@ -120,9 +120,17 @@ class EdgeStore:
         return [hit(p, with_payload) for p in points]
 
     async def ensure_collection(self, target: Target, version: Version,
-                                siblings: Sequence[Version] = ()) -> None:
+                                siblings: Sequence[Version] = (), like: Target | None = None
+                                ) -> None:
+        """``like`` has nothing to give here: an embedded shard has no shards, replicas or
+        write consistency of its own, and its index settings are embedshift's."""
         with backend_errors(target.collection, "creating the collection"):
             await self._call(self._create, target, version, siblings)
+
+    async def creation(self, target: Target, version: Version, siblings: Sequence[Version] = (),
+                       like: Target | None = None) -> dict[str, Any]:
+        """Nothing to choose: one shard in this process, embedshift's own index settings."""
+        return {}
 
     def _create(self, target: Target, version: Version, siblings: Sequence[Version]) -> None:
         """Two writers creating one collection at once (two backfill workers' first batches)

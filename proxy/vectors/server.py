@@ -62,22 +62,29 @@ class ServerStore:
         return [hit(p, with_payload) for p in response.points]
 
     async def ensure_collection(self, target: Target, version: Version,
-                                siblings: Sequence[Version] = ()) -> None:
-        vectors = collection_vectors(version, siblings)
-        params = {name: models.VectorParams(size=spec["dimensions"], distance=models.Distance(
-            DISTANCES[spec["metric"]])) for name, spec in vectors.items()}
-        config = params[""] if list(params) == [""] else params
+                                siblings: Sequence[Version] = (), like: Target | None = None
+                                ) -> None:
         with backend_errors(target.collection, "creating the collection"):
             if await self.client.collection_exists(target.collection):
                 await self._check_vector(target, version)
                 return
-            await self.client.create_collection(target.collection, vectors_config=config,
-                                                metadata={"model_id": version.model})
+            request = await self.creation(target, version, siblings, like)
+            await self.client.create_collection(target.collection, **request)
             # versions sharing a collection filter on these keys
             keys = {k for v in (version, *siblings) for k in v.target.payload_match}
             for key in sorted(keys) if self.payload_indexes else ():
                 await self.client.create_payload_index(target.collection, key,
                                                        models.PayloadSchemaType.KEYWORD)
+
+    async def creation(self, target: Target, version: Version, siblings: Sequence[Version] = (),
+                       like: Target | None = None) -> dict[str, Any]:
+        """The create-collection request for a version: its vectors, and the settings of
+        ``like``'s collection when it is another one that exists (``copied_settings``)."""
+        source = None
+        if like is not None and like.collection != target.collection and \
+                await self.client.collection_exists(like.collection):
+            source = await self.client.get_collection(like.collection)
+        return creation_request(version, siblings, source, like.vector_name if like else None)
 
     async def _check_vector(self, target: Target, version: Version) -> None:
         info = await self.client.get_collection(target.collection)
@@ -197,6 +204,43 @@ class ServerStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def creation_request(version: Version, siblings: Sequence[Version],
+                     like: models.CollectionInfo | None, like_vector: str | None
+                     ) -> dict[str, Any]:
+    """The create-collection request (pure): the version's vectors (and its siblings' in a
+    shared collection) with ``like``'s storage and index settings: shard number, replication
+    factor, write consistency factor, on-disk payload, and per vector on-disk storage, HNSW and
+    quantization (the like vector's for each), the collection's HNSW and quantization. A
+    migration must not turn a replicated, quantized collection into a single default copy."""
+    copied, per_vector = copied_settings(like, like_vector) if like else ({}, {})
+    params = {name: models.VectorParams(size=spec["dimensions"], distance=models.Distance(
+        DISTANCES[spec["metric"]]), **per_vector)
+        for name, spec in collection_vectors(version, siblings).items()}
+    return {"vectors_config": params[""] if list(params) == [""] else params,
+            "metadata": {"model_id": version.model}, **copied}
+
+
+def copied_settings(info: models.CollectionInfo, vector: str | None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a new collection takes of ``info``'s: collection settings, and the settings of its
+    vector ``vector`` (the unnamed one when None) for each of the new one's vectors."""
+    params, config = info.config.params, info.config
+    copied: dict[str, Any] = {
+        "shard_number": params.shard_number, "replication_factor": params.replication_factor,
+        "write_consistency_factor": params.write_consistency_factor,
+        "on_disk_payload": params.on_disk_payload,
+        "hnsw_config": models.HnswConfigDiff(**config.hnsw_config.model_dump(
+            exclude_none=True)) if config.hnsw_config else None,
+        "quantization_config": config.quantization_config}
+    vectors = params.vectors
+    source = vectors.get(vector or "") if isinstance(vectors, dict) else vectors
+    per_vector = {} if source is None else {
+        "on_disk": source.on_disk, "hnsw_config": source.hnsw_config,
+        "quantization_config": source.quantization_config}
+    return ({k: v for k, v in copied.items() if v is not None},
+            {k: v for k, v in per_vector.items() if v is not None})
 
 
 def _metric(distance: models.Distance) -> str:
