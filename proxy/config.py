@@ -64,12 +64,12 @@ dict. The environment wins over the file. Names, file key on the left, variable 
 
 from __future__ import annotations
 
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -215,16 +215,18 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise RuleError("settings", f"cannot read config file {path}: {exc}") from exc
 
 
+_PASSWORD = re.compile(r"(://[^:/@?#]*):[^@/?#]*@")
+_SECRET_OPTION = re.compile(r"((?:^|[?&])[^=&]*password=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str | None) -> str | None:
-    """The URL with any password replaced, fit for logs and error messages."""
+    """The URL with any password replaced (the user's, and a ``...password=`` option such as
+    a sentinel URL's), fit for logs and error messages."""
     if url is None:
         return None
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    url = _PASSWORD.sub(r"\1:***@", url, count=1)
+    base, mark, query = url.partition("?")
+    return base + mark + _SECRET_OPTION.sub(r"\1***", query)
 
 
 def actor_of(settings: Settings, environ: Mapping[str, str]) -> str:

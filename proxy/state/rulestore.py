@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 import redis.asyncio as aioredis
+import structlog
 
 from proxy.config import Settings
 from proxy.state.base import (
@@ -42,7 +43,13 @@ from proxy.state.base import (
     parse_stored,
     stamp,
 )
-from proxy.state.client import connect, redis_url, unavailable_on_error
+from proxy.state.client import (
+    close,
+    connect,
+    is_replicated,
+    redis_url,
+    unavailable_on_error,
+)
 from proxy.state.jobs import BackfillQueue
 from rollout_rules.errors import ConflictError, NotFoundError
 from rollout_rules.model import Rollout, dump_rollout, parse_rollout
@@ -102,18 +109,24 @@ def open_store(settings: Settings, environ: Mapping[str, str], start: bool = Tru
                           settings.redis_prefix)
 
 
+log = structlog.get_logger("embedshift.rules")
+REPLICA_WAIT_MS = 1000  # how long a rule write waits for a replica to hold it
+
+
 class RedisRuleStore(SharedWrites):
     def __init__(self, client: aioredis.Redis, prefix: str = "embedshift") -> None:
         self.client = client
         self.prefix = prefix
         self.channel = f"{prefix}:changes"
         self._cas = client.register_script(_CAS_SCRIPT)
+        self.replicated = is_replicated(client)  # a sentinel-managed primary: writes wait
+        self.unconfirmed: list[str] = []  # rule writes no replica confirmed in time (newest last)
 
     def _key(self, alias: str, kind: str) -> str:
         return f"{self.prefix}:{{{alias}}}:{kind}"
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await close(self.client)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -175,7 +188,22 @@ class RedisRuleStore(SharedWrites):
             raise ConflictError(alias, expected_revision, int(revision))
         if ok == -1:
             raise NotFoundError(alias)
+        if self.replicated:
+            await self._confirm(alias, int(revision))
         return int(revision)
+
+    async def _confirm(self, alias: str, revision: int) -> None:
+        """Wait until a replica holds the write (``WAIT``), so that a failover cannot lose a
+        change an operator was told is done; when none confirms in time, say so (a log line,
+        ``/readyz``): the change is on the primary, but a failover now would lose it."""
+        async with unavailable_on_error(self.client):
+            confirmed = int(await self.client.wait(1, REPLICA_WAIT_MS))
+        if confirmed < 1:
+            said = f"{alias} revision {revision}"
+            self.unconfirmed = [*self.unconfirmed[-9:], said]
+            log.warning("rule_write_not_replicated", alias=alias, revision=revision,
+                        waited_ms=REPLICA_WAIT_MS,
+                        risk="on the primary only: a failover now would lose it")
 
     # -- coverage and popularity ---------------------------------------------------------------
 

@@ -45,6 +45,9 @@ async def readyz(request: web.Request) -> web.Response:
     }
     if watcher.last_error:
         rules["last_error"] = watcher.last_error
+    unconfirmed = getattr(watcher.store, "unconfirmed", None)
+    if unconfirmed:  # a sentinel-managed primary whose replicas did not confirm these writes
+        rules["not_on_a_replica"] = unconfirmed
     draining = request.app[READY].get("draining", False)
     ready = watcher.age_s is not None and request.app[READY].get("started", False) and \
         not draining  # rules read at least once (no alias declared yet is a snapshot too)
