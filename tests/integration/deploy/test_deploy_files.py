@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from proxy.state.client import parse_sentinel_url
 from proxy.web.routes import ROUTES
 from tests.integration.conftest import ProxyFactory
 from tests.paths import REPO
@@ -48,7 +49,16 @@ def test_a_broken_manifest_is_caught() -> None:
 def test_the_probes_and_kinds_are_the_ones_a_deployment_needs() -> None:
     kinds = {doc["kind"] for path in (DEPLOY / "k8s").glob("*.yaml") for doc in _documents(path)}
     assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                     "ConfigMap", "Secret", "Job"}
+                     "ConfigMap", "Secret", "Job", "StatefulSet"}
+    config = _documents(DEPLOY / "k8s" / "configmap.yaml")[0]["data"]
+    address = parse_sentinel_url(config["REDIS_URL"])  # the sentinels' Service, their primary
+    found = {(doc["kind"], doc["metadata"]["name"]): doc for doc in
+             _documents(DEPLOY / "k8s" / "redis-sentinel.yaml")}
+    assert address.sentinels == (("redis-sentinel", 26379),)
+    assert ("Service", "redis-sentinel") in found
+    sentinel = found[("Deployment", "redis-sentinel")]["spec"]["template"]["spec"]
+    script = sentinel["containers"][0]["command"][-1]
+    assert f"sentinel monitor {address.master} redis-0.redis 6379 2" in script
     container = _documents(DEPLOY / "k8s" / "deployment.yaml")[0]["spec"]["template"]["spec"][
         "containers"][0]
     paths = {route.path for route in ROUTES}
@@ -71,9 +81,15 @@ def test_the_compose_file_is_valid_for_the_compose_spec(tmp_path: Path) -> None:
     assert _check_jsonschema("--builtin-schema", "vendor.compose-spec",
                              str(broken)).returncode != 0
     services = yaml.safe_load(compose.read_text())["services"]
-    assert services["embedshift"]["deploy"]["replicas"] == 2
-    assert {"qdrant", "redis", "prometheus", "alertmanager", "grafana",
+    assert services["embedshift"]["deploy"]["replicas"] == 3
+    assert {"qdrant", "redis-primary", "redis-replica", "sentinel-1", "sentinel-2",
+            "sentinel-3", "prometheus", "alertmanager", "grafana",
             "otel-collector"} <= set(services)
+    address = parse_sentinel_url(services["embedshift"]["environment"]["REDIS_URL"])
+    assert address.sentinels == tuple((f"sentinel-{n}", 26379) for n in (1, 2, 3))
+    for n in (1, 2, 3):  # every sentinel watches the primary the proxies ask for
+        script = services[f"sentinel-{n}"]["command"][-1]
+        assert f"sentinel monitor {address.master} redis-primary 6379 2" in script
     for service in services.values():  # every file it mounts is in the repository
         for volume in service.get("volumes", []):
             source = str(volume).split(":", 1)[0]
