@@ -187,8 +187,9 @@ def _changed(change: Change, operator: Operator) -> Result:
         return change, f"{after.alias}: nothing to change (revision {after.revision}, " \
             f"{after.state})"
     summary = summarize_change(change.before, after)
+    warning = f"\nwarning: {change.warning}" if change.warning else ""
     return change, (f"{after.alias}: {summary} (revision {change.before.revision} -> "
-                    f"{after.revision}, by {operator.actor})")
+                    f"{after.revision}, by {operator.actor}){warning}")
 
 
 # -- rendering ---------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     before: Rollout
     after: Rollout
     changed: bool
+    warning: str = ""  # the change is made, but something about it needs saying
 
 
 class RuleStore(Protocol):
@@ -192,7 +193,12 @@ class SharedWrites:
         if after == before:
             return Change(before=before, after=before, changed=False)
         stored = await self.write(after, before.revision, actor, reason)
-        return Change(before=before, after=stored, changed=True)
+        return Change(before=before, after=stored, changed=True,
+                      warning=self.write_warning(alias, stored.revision))
+
+    def write_warning(self, alias: str, revision: int) -> str:
+        """What the operator should know of a write that succeeded ("" for nothing)."""
+        return ""
 
     async def apply_with_retry(self, alias: str, action: Callable[[Rollout], Rollout],
                                actor: str, reason: str, attempts: int = 5) -> Change:

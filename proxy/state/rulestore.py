@@ -192,6 +192,13 @@ class RedisRuleStore(SharedWrites):
             await self._confirm(alias, int(revision))
         return int(revision)
 
+    def write_warning(self, alias: str, revision: int) -> str:
+        if f"{alias} revision {revision}" not in self.unconfirmed:
+            return ""
+        return (f"written to the primary, but no replica confirmed revision {revision} within "
+                f"{REPLICA_WAIT_MS} ms: a failover now would lose it (check `embedshift status "
+                f"{alias}` after one)")
+
     async def _confirm(self, alias: str, revision: int) -> None:
         """Wait until a replica holds the write (``WAIT``), so that a failover cannot lose a
         change an operator was told is done; when none confirms in time, say so (a log line,

@@ -114,6 +114,7 @@ class Load:
     failed: list[str] = field(default_factory=list)
     searches: int = 0
     acknowledged: list[int] = field(default_factory=list)  # revisions a proxy answered 200 for
+    warnings: list[str] = field(default_factory=list)  # what those answers said beside
     refused: int = 0
     running: bool = True
 
@@ -135,7 +136,9 @@ async def _write(proxy: Proxy, load: Load) -> None:
         response = await proxy.client.post("/admin/aliases/products/percent", headers=AUTH,
                                            json={"percent": 20 + n % 2, "reason": f"w{n}"})
         if response.status == 200:
-            load.acknowledged.append((await response.json())["after"]["revision"])
+            answer = await response.json()
+            load.acknowledged.append(answer["after"]["revision"])
+            load.warnings.append(answer.get("warning", ""))
         else:
             load.refused += 1
         await asyncio.sleep(0.1)
@@ -154,23 +157,28 @@ async def test_a_failover_fails_no_search_and_loses_no_acknowledged_rule_write(
             _write(second, load))]
         await asyncio.sleep(2)
         before = list(load.acknowledged)
+        assert load.warnings and not any(load.warnings)  # the replica confirmed each
         assert topology.primary is not None
         topology.primary.kill()  # SIGKILL: no goodbye to anyone
         killed = time.monotonic()
         followed: dict[str, float] = {}
 
-        async def follows(name: str, proxy: Proxy) -> None:
-            while True:
+        async def follows(name: str, proxy: Proxy, base: float) -> None:
+            for attempt in range(1000):  # a new percent each time: every success is a change
                 response = await proxy.client.post(
                     "/admin/aliases/products/percent", headers=AUTH,
-                    json={"percent": 25, "reason": f"{name} after the failover"})
+                    json={"percent": base + attempt / 100, "reason": f"{name} after it"})
                 if response.status == 200:
-                    load.acknowledged.append((await response.json())["after"]["revision"])
+                    answer = await response.json()
+                    load.acknowledged.append(answer["after"]["revision"])
                     followed[name] = time.monotonic() - killed
+                    # the old primary is gone: no replica is left to hold the write, and the
+                    # operator is told so
+                    assert "no replica confirmed" in answer["warning"], answer
                     return
                 await asyncio.sleep(0.2)
-        await asyncio.wait_for(asyncio.gather(follows("first", first),
-                                              follows("second", second)), 60)
+        await asyncio.wait_for(asyncio.gather(follows("first", first, 30),
+                                              follows("second", second, 50)), 60)
         await asyncio.sleep(1)
         load.running = False
         await asyncio.gather(*tasks)
