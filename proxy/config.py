@@ -18,6 +18,9 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     host, port          EMBEDSHIFT_HOST/_PORT      where ``serve`` listens (127.0.0.1:8080)
     qdrant_url          QDRANT_URL                 unset: the embedded Qdrant engine
     qdrant_api_key      QDRANT_API_KEY             for a Qdrant server
+    qdrant_read_consistency  EMBEDSHIFT_QDRANT_READ_CONSISTENCY  replicas a search asks on a
+                                                   Qdrant server: a number, all, majority,
+                                                   quorum (unset: the server's default)
     cache_size          EMBEDSHIFT_CACHE_SIZE      query vectors cached per model (10000)
     result_cache_size   EMBEDSHIFT_RESULT_CACHE_SIZE  recent answers kept (10000)
     result_cache_ttl_s  EMBEDSHIFT_RESULT_CACHE_TTL_S how long an answer is reused (2; 0: off)
@@ -92,6 +95,7 @@ _ENV = {
     "port": "EMBEDSHIFT_PORT",
     "qdrant_url": "QDRANT_URL",
     "qdrant_api_key": "QDRANT_API_KEY",
+    "qdrant_read_consistency": "EMBEDSHIFT_QDRANT_READ_CONSISTENCY",
     "cache_size": "EMBEDSHIFT_CACHE_SIZE",
     "result_cache_size": "EMBEDSHIFT_RESULT_CACHE_SIZE",
     "result_cache_ttl_s": "EMBEDSHIFT_RESULT_CACHE_TTL_S",
@@ -139,6 +143,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
+    qdrant_read_consistency: Annotated[str, msgspec.Meta(
+        pattern=r"^([1-9][0-9]{0,2}|all|majority|quorum)$")] | None = None
     cache_size: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     result_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     result_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0

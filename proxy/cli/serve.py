@@ -48,7 +48,8 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
     ours = embedded is not None and not embedded.is_running()  # stopped with us, if we start it
     rules = open_store(settings, environ)
     vectors: VectorStore = (
-        ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key) if settings.qdrant_url
+        ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key,
+                            settings.qdrant_read_consistency) if settings.qdrant_url
         else EdgeStore(data / "qdrant", search_threads=settings.edge_search_threads))
     models = ModelCache(settings.models_path)  # the demo and the request path share them
     if demo and settings.redis_url is None and settings.qdrant_url is None:

@@ -45,19 +45,24 @@ class ServerStore:
 
     payload_indexes = True  # qdrant-client's local mode has none (and warns)
 
-    def __init__(self, client: AsyncQdrantClient) -> None:
+    def __init__(self, client: AsyncQdrantClient, read_consistency: str | None = None) -> None:
+        """``read_consistency``: how many replicas a search asks (``all``, ``majority``,
+        ``quorum`` or a number; None: the server's default, one)."""
         self.client = client
+        self.consistency = read_consistency_of(read_consistency)
 
     @classmethod
-    def connect(cls, url: str, api_key: str | None = None) -> ServerStore:
-        return cls(AsyncQdrantClient(url=url, api_key=api_key, prefer_grpc=True))
+    def connect(cls, url: str, api_key: str | None = None,
+                read_consistency: str | None = None) -> ServerStore:
+        return cls(AsyncQdrantClient(url=url, api_key=api_key, prefer_grpc=True),
+                   read_consistency)
 
     async def search(self, target: Target, vector: VectorLike, limit: int,
                      query_filter: models.Filter | None, with_payload: bool) -> list[Hit]:
         with backend_errors(target.collection, "search"):
             response = await self.client.query_points(
                 target.collection, query=floats(vector), using=target.vector_name, limit=limit,
-                query_filter=with_target(query_filter, target),
+                query_filter=with_target(query_filter, target), consistency=self.consistency,
                 with_payload=ANSWER_PAYLOAD if with_payload else ANSWER_ID_ONLY_PAYLOAD)
         return [hit(p, with_payload) for p in response.points]
 
@@ -204,6 +209,20 @@ class ServerStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def read_consistency_of(value: str | None) -> models.ReadConsistency | None:
+    """``EMBEDSHIFT_QDRANT_READ_CONSISTENCY`` as Qdrant takes it: a number of replicas or
+    all, majority, quorum; RuleError naming the setting otherwise."""
+    if value is None or value == "":
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        return models.ReadConsistencyType(value)
+    except ValueError:
+        raise RuleError("EMBEDSHIFT_QDRANT_READ_CONSISTENCY", f"{value!r}: a number of "
+                        "replicas, or all, majority, quorum") from None
 
 
 def creation_request(version: Version, siblings: Sequence[Version],
