@@ -1,6 +1,7 @@
-"""The fake embeddings service and a real one (Infinity) answer the OpenAI embeddings API the
-same way, as a served model reads it: catalogued by the same checks, vectors in the texts'
-order, tokens counted, a refusal not retried, no drift while nothing changes."""
+"""The fake embeddings service and a real one (Infinity) answer as a served model reads them.
+
+Catalogued by the same checks, vectors in the texts' order, tokens counted, a refusal not
+retried, no drift while nothing changes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""A candidate served over an embeddings API that misbehaves: live queries keep answering (stable
-takes the candidate's users), the backfill slows through 429s and loses nothing, a model that
-changes under its name is caught and rolled back, and the key is in no output.
+"""A served candidate's faults cost no search, no document and no secret.
+
+Live queries keep answering (stable takes the candidate's users), the backfill slows through
+429s and loses nothing, a model that changes under its name is caught and rolled back, and the
+key is in no output.
 
 The service is the package's fake (``FakeEmbeddingsService``, on the same contract suite as a
 real server); the proxy, Redis, Qdrant's engine and the stable ONNX model are real."""

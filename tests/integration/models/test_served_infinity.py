@@ -1,8 +1,9 @@
-"""A real embeddings server nobody here wrote (Infinity, serving all-MiniLM-L6-v2 offline) as an
-alias's v2: catalogued by the CLI, its vectors those of the same model run locally, and the
-whole migration through it (ingest, backfill, verify, ramp, search), on the real Redis, Qdrant's
-engine and the stable ONNX model; then the server's model changes under the same name and the
-drift watch rolls the candidate back."""
+"""A real embeddings server nobody here wrote serves an alias's v2 through a whole migration.
+
+Infinity, serving all-MiniLM-L6-v2 offline: catalogued by the CLI, its vectors those of the same
+model run locally, and the whole migration through it (ingest, backfill, verify, ramp, search),
+on the real Redis, Qdrant's engine and the stable ONNX model; then the server's model changes
+under the same name and the drift watch rolls the candidate back."""
 
 from __future__ import annotations
 

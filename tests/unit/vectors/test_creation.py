@@ -1,5 +1,6 @@
-"""A candidate's collection is created with stable's settings: a migration must not turn a
-replicated, quantized collection into one default copy.
+"""A candidate's collection is created with stable's settings.
+
+A migration must not turn a replicated, quantized collection into one default copy.
 
 What qdrant-client's local mode keeps of a collection's settings (per-vector on-disk storage and
 HNSW) is checked there end to end, through ingestion; what it does not keep (shards, replicas,

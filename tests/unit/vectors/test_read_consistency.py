@@ -1,4 +1,6 @@
-"""A search on a Qdrant server may ask more than one replica (EMBEDSHIFT_QDRANT_READ_CONSISTENCY)."""
+"""A search on a Qdrant server may ask more than one replica.
+
+EMBEDSHIFT_QDRANT_READ_CONSISTENCY: a number, all, majority or quorum."""
 
 from __future__ import annotations
 
