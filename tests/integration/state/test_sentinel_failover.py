@@ -2,8 +2,9 @@
 
 A primary, a replica and three sentinels on loopback (the redis-server the tests use, in
 sentinel mode for the sentinels), two proxies on the ``redis+sentinel://`` URL under steady
-searches and rule writes; the primary is killed. No search fails, every rule write a proxy acknowledged is there after the failover, both proxies follow the
-new primary, and an Alertmanager rollback after it works."""
+searches and rule writes; the primary is killed. No search fails, every rule write a proxy
+acknowledged is there after the failover, both proxies follow the new primary, and an
+Alertmanager rollback after it works."""
 
 from __future__ import annotations
 
