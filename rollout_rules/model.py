@@ -43,12 +43,25 @@ class _Frozen(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """Base for document parts: immutable, keyword-only, strict about unknown fields."""
 
 
+class CollectionSettings(_Frozen, frozen=True):
+    """How a Qdrant server creates a version's collection, where the rule says otherwise than
+    stable's collection (each setting left out is copied from it)."""
+
+    shard_number: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    replication_factor: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
+    write_consistency_factor: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
+    on_disk_payload: bool | None = None
+    on_disk: bool | None = None  # the vectors
+
+
 class Target(_Frozen, frozen=True):
-    """Where a version's vectors live: a collection, maybe a named vector and a payload match."""
+    """Where a version's vectors live: a collection, maybe a named vector and a payload match;
+    ``create``: settings its collection is created with, over stable's."""
 
     collection: Name
     vector_name: str | None = None
     payload_match: dict[str, PayloadValue] = msgspec.field(default_factory=dict)
+    create: CollectionSettings | None = None
 
 
 class Version(_Frozen, frozen=True):

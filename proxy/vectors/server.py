@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from qdrant_client import AsyncQdrantClient, models
 
 from proxy.vectors.base import (
@@ -231,9 +232,16 @@ def creation_request(version: Version, siblings: Sequence[Version],
     """The create-collection request (pure): the version's vectors (and its siblings' in a
     shared collection) with ``like``'s storage and index settings: shard number, replication
     factor, write consistency factor, on-disk payload, and per vector on-disk storage, HNSW and
-    quantization (the like vector's for each), the collection's HNSW and quantization. A
-    migration must not turn a replicated, quantized collection into a single default copy."""
+    quantization (the like vector's for each), the collection's HNSW and quantization, and over
+    them what the version's ``target.create`` says. A migration must not turn a replicated,
+    quantized collection into a single default copy unless the rule says so."""
     copied, per_vector = copied_settings(like, like_vector) if like else ({}, {})
+    said = version.target.create  # the rule's own word wins over stable's
+    if said is not None:
+        copied.update({key: value for key, value in msgspec.structs.asdict(said).items()
+                       if value is not None and key != "on_disk"})
+        if said.on_disk is not None:
+            per_vector["on_disk"] = said.on_disk
     params = {name: models.VectorParams(size=spec["dimensions"], distance=models.Distance(
         DISTANCES[spec["metric"]]), **per_vector)
         for name, spec in collection_vectors(version, siblings).items()}

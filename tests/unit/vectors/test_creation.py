@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 from qdrant_client import models
 
 from loadtest.corpus import corpus
@@ -23,7 +24,8 @@ from proxy.models.loader import ModelCache
 from proxy.state.memory import MemoryRuleStore
 from proxy.vectors.memory import MemoryStore
 from proxy.vectors.server import creation_request
-from rollout_rules.model import Rollout, Target, Version
+from rollout_rules.errors import RuleError
+from rollout_rules.model import Rollout, Target, Version, parse_rollout
 
 V1 = Version(name="v1", model="fake-a", dimensions=384, target=Target(collection="kb_v1"))
 V2 = Version(name="v2", model="fake-b", dimensions=384, target=Target(collection="kb_v2"))
@@ -92,3 +94,24 @@ async def test_ingestion_creates_the_candidate_like_stable_and_plan_says_so(tmp_
     assert isinstance(made, models.VectorParams)
     assert made.on_disk is True and made.hnsw_config is not None and made.hnsw_config.m == 32
     assert (await plan(ingestor, rollout, sample=20)).creates is None  # it is there now
+
+
+def test_what_the_rule_says_wins_over_stables_settings() -> None:
+    info = models.CollectionInfo.model_validate(SERVER_INFO)
+    rule = parse_rollout({
+        "alias": "kb", "stable": "v1", "candidate": "v2",
+        "versions": [{"name": "v1", "model": "fake-a", "dimensions": 384,
+                      "target": {"collection": "kb_v1"}},
+                     {"name": "v2", "model": "fake-b", "dimensions": 384,
+                      "target": {"collection": "kb_v2", "create": {
+                          "shard_number": 2, "replication_factor": 2, "on_disk": False}}}]})
+    request = creation_request(rule.version("v2"), [rule.version("v1")], info, None)
+    assert (request["shard_number"], request["replication_factor"]) == (2, 2)
+    assert request["write_consistency_factor"] == 2  # not said: stable's
+    assert request["vectors_config"].on_disk is False
+    with pytest.raises(RuleError, match=r"versions\[1\]\.target\.create"):
+        parse_rollout({"alias": "kb", "stable": "v1", "versions": [
+            {"name": "v1", "model": "fake-a", "dimensions": 384,
+             "target": {"collection": "kb_v1"}},
+            {"name": "v2", "model": "fake-b", "dimensions": 384,
+             "target": {"collection": "kb_v2", "create": {"shards": 2}}}]})
