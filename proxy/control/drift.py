@@ -10,7 +10,8 @@ candidate the model serves is rolled back by compare-and-set on the revision see
 sees the same drift; one write wins). A drifted stable model cannot be rolled away from: it is
 reported, and the operator decides (re-catalogue it and backfill, or promote another).
 
-A probe that fails (the service is down) is reported as such, never as drift.
+A probe that fails (the service is down) is reported as such, never as drift, and never as the
+end of a drift seen before.
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ class DriftWatch:
         except (EmbedshiftError, TimeoutError) as exc:
             error = str(exc) or f"no answer within {PROBE_TIMEOUT_S:g} s"
             log.warning("drift_probe_failed", model=name, error=error)
-            return Finding(model=name, fingerprint=fingerprint, cosine=None, drifted=False,
+            before = self.findings.get(name)  # a drift seen stays seen while it cannot be asked
+            return Finding(model=name, fingerprint=fingerprint, cosine=None,
+                           drifted=before is not None and before.drifted,
                            checked_at=time.time(), error=error)
         drifted = cosine < DRIFT_MIN_COSINE
         if drifted:
