@@ -184,6 +184,9 @@ async def test_a_model_changed_under_its_name_is_caught_and_its_candidate_rolled
     assert 'embedshift_model_drifted{model="hash"} 1.0' in metrics
     page = await (await proxy.client.get("/ui/status.json")).json()
     assert page["aliases"][0]["drifted"]["v2"].startswith("model hash drifted (probe cosine")
+    served.service.mode = "500"  # the service goes down: the drift is not forgotten
+    found = (await drift.check())["hash"]
+    assert found.drifted and found.cosine is None and "answered 500" in found.error
     history = await (await proxy.client.get("/admin/aliases/notes/history",
                                             headers=ADMIN)).json()
     assert any(entry["actor"] == "drift-watch" and "drift: model hash" in entry["reason"]
