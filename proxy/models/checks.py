@@ -84,7 +84,7 @@ def check_batch(model: OnnxModel, texts: Sequence[str]) -> float:
         raise ModelError(f"{model.folder.name}: a batch of texts of different lengths fails "
                          f"({exc}); check pooling (--pooling) and the graph's output") from exc
     alone = np.stack([model.embed([text])[0] for text in texts])
-    cosines = np.minimum(_cosines(together, alone), _cosines(padded, alone))
+    cosines = np.minimum(row_cosines(together, alone), row_cosines(padded, alone))
     worst = int(np.argmin(cosines))
     if cosines[worst] < MIN_COSINE:
         raise ModelError(f"{model.folder.name}: a text encoded in a batch differs from the same"
@@ -161,7 +161,7 @@ def read_references(path: Path, dimensions: int) -> list[Reference]:
 def check_references(model: OnnxModel, references: Sequence[Reference], path: Path) -> float:
     vectors = model.embed([r.text for r in references])
     expected = np.array([r.vector for r in references], dtype=np.float32)
-    cosines = _cosines(vectors, expected)
+    cosines = row_cosines(vectors, expected)
     worst = int(np.argmin(cosines))
     if cosines[worst] < MIN_COSINE:
         raise ModelError(f"{path}: {int((cosines < MIN_COSINE).sum())} of {len(references)} "
@@ -173,7 +173,8 @@ def check_references(model: OnnxModel, references: Sequence[Reference], path: Pa
     return float(cosines.min())
 
 
-def _cosines(a: Vector, b: Vector) -> Vector:
+def row_cosines(a: Vector, b: Vector) -> Vector:
+    """The cosine of each row of ``a`` with the same row of ``b``."""
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     result: Vector = ((a * b).sum(axis=1) / np.clip(norms, 1e-12, None)).astype(np.float32)
     return result
@@ -192,13 +193,13 @@ def check_int8(int8: OnnxModel, fp32: OnnxModel, *, tolerance: float = INT8_MIN_
     ModelError naming the worst text and its cosine below ``tolerance`` unless accepted."""
     texts = list(PROBES) + _reference_texts(expect, fp32.dimensions)
     quantised = np.stack([int8.embed([text])[0] for text in texts])
-    cosines = _cosines(quantised, np.stack([fp32.embed([text])[0] for text in texts]))
+    cosines = row_cosines(quantised, np.stack([fp32.embed([text])[0] for text in texts]))
     worst = int(np.argmin(cosines))
     said = (f"int8 against fp32: min cosine {cosines[worst]:.4f} over {len(texts)} texts "
             f"(tolerance {tolerance:g})")
     if expect is not None:
         references = read_references(expect, fp32.dimensions)
-        reference = float(_cosines(quantised[len(PROBES):], np.array(
+        reference = float(row_cosines(quantised[len(PROBES):], np.array(
             [r.vector for r in references], dtype=np.float32)).min())
         said += f"; reference vectors min cosine {reference:.4f}"
     if cosines[worst] >= tolerance:

@@ -40,7 +40,7 @@ from proxy.models.calling import (
     parse_retry_after,
     retry_delay,
 )
-from proxy.models.checks import PROBES, Reference
+from proxy.models.checks import PROBES, Reference, row_cosines
 from proxy.models.encoders import Vector
 from rollout_rules.errors import ModelError
 from rollout_rules.text import one_line
@@ -442,7 +442,7 @@ async def _check_references(model: ServedModel, references: Sequence[Reference],
     if expected.shape != got.shape:
         raise ModelError(f"model {name}: the reference vectors have {expected.shape[1]} "
                          f"numbers, the service gives {got.shape[1]}")
-    cosines = _cosines(got, expected)
+    cosines = row_cosines(got, expected)
     worst = int(np.argmin(cosines))
     if cosines[worst] < REFERENCE_MIN_COSINE:
         raise ModelError(f"model {name}: {int((cosines < REFERENCE_MIN_COSINE).sum())} of "
@@ -453,11 +453,5 @@ async def _check_references(model: ServedModel, references: Sequence[Reference],
     return f"reference vectors: {len(references)} texts, min cosine {cosines[worst]:.6f}"
 
 
-def _cosines(a: Vector, b: Vector) -> Vector:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    result: Vector = ((a * b).sum(axis=1) / np.clip(norms, 1e-12, None)).astype(np.float32)
-    return result
-
-
 def _least(a: Vector, b: Vector) -> float:
-    return float(_cosines(a, b).min())
+    return float(row_cosines(a, b).min())
