@@ -43,6 +43,8 @@ _SETTINGS_FLAGS = ("redis_url", "data_dir", "actor", "host", "port", "qdrant_por
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
+    if argv is None and (sys.argv[1:2] and sys.argv[1] in GROUPS["rollout"]):
+        _without_redis_telemetry()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
@@ -73,6 +75,16 @@ GROUPS = {
 }
 """Which module of ``proxy.cli`` defines each command: a command imports its own group only
 (`status` needs neither the vector stores nor the models); a test holds this to the parsers."""
+
+
+def _without_redis_telemetry() -> None:
+    """A rule command exports no metrics, so its process keeps redis-py from loading the
+    OpenTelemetry metrics API and SDK for its optional instrumentation: about a quarter of `status`'s
+    start. Only a process of its own does this (``main()`` with no ``argv``): an import marked
+    absent in ``sys.modules`` fails for the rest of the process, which a test's process must not
+    inherit."""
+    for module in ("opentelemetry.metrics", "opentelemetry.sdk.metrics"):
+        sys.modules.setdefault(module, None)  # type: ignore[arg-type]
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

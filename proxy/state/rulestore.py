@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 
 import msgspec
 import redis.asyncio as aioredis
-import structlog
 
 from proxy.config import Settings
 from proxy.state.base import (
@@ -109,7 +108,6 @@ def open_store(settings: Settings, environ: Mapping[str, str], start: bool = Tru
                           settings.redis_prefix)
 
 
-log = structlog.get_logger("embedshift.rules")
 REPLICA_WAIT_MS = 1000  # how long a rule write waits for a replica to hold it
 
 
@@ -208,6 +206,9 @@ class RedisRuleStore(SharedWrites):
         if confirmed < 1:
             said = f"{alias} revision {revision}"
             self.unconfirmed = [*self.unconfirmed[-9:], said]
+            import structlog  # here: a rule command's start need not load the logging library
+
+            log = structlog.get_logger("embedshift.rules")
             log.warning("rule_write_not_replicated", alias=alias, revision=revision,
                         waited_ms=REPLICA_WAIT_MS,
                         risk="on the primary only: a failover now would lose it")

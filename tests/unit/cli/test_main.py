@@ -45,15 +45,18 @@ def test_each_command_is_found_in_the_group_that_defines_it() -> None:
 
 
 def test_status_imports_neither_the_vector_stores_nor_the_models() -> None:
-    """`embedshift status` starts fast: what serving needs (qdrant_client, onnxruntime, numpy)
-    is not imported to read a rule."""
+    """`embedshift status` starts fast: what serving needs (qdrant_client, onnxruntime, numpy),
+    the logging library and the metrics API and SDK redis-py would instrument itself with are not
+    imported to read a rule, in a process of its own (``main()`` reading ``sys.argv``)."""
     import subprocess
     import sys
 
+    heavy = ("qdrant_client", "onnxruntime", "numpy", "aiohttp", "structlog",
+             "opentelemetry.metrics", "opentelemetry.sdk.metrics")
     code = ("import sys\nfrom proxy.cli.main import main\n"
-            "main(['status', '--redis-url', 'redis://127.0.0.1:1/0'], {})\n"
-            "print(sorted(m for m in ('qdrant_client', 'onnxruntime', 'numpy', 'aiohttp') "
-            "if m in sys.modules))")
+            "sys.argv = ['embedshift', 'status', '--redis-url', 'redis://127.0.0.1:1/0']\n"
+            "main(environ={})\n"
+            f"print(sorted(m for m in {heavy!r} if sys.modules.get(m) is not None))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
