@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 from dataclasses import dataclass
 
 import msgspec
@@ -152,6 +153,27 @@ class _Usage(msgspec.Struct):
 class _Answer(msgspec.Struct):
     data: list[_Item]
     usage: _Usage | None = None
+
+
+_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def error_code(body: bytes) -> str | None:
+    """The service's own name for an error, from an OpenAI-style ``{"error": {"code", "type"}}``
+    body: a short identifier, never the message (servers repeat the input in messages), else
+    None."""
+    try:
+        answer = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(error, dict):
+        return None
+    for field in ("code", "type"):
+        value = error.get(field)
+        if isinstance(value, str) and _CODE.fullmatch(value):
+            return value
+    return None
 
 
 def parse_embeddings(body: bytes, count: int, dimensions: int, source: str

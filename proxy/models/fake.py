@@ -65,7 +65,8 @@ class FakeEmbeddingsService:
     ``storm(kind, count)`` gives the next ``count`` calls a fault; ``mode`` gives every call
     one until it is set back to None. Kinds: ``"429"`` (with ``Retry-After: retry_after_s``),
     ``"500"``, ``"hang"`` (answers after ``hang_s``), ``"wrong_size"`` (a vector one number
-    short), ``"wrong_count"`` (one vector fewer). ``model`` may be swapped while it serves (a
+    short), ``"wrong_count"`` (one vector fewer), ``"422"`` (a refusal whose message repeats
+    the input, as some servers' validation errors do). ``model`` may be swapped while it serves (a
     provider changing the weights under the same name). With ``key`` set, a call without
     ``Authorization: Bearer KEY`` gets a 401.
     """
@@ -107,6 +108,10 @@ class FakeEmbeddingsService:
                                      headers={"Retry-After": f"{self.retry_after_s:g}"})
         if fault == "500":
             return web.json_response({"error": {"message": "internal error"}}, status=500)
+        if fault == "422":
+            return web.json_response({"error": {
+                "message": f"input not valid: {texts[0]!r}", "type": "invalid_request_error",
+                "code": 422}}, status=422)
         if fault == "hang":
             await asyncio.sleep(self.hang_s)
         vectors = self.model.embed(texts)

@@ -36,6 +36,7 @@ from proxy.models.calling import (
     RETRYABLE,
     Bucket,
     Circuit,
+    error_code,
     parse_embeddings,
     parse_retry_after,
     retry_delay,
@@ -155,8 +156,11 @@ class ServedModel:
     def __init__(self, spec: ServedSpec, name: str, *, api_key: str = "",
                  clock: Callable[[], float] = time.monotonic,
                  draw: Callable[[], float] = random.random,
-                 bulk_patience_s: float = BULK_PATIENCE_S) -> None:
+                 bulk_patience_s: float = BULK_PATIENCE_S, echo_errors: bool = False) -> None:
         self.spec, self.name = spec, name
+        # A service's error text may repeat the input: it is shown only where the texts are
+        # the catalogue's checks, printed to the operator who runs them, never in a log.
+        self.echo_errors = echo_errors
         self.bulk_patience_s = bulk_patience_s
         self._key = api_key
         self._clock, self._draw = clock, draw
@@ -209,7 +213,7 @@ class ServedModel:
         Retry-After: it is the health check, and an answer closes the circuit at once."""
         try:
             async with self._slot(live=True):
-                fresh, _tokens = await self._post(list(PROBES), live=False)
+                fresh, _tokens = await self._post(list(PROBES), live=False, echo=True)
         except _Retryable as exc:
             raise ModelError(str(exc)) from None
         self.circuit.succeeded()
@@ -320,10 +324,10 @@ class ServedModel:
         async with self._bulk, self._all:
             yield
 
-    async def _post(self, texts: list[str], live: bool, left_s: float | None = None
-                    ) -> tuple[Vector, int]:
+    async def _post(self, texts: list[str], live: bool, left_s: float | None = None,
+                    echo: bool = False) -> tuple[Vector, int]:
         """One call; ``left_s``: what is left of a query's patience (a retry never outlasts
-        it)."""
+        it); ``echo``: the texts are the probes, so the service's error text may be told."""
         body: dict[str, object] = {"model": self.spec.model_id, "input": texts,
                                    "encoding_format": "float"}
         if self.spec.ask_dimensions:
@@ -340,7 +344,7 @@ class ServedModel:
                 raw = await response.read()
                 if response.status != 200:
                     said = f"{source}: the service answered {response.status}" \
-                           f"{self._excerpt(raw)}"
+                           f"{self._excerpt(raw, echo or self.echo_errors)}"
                     if response.status in RETRYABLE:
                         raise _Retryable(said, parse_retry_after(
                             response.headers.get("Retry-After"), time.time()),
@@ -356,8 +360,13 @@ class ServedModel:
         except ModelError as exc:  # a broken answer is the service's fault: try again
             raise _Retryable(str(exc)) from None
 
-    def _excerpt(self, raw: bytes) -> str:
-        """A short, one-line piece of the service's error body, with the key blanked out."""
+    def _excerpt(self, raw: bytes, echo: bool) -> str:
+        """What the error says: its code (``error.code`` or ``.type``) only, since a message
+        may repeat the texts (a query, a document) into a log line; with ``echo``, a short,
+        one-line piece of the body, with the key blanked out."""
+        if not echo:
+            code = error_code(raw)
+            return f" ({code})" if code else ""
         text = raw[:200].decode("utf-8", "replace")
         if self._key:
             text = text.replace(self._key, "[key]")
@@ -395,7 +404,8 @@ async def examine(draft: ServedSpec, name: str, api_key: str,
     the spec with what was measured, its fingerprint and identity. ModelError names what is
     wrong and what to change."""
     raw = msgspec.structs.replace(draft, normalize=False, dimensions=draft.dimensions)
-    model = ServedModel(raw, name, api_key=api_key, bulk_patience_s=CHECK_PATIENCE_S)
+    model = ServedModel(raw, name, api_key=api_key, bulk_patience_s=CHECK_PATIENCE_S,
+                        echo_errors=True)
     try:
         first = await model.aembed([PROBES[1]], live=False)
         size = first.shape[1]

@@ -10,6 +10,7 @@ real server); the proxy, Redis, Qdrant's engine and the stable ONNX model are re
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,14 +114,14 @@ async def test_live_queries_keep_answering_through_every_fault_and_the_key_shows
             served.service.mode = None
             again = await _searches(proxy, range(10_000 + len(logs), 10_060 + len(logs)))
             return any(found["model_version"] == "v2" for found in again)
-        for round, fault in enumerate(("429", "500", "hang", "wrong_size", "wrong_count"),
-                                      start=1):
+        faults = ("429", "500", "hang", "wrong_size", "wrong_count", "422")
+        for round, fault in enumerate(faults, start=1):
             served.service.mode = fault
             during = await _searches(proxy, range(100 * round, 100 * round + 60))  # new texts
             assert {found["model_version"] for found in during} == {"v1"}, fault
             assert sum(found["rollout"]["reason"] == "fallback" for found in during) > 5, fault
             await eventually_async(v2_answers_again, timeout_s=15)
-        assert set(served.service.faults) == {"429", "500", "hang", "wrong_size", "wrong_count"}
+        assert set(served.service.faults) == set(faults)
         assert (await served.models.get(served.rollout.version("v2"))).circuit.opened >= 1  # type: ignore[attr-defined]
         seen = [await (await proxy.client.get(path)).text()
                 for path in ("/metrics", "/readyz", "/admin/aliases/notes")]
@@ -128,6 +129,10 @@ async def test_live_queries_keep_answering_through_every_fault_and_the_key_shows
     assert KEY not in "".join(seen) + repr(logs)
     assert any(line.get("event") == "candidate_failed" and "429" in line.get("error", "")
                for line in logs)
+    refused = [line["error"] for line in logs if line.get("event") == "candidate_failed"
+               and "answered 422" in line.get("error", "")]
+    assert refused and all(e.endswith("answered 422 (invalid_request_error)") for e in refused)
+    assert not re.search(r"for trip 6\d\d", repr(logs))  # the 422 round's queries (repeated)
 
 
 async def test_the_backfill_slows_through_429s_and_resumes_losing_nothing(

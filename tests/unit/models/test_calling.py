@@ -9,6 +9,7 @@ import pytest
 from proxy.models.calling import (
     Bucket,
     Circuit,
+    error_code,
     parse_embeddings,
     parse_retry_after,
     retry_delay,
@@ -118,3 +119,13 @@ def test_bulk_work_gets_one_call_fewer_than_the_model_and_three_quarters_of_its_
     unlimited = ServedSpec(url="http://127.0.0.1:1", model_id="m", dimensions=8,
                            max_concurrency=1)
     assert ServedModel(unlimited, "m").bulk_capacity(100.0) == (1, None)
+
+
+def test_an_error_is_named_by_its_code_never_by_its_message() -> None:
+    """A service's message may repeat the input: only a short identifier is kept."""
+    said = b'{"error": {"message": "bad input: my secret query", "type": "invalid_request_error"}}'
+    assert error_code(said) == "invalid_request_error"
+    assert error_code(b'{"error": {"code": "invalid_api_key", "type": "x"}}') == "invalid_api_key"
+    assert error_code(b'{"error": {"code": 422, "type": "my secret query"}}') is None
+    assert error_code(b'{"detail": "my secret query"}') is None
+    assert error_code(b"my secret query") is None
