@@ -79,7 +79,7 @@ GROUPS = {
 
 def _without_redis_telemetry() -> None:
     """A rule command exports no metrics, so its process keeps redis-py from loading the
-    OpenTelemetry metrics API and SDK for its optional instrumentation: about a quarter of `status`'s
+    OpenTelemetry metrics API and SDK for its optional instrumentation: a quarter of `status`'s
     start. Only a process of its own does this (``main()`` with no ``argv``): an import marked
     absent in ``sys.modules`` fails for the rest of the process, which a test's process must not
     inherit."""
