@@ -52,7 +52,8 @@ from proxy.qdrant_api.shapes import (
     wants_vector,
 )
 from proxy.serving.embed import Embedder
-from proxy.serving.search import Searcher, SearchRequest, SearchResponse
+from proxy.serving.query import SearchRequest, SearchResponse
+from proxy.serving.search import Searcher
 from proxy.telemetry import Attr
 from proxy.vectors.base import (
     RESERVED,

@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-import msgspec
 import structlog
 from msgspec.structs import replace
 from opentelemetry import trace
@@ -25,10 +24,11 @@ from proxy.models.encoders import Encoder, clean_text
 from proxy.models.loader import EncoderKey, encoder_key
 from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.popularity import HitRecorder
+from proxy.serving.query import Found, Query, RolloutInfo, SearchRequest, SearchResponse
 from proxy.serving.resultcache import ResultCache, result_key
 from proxy.serving.shadow import Shadow
 from proxy.telemetry import Attr, Metrics
-from proxy.vectors.base import Hit, VectorStore, parse_filter
+from proxy.vectors.base import VectorStore, parse_filter
 from rollout_rules.decide import Context, Decision, Reason, decide
 from rollout_rules.errors import (
     BackendError,
@@ -40,38 +40,6 @@ from rollout_rules.errors import (
 from rollout_rules.model import Rollout, Version
 
 log = structlog.get_logger("embedshift.search")
-MAX_LIMIT = 100
-
-
-class SearchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The body of ``POST /v1/aliases/{alias}/search``."""
-
-    query: str
-    user_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    session_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    tenant: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    properties: dict[str, str] = msgspec.field(default_factory=dict)
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = 10
-    filter: dict[str, Any] | None = None
-    with_payload: bool = True
-    version: str | None = None
-
-
-class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
-    alias: str
-    bucket: int | None
-    reason: str
-    revision: int
-    effective_percent: float
-
-
-class SearchResponse(msgspec.Struct, frozen=True, kw_only=True):
-    hits: list[Hit]
-    model_version: str
-    model: str
-    collection: str
-    rollout: RolloutInfo
-    trace_id: str
 
 
 class Rules(Protocol):
@@ -323,24 +291,3 @@ class Searcher:
             rollout=RolloutInfo(alias=alias, bucket=decision.bucket, reason=decision.reason,
                                 revision=decision.revision,
                                 effective_percent=decision.effective_percent))
-
-
-class Query(NamedTuple):
-    """One request's query as both attempts (candidate, then stable) see it."""
-
-    text: str  # cleaned once, by clean_text
-    request: SearchRequest
-    filter: Any  # the request's filter, parsed once
-    coverage: dict[str, float]  # the alias's coverage per version, read once
-    deadline: float  # loop time by which both attempts must be done
-    revision: int  # of the rule that decided it: the guard's cohorts are per revision
-    slow_ms: float  # a store search longer than this counts as slow (the guard's p99 bound)
-    traced: bool  # the request's span records: its stages get spans (else none is started)
-
-
-class Found(NamedTuple):
-    """A version's hits for a query, and which caches answered."""
-
-    hits: list[Hit]
-    result_cached: bool
-    vector_cached: bool

@@ -18,20 +18,18 @@ import random
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import structlog
 
 from proxy.serving.cohorts import CohortRecorder
+from proxy.serving.query import Found, Query
 from proxy.tasks import cancel_and_wait
 from proxy.telemetry import Metrics
 from proxy.vectors.base import Hit, PointId
 from rollout_rules.errors import BackendError, ModelError
 from rollout_rules.guard import shadow_of
 from rollout_rules.model import Rollout, Version
-
-if TYPE_CHECKING:
-    from proxy.serving.search import Found, Query
 
 log = structlog.get_logger("embedshift.shadow")
 TOP_K = 10

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from proxy.web.errors import json_response
 from proxy.web.keys import OPENAPI
+from proxy.web.route import Route
 from rollout_rules.model import NAME_PATTERN
-
-if TYPE_CHECKING:
-    from proxy.web.routes import Route
 
 _ERRORS = [(400, "bad input"), (401, "token missing or wrong"),
            (403, "feature off (admin API, version overrides)"), (404, "unknown alias"),

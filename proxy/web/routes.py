@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
@@ -15,26 +13,12 @@ from proxy.ingest.backfill import Options, Progress
 from proxy.ingest.plan import Plan
 from proxy.ingest.quality import Judgement
 from proxy.ingest.verify import Report
-from proxy.serving.search import SearchRequest, SearchResponse
+from proxy.serving.query import SearchRequest, SearchResponse
 from proxy.web.auth import OVERRIDE_TOKEN_HEADER
-from proxy.web.errors import Handler
 from proxy.web.handlers import admin, alerts, documents, embeddings, health, search, ui
 from proxy.web.openapi import serve_document
+from proxy.web.route import Route
 from rollout_rules.ramp import RampPlan
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    body: type | None = None  # the request body's msgspec type
-    answer: type | None = None  # the 200 answer's msgspec type
-    admin: bool = False  # behind the admin token
-    body_required: bool = True
-    parameters: tuple[dict[str, Any], ...] = ()  # beyond the path's own {alias}
-
 
 _LIMIT = {"name": "limit", "in": "query", "required": False,
           "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}

@@ -15,7 +15,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, StatusCode
 
 from proxy.http import random_key, status_of
-from proxy.serving.search import SearchRequest
+from proxy.serving.query import SearchRequest
 from proxy.telemetry import Attr
 from proxy.web.auth import check_override
 from proxy.web.bodies import read_json

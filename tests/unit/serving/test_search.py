@@ -11,7 +11,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.models.encoders import Encoder, QueryEncoder
 from proxy.models.loader import EncoderKey, encoder_key
-from proxy.serving.search import Searcher, SearchRequest
+from proxy.serving.query import SearchRequest
+from proxy.serving.search import Searcher
 from proxy.telemetry import Metrics
 from rollout_rules.bucket import bucket
 from rollout_rules.errors import (
