@@ -28,35 +28,30 @@ Key = tuple[bytes, str, int, bytes, bool]
 _encode = msgspec.json.Encoder().encode
 
 
-def result_key(version: Version, text: str, limit: int, raw_filter: dict[str, Any] | None,
-               with_payload: bool) -> Key:
-    """What decides a version's answer; ``text`` is already whitespace-normalised."""
-    return (_envelope(version), text, limit,
-            b"" if raw_filter is None else _encode(raw_filter), with_payload)
-
-
-_envelopes: dict[int, tuple[Version, bytes]] = {}
-
-
-def _envelope(version: Version) -> bytes:
-    """The version encoded, once per version object (the rules snapshot keeps the same objects
-    until a rule changes); the object itself is kept beside it, so an id reused by another
-    object never matches."""
-    known = _envelopes.get(id(version))
-    if known is not None and known[0] is version:
-        return known[1]
-    if len(_envelopes) >= 1024:  # rule changes leave old versions behind: start afresh
-        _envelopes.clear()
-    encoded = _encode(version)
-    _envelopes[id(version)] = (version, encoded)
-    return encoded
-
-
 class ResultCache:
     def __init__(self, size: int, ttl_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: TTLCache[Key, tuple[float | None, list[Hit]]] | None = (
             TTLCache(size, ttl_s, timer=clock) if size > 0 and ttl_s > 0 else None)  # else off
+        self._envelopes: dict[tuple[str, str], tuple[Version, bytes]] = {}
+
+    def key(self, version: Version, text: str, limit: int, raw_filter: dict[str, Any] | None,
+            with_payload: bool) -> Key:
+        """What decides a version's answer; ``text`` is already whitespace-normalised."""
+        return (self._envelope(version), text, limit,
+                b"" if raw_filter is None else _encode(raw_filter), with_payload)
+
+    def _envelope(self, version: Version) -> bytes:
+        """The version encoded, once per declared version: the rules snapshot keeps the same
+        objects until a rule changes, and a changed version (or another alias's of the same
+        name and collection) is told apart by equality and encoded afresh."""
+        slot = (version.name, version.target.collection)
+        known = self._envelopes.get(slot)
+        if known is None or (known[0] is not version and known[0] != version):
+            if len(self._envelopes) >= 1024:  # versions long deleted: start afresh
+                self._envelopes.clear()
+            known = self._envelopes[slot] = (version, _encode(version))
+        return known[1]
 
     def get(self, key: Key, coverage: float | None) -> list[Hit] | None:
         """The stored hits, unless absent, expired or from before the backfill's last report."""

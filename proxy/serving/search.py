@@ -25,7 +25,7 @@ from proxy.models.loader import EncoderKey, encoder_key
 from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.popularity import HitRecorder
 from proxy.serving.query import Found, Query, RolloutInfo, SearchRequest, SearchResponse
-from proxy.serving.resultcache import ResultCache, result_key
+from proxy.serving.resultcache import ResultCache
 from proxy.serving.shadow import Shadow
 from proxy.telemetry import Attr, Metrics
 from proxy.vectors.base import VectorStore, parse_filter
@@ -191,8 +191,8 @@ class Searcher:
         if blocked is not None:
             raise ModelError(f"{alias}: version {version.name} is unavailable: {blocked}")
         request = query.request
-        key = result_key(version, query.text, request.limit, request.filter,
-                         request.with_payload)
+        key = self.results.key(version, query.text, request.limit, request.filter,
+                               request.with_payload)
         coverage = query.coverage.get(version.name)
         hits = self.results.get(key, coverage)
         if hits is not None:
