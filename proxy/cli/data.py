@@ -1,9 +1,10 @@
-"""The data commands: ``ingest`` a JSONL file, ``plan`` the backfill, ``backfill`` the candidate
-(start or resume, watch, ``--status``, ``--stop``), ``verify`` it against stable, judge it on a
-golden set (``eval --alias``), ``archive`` and ``unarchive`` a version. On embedded defaults the
-engine lives inside the proxy process, so they talk to the running proxy's API (the address
-``serve`` recorded, or ``--url``; with the admin token); progress is a bar on a terminal and a
-JSON line every few seconds otherwise, with rate and time left, on stderr."""
+"""The data commands: ``ingest`` a JSONL file, ``adopt`` a collection the application wrote,
+``plan`` the backfill, ``backfill`` the candidate (start or resume, watch, ``--status``,
+``--stop``), ``verify`` it against stable, judge it on a golden set (``eval --alias``),
+``archive`` and ``unarchive`` a version. On embedded defaults the engine lives inside the proxy
+process, so they talk to the running proxy's API (the address ``serve`` recorded, or ``--url``;
+with the admin token); progress is a bar on a terminal and a JSON line every few seconds
+otherwise, with rate and time left, on stderr."""
 
 from __future__ import annotations
 

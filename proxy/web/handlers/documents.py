@@ -1,8 +1,11 @@
-"""Ingestion over HTTP: ``POST /v1/aliases/{alias}/documents`` writes a batch into every active
-version (token required), ``DELETE .../documents/{id}`` removes one from every version (the id
-as ``parse_doc_id`` reads it; 404 when no version holds it); and the
-backfill under ``/admin/aliases/{alias}/backfill`` (start or resume, progress, stop), which on
-embedded defaults must run here, inside the process that holds the engine."""
+"""The corpus over HTTP, for the engine that may live in this process (embedded defaults): the
+application's documents (``POST /v1/aliases/{alias}/documents`` writes a batch into every
+active version, ``DELETE .../documents/{id}`` removes one from every version, 404 when none
+holds it), and under ``/admin/aliases/{alias}/`` the work a migration does on them: ``adopt`` a
+collection the application wrote, ``plan`` and run the ``backfill`` (start or resume, progress,
+stop), ``verify`` the candidate, judge its ``quality`` on a golden set, ``archive`` and
+``unarchive`` a version. Every route needs the admin token; the verify and quality reports and
+the plan are kept in the rule store, where ``promote`` and the backfill read them."""
 
 from __future__ import annotations
 
