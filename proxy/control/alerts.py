@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 import msgspec
 import structlog
 
-from proxy.state.base import RuleStore
+from proxy.state.base import RulesAndGuard
 from rollout_rules import ops
 from rollout_rules.errors import NotFoundError, RuleError, TransitionError
 from rollout_rules.guard import watching
@@ -76,7 +76,7 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AlertHandler:
-    def __init__(self, store: RuleStore, alias_label: str = "embedshift_alias") -> None:
+    def __init__(self, store: RulesAndGuard, alias_label: str = "embedshift_alias") -> None:
         self.store, self.alias_label = store, alias_label
 
     async def handle(self, notification: Notification) -> Answer:

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 
 from proxy.control.verdicts import GuardStatus, guard_status, ramp_status
-from proxy.state.base import AuditEntry, Change, RuleStore, now, quality_key
+from proxy.state.base import AuditEntry, Change, RuleStore, now
 from rollout_rules import ops
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, Decision, decide
@@ -196,10 +196,10 @@ class Operator:
         its last verify and golden-set judgement); None when nothing stands in the way."""
         if rollout.candidate is None:
             return None
-        verify = read_record(await self.store.verification(rollout.alias, rollout.candidate),
-                             VerifyRecord)
-        quality = read_record(await self.store.verification(
-            rollout.alias, quality_key(rollout.candidate)), QualityRecord)
+        alias, candidate = rollout.alias, rollout.candidate
+        verify = read_record(await self.store.report(alias, candidate, "verify"), VerifyRecord)
+        quality = read_record(await self.store.report(alias, candidate, "quality"),
+                              QualityRecord)
         return blocked(rollout, verify, quality)
 
     async def delete(self, alias: str, reason: str, expected_revision: int | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from proxy.state.base import RuleStore
+from proxy.state.base import Guarding
 from rollout_rules.guard import Outcome, Window
 from rollout_rules.model import Rollout
 from rollout_rules.ramp import RampPlan
@@ -35,7 +35,7 @@ class GuardStatus(msgspec.Struct, frozen=True, kw_only=True):
     instances: int
 
 
-async def guard_status(store: RuleStore, rollout: Rollout) -> GuardStatus | None:
+async def guard_status(store: Guarding, rollout: Rollout) -> GuardStatus | None:
     """The last verdict on the rule's current revision, if any instance judged it."""
     raw = (await store.guard_records(rollout.alias)).get(VERDICT_FIELD)
     if raw is None:
@@ -47,7 +47,7 @@ async def guard_status(store: RuleStore, rollout: Rollout) -> GuardStatus | None
     return status if status.revision == rollout.revision else None
 
 
-async def ramp_status(store: RuleStore, rollout: Rollout) -> RampPlan | None:
+async def ramp_status(store: Guarding, rollout: Rollout) -> RampPlan | None:
     """The alias's guarded ramp plan, if one was ever made."""
     raw = await store.ramp(rollout.alias)
     return None if raw is None else read_plan(raw)

@@ -23,7 +23,7 @@ import msgspec
 
 from proxy.ingest.documents import doc_id_of
 from proxy.ingest.writer import Ingestor
-from proxy.state.base import RuleStore, now
+from proxy.state.base import Rules, now
 from proxy.vectors.base import PointId, PointIn, Stored, VectorStore, scroll_all
 from rollout_rules.errors import BackendError, NotFoundError, RuleError
 from rollout_rules.model import Rollout, Version
@@ -68,7 +68,7 @@ def references(rollout: Rollout, name: str) -> list[str]:
     return found
 
 
-async def check_unreferenced(rules: RuleStore, rollout: Rollout, version: Version) -> None:
+async def check_unreferenced(rules: Rules, rollout: Rollout, version: Version) -> None:
     named = references(rollout, version.name)
     if named:
         raise RuleError("version", f"{rollout.alias}'s rule still names {version.name} "

@@ -31,7 +31,6 @@ from proxy.ingest.documents import (
 )
 from proxy.ingest.writer import Coverage, Ingestor
 from proxy.models.encoders import RemoteModel
-from proxy.state.base import plan_key
 from proxy.state.jobs import BackfillQueue, Claim, JobStatus
 from proxy.tasks import cancel_and_wait
 from proxy.vectors.base import RESERVED, id_of_key, scroll_all
@@ -319,8 +318,7 @@ class Backfill:
         state = ("none" if not job.exists else "failed" if job.failed
                  else "done" if job.finished
                  else "running" if here or (job.leased and not job.stopped) else "stopped")
-        planned = await self.ingestor.rules.verification(rollout.alias,
-                                                         plan_key(rollout.candidate))
+        planned = await self.ingestor.rules.report(rollout.alias, rollout.candidate, "plan")
         took = _took(job)
         spent, cost = await self._spent(rollout, planned)
         return Progress(alias=rollout.alias, version=rollout.candidate, state=state, job=job,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from proxy.state.base import RuleStore
+from proxy.state.base import Accounts
 from proxy.tasks import cancel_and_wait
 from proxy.vectors.base import Hit, id_key
 from rollout_rules.errors import StoreUnavailable
@@ -27,7 +27,7 @@ MAX_PENDING = 50_000  # distinct (alias, id) pairs kept between flushes
 
 
 class HitRecorder:
-    def __init__(self, store: RuleStore, sample: float, flush_s: float = 1.0) -> None:
+    def __init__(self, store: Accounts, sample: float, flush_s: float = 1.0) -> None:
         self.store, self.sample, self.flush_s = store, sample, flush_s
         self.pending: dict[str, Counter[str]] = {}
         self._size = 0

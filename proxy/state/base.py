@@ -47,8 +47,11 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     warning: str = ""  # the change is made, but something about it needs saying
 
 
-class RuleStore(Protocol):
-    """Rules, their audit trail and change notifications; backfill coverage and popularity."""
+class Rules(Protocol):
+    """The rules and their audit trail: read, compare-and-set, delete, restore."""
+
+    unconfirmed: list[str]
+    """Writes no replica confirmed (newest last, at most 10): a failover now would lose them."""
 
     async def aliases(self) -> list[str]: ...
 
@@ -87,6 +90,22 @@ class RuleStore(Protocol):
     async def apply_with_retry(self, alias: str, action: Callable[[Rollout], Rollout],
                                actor: str, reason: str, attempts: int = 5) -> Change: ...
 
+
+class ChangeFeed(Protocol):
+    """Announcements of rule and coverage changes, for every proxy's watcher."""
+
+    def changes(self, on_subscribed: OnSubscribed = None
+                ) -> AsyncIterator[tuple[str, int | None]]:
+        """(alias, revision) as rule changes are announced, (alias, None) as coverage changes;
+        StoreUnavailable when the feed is lost. ``on_subscribed`` runs once the subscription
+        stands, so nothing falls between."""
+        ...
+
+
+class Accounts(Protocol):
+    """The backfill's progress as the gate reads it (coverage), and what users are answered
+    (popularity, which the backfill takes first)."""
+
     async def set_coverage(self, alias: str, version: str, covered: int, total: int,
                            popular: float | None = None) -> None:
         """Record a version's coverage (and, when measured, the share of popular documents it
@@ -105,12 +124,24 @@ class RuleStore(Protocol):
 
     async def most_popular(self, alias: str, count: int) -> list[tuple[str, float]]: ...
 
-    async def record_verification(self, alias: str, version: str,
-                                  report: Mapping[str, object]) -> None:
-        """Keep the last ``verify`` report of a candidate (``promote`` asks for a pass)."""
-        ...
 
-    async def verification(self, alias: str, version: str) -> dict[str, object] | None: ...
+ReportKind = Literal["verify", "quality", "plan"]
+"""A candidate's reports: its last ``verify`` and golden-set judgement (``promote`` reads them,
+as ``rollout_rules.promotion``'s records) and its last ``plan`` (the backfill's end compares)."""
+
+
+class Reports(Protocol):
+    """The last report of each kind per candidate."""
+
+    async def put_report(self, alias: str, version: str, kind: ReportKind,
+                         report: Mapping[str, object]) -> None: ...
+
+    async def report(self, alias: str, version: str, kind: ReportKind
+                     ) -> dict[str, object] | None: ...
+
+
+class Guarding(Protocol):
+    """What the guard, the ramp and the drift watch keep between ticks and instances."""
 
     async def put_guard(self, alias: str, field: str, value: bytes) -> None:
         """Keep a guard record: each instance's counts (field = the instance) and the last
@@ -132,12 +163,14 @@ class RuleStore(Protocol):
 
     async def ramp(self, alias: str) -> bytes | None: ...
 
-    def changes(self, on_subscribed: OnSubscribed = None
-                ) -> AsyncIterator[tuple[str, int | None]]:
-        """(alias, revision) as rule changes are announced, (alias, None) as coverage changes;
-        StoreUnavailable when the feed is lost. ``on_subscribed`` runs once the subscription
-        stands, so nothing falls between."""
-        ...
+
+class RulesAndGuard(Rules, Guarding, Protocol):
+    """What the guard and the ramp need: their records, and the rule they act on."""
+
+
+class RuleStore(Rules, ChangeFeed, Accounts, Reports, Guarding, Protocol):
+    """One store holding every role (Redis, or memory in unit tests); each part of the proxy
+    asks for the roles it uses."""
 
     async def aclose(self) -> None: ...
 
@@ -266,14 +299,10 @@ def coverage_fractions(fields: dict[str, int], basis: CoverageBasis = "documents
     return fractions
 
 
-def plan_key(candidate: str) -> str:
-    """Where the last ``plan`` for a candidate is kept (the backfill's end compares with it)."""
-    return f"{candidate}@plan"
-
-
-def quality_key(candidate: str) -> str:
-    """Where a candidate's golden-set judgement is kept, beside its ``verify`` report."""
-    return f"{candidate}@quality"
+def report_field(version: str, kind: ReportKind) -> str:
+    """Where a report is kept in the alias's reports: a verify report under the version's name
+    (as it always was), the others beside it as ``version@kind``."""
+    return version if kind == "verify" else f"{version}@{kind}"
 
 
 def now() -> str:

@@ -19,12 +19,14 @@ from proxy.state.base import (
     AuditEntry,
     CoverageBasis,
     OnSubscribed,
+    ReportKind,
     SharedWrites,
     coverage_fields,
     coverage_fractions,
     lenient,
     now,
     parse_stored,
+    report_field,
     stamp,
 )
 from rollout_rules.errors import ConflictError, NotFoundError, StoreUnavailable
@@ -40,7 +42,8 @@ class MemoryRuleStore(SharedWrites):
         self._audit: dict[str, list[AuditEntry]] = {}
         self._coverage: dict[str, dict[str, int]] = {}
         self._popularity: dict[str, dict[str, float]] = {}
-        self._verified: dict[tuple[str, str], dict[str, object]] = {}
+        self._reports: dict[tuple[str, str], dict[str, object]] = {}
+        self.unconfirmed: list[str] = []  # no replicas here: every write stands alone
         self._deleted: set[str] = set()
         self._guard: dict[str, dict[str, bytes]] = {}
         self._leases: dict[tuple[str, str], tuple[str, float]] = {}
@@ -59,7 +62,7 @@ class MemoryRuleStore(SharedWrites):
 
     def lose_everything(self) -> None:
         for kept in (self._documents, self._revisions, self._audit, self._coverage,
-                     self._popularity, self._verified, self._guard, self._leases,
+                     self._popularity, self._reports, self._guard, self._leases,
                      self._ramps):
             kept.clear()
         self._deleted.clear()
@@ -155,14 +158,15 @@ class MemoryRuleStore(SharedWrites):
         scores = self._popularity.get(alias, {})
         return sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:count]
 
-    async def record_verification(self, alias: str, version: str,
-                                  report: Mapping[str, object]) -> None:
+    async def put_report(self, alias: str, version: str, kind: ReportKind,
+                         report: Mapping[str, object]) -> None:
         self._check()
-        self._verified[(alias, version)] = dict(report)
+        self._reports[(alias, report_field(version, kind))] = dict(report)
 
-    async def verification(self, alias: str, version: str) -> dict[str, object] | None:
+    async def report(self, alias: str, version: str, kind: ReportKind
+                     ) -> dict[str, object] | None:
         self._check()
-        return self._verified.get((alias, version))
+        return self._reports.get((alias, report_field(version, kind)))
 
     async def put_guard(self, alias: str, field: str, value: bytes) -> None:
         self._check()

@@ -34,12 +34,14 @@ from proxy.state.base import (
     AuditEntry,
     CoverageBasis,
     OnSubscribed,
+    ReportKind,
     SharedWrites,
     coverage_fields,
     coverage_fractions,
     lenient,
     now,
     parse_stored,
+    report_field,
     stamp,
 )
 from proxy.state.client import (
@@ -243,15 +245,16 @@ class RedisRuleStore(SharedWrites):
                                                withscores=True)
         return [(_text(row[0]), float(row[1])) for row in rows]
 
-    async def record_verification(self, alias: str, version: str,
-                                  report: Mapping[str, object]) -> None:
+    async def put_report(self, alias: str, version: str, kind: ReportKind,
+                         report: Mapping[str, object]) -> None:
         async with unavailable_on_error(self.client):
-            await self.client.hset(self._key(alias, "verify"), version,
+            await self.client.hset(self._key(alias, "verify"), report_field(version, kind),
                                    msgspec.json.encode(report))
 
-    async def verification(self, alias: str, version: str) -> dict[str, object] | None:
+    async def report(self, alias: str, version: str, kind: ReportKind
+                     ) -> dict[str, object] | None:
         async with unavailable_on_error(self.client):
-            raw = await self.client.hget(self._key(alias, "verify"), version)
+            raw = await self.client.hget(self._key(alias, "verify"), report_field(version, kind))
         return None if raw is None else msgspec.json.decode(raw, type=dict[str, object])
 
     # -- the guard and the ramp --------------------------------------------------------------

@@ -84,9 +84,22 @@ async def test_coverage_and_popularity(store: RuleStore) -> None:
     await store.record_hits("products", {"d1": 1, "d2": 1})
     await store.record_hits("products", {"d3": 5, "d1": 1})
     assert await store.most_popular("products", 2) == [("d3", 5.0), ("d1", 2.0)]
-    assert await store.verification("products", "v2") is None
-    await store.record_verification("products", "v2", {"passed": True, "missing": 0})
-    assert await store.verification("products", "v2") == {"passed": True, "missing": 0}
+    assert await store.report("products", "v2", "verify") is None
+    await store.put_report("products", "v2", "verify", {"passed": True, "missing": 0})
+    assert await store.report("products", "v2", "verify") == {"passed": True, "missing": 0}
+
+
+async def test_each_kind_of_report_is_kept_apart(store: RuleStore) -> None:
+    """A candidate's verify, quality and plan reports are three records, and a version's are
+    its own; a write no replica had to confirm leaves nothing unconfirmed."""
+    for kind in ("verify", "quality", "plan"):
+        await store.put_report("products", "v2", kind, {"kind": kind})
+    assert [await store.report("products", "v2", kind) for kind in ("verify", "quality", "plan")
+            ] == [{"kind": "verify"}, {"kind": "quality"}, {"kind": "plan"}]
+    assert await store.report("products", "v3", "quality") is None
+    assert await store.report("other", "v2", "verify") is None
+    await store.create(rollout(percent=1), "alice", "declare")
+    assert store.unconfirmed == []
 
 
 async def test_a_change_reaches_a_watcher_by_notification_alone(

@@ -22,7 +22,6 @@ from proxy.ingest.plan import plan
 from proxy.ingest.quality import judge
 from proxy.ingest.verify import verify
 from proxy.ingest.writer import DocumentResult
-from proxy.state.base import plan_key, quality_key
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES, read_json
 from proxy.web.errors import json_response
 from proxy.web.handlers.admin import operator_of
@@ -101,8 +100,8 @@ async def run_verify(request: web.Request) -> web.Response:
     options = await read_json(request, VerifyOptions) if request.can_read_body else \
         VerifyOptions()
     report = await verify(request.app[INGESTOR], rollout, options.sample)
-    await request.app[INGESTOR].rules.record_verification(
-        rollout.alias, report.candidate, msgspec.to_builtins(report))
+    await request.app[INGESTOR].rules.put_report(
+        rollout.alias, report.candidate, "verify", msgspec.to_builtins(report))
     return json_response(report)
 
 
@@ -132,8 +131,8 @@ async def run_plan(request: web.Request) -> web.Response:
     options = await read_json(request, PlanOptions) if request.can_read_body else PlanOptions()
     found = await plan(request.app[INGESTOR], rollout, options.sample, options.max_workers,
                        options.price_per_1k, corpus=options.corpus)
-    await request.app[INGESTOR].rules.record_verification(  # the backfill's end compares
-        rollout.alias, plan_key(found.candidate), msgspec.to_builtins(found))
+    await request.app[INGESTOR].rules.put_report(  # the backfill's end compares
+        rollout.alias, found.candidate, "plan", msgspec.to_builtins(found))
     return json_response(found)
 
 
@@ -148,8 +147,8 @@ async def run_quality(request: web.Request) -> web.Response:
     rollout = _rollout(request)
     golden = await read_json(request, GoldenSet, MAX_DOCUMENTS_BYTES)
     judgement = await judge(request.app[INGESTOR], rollout, golden.queries, golden.qrels)
-    await request.app[INGESTOR].rules.record_verification(
-        rollout.alias, quality_key(judgement.candidate), msgspec.to_builtins(judgement))
+    await request.app[INGESTOR].rules.put_report(
+        rollout.alias, judgement.candidate, "quality", msgspec.to_builtins(judgement))
     return json_response(judgement)
 
 

@@ -45,7 +45,7 @@ async def readyz(request: web.Request) -> web.Response:
     }
     if watcher.last_error:
         rules["last_error"] = watcher.last_error
-    unconfirmed = getattr(watcher.store, "unconfirmed", None)
+    unconfirmed = watcher.store.unconfirmed
     if unconfirmed:  # a sentinel-managed primary whose replicas did not confirm these writes
         rules["not_on_a_replica"] = unconfirmed
     draining = request.app[READY].get("draining", False)

@@ -22,7 +22,6 @@ from proxy.ingest.backfill import Options
 from proxy.ingest.plan import plan
 from proxy.ingest.quality import judge
 from proxy.ingest.verify import verify
-from proxy.state.base import quality_key
 from proxy.state.watcher import RuleWatcher
 from proxy.vectors.base import RESERVED, id_key
 from rollout_rules.coverage import cap_bp
@@ -201,7 +200,7 @@ async def test_verify_finds_what_is_missing_extra_or_encoded_by_another_model(
     assert report.envelope_examples == [f"7: model is {L3!r}, v2 is {L6!r}"]
     assert report.vector_mismatch_ids == [7] and report.sampled == 291
     operator = Operator(migration.rules, "tests")
-    await migration.rules.record_verification("docs", "v2", msgspec.to_builtins(report))
+    await migration.rules.put_report("docs", "v2", "verify", msgspec.to_builtins(report))
     await migration.ingestor.update_coverage(rollout)
     with pytest.raises(TransitionError, match=r"last verify failed \(10 missing, 1 extra, 1 "
                                               r"envelope mismatches, 1 vectors off\)"):
@@ -214,7 +213,7 @@ async def test_verify_finds_what_is_missing_extra_or_encoded_by_another_model(
     await asyncio.wait_for(asyncio.gather(*backfill.tasks["docs"]), 120)
     report = await verify(migration.ingestor, rollout, sample=50, seed=2)
     assert report.passed and report.min_cosine is not None and report.min_cosine >= 0.999
-    await migration.rules.record_verification("docs", "v2", msgspec.to_builtins(report))
+    await migration.rules.put_report("docs", "v2", "verify", msgspec.to_builtins(report))
     promoted = (await operator.promote("docs", "verified")).after
     assert (promoted.stable, promoted.previous_stable) == ("v2", "v1")
 
@@ -225,7 +224,7 @@ async def test_archive_refuses_a_named_version_and_unarchive_brings_it_back_sear
     documents = corpus(200)
     await migration.ingestor.write(rollout, documents)
     report = await verify(migration.ingestor, rollout, sample=10)
-    await migration.rules.record_verification("docs", "v2", msgspec.to_builtins(report))
+    await migration.rules.put_report("docs", "v2", "verify", msgspec.to_builtins(report))
     promoted = (await Operator(migration.rules, "tests").promote("docs", "verified")).after
     with pytest.raises(RuleError, match=r"still names v1 \(previous_stable\)"):
         await archive(migration.ingestor, promoted, "v1", tmp_path, keep=1)
@@ -275,7 +274,7 @@ async def test_promote_refuses_a_candidate_worse_on_the_golden_set_and_allows_a_
     queries, qrels = golden(documents)
     operator = Operator(migration.rules, "tests")
     report = await verify(migration.ingestor, rollout, sample=10)
-    await migration.rules.record_verification("docs", "v2", msgspec.to_builtins(report))
+    await migration.rules.put_report("docs", "v2", "verify", msgspec.to_builtins(report))
 
     good = await judge(migration.ingestor, rollout, queries, qrels)
     assert good.passed and good.queries == 30
@@ -285,11 +284,11 @@ async def test_promote_refuses_a_candidate_worse_on_the_golden_set_and_allows_a_
     await migration.ingestor.write_version(impostor, documents)
     bad = await judge(migration.ingestor, rollout, queries, qrels)
     assert not bad.passed and bad.candidate_ndcg_at_10 < bad.stable_ndcg_at_10 - 0.1, bad
-    await migration.rules.record_verification("docs", quality_key("v2"),
+    await migration.rules.put_report("docs", "v2", "quality",
                                               msgspec.to_builtins(bad))
     with pytest.raises(TransitionError, match="nDCG@10 on the golden set is"):
         await operator.promote("docs")
-    await migration.rules.record_verification("docs", quality_key("v2"),
+    await migration.rules.put_report("docs", "v2", "quality",
                                               msgspec.to_builtins(good))
     assert (await operator.promote("docs", "judged")).after.stable == "v2"
 

@@ -193,7 +193,7 @@ async def test_shadow_traffic_compares_answers_without_touching_the_users(
 async def _verified(proxies: ProxyFactory) -> None:
     """A passed verify of v2 against v1 on record, as `embedshift verify` leaves it."""
     store = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
-    await store.record_verification("products", "v2", {"stable": "v1", "candidate": "v2",
+    await store.put_report("products", "v2", "verify", {"stable": "v1", "candidate": "v2",
                                                        "passed": True})
     await store.aclose()
 

@@ -8,7 +8,6 @@ import pytest
 from msgspec.structs import replace
 
 from proxy.control.operator import Operator
-from proxy.state.base import quality_key
 from proxy.state.memory import MemoryRuleStore
 from rollout_rules.errors import ConflictError, NotFoundError, RuleError, TransitionError
 from rollout_rules.model import PromotionPolicy
@@ -45,12 +44,12 @@ async def test_promote_needs_full_coverage_and_a_passed_verify_and_keeps_the_old
         await operator.promote("products")
     failed = {"stable": "v1", "passed": False, "missing": 3, "extra": 0,
               "envelope_mismatches": 0, "vector_mismatch_ids": []}
-    await operator.store.record_verification("products", "v2", failed)
+    await operator.store.put_report("products", "v2", "verify", failed)
     with pytest.raises(TransitionError, match=r"last verify failed \(3 missing"):
         await operator.promote("products")
     with pytest.raises(RuleError, match="needs a reason"):
         await operator.promote("products", force=True)
-    await operator.store.record_verification("products", "v2", {**failed, "passed": True,
+    await operator.store.put_report("products", "v2", "verify", {**failed, "passed": True,
                                                                 "missing": 0})
     after = (await operator.promote("products")).after
     assert (after.stable, after.candidate, after.previous_stable) == ("v2", None, "v1")
@@ -101,11 +100,11 @@ async def test_a_rule_that_requires_a_judgement_refuses_promotion_without_one() 
     strict = replace(rollout(percent=100), promotion=PromotionPolicy(require_quality=True))
     await store.create(strict, "setup", "declare")
     await store.set_coverage("products", "v2", 100, 100)
-    await store.record_verification("products", "v2", {"stable": "v1", "passed": True})
+    await store.put_report("products", "v2", "verify", {"stable": "v1", "passed": True})
     operator = Operator(store, "alice@ops")
     with pytest.raises(TransitionError, match="no golden-set judgement"):
         await operator.promote("products")
-    await store.record_verification("products", quality_key("v2"), {
+    await store.put_report("products", "v2", "quality", {
         "stable": "v1", "stable_ndcg_at_10": 0.60, "candidate_ndcg_at_10": 0.595})
     assert (await operator.promote("products")).after.stable == "v2"  # within the 0.01 drop
 
@@ -113,7 +112,7 @@ async def test_a_rule_that_requires_a_judgement_refuses_promotion_without_one() 
 async def test_promote_rollback_promote_leaves_consistent_rules_and_audit(
         operator: Operator) -> None:
     await operator.set_coverage("products", "v2", 100, 100)
-    await operator.store.record_verification("products", "v2", {"stable": "v1", "passed": True})
+    await operator.store.put_report("products", "v2", "verify", {"stable": "v1", "passed": True})
     await operator.set_percent("products", 100, "all in")
     first = (await operator.promote("products", "first promotion")).after
     back = (await operator.rollback("products", "worse in production")).after
