@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.models.encoders import Encoder, clean_text
 from proxy.models.loader import EncoderKey, encoder_key
+from proxy.serving.attributes import Attributes, answer_attributes, stage_attributes
 from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.popularity import HitRecorder
 from proxy.serving.query import Found, Query, RolloutInfo, SearchRequest, SearchResponse
@@ -208,21 +209,20 @@ class Searcher:
         if encoder is None:
             raise ModelError(f"no encoder loaded for {version.name} ({version.model})")
         metrics = self.metrics
-        stage: dict[str, Any] = {Attr.VERSION: version.name, Attr.MODEL_ID: version.model}
         started = time.time_ns()
         try:
             vector, cache_hit = await encoder.encode(text)
         except BaseException as exc:  # cancelled at the deadline too: the trace shows where
-            self._stage_span(query, "encode", SpanKind.INTERNAL, started, stage, error=exc)
+            self._stage_span(query, "encode", SpanKind.INTERNAL, started,
+                             stage_attributes(version, "encode"), error=exc)
             raise
         searching = time.time_ns()
         metrics.child(metrics.encode_latency, alias, version.name).observe(
             (searching - started) / 1e9)
         metrics.child(metrics.cache, alias, version.name, "hit" if cache_hit else "miss").inc()
         if not cache_hit:  # a cached vector costs a dict lookup: no span for that
-            self._stage_span(query, "encode", SpanKind.INTERNAL, started, stage)
-        stage = {**stage, Attr.DB_SYSTEM: "qdrant", Attr.DB_OPERATION: "query",
-                 Attr.DB_COLLECTION: version.target.collection}
+            self._stage_span(query, "encode", SpanKind.INTERNAL, started,
+                             stage_attributes(version, "encode"))
         try:
             hits = await self.store.search(version.target, vector, request.limit,
                                            query.filter, request.with_payload)
@@ -230,18 +230,18 @@ class Searcher:
             if isinstance(exc, BackendError):
                 metrics.child(metrics.errors, alias, version.name, "search").inc()
             self._stage_span(query, f"search {version.target.collection}", SpanKind.CLIENT,
-                             searching, stage, error=exc)
+                             searching, stage_attributes(version, "search"), error=exc)
             raise
         searched = time.time_ns() - searching
         metrics.child(metrics.search_latency, alias, version.name).observe(searched / 1e9)
         self.cohorts.searched(alias, query.revision, version.name, searched / 1e6,
                               query.slow_ms)
         self._stage_span(query, f"search {version.target.collection}", SpanKind.CLIENT,
-                         searching, {**stage, Attr.HIT_COUNT: len(hits)})
+                         searching, stage_attributes(version, "search", len(hits)))
         return Found(hits, result_cached=False, vector_cached=cache_hit)
 
     def _stage_span(self, query: Query, name: str, kind: SpanKind, start_ns: int,
-                    attributes: dict[str, Any], *, error: BaseException | None = None) -> None:
+                    attributes: Attributes, *, error: BaseException | None = None) -> None:
         """A child of the current span, recorded once the stage is over: it never becomes the
         current span, so nothing is attached to or detached from the context per stage. None
         when the query's span does not record (it is then not current either: a span started
@@ -267,14 +267,7 @@ class Searcher:
                       "hit" if found.result_cached else "miss").inc()
         metrics.child(metrics.effective_percent, alias).set(decision.effective_percent)
         if span.is_recording():  # an unsampled query pays nothing for its attributes
-            span.set_attributes({
-                Attr.ALIAS: alias, Attr.VERSION: version.name, Attr.MODEL_ID: version.model,
-                Attr.REASON: str(decision.reason), Attr.RULE_REVISION: str(decision.revision),
-                Attr.BUCKET: decision.bucket if decision.bucket is not None else -1,
-                Attr.EFFECTIVE_PERCENT: decision.effective_percent,
-                Attr.DB_COLLECTION: version.target.collection, Attr.HIT_COUNT: len(hits),
-                Attr.CACHE_HIT: found.vector_cached, Attr.RESULT_CACHE_HIT: found.result_cached,
-                Attr.PROVIDER: "embedshift"})
+            span.set_attributes(answer_attributes(alias, version, decision, found))
         if self.hits is not None and version.name == rollout.stable:
             # stable's answers only: what the candidate must hold (completeness) and what the
             # backfill should bring first; the candidate's own answers hold themselves
