@@ -22,6 +22,7 @@ Pure: windows and a policy in, a ``Verdict`` out.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, NamedTuple
@@ -77,6 +78,7 @@ class Cohorts(NamedTuple):
     test: str
     baseline: str
     watching: bool  # a promote is being watched (the baseline is the previous stable)
+    dark: bool = False  # a dark launch: the test version takes shadow traffic only
 
 
 def cohorts(rollout: Rollout, now: datetime) -> Cohorts | None:
@@ -120,6 +122,18 @@ def shadow_target(rollout: Rollout, now: datetime) -> str | None:
     if rollout.candidate is not None and rollout.state is State.RAMPING:
         return rollout.candidate
     return rollout.previous_stable if watching(rollout, now) else None
+
+
+def watched(rollout: Rollout, now: datetime) -> Cohorts | None:
+    """What the guard looks at now: the cohorts it judges, else, in a dark launch (a candidate
+    at 0% with shadow traffic), the shadowed version against stable, marked ``dark``; None when
+    there is nothing to look at."""
+    pair = cohorts(rollout, now)
+    if pair is not None:
+        return pair
+    shadowed = shadow_target(rollout, now)
+    return None if shadowed is None else Cohorts(shadowed, rollout.stable, watching=False,
+                                                  dark=True)
 
 
 def shadow_of(rollout: Rollout, served: str, now: datetime) -> tuple[str, float] | None:
@@ -180,6 +194,18 @@ def verdict(test: Window, baseline: Window, policy: GuardPolicy) -> Verdict:
     if overlap is not None:
         return Verdict(outcome=Outcome.BREACH, figures=figures, reason=overlap)
     return Verdict(outcome=Outcome.HEALTHY, figures=figures, reason="within every bound")
+
+
+def judge(pair: Cohorts, windows: Mapping[str, Window], policy: GuardPolicy) -> Verdict:
+    """The verdict on ``pair`` from the merged windows per version. A dark launch gets none: its
+    figures are shown, but nobody is there to protect."""
+    found = verdict(windows.get(pair.test, Window()), windows.get(pair.baseline, Window()),
+                    policy)
+    if pair.dark:
+        return msgspec.structs.replace(
+            found, outcome=Outcome.NO_VERDICT,
+            reason=f"nothing to judge: {pair.test} takes no users yet (shadow traffic only)")
+    return found
 
 
 def _proportion_breach(test: Window, baseline: Window, policy: GuardPolicy) -> str | None:

@@ -21,7 +21,7 @@ from typing import Annotated
 
 import msgspec
 
-from rollout_rules.errors import RuleError
+from rollout_rules.errors import RuleError, TransitionError
 from rollout_rules.guard import Outcome
 from rollout_rules.model import Percent, Rollout, State
 
@@ -47,6 +47,41 @@ class RampPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     note: str = ""  # why it waits, or why it stopped
     created_by: str = ""
     promote: bool = True  # promote once a last step of 100% is judged healthy
+
+
+class RampAction(StrEnum):
+    """What an operator may do to a plan."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+
+
+_ACTIONS = {RampAction.PAUSE: (RampState.RUNNING, RampState.PAUSED, "paused"),
+            RampAction.RESUME: (RampState.PAUSED, RampState.RUNNING, "resumed"),
+            RampAction.ABORT: (None, RampState.STOPPED, "aborted")}
+"""Each action: the state it needs (None: any), the state after, and the word for the note."""
+
+
+def ramp_action(text: str) -> RampAction:
+    """An action's name as given (a path, a flag); RuleError naming the three."""
+    try:
+        return RampAction(text)
+    except ValueError:
+        raise RuleError("action", f"{text[:40]!r}: pause, resume or abort") from None
+
+
+def controlled(plan: RampPlan, action: RampAction) -> RampPlan:
+    """The plan after an operator's ``action``: the same plan when there is nothing to do (a
+    pause of a paused plan, an abort of an ended one); TransitionError when it cannot be done
+    (resuming a plan that is done or stopped)."""
+    needed, after, done = _ACTIONS[action]
+    if plan.state is after or (action is RampAction.ABORT
+                                and plan.state in (RampState.DONE, RampState.STOPPED)):
+        return plan
+    if needed is not None and plan.state is not needed:
+        raise TransitionError(f"{plan.alias}: the ramp is {plan.state}; cannot {action} it")
+    return msgspec.structs.replace(plan, state=after, note=f"{done} by an operator")
 
 
 class Move(StrEnum):

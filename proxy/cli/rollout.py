@@ -16,7 +16,7 @@ from rollout_rules.decide import Context
 from rollout_rules.errors import NotFoundError, RuleError
 from rollout_rules.model import Rollout, parse_rollout
 from rollout_rules.ops import summarize_change
-from rollout_rules.ramp import RampPlan
+from rollout_rules.ramp import RampAction, RampPlan
 from rollout_rules.spec import document as spec_document
 from rollout_rules.text import one_line
 
@@ -141,7 +141,7 @@ async def cmd_ramp(operator: Operator, args: argparse.Namespace) -> Result:
 
     action = next((a for a in ("pause", "resume", "abort") if getattr(args, a)), None)
     if action is not None:
-        plan = await ramp.control_ramp(operator.store, args.alias, action)
+        plan = await ramp.control_ramp(operator.store, args.alias, RampAction(action))
     elif args.steps is None or args.every is None:
         raise RuleError("--steps", "give --steps and --every to plan a ramp, or one of "
                                    "--pause, --resume, --abort")

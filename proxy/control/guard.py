@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
-from msgspec.structs import replace
 
 from proxy.control.operator import Operator
 from proxy.control.ramp import RampScheduler
@@ -33,14 +32,12 @@ from proxy.tasks import cancel_and_wait
 from proxy.telemetry import Metrics
 from rollout_rules.errors import ConflictError, EmbedshiftError, StoreUnavailable
 from rollout_rules.guard import (
-    Cohorts,
     Outcome,
     Verdict,
     Window,
-    cohorts,
-    shadow_target,
+    judge,
     total,
-    verdict,
+    watched,
 )
 from rollout_rules.model import Rollout
 
@@ -92,20 +89,11 @@ class GuardLoop:
             await self.store.put_guard(alias, INSTANCE_PREFIX + self.instance,
                                        msgspec.json.encode(counts))
         now = datetime.now(UTC)
-        pair = cohorts(rollout, now)
-        shadowed = shadow_target(rollout, now)
-        if pair is None and shadowed is None:
-            return None
-        dark = pair is None  # a dark launch: shadow figures to show, nobody to protect
+        pair = watched(rollout, now)
         if pair is None:
-            pair = Cohorts(str(shadowed), rollout.stable, watching=False)
+            return None
         merged, instances = await self.merged(rollout)
-        found = verdict(merged.get(pair.test, Window()), merged.get(pair.baseline, Window()),
-                        rollout.guard)
-        if dark:
-            found = replace(found, outcome=Outcome.NO_VERDICT,
-                            reason=f"nothing to judge: {pair.test} takes no users yet "
-                                   "(shadow traffic only)")
+        found = judge(pair, merged, rollout.guard)
         status = GuardStatus(revision=rollout.revision, at=now.isoformat(timespec="seconds"),
                              test=pair.test, baseline=pair.baseline, watching=pair.watching,
                              outcome=found.outcome, reason=found.reason, figures=found.figures,

@@ -18,9 +18,17 @@ from msgspec.structs import replace
 from proxy.control.operator import Operator, status_of
 from proxy.control.verdicts import GuardStatus, read_plan
 from proxy.state.base import RuleStore
-from rollout_rules.errors import ConflictError, RuleError, TransitionError
+from rollout_rules.errors import ConflictError, TransitionError
 from rollout_rules.model import Rollout
-from rollout_rules.ramp import Move, RampPlan, RampState, new_plan, next_move
+from rollout_rules.ramp import (
+    Move,
+    RampAction,
+    RampPlan,
+    RampState,
+    controlled,
+    new_plan,
+    next_move,
+)
 
 log = structlog.get_logger("embedshift.ramp")
 RAMP_ACTOR = "guarded-ramp"
@@ -99,25 +107,15 @@ async def start_ramp(store: RuleStore, alias: str, steps: tuple[float, ...], eve
     return plan
 
 
-async def control_ramp(store: RuleStore, alias: str, action: str) -> RampPlan:
-    """Pause, resume or abort the alias's plan."""
+async def control_ramp(store: RuleStore, alias: str, action: RampAction) -> RampPlan:
+    """Pause, resume or abort the alias's plan (``rollout_rules.ramp.controlled``)."""
     raw = await store.ramp(alias)
     plan = None if raw is None else read_plan(raw)
     if plan is None:
         await store.get(alias)  # NotFoundError for an alias never declared
         raise TransitionError(f"{alias}: no guarded ramp is planned (start one with "
                               f"'embedshift ramp {alias} --steps 5,25,100 --every 10m')")
-    states = {"pause": (RampState.RUNNING, RampState.PAUSED),
-              "resume": (RampState.PAUSED, RampState.RUNNING),
-              "abort": (None, RampState.STOPPED)}
-    if action not in states:
-        raise RuleError("action", f"{action!r}: pause, resume or abort")
-    needed, after = states[action]
-    if needed is not None and plan.state is not needed and plan.state is not after:
-        raise TransitionError(f"{alias}: the ramp is {plan.state}; cannot {action} it")
-    if action == "abort" and plan.state in (RampState.DONE, RampState.STOPPED):
-        return plan
-    plan = replace(plan, state=after, note=f"{action}d by an operator" if action != "abort"
-                   else "aborted by an operator")
-    await store.put_ramp(alias, msgspec.json.encode(plan))
-    return plan
+    after = controlled(plan, action)
+    if after is not plan:
+        await store.put_ramp(alias, msgspec.json.encode(after))
+    return after

@@ -20,6 +20,7 @@ from proxy.web.bodies import read_json
 from proxy.web.errors import json_response
 from proxy.web.keys import OPERATOR, WATCHER
 from rollout_rules.errors import NotFoundError, RuleError
+from rollout_rules.ramp import ramp_action
 
 
 class Action(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -144,5 +145,5 @@ async def start_ramp(request: web.Request) -> web.Response:
 
 async def control_ramp(request: web.Request) -> web.Response:
     plan = await ramp.control_ramp(operator_of(request).store, request.match_info["alias"],
-                                   request.match_info["action"])
+                                   ramp_action(request.match_info["action"]))
     return json_response(plan)

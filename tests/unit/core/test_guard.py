@@ -10,14 +10,17 @@ from msgspec.structs import replace
 
 from rollout_rules.guard import (
     LATENCY_BOUNDS_MS,
+    Cohorts,
     Outcome,
     Window,
     bucket_of,
     cohorts,
+    judge,
     shadow_of,
     shadow_target,
     total,
     verdict,
+    watched,
 )
 from rollout_rules.model import GuardPolicy, State
 from tests.unit.core.rollouts import rollout as make_rollout
@@ -136,12 +139,12 @@ def test_a_real_difference_is_found_within_seconds() -> None:
 def test_the_guard_judges_the_candidate_while_it_ramps_and_the_promote_while_watched() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     ramping = make_rollout(percent=10)
-    assert cohorts(ramping, now) == ("v2", "v1", False)
+    assert cohorts(ramping, now) == Cohorts("v2", "v1", False)
     assert cohorts(replace(ramping, percent=0), now) is None
     assert cohorts(replace(ramping, state=State.PAUSED), now) is None
     promoted = replace(ramping, stable="v2", candidate=None, previous_stable="v1", percent=0,
                        state=State.PROMOTED, updated_at="2026-01-01T00:00:00.000Z")
-    assert cohorts(promoted, now + timedelta(minutes=29)) == ("v2", "v1", True)
+    assert cohorts(promoted, now + timedelta(minutes=29)) == Cohorts("v2", "v1", True)
     assert cohorts(promoted, now + timedelta(minutes=31)) is None
     assert cohorts(replace(ramping, guard=replace(POLICY, enabled=False)), now) is None
 
@@ -175,3 +178,19 @@ def test_no_verdict_says_which_side_is_thin() -> None:
     assert thin_baseline.reason.startswith("too thin a baseline: 3 searches")
     thin_test = verdict(Window(requests=3), Window(requests=900), policy)
     assert thin_test.reason.startswith("too little traffic to judge: 3 searches")
+
+
+def test_a_dark_launch_is_watched_but_never_judged() -> None:
+    """A candidate at 0% with shadow traffic: its figures are shown against stable, and however
+    they look there is no verdict, since no user is on it."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    dark = make_rollout(percent=0, guard=replace(POLICY, shadow_share=0.5))
+    pair = watched(dark, now)
+    assert pair == Cohorts("v2", "v1", watching=False, dark=True)
+    failing = {"v2": Window(requests=500, errors=400), "v1": Window(requests=500)}
+    assert judge(Cohorts("v2", "v1", False), failing, dark.guard).outcome is Outcome.BREACH
+    said = judge(pair, failing, dark.guard)
+    assert said.outcome is Outcome.NO_VERDICT and "shadow traffic only" in said.reason
+    assert said.figures  # the figures stay, to be shown
+    assert watched(replace(dark, guard=replace(POLICY, shadow_share=0.0)), now) is None
+    assert watched(make_rollout(percent=10), now) == Cohorts("v2", "v1", False)

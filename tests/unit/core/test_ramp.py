@@ -7,10 +7,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from msgspec.structs import replace
 
-from rollout_rules.errors import RuleError
+from rollout_rules.errors import RuleError, TransitionError
 from rollout_rules.guard import Outcome
 from rollout_rules.model import Rollout, State
-from rollout_rules.ramp import Move, RampPlan, new_plan, next_move
+from rollout_rules.ramp import (
+    Move,
+    RampAction,
+    RampPlan,
+    RampState,
+    controlled,
+    new_plan,
+    next_move,
+    ramp_action,
+)
 from tests.unit.core.rollouts import rollout as make_rollout
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -92,3 +101,24 @@ def test_a_bad_plan_is_refused_naming_the_field(steps: tuple[float, ...], every:
     with pytest.raises(RuleError) as caught:
         new_plan(make_rollout(), steps, every, "ops")
     assert caught.value.field in ("steps", "every")
+
+
+def test_an_operator_pauses_resumes_and_aborts_a_plan() -> None:
+    plan, _ = started()
+    paused = controlled(plan, RampAction.PAUSE)
+    assert paused.state is RampState.PAUSED and paused.note == "paused by an operator"
+    assert controlled(paused, RampAction.PAUSE) is paused  # nothing to do: nothing written
+    assert controlled(paused, RampAction.RESUME).state is RampState.RUNNING
+    assert controlled(plan, RampAction.ABORT).state is RampState.STOPPED
+    done = replace(plan, state=RampState.DONE)
+    assert controlled(done, RampAction.ABORT) is done
+    with pytest.raises(TransitionError, match="the ramp is done; cannot resume it"):
+        controlled(done, RampAction.RESUME)
+    with pytest.raises(TransitionError, match="the ramp is stopped; cannot pause it"):
+        controlled(replace(plan, state=RampState.STOPPED), RampAction.PAUSE)
+
+
+def test_an_action_is_one_of_three() -> None:
+    assert ramp_action("resume") is RampAction.RESUME
+    with pytest.raises(RuleError, match="'sideways': pause, resume or abort"):
+        ramp_action("sideways")
