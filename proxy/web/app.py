@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import structlog
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -37,6 +36,7 @@ from proxy.models.loader import Encoders, ModelCache
 from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.embed import Embedder
 from proxy.serving.popularity import HitRecorder
+from proxy.serving.readiness import Lifecycle, Versions
 from proxy.serving.resultcache import ResultCache
 from proxy.serving.search import Searcher
 from proxy.serving.shadow import Shadow
@@ -45,7 +45,7 @@ from proxy.state.handed import HandedOut, MemoryHandedOut
 from proxy.state.jobs import BackfillQueue
 from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
-from proxy.vectors.base import VectorStore, mismatches
+from proxy.vectors.base import VectorStore
 from proxy.web.auth import admin_only
 from proxy.web.bodies import MAX_DOCUMENTS_BYTES
 from proxy.web.errors import UNMATCHED, boundary, expect_continue
@@ -65,14 +65,13 @@ from proxy.web.keys import (
     SEARCHER,
     SETTINGS,
     TRACER,
+    VERSIONS,
     WATCHER,
 )
 from proxy.web.openapi import document
 from proxy.web.routes import ROUTES, UNMATCHED_PATH, no_route
-from rollout_rules.errors import BackendError, FeatureOff
-from rollout_rules.model import Rollout, Version
-
-log = structlog.get_logger("embedshift.app")
+from rollout_rules.errors import FeatureOff
+from rollout_rules.model import Rollout
 
 
 @dataclass
@@ -94,7 +93,7 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     watcher = RuleWatcher(deps.rules_store, settings.refresh_interval_s)
     tracer = deps.tracer_provider.get_tracer("embedshift")
     app[SETTINGS], app[METRICS], app[WATCHER], app[TRACER], app[READY] = (
-        settings, metrics, watcher, tracer, {})
+        settings, metrics, watcher, tracer, Lifecycle())
     recorder = HitRecorder(deps.rules_store, settings.popularity_sample)
     shadow = Shadow(metrics, settings.shadow_concurrency)
     searcher = app[SEARCHER] = Searcher(
@@ -102,6 +101,7 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
         results=ResultCache(settings.result_cache_size, settings.result_cache_ttl_s),
         deadline_s=settings.request_timeout_s, log_queries=settings.log_queries,
         hits=recorder, cohorts=CohortRecorder(), shadow=shadow)
+    versions = app[VERSIONS] = Versions(encoders, deps.vector_store, searcher)
     app[EMBEDDER] = Embedder(searcher, deps.handed or MemoryHandedOut(), settings.handed_out_ttl_s)
     guard, backfill, drift = _add_operations(app, settings, deps, watcher, searcher.cohorts)
     _add_routes(app, History(metrics.registry, settings.ui_step_s))
@@ -112,38 +112,25 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
             await close()  # in this order: what writes first, what it writes with last
         executor.shutdown(wait=False, cancel_futures=True)
 
-    async def prepare(rollout: Rollout) -> None:
-        """Load the rule's encoders and check its collections; a version that fails either is
-        unavailable (its alias alone is affected), and says why in /readyz."""
-        problems = await encoders.load(rollout)
-        for version in rollout.versions:
-            if version.name not in problems:
-                found = await collection_problems(version, deps.vector_store)
-                if found:
-                    problems[version.name] = found
-        for name, reason in problems.items():
-            log.error("version_unavailable", alias=rollout.alias, version=name, reason=reason)
-        searcher.mark_unavailable(rollout.alias, problems)
-
     def on_change(alias: str, _before: Rollout | None, after: Rollout | None) -> None:
         if after is None:
-            searcher.mark_unavailable(alias, {})
+            versions.forget(alias)
         else:
-            encoders.schedule(prepare(after))
+            encoders.schedule(versions.prepare(after))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         watcher.on_change = on_change
         try:
             await watcher.start()
             for rollout in watcher.rollouts.values():
-                await prepare(rollout)
+                await versions.prepare(rollout)
         except BaseException:
             await stop()  # nothing start-up began may outlive a start that failed
             raise
         recorder.start()
         guard.start()
         drift.start()
-        app[READY]["started"] = True
+        app[READY].started = True
         yield
         await stop()
         await asyncio.to_thread(deps.tracer_provider.force_flush)  # never block the loop
@@ -203,21 +190,3 @@ def _add_routes(app: web.Application, history: History) -> None:
 
 def _no_jobs(alias: str, version: str) -> BackfillQueue:
     raise FeatureOff("the backfill needs the Redis rule store (its work queue lives there)")
-
-
-async def collection_problems(version: Version, store: VectorStore) -> str | None:
-    """Why a version must not serve from its collection (encoded differently), if it must not.
-    A missing collection, or a store that cannot say, is logged, not held against it."""
-    try:
-        info = await store.describe(version.target)
-    except BackendError as exc:
-        log.warning("collection_unchecked", version=version.name,
-                    collection=version.target.collection, error=str(exc))
-        return None
-    if info is None:
-        log.warning("collection_missing", version=version.name,
-                    collection=version.target.collection)
-        return None
-    problems = mismatches(version, info)
-    return f"does not match its collection: {'; '.join(problems)}" if problems else None
-

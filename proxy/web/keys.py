@@ -15,6 +15,7 @@ from proxy.control.operator import Operator
 from proxy.ingest.backfill import Backfill
 from proxy.ingest.writer import Ingestor
 from proxy.serving.embed import Embedder
+from proxy.serving.readiness import Lifecycle, Versions
 from proxy.serving.search import Searcher
 from proxy.state.watcher import RuleWatcher
 from proxy.telemetry import Metrics
@@ -26,7 +27,8 @@ WATCHER = web.AppKey("watcher", RuleWatcher)
 OPERATOR = web.AppKey("operator", Operator)
 METRICS = web.AppKey("metrics", Metrics)
 TRACER = web.AppKey("tracer", Tracer)
-READY = web.AppKey("ready", dict)
+READY = web.AppKey("ready", Lifecycle)
+VERSIONS = web.AppKey("versions", Versions)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 INGESTOR = web.AppKey("ingestor", Ingestor)
 BACKFILL = web.AppKey("backfill", Backfill)

@@ -361,7 +361,7 @@ async def serve_until_signalled(app: web.Application, settings: Settings,
         first_at.append(loop.time())
         log.info("draining", signal=signal.Signals(signum).name, drain_s=settings.drain_s,
                  shutdown_timeout_s=settings.shutdown_timeout_s)
-        app[READY]["draining"] = True
+        app[READY].draining = True
         stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

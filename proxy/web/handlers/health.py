@@ -19,9 +19,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.models.loader import encoder_key
 from proxy.web.errors import json_response
-from proxy.web.keys import DRIFT, METRICS, READY, SEARCHER, WATCHER
+from proxy.web.keys import DRIFT, METRICS, READY, VERSIONS, WATCHER
 from rollout_rules.model import State
 
 
@@ -30,12 +29,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    watcher, searcher = request.app[WATCHER], request.app[SEARCHER]
-    unavailable = {f"{alias}/{name}": reason
-                   for (alias, name), reason in searcher.unavailable.items()}
-    missing = [f"{alias}/{v.name}" for alias, rollout in watcher.rollouts.items()
-               for v in rollout.versions if encoder_key(v) not in searcher.encoders
-               and f"{alias}/{v.name}" not in unavailable]
+    watcher = request.app[WATCHER]
+    unavailable, missing = request.app[VERSIONS].detail(watcher.rollouts)
     rules: dict[str, Any] = {
         "aliases": {alias: r.revision for alias, r in watcher.rollouts.items()},
         "store": "connected" if watcher.connected else "unreachable: serving the last good rules",
@@ -48,11 +43,11 @@ async def readyz(request: web.Request) -> web.Response:
     unconfirmed = watcher.store.unconfirmed
     if unconfirmed:  # a sentinel-managed primary whose replicas did not confirm these writes
         rules["not_on_a_replica"] = unconfirmed
-    draining = request.app[READY].get("draining", False)
-    ready = watcher.age_s is not None and request.app[READY].get("started", False) and \
-        not draining  # rules read at least once (no alias declared yet is a snapshot too)
-    detail = {"ready": ready, "draining": draining, "rules": rules, "models_missing": missing,
-              "unavailable": unavailable, "served_models": request.app[DRIFT].detail()}
+    lifecycle = request.app[READY]
+    ready = lifecycle.ready(watcher.age_s)
+    detail = {"ready": ready, "draining": lifecycle.draining, "rules": rules,
+              "models_missing": missing, "unavailable": unavailable,
+              "served_models": request.app[DRIFT].detail()}
     return json_response(detail, 200 if ready else 503)
 
 

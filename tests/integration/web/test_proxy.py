@@ -15,8 +15,8 @@ from msgspec.structs import replace
 
 from proxy.control.operator import Operator
 from proxy.models.catalog import default_rollout
+from proxy.serving.readiness import collection_problems
 from proxy.state.redis_server import EmbeddedRedis
-from proxy.web.app import collection_problems
 from proxy.web.keys import WATCHER
 from proxy.web.routes import ROUTES
 from rollout_rules import ops
