@@ -1,5 +1,4 @@
-"""The core imports no I/O library, imports between packages flow one way only, and no module
-imports itself back through others."""
+"""The core imports no I/O library, imports flow one way, and no two modules import each other."""
 
 from __future__ import annotations
 
