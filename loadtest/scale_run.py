@@ -152,7 +152,7 @@ async def run(count: int, out: Path, work: Path) -> dict[str, object]:
 
 async def _recount(ingestor: Ingestor, rollout: Rollout) -> float:
     began = time.perf_counter()
-    await ingestor.count_coverage(rollout)
+    await ingestor.accounting.count(rollout)
     return round(time.perf_counter() - began, 4)
 
 

@@ -317,3 +317,9 @@ def rule_error(text: str) -> RuleError:
         path = f"{path}.{unknown[1]}".lstrip(".")
         message = "unknown field (a typo? unknown fields are refused, not ignored)"
     return RuleError(path or "document", message)
+
+
+def active_versions(rollout: Rollout) -> list[Version]:
+    """The versions a document must reach: stable, candidate and the previous stable."""
+    names = {rollout.stable, rollout.candidate, rollout.previous_stable} - {None}
+    return [v for v in rollout.versions if v.name in names]

@@ -99,7 +99,7 @@ async def load_demo(rollout: Rollout, ingestor: Ingestor) -> None:
         log.info("demo_loaded", version=version.name, collection=version.target.collection,
                  documents=len(chosen))
     if loaded:  # a restart counts nothing over what the backfill or an operator recorded
-        await ingestor.update_coverage(rollout)
+        await ingestor.accounting.update(rollout)
 
 
 async def _holds(store: VectorStore, version: Version, count: int) -> bool:

@@ -105,7 +105,7 @@ async def adopt(ingestor: Ingestor, alias: str, request: AdoptRequest, actor: st
     created = await ingestor.rules.create(
         rollout, actor, f"adopted collection {request.collection} ({request.model}, median "
                         f"cosine {median:.4f} on {len(usable)} points)")
-    await ingestor.update_coverage(created)
+    await ingestor.accounting.update(created)
     return msgspec.structs.replace(report, revision=created.revision)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from proxy.ingest.coverage import Coverage
 from proxy.ingest.documents import (
     DOC_ID_FIELD,
     PointId,
@@ -29,7 +30,7 @@ from proxy.ingest.documents import (
     document_of,
     point_id,
 )
-from proxy.ingest.writer import Coverage, Ingestor
+from proxy.ingest.writer import Ingestor
 from proxy.models.encoders import RemoteModel
 from proxy.state.jobs import BackfillQueue, Claim, JobStatus
 from proxy.tasks import cancel_and_wait
@@ -174,7 +175,7 @@ class Backfill:
         stable, candidate = _pair(rollout)
         await self.copy_indexes(stable, candidate, rollout)
         await self.queues(rollout.alias, candidate.name).set_started(options.workers)
-        await self.ingestor.update_coverage(rollout)
+        await self.ingestor.accounting.update(rollout)
         limit = RateLimit(options.rate)
         self.started[rollout.alias] = (time.monotonic(), status.done_docs)
         self.tokens_at_start[rollout.alias] = await self._tokens(candidate)
@@ -234,7 +235,7 @@ class Backfill:
                         continue
                     if status.finished:
                         await queue.set_finished()
-                        await self.ingestor.update_coverage(rollout)
+                        await self.ingestor.accounting.update(rollout)
                         log.info("backfill_done", alias=rollout.alias, worker=worker)
                         return
                     await asyncio.sleep(min(1.0, options.lease_s / 4))  # others' leases
@@ -271,7 +272,7 @@ class Backfill:
         if time.monotonic() < self._next_recount.get(rollout.alias, 0.0):
             return
         began = time.monotonic()
-        await self.ingestor.update_coverage(rollout)
+        await self.ingestor.accounting.update(rollout)
         took = time.monotonic() - began
         self._next_recount[rollout.alias] = time.monotonic() + RECOUNT_SPACING * took
 
@@ -301,7 +302,7 @@ class Backfill:
     async def progress(self, rollout: Rollout) -> Progress:
         """Where the job is, with coverage counted but not recorded (a GET writes nothing:
         the workers record coverage after every batch)."""
-        coverage = await self.ingestor.count_coverage(rollout) if rollout.candidate else []
+        coverage = await self.ingestor.accounting.count(rollout) if rollout.candidate else []
         if rollout.candidate is None:
             return Progress(alias=rollout.alias, version=None, state="none", job=None,
                             running_here=0, rate_docs_s=None, eta_s=None, skipped=0,

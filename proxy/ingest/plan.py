@@ -147,7 +147,7 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
     docs_per_s = len(texts) / (time.perf_counter() - began)
     began = time.perf_counter()  # what a worker pays per batch besides encoding
     await store.retrieve(stable.target, [p.id for p in page[:BATCH]])
-    await ingestor.count_coverage(rollout)
+    await ingestor.accounting.count(rollout)
     overhead = time.perf_counter() - began
     cores = os.cpu_count() or 1
     parallel, together, limit = cores, None, None

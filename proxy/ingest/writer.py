@@ -1,14 +1,12 @@
-"""Ingestion with dual-write, and the coverage it leaves behind.
+"""Ingestion with dual-write.
 
 ``Ingestor.write`` encodes a batch of documents with the encoder of **every** active version
 (stable, candidate, and the previous stable kept for rollback) and writes each version's points,
 creating its collection on first use. A version that fails is reported per document and can be
 retried (writing again replaces); a document is covered in a version only once its point is
-there, because coverage is counted from the store, never added up: nothing half-written or
-written twice is ever counted.
-
-Coverage of a version is ``points in it / points in stable``; its popularity-weighted share is
-the part of the recently most-answered documents (by hit count) that it already holds.
+there, because coverage is counted from the store, never added up (``proxy.ingest.coverage``,
+which every write asks to record what it left): nothing half-written or written twice is ever
+counted.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ import structlog
 from numpy.typing import NDArray
 from qdrant_client import models
 
+from proxy.ingest.coverage import Accounting
 from proxy.ingest.documents import (
     DocId,
     Document,
@@ -33,12 +32,11 @@ from proxy.ingest.documents import (
 )
 from proxy.models.encoders import TextModel, embed_off_loop
 from proxy.state.base import RuleStore
-from proxy.vectors.base import RESERVED, PointId, PointIn, VectorStore, id_of_key
+from proxy.vectors.base import RESERVED, PointId, PointIn, VectorStore
 from rollout_rules.errors import BackendError, DocumentNotFound, ModelError, RuleError
-from rollout_rules.model import Rollout, Target, Version
+from rollout_rules.model import Rollout, Target, Version, active_versions
 
 log = structlog.get_logger("embedshift.ingest")
-POPULAR_SAMPLE = 1000  # the most-answered documents the popularity-weighted share is read over
 
 
 class Models(Protocol):
@@ -51,22 +49,9 @@ class DocumentResult(msgspec.Struct, frozen=True, kw_only=True):
     failed: dict[str, str] = msgspec.field(default_factory=dict)  # version: why not
 
 
-class Coverage(msgspec.Struct, frozen=True, kw_only=True):
-    version: str
-    covered: int
-    total: int
-    popular: float | None  # None until the proxy has recorded answers
-
-
 def stable_target(rollout: Rollout) -> Target:
     """Where stable's points are: the collection whose settings a new version's takes."""
     return rollout.version(rollout.stable).target
-
-
-def active_versions(rollout: Rollout) -> list[Version]:
-    """The versions a document must reach: stable, candidate and the previous stable."""
-    names = {rollout.stable, rollout.candidate, rollout.previous_stable} - {None}
-    return [v for v in rollout.versions if v.name in names]
 
 
 async def encode(model: TextModel, texts: Sequence[str]) -> NDArray[np.float32]:
@@ -109,6 +94,7 @@ async def apply_payload_change(store: VectorStore, target: Target, change: Paylo
 class Ingestor:
     def __init__(self, store: VectorStore, rules: RuleStore, models: Models) -> None:
         self.store, self.rules, self.models = store, rules, models
+        self.accounting = Accounting(store, rules)  # what every write leaves covered
         self._ready: set[tuple[str, str]] = set()  # (collection, version) known to exist
         self._creating = asyncio.Lock()
 
@@ -130,7 +116,7 @@ class Ingestor:
                 continue
             for d in documents:
                 written[d.id].append(version.name)
-        await self.update_coverage(rollout)
+        await self.accounting.update(rollout)
         return [DocumentResult(id=d.id, written=written[d.id], failed=failed[d.id])
                 for d in documents]
 
@@ -152,7 +138,7 @@ class Ingestor:
         for other in active_versions(rollout):
             if other.name != version.name and await self.store.describe(other.target):
                 await self.store.delete(other.target, [point_id(p.id, other) for p in points])
-        await self.update_coverage(rollout)
+        await self.accounting.update(rollout)
         return version.name
 
     async def write_version(self, version: Version, documents: Sequence[Document],
@@ -201,7 +187,7 @@ class Ingestor:
             removed.append(version.name)
         if not removed:
             raise DocumentNotFound(rollout.alias, doc_id)
-        await self.update_coverage(rollout)
+        await self.accounting.update(rollout)
         return removed
 
     async def delete_where(self, rollout: Rollout, query_filter: models.Filter) -> list[str]:
@@ -212,7 +198,7 @@ class Ingestor:
             if await self.store.describe(version.target) is not None:
                 await self.store.delete_where(version.target, query_filter)
                 ran.append(version.name)
-        await self.update_coverage(rollout)
+        await self.accounting.update(rollout)
         return ran
 
     async def update_payload(self, rollout: Rollout, change: PayloadChange) -> list[str]:
@@ -233,68 +219,3 @@ class Ingestor:
             await apply_payload_change(self.store, version.target, change, ids, protected)
             ran.append(version.name)
         return ran
-
-    async def update_coverage(self, rollout: Rollout) -> list[Coverage]:
-        """Count every active version against stable and record it; only a figure that differs
-        from the recorded one is written (and announced to every proxy), so polling progress
-        does not make every proxy re-read its coverage."""
-        figures = await self.count_coverage(rollout)
-        recorded = (await self.rules.coverage(rollout.alias),
-                    await self.rules.coverage(rollout.alias, "popularity"))
-        for c in figures:
-            if not _recorded(recorded, c.version, c.covered, c.total, c.popular):
-                await self.rules.set_coverage(rollout.alias, c.version, c.covered, c.total,
-                                              c.popular)
-        return figures
-
-    async def count_coverage(self, rollout: Rollout) -> list[Coverage]:
-        """Every active version counted against stable, from the collections; records
-        nothing (reading progress, or timing what a backfill batch costs)."""
-        stable = rollout.version(rollout.stable)
-        total = await self._count(stable)
-        answered = await self.rules.most_popular(rollout.alias, POPULAR_SAMPLE)  # read once
-        figures = []
-        for version in active_versions(rollout):
-            covered = total if version.name == stable.name else \
-                min(total, await self._count(version))
-            popular = await self.popular_share(rollout, version, answered)
-            figures.append(Coverage(version=version.name, covered=covered, total=total,
-                                    popular=popular))
-        return figures
-
-    async def _count(self, version: Version) -> int:
-        if await self.store.describe(version.target) is None:
-            return 0
-        return await self.store.count(version.target)
-
-    async def popular_share(self, rollout: Rollout, version: Version,
-                            popular: Sequence[tuple[str, float]]) -> float | None:
-        """The share of answer hits, over the most-answered documents (``popular``), that
-        ``version`` holds; None when no answers were recorded."""
-        weight = sum(score for _, score in popular)
-        if not popular or weight <= 0:
-            return None
-        stable = rollout.version(rollout.stable)
-        if version.name == stable.name:
-            return 1.0
-        if await self.store.describe(version.target) is None:
-            return 0.0
-        points = {key: point_id(doc, version) for key, _ in popular
-                  if (doc := id_of_key(key)) is not None}
-        held = {p.id for p in await self.store.retrieve(version.target,
-                                                        list(points.values()), [])}
-        covered = sum(score for key, score in popular if points.get(key) in held)
-        return covered / weight
-
-
-def _recorded(recorded: tuple[dict[str, float], dict[str, float]], version: str, covered: int,
-              total: int, popular: float | None) -> bool:
-    """Whether the store already holds these figures (by documents and by popularity, the
-    latter kept in parts per million)."""
-    by_documents, by_popularity = recorded
-    if version not in by_documents or not total:
-        return False
-    fraction = min(1.0, covered / total)
-    expected = fraction if popular is None else min(1.0, max(0.0, popular))
-    return abs(by_documents[version] - fraction) < 1e-12 and \
-        abs(by_popularity.get(version, -1.0) - expected) <= 1e-6

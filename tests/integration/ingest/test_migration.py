@@ -201,7 +201,7 @@ async def test_verify_finds_what_is_missing_extra_or_encoded_by_another_model(
     assert report.vector_mismatch_ids == [7] and report.sampled == 291
     operator = Operator(migration.rules, "tests")
     await migration.rules.put_report("docs", "v2", "verify", msgspec.to_builtins(report))
-    await migration.ingestor.update_coverage(rollout)
+    await migration.ingestor.accounting.update(rollout)
     with pytest.raises(TransitionError, match=r"last verify failed \(10 missing, 1 extra, 1 "
                                               r"envelope mismatches, 1 vectors off\)"):
         await operator.promote("docs")
@@ -300,7 +300,7 @@ async def test_polling_progress_counts_coverage_and_writes_nothing(
     rollout = await migration.declare()
     documents = corpus(20)
     await migration.ingestor.write_version(rollout.version("v1"), documents)
-    await migration.ingestor.update_coverage(rollout)
+    await migration.ingestor.accounting.update(rollout)
     announced: list[tuple[str, int | None]] = []
     subscribed = asyncio.Event()
 
@@ -350,12 +350,12 @@ async def test_by_default_nobody_reaches_a_candidate_missing_what_stable_answers
         return sum(decide(rollout, Context(user_id=f"user-{n}"), coverage).version == "v2"
                    for n in range(USERS))
 
-    await migration.ingestor.update_coverage(rollout)
+    await migration.ingestor.accounting.update(rollout)
     completeness = (await migration.rules.coverage("docs", "completeness"))["v2"]
     assert (await migration.rules.coverage("docs"))["v2"] == 0.2
     assert 0.1 < completeness < 0.5 and routed(completeness) == 0, completeness
     await migration.ingestor.write_version(rollout.version("v2"), documents[100:])
-    await migration.ingestor.update_coverage(rollout)
+    await migration.ingestor.accounting.update(rollout)
     completeness = (await migration.rules.coverage("docs", "completeness"))["v2"]
     assert completeness >= 0.99 and routed(completeness) == USERS
 
