@@ -166,13 +166,17 @@ class Backfill:
     async def start(self, rollout: Rollout, options: Options) -> Progress:
         """Plan or resume, then run ``options.workers`` workers here until the queue is empty;
         one already running here is watched, not started twice (a CLI stopped with Ctrl-C
-        and run again finds its backfill going on)."""
+        and run again finds its backfill going on), unless its job is done."""
         options.check()
-        if self.running(rollout.alias):
-            log.info("backfill_attached", alias=rollout.alias)
-            return await self.progress(rollout)
-        status = await self.plan(rollout, options)
         stable, candidate = _pair(rollout)
+        if self.running(rollout.alias):
+            if not (await self.queues(rollout.alias, candidate.name).status()).finished:
+                log.info("backfill_attached", alias=rollout.alias)
+                return await self.progress(rollout)
+            # the last job is done and its workers are finishing (the final recount): a new
+            # start waits for them, then plans what is new, instead of reporting the old job
+            await asyncio.gather(*self.tasks.pop(rollout.alias, []), return_exceptions=True)
+        status = await self.plan(rollout, options)
         await self.copy_indexes(stable, candidate, rollout)
         await self.queues(rollout.alias, candidate.name).set_started(options.workers)
         await self.ingestor.accounting.update(rollout)
