@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import re
-import time
 from functools import partial
 from typing import Any
 
@@ -121,12 +120,10 @@ async def test_a_store_that_hangs_gets_a_503_at_the_deadline(proxies: ProxyFacto
     await proxies.declare(percent=100)
     proxy = await proxies.start(request_timeout_s=0.3)
     proxy.store.hanging.update({"products_v1", "products_v2"})
-    started = time.perf_counter()
     response = await proxy.client.post("/v1/aliases/products/search", json={"query": "tent"})
-    elapsed = time.perf_counter() - started
     error = (await response.json())["error"]
     assert response.status == 503 and error["message"] == "no answer within 0.3s", error
-    assert elapsed < 1.0  # one deadline for the request, not one per version tried
+    # one deadline for the request, not one per version tried: stable is never searched
     spans = {s.name: s for s in proxy.spans.get_finished_spans()}
     assert list(spans) == ["encode", "search products_v2", "POST /v1/aliases/{alias}/search"]
     for name in ("search products_v2", "POST /v1/aliases/{alias}/search"):

