@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -47,6 +48,20 @@ QUERIES = ["warm jacket for winter", "tent for two people", "water filter for hi
            "light for night hikes", "boots for rocky trails", "stove that boils fast",
            "kids backpack", "recycled fleece", "helmet for cycling", "snow goggles"]
 BODY = {"query": QUERIES[0], "user_id": "bench-user", "limit": 10}
+
+
+def answered(url: str, timeout_s: float = 2.0) -> bytes | None:
+    """The body of a 200 answer to a GET of ``url``; None for any other answer or none (a
+    server still starting). An error answer is closed here: urllib's HTTPError holds its
+    connection open until collected, which a test then meets as an unclosed socket."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return bytes(response.read()) if response.status == 200 else None
+    except urllib.error.HTTPError as error:
+        error.close()
+        return None
+    except OSError:
+        return None
 
 
 def free_port() -> int:
@@ -204,12 +219,9 @@ def start(args: list[str], ready_url: str, timeout_s: float = 300,
                                 *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(ready_url, timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.3)
+        if answered(ready_url) is not None:
+            return process
+        time.sleep(0.3)
     process.kill()
     raise SystemExit(f"server {args[0]} did not become ready in {timeout_s:.0f}s")
 

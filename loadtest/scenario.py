@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from loadtest.bench_proxy import QUERIES, free_port
+from loadtest.bench_proxy import QUERIES, answered, free_port
 
 TOKEN = "scenario-admin-token"
 _VOCABULARY = """warm waterproof light tent boots jacket stove trail winter summer kids fleece
@@ -250,12 +249,10 @@ def start_proxy(data_dir: Path, port: int, models: Path, timeout_s: float = 300
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
-                if answer.status == 200 and json.load(answer).get("ready"):
-                    return process
-        except OSError:
-            time.sleep(0.5)
+        body = answered(f"http://127.0.0.1:{port}/readyz")
+        if body is not None and json.loads(body).get("ready"):
+            return process
+        time.sleep(0.5)
     process.kill()
     raise SystemExit(f"the proxy did not become ready in {timeout_s:.0f} s")
 

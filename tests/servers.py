@@ -14,9 +14,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from loadtest.bench_proxy import answered
 from tests.paths import FIXTURES, REPO
 
 REQUIREMENTS = FIXTURES / "infinity-requirements.txt"
@@ -96,11 +96,9 @@ class Infinity:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Infinity exited ({self.process.returncode}): "
                                    f"{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.root}/health", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.5)
+            if answered(f"{self.root}/health") is not None:
+                return self
+            time.sleep(0.5)
         raise RuntimeError(f"Infinity not ready in {STARTUP_S:g} s: {self.log_tail()}")
 
     def log_tail(self) -> str:
