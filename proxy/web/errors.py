@@ -79,7 +79,9 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
             response.headers["Allow"] = exc.headers["Allow"]
     except Exception as exc:  # noqa: BLE001 - the boundary: whatever escaped is a 500
         response = _internal_error(request, exc)
-    request.app[METRICS].http(route_of(request), request.method, response.status).inc()
+    metrics = request.app[METRICS]
+    metrics.count(metrics.http_requests, route_of(request), request.method,
+                  str(response.status))
     return response
 
 
