@@ -1,6 +1,7 @@
 """Every query new: the proxy's throughput against its physical limit, the encoder, in one run:
 
     uv run python -m loadtest.bench_new_queries [--seconds 10] [--connections 64]
+    uv run python -m loadtest.bench_new_queries --baseline COMMIT [--rounds 3]
 
 Each query is text never seen before, so each costs one forward pass; the demo's stable version
 (paraphrase-MiniLM-L3-v2) answers all of them (the candidate is at 0%).
@@ -17,7 +18,10 @@ Each runs in two layouts: every CPU shared by all (the load generator competes w
 as on one box), and, with two CPUs or more, the load generator alone on the first CPU and the
 proxy (and its ceiling) on the others: the proxy's own cost against the encoder's. It prints
 each figure and its ratio to (1) of its layout, and the CPU the proxy process spent during (3)
-in its event loop and in its other threads (from /proc). Loopback only, bounded in time.
+in its event loop and in its other threads (from /proc). With ``--baseline``, only (3): served
+by that commit (a git worktree of it, run with this environment) and by this tree in turns, in
+each layout, so a change is measured against what it changed on the same machine at the same
+time. Loopback only, bounded in time.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import asyncio
 import itertools
 import os
 import shutil
+import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -115,7 +121,8 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
 
 
 def end_to_end(seconds: float, connections: int, proxy_cpus: set[int] | None,
-               load_cpus: set[int] | None) -> tuple[float, str, tuple[float, float]]:
+               load_cpus: set[int] | None, tree: Path | None = None
+               ) -> tuple[float, str, tuple[float, float]]:
     """Queries/s, what wrk said of errors, and the share of a CPU the proxy process used
     meanwhile in its event loop (the main thread) and in all its other threads."""
     data_dir = tempfile.mkdtemp(prefix="embedshift-newq-")
@@ -123,7 +130,7 @@ def end_to_end(seconds: float, connections: int, proxy_cpus: set[int] | None,
         shutil.copytree(MODELS, Path(data_dir) / "models", ignore=shutil.ignore_patterns(".*"))
     port = free_port()
     process = start(["serve-full", str(port), data_dir, "EMBEDSHIFT_RESULT_CACHE_TTL_S=0"],
-                    f"http://127.0.0.1:{port}/readyz", cpus=proxy_cpus)
+                    f"http://127.0.0.1:{port}/readyz", cpus=proxy_cpus, tree=tree)
     script = WRK_SCRIPT % (", ".join(f'"{w}"' for w in WORDS), FIRST)
     pid = process.pid  # taskset execs the server: same process
     try:
@@ -196,13 +203,48 @@ def measure(layout: Layout, args: argparse.Namespace) -> Result:
                   loop, others, loop / http * 1000)
 
 
+def against_baseline(reference: str, args: argparse.Namespace) -> None:
+    """(3) served by the commit ``reference`` and by this tree, alternating ``--rounds`` times
+    per layout in one run: the event loop's CPU per query and queries/s, before and after."""
+    folder = Path(tempfile.mkdtemp(prefix="embedshift-baseline-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(folder), reference], check=True,
+                   capture_output=True)
+    try:
+        print(f"(3) before ({reference}) and after (this tree), alternating, {args.rounds} "
+              f"rounds of {args.seconds:g} s each, wrk -c{args.connections}")
+        for layout in layouts(os.sched_getaffinity(0)):
+            runs: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
+            for _ in range(args.rounds):
+                for name, tree in (("before", folder), ("after", None)):
+                    rps, _note, (loop, _others) = end_to_end(
+                        args.seconds, args.connections, layout.proxy, layout.load, tree)
+                    runs[name].append((loop / rps * 1000, rps))
+            print(f"{layout.title}:")
+            for name, found in runs.items():
+                print(f"  {name:6} loop ms a query {' '.join(f'{ms:.3f}' for ms, _ in found):24}"
+                      f" queries/s {' '.join(f'{q:.0f}' for _, q in found)}")
+            before = statistics.median(ms for ms, _ in runs["before"])
+            after = statistics.median(ms for ms, _ in runs["after"])
+            print(f"  the event loop's CPU per query, median: {before:.3f} -> {after:.3f} ms "
+                  f"({after / before - 1:+.0%}; target -40%)")
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], check=False,
+                       capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--baseline", metavar="COMMIT",
+                        help="only (3), served by COMMIT and by this tree in turns")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each with --baseline")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk (apt-get install wrk) for the end-to-end run")
+    if args.baseline:
+        against_baseline(args.baseline, args)
+        return
     results = [(layout, measure(layout, args)) for layout in layouts(os.sched_getaffinity(0))]
     print(f"every query new, paraphrase-MiniLM-L3-v2, {args.seconds:g} s per row\n")
     print(f"{'path':64} {'queries/s':>10} {'of (1)':>7}")

@@ -212,11 +212,14 @@ def pinned(cpus: set[int] | None) -> list[str]:
 
 
 def start(args: list[str], ready_url: str, timeout_s: float = 300,
-          cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
+          cpus: set[int] | None = None, tree: Path | None = None) -> subprocess.Popen[bytes]:
     """A server of this module in its own process, once it answers ``ready_url``; ``cpus``:
-    the only CPUs it (and every thread it starts) may run on."""
+    the only CPUs it (and every thread it starts) may run on; ``tree``: another checkout to
+    run it from (its ``proxy`` and ``loadtest`` ahead of this one's: a baseline)."""
+    environ = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     process = subprocess.Popen([*pinned(cpus), sys.executable, "-m", "loadtest.bench_proxy",
-                                *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=tree, env=environ)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if answered(ready_url) is not None:
