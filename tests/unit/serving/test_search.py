@@ -84,7 +84,8 @@ async def test_a_failing_candidate_is_answered_by_stable_and_counted(
     answer = await searcher.search("products", SearchRequest(query="tent",
                                                              user_id=_user("v2")), "r")
     assert (answer.model_version, answer.rollout.reason) == ("v1", "fallback")
-    assert searcher.metrics.fallbacks.labels("products", "v2")._value.get() == 1
+    assert searcher.metrics.registry.get_sample_value(
+        "embedshift_fallbacks_total", {"alias": "products", "version": "v2"}) == 1
     store.broken.add("p_v1")
     with pytest.raises(BackendError, match="p_v1"):
         await searcher.search("products", SearchRequest(query="tent", user_id="x"), "r")
