@@ -59,10 +59,10 @@ class Searcher:
     def __init__(self, rules: Rules, encoders: Mapping[EncoderKey, Encoder], *,
                  store: VectorStore, metrics: Metrics, tracer: Tracer,
                  results: ResultCache | None = None, deadline_s: float = 10.0,
-                 log_queries: bool = False, hits: HitRecorder | None = None,
+                 log_queries: bool = False, popularity: HitRecorder | None = None,
                  cohorts: CohortRecorder | None = None, shadow: Shadow | None = None) -> None:
         self.rules, self.encoders, self.store = rules, encoders, store
-        self.hits = hits
+        self.popularity = popularity  # what stable answers, for the backfill and the gate
         self.cohorts = cohorts if cohorts is not None else CohortRecorder()
         self.shadow = shadow
         self.metrics, self.tracer, self.log_queries = metrics, tracer, log_queries
@@ -267,10 +267,10 @@ class Searcher:
         metrics.gauge(metrics.effective_percent, decision.effective_percent, alias)
         if span.is_recording():  # an unsampled query pays nothing for its attributes
             span.set_attributes(answer_attributes(alias, version, decision, found))
-        if self.hits is not None and version.name == rollout.stable:
+        if self.popularity is not None and version.name == rollout.stable:
             # stable's answers only: what the candidate must hold (completeness) and what the
             # backfill should bring first; the candidate's own answers hold themselves
-            self.hits.record(rollout.alias, hits)
+            self.popularity.record(rollout.alias, hits)
         trace_id = format(span.get_span_context().trace_id, "032x")
         extra = {"query": text} if self.log_queries else {}
         log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),

@@ -100,7 +100,7 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
         watcher, encoders.by_key, store=deps.vector_store, metrics=metrics, tracer=tracer,
         results=ResultCache(settings.result_cache_size, settings.result_cache_ttl_s),
         deadline_s=settings.request_timeout_s, log_queries=settings.log_queries,
-        hits=recorder, cohorts=CohortRecorder(), shadow=shadow)
+        popularity=recorder, cohorts=CohortRecorder(), shadow=shadow)
     versions = app[VERSIONS] = Versions(encoders, deps.vector_store, searcher)
     app[EMBEDDER] = Embedder(searcher, deps.handed or MemoryHandedOut(), settings.handed_out_ttl_s)
     guard, backfill, drift = _add_operations(app, settings, deps, watcher, searcher.cohorts)
