@@ -52,7 +52,7 @@ from proxy.qdrant_api.shapes import (
     wants_vector,
 )
 from proxy.serving.embed import Embedder
-from proxy.serving.query import SearchRequest, SearchResponse
+from proxy.serving.query import SearchRequest, SearchResponse, asked
 from proxy.serving.search import Searcher
 from proxy.telemetry import Attr
 from proxy.vectors.base import (
@@ -280,7 +280,7 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
                                             with_payload=ask.payload.wanted, span=span)
     request = SearchRequest(query=ask.text or "", user_id=user, limit=ask.window,
                             filter=ask.filter, with_payload=ask.payload.wanted)
-    return await searcher.search(alias, request, random_key(), span)
+    return await searcher.search(alias, asked(request, random_key()), span)
 
 
 async def _recommended(store: VectorStore, version: Version, examples: Recommend

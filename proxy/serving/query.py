@@ -1,14 +1,19 @@
 """What a search asks and is answered, as the request path carries it: the request's body
-(``SearchRequest``), the answer (``SearchResponse``), the query both attempts see (``Query``) and
-a version's hits for it (``Found``). Types only: the searcher and the shadow both speak them."""
+(``SearchRequest``), the search it asks decoded and checked once at the edge (``Asked``, by
+``asked``: the text cleaned, the filter parsed, who asks), the answer (``SearchResponse``), the
+query both attempts see (``Query``) and a version's hits for it (``Found``). The searcher and
+the shadow both speak them; both edges (the native API and Qdrant's) build an ``Asked``."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
+from qdrant_client import models
 
-from proxy.vectors.base import Hit
+from proxy.models.encoders import clean_text
+from proxy.vectors.base import Hit, parse_filter
+from rollout_rules.decide import Context
 
 MAX_LIMIT = 100
 
@@ -25,6 +30,28 @@ class SearchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     filter: dict[str, Any] | None = None
     with_payload: bool = True
     version: str | None = None
+
+
+class Asked(NamedTuple):
+    """A search as the searcher takes it: decoded and checked once, at the edge."""
+
+    text: str  # cleaned (clean_text): the text encoded and the cache's key
+    filter: models.Filter | None  # parsed (parse_filter), for the store
+    raw_filter: dict[str, Any] | None  # as given, for the result cache's key
+    context: Context  # who asks: what routing reads
+    limit: int
+    with_payload: bool
+    version: str | None  # a version asked for by name (the override token was checked)
+
+
+def asked(request: SearchRequest, random_key: str) -> Asked:
+    """The request's search, checked: RuleError names a bad text or filter (the caller's
+    mistake, refused before anything is decided)."""
+    return Asked(clean_text(request.query), parse_filter(request.filter), request.filter,
+                 Context(user_id=request.user_id, session_id=request.session_id,
+                         tenant=request.tenant, properties=request.properties,
+                         random_key=random_key),
+                 request.limit, request.with_payload, request.version)
 
 
 class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,9 +74,7 @@ class SearchResponse(msgspec.Struct, frozen=True, kw_only=True):
 class Query(NamedTuple):
     """One request's query as both attempts (candidate, then stable) see it."""
 
-    text: str  # cleaned once, by clean_text
-    request: SearchRequest
-    filter: Any  # the request's filter, parsed once
+    asked: Asked
     coverage: dict[str, float]  # the alias's coverage per version, read once
     deadline: float  # loop time by which both attempts must be done
     revision: int  # of the rule that decided it: the guard's cohorts are per revision

@@ -20,12 +20,12 @@ from msgspec.structs import replace
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
-from proxy.models.encoders import Encoder, clean_text
+from proxy.models.encoders import Encoder
 from proxy.models.loader import EncoderKey, encoder_key
 from proxy.serving.attributes import Attributes, answer_attributes, stage_attributes
 from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.popularity import HitRecorder
-from proxy.serving.query import Found, Query, RolloutInfo, SearchRequest, SearchResponse
+from proxy.serving.query import Asked, Found, Query, RolloutInfo, SearchResponse
 from proxy.serving.resultcache import ResultCache
 from proxy.serving.shadow import Shadow
 from proxy.telemetry import Attr, Metrics
@@ -78,28 +78,25 @@ class Searcher:
         self.unavailable = {**{k: v for k, v in self.unavailable.items() if k[0] != alias},
                             **{(alias, name): reason for name, reason in reasons.items()}}
 
-    async def search(self, alias: str, request: SearchRequest, random_key: str,
-                     span: trace.Span | None = None) -> SearchResponse:
-        """``span``: the request's own (default: the current one); its stages' spans are its
+    async def search(self, alias: str, asked: Asked, span: trace.Span | None = None
+                     ) -> SearchResponse:
+        """``asked``: the request as the edge decoded and checked it (``query.asked``);
+        ``span``: the request's own (default: the current one); its stages' spans are its
         children, started only when it records."""
         started = time.perf_counter()
         rollout = self.rollout(alias)
-        text = clean_text(request.query)  # bad text is the caller's: refuse before deciding
-        query_filter = parse_filter(request.filter)
-        context = Context(user_id=request.user_id, session_id=request.session_id,
-                          tenant=request.tenant, properties=request.properties,
-                          random_key=random_key)
         coverage = self.rules.coverage.get(alias, {})
-        decision = decide(rollout, context, coverage.get(rollout.candidate or ""), request.version)
+        decision = decide(rollout, asked.context, coverage.get(rollout.candidate or ""),
+                          asked.version)
         if decision.reason is Reason.OVERRIDE_REFUSED:
             allowed = "allowed" if rollout.overrides.allow_request else "off"
-            raise RuleError("version", f"{request.version!r} cannot be requested for {alias} "
+            raise RuleError("version", f"{asked.version!r} cannot be requested for {alias} "
                                        f"(declared: {rollout.version_names}; overrides "
                                        f"{allowed})")
         span = span if span is not None else trace.get_current_span()
         deadline = asyncio.get_running_loop().time() + self.deadline_s  # for both attempts
-        query = Query(text, request, query_filter, coverage, deadline, rollout.revision,
-                      rollout.guard.max_p99_ms, span.is_recording())
+        query = Query(asked, coverage, deadline, rollout.revision, rollout.guard.max_p99_ms,
+                      span.is_recording())
         cohorts = self.cohorts
         try:
             found = await self.find(alias, rollout.version(decision.version), query)
@@ -125,7 +122,7 @@ class Searcher:
             if self.shadow is not None:
                 self.shadow.maybe(self, rollout, decision.version, query, found.hits)
         return self._answer(alias, rollout, decision, found, started=started, span=span,
-                            text=text)
+                            text=asked.text)
 
     def rollout(self, alias: str) -> Rollout:
         """The alias's rule as last read; NotFoundError if none declares it."""
@@ -191,9 +188,9 @@ class Searcher:
         blocked = self.unavailable.get((alias, version.name))
         if blocked is not None:
             raise ModelError(f"{alias}: version {version.name} is unavailable: {blocked}")
-        request = query.request
-        key = self.results.key(version, query.text, request.limit, request.filter,
-                               request.with_payload)
+        asked = query.asked
+        key = self.results.key(version, asked.text, asked.limit, asked.raw_filter,
+                               asked.with_payload)
         coverage = query.coverage.get(version.name)
         hits = self.results.get(key, coverage)
         if hits is not None:
@@ -204,14 +201,14 @@ class Searcher:
         return found
 
     async def _search_version(self, alias: str, version: Version, query: Query) -> Found:
-        text, request = query.text, query.request
+        asked = query.asked
         encoder = self.encoders.get(encoder_key(version))
         if encoder is None:
             raise ModelError(f"no encoder loaded for {version.name} ({version.model})")
         metrics = self.metrics
         started = time.time_ns()
         try:
-            vector, cache_hit = await encoder.encode(text)
+            vector, cache_hit = await encoder.encode(asked.text)
         except BaseException as exc:  # cancelled at the deadline too: the trace shows where
             self._stage_span(query, "encode", SpanKind.INTERNAL, started,
                              stage_attributes(version, "encode"), error=exc)
@@ -223,8 +220,8 @@ class Searcher:
             self._stage_span(query, "encode", SpanKind.INTERNAL, started,
                              stage_attributes(version, "encode"))
         try:
-            hits = await self.store.search(version.target, vector, request.limit,
-                                           query.filter, request.with_payload)
+            hits = await self.store.search(version.target, vector, asked.limit, asked.filter,
+                                           asked.with_payload)
         except BaseException as exc:
             if isinstance(exc, BackendError):
                 metrics.count(metrics.errors, alias, version.name, "search")

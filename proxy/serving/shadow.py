@@ -73,7 +73,7 @@ class Shadow:
         """Search ``version`` too; its figures count as its own searches, and the overlap of
         the two answers is kept on the version under test (whichever is not stable)."""
         alias, metrics = rollout.alias, self.metrics
-        k = min(TOP_K, query.request.limit)
+        k = min(TOP_K, query.asked.limit)
         deadline = asyncio.get_running_loop().time() + source.deadline_s
         started = time.perf_counter()
         try:

@@ -15,7 +15,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, StatusCode
 
 from proxy.http import random_key, status_of
-from proxy.serving.query import SearchRequest
+from proxy.serving.query import SearchRequest, asked
 from proxy.telemetry import Attr
 from proxy.web.auth import check_override
 from proxy.web.bodies import read_json
@@ -54,7 +54,7 @@ async def search(request: web.Request) -> web.Response:
     # task's, which copies the context); an unsampled span is handed over, never attached
     token = context.attach(trace.set_span_in_context(span)) if span.is_recording() else None
     try:  # the answer sets the span's attributes, the alias among them, in one call
-        answer = await searcher.search(alias, body, random_key(), span)
+        answer = await searcher.search(alias, asked(body, random_key()), span)
     except TimeoutError as exc:
         span.set_attribute(Attr.ALIAS, alias)
         span.set_status(StatusCode.ERROR, "deadline exceeded")

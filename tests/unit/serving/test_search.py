@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from proxy.models.encoders import Encoder, QueryEncoder
 from proxy.models.loader import EncoderKey, encoder_key
-from proxy.serving.query import SearchRequest
+from proxy.serving.query import SearchRequest, asked
 from proxy.serving.search import Searcher
 from proxy.telemetry import Metrics
 from rollout_rules.bucket import bucket
@@ -70,8 +70,8 @@ async def test_each_user_is_searched_in_their_version_s_collection(
         world: tuple[Searcher, BreakableStore]) -> None:
     searcher, _ = world
     for version in ("v1", "v2"):
-        answer = await searcher.search("products", SearchRequest(
-            query="a warm jacket", user_id=_user(version), limit=2), "r")
+        answer = await searcher.search("products", asked(SearchRequest(
+            query="a warm jacket", user_id=_user(version), limit=2), "r"))
         assert (answer.model_version, answer.collection) == (version, f"p_{version}")
         assert answer.rollout.reason == ("bucket_in" if version == "v2" else "bucket_out")
         assert answer.hits[0].payload == {"text": "warm winter jacket"}
@@ -81,14 +81,14 @@ async def test_a_failing_candidate_is_answered_by_stable_and_counted(
         world: tuple[Searcher, BreakableStore]) -> None:
     searcher, store = world
     store.broken.add("p_v2")
-    answer = await searcher.search("products", SearchRequest(query="tent",
-                                                             user_id=_user("v2")), "r")
+    answer = await searcher.search("products", asked(SearchRequest(query="tent",
+                                                             user_id=_user("v2")), "r"))
     assert (answer.model_version, answer.rollout.reason) == ("v1", "fallback")
     assert searcher.metrics.registry.get_sample_value(
         "embedshift_fallbacks_total", {"alias": "products", "version": "v2"}) == 1
     store.broken.add("p_v1")
     with pytest.raises(BackendError, match="p_v1"):
-        await searcher.search("products", SearchRequest(query="tent", user_id="x"), "r")
+        await searcher.search("products", asked(SearchRequest(query="tent", user_id="x"), "r"))
 
 
 async def test_the_text_is_cleaned_once_and_its_vector_reused(
@@ -96,30 +96,31 @@ async def test_the_text_is_cleaned_once_and_its_vector_reused(
     searcher, _ = world
     user = _user("v1")
     for text in ("  stove   for camping ", "stove for camping"):
-        answer = await searcher.search("products", SearchRequest(query=text, user_id=user), "r")
+        answer = await searcher.search("products",
+                                       asked(SearchRequest(query=text, user_id=user), "r"))
         assert answer.model_version == "v1"
     encoder = searcher.encoders[encoder_key(rollout().version("v1"))]
     assert isinstance(encoder, QueryEncoder)
     assert (encoder.misses, encoder.batched_texts) == (1, 1)  # the second was a cache answer
     with pytest.raises(EncoderInputError, match="empty"):
-        await searcher.search("products", SearchRequest(query=" \n "), "r")
+        await searcher.search("products", asked(SearchRequest(query=" \n "), "r"))
     assert encoder.batched_texts == 1
 
 
 async def test_a_version_can_be_requested_only_where_allowed(
         world: tuple[Searcher, BreakableStore]) -> None:
     searcher, _ = world
-    forced = await searcher.search("products", SearchRequest(query="tent", version="v2",
-                                                             user_id=_user("v1")), "r")
+    forced = await searcher.search("products", asked(SearchRequest(query="tent", version="v2",
+                                                             user_id=_user("v1")), "r"))
     assert (forced.model_version, forced.rollout.reason) == ("v2", "override")
     with pytest.raises(RuleError) as caught:
-        await searcher.search("products", SearchRequest(query="tent", version="v9"), "r")
+        await searcher.search("products", asked(SearchRequest(query="tent", version="v9"), "r"))
     assert caught.value.field == "version" and "declared: v1, v2" in str(caught.value)
 
 
 async def test_an_unknown_alias_is_not_found(world: tuple[Searcher, BreakableStore]) -> None:
     with pytest.raises(NotFoundError):
-        await world[0].search("nope", SearchRequest(query="tent"), "r")
+        await world[0].search("nope", asked(SearchRequest(query="tent"), "r"))
 
 
 async def test_before_the_rules_were_ever_read_an_alias_is_unavailable_not_unknown(
@@ -128,4 +129,4 @@ async def test_before_the_rules_were_ever_read_an_alias_is_unavailable_not_unkno
     searcher.rules = Snapshot({}, last_error="Redis at 127.0.0.1:6379 is unreachable",
                               loaded=False)
     with pytest.raises(StoreUnavailable, match="not loaded yet: Redis"):
-        await searcher.search("products", SearchRequest(query="tent"), "r")
+        await searcher.search("products", asked(SearchRequest(query="tent"), "r"))
