@@ -32,7 +32,6 @@ import itertools
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -40,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from loadtest.bench_proxy import free_port, start, wrk
+from loadtest.bench_proxy import free_port, start, worktree, wrk
 from proxy.models.encoders import OnnxModel, QueryEncoder, default_threads
 
 WORDS = ("warm", "tent", "boots", "stove", "trail", "winter", "kids", "fleece", "helmet", "snow",
@@ -206,10 +205,7 @@ def measure(layout: Layout, args: argparse.Namespace) -> Result:
 def against_baseline(reference: str, args: argparse.Namespace) -> None:
     """(3) served by the commit ``reference`` and by this tree, alternating ``--rounds`` times
     per layout in one run: the event loop's CPU per query and queries/s, before and after."""
-    folder = Path(tempfile.mkdtemp(prefix="embedshift-baseline-")) / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", str(folder), reference], check=True,
-                   capture_output=True)
-    try:
+    with worktree(reference) as folder:
         print(f"(3) before ({reference}) and after (this tree), alternating, {args.rounds} "
               f"rounds of {args.seconds:g} s each, wrk -c{args.connections}")
         for layout in layouts(os.sched_getaffinity(0)):
@@ -227,9 +223,6 @@ def against_baseline(reference: str, args: argparse.Namespace) -> None:
             after = statistics.median(ms for ms, _ in runs["after"])
             print(f"  the event loop's CPU per query, median: {before:.3f} -> {after:.3f} ms "
                   f"({after / before - 1:+.0%}; target -40%)")
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], check=False,
-                       capture_output=True)
 
 
 def main() -> None:

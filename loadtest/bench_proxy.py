@@ -25,18 +25,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -299,6 +301,83 @@ def measure(args: argparse.Namespace) -> None:
     report(rows, ceilings, args)
 
 
+@contextlib.contextmanager
+def worktree(reference: str) -> Iterator[Path]:
+    """A checkout of the commit ``reference`` (a git worktree), removed afterwards: a baseline
+    to run beside this tree."""
+    folder = Path(tempfile.mkdtemp(prefix="embedshift-baseline-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(folder), reference], check=True,
+                   capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], check=False,
+                       capture_output=True)
+
+
+def against_baseline(reference: str, args: argparse.Namespace) -> None:
+    """Max req/s with warm caches of the proxy as configured by default and with 10% of traces
+    exported, served by ``reference`` and by this tree in turns, and of the bare endpoint in
+    each round: before and after in one run, each as a share of the bare endpoint's."""
+    names = ("full", "sampled")
+    found: dict[str, list[float]] = {f"{n} {t}": [] for n in names for t in ("before", "after")}
+    found["bare"] = []
+    sink_port = free_port()
+    sink = start(["serve-sink", str(sink_port)], f"http://127.0.0.1:{sink_port}/readyz")
+    folders = {t: tempfile.mkdtemp(prefix=f"embedshift-bench-{t}-") for t in ("before", "after")}
+    answer_file = str(Path(folders["after"]) / "answer.json")
+    try:
+        with worktree(reference) as tree:
+            for _ in range(args.rounds):
+                for name in names:
+                    for which, where in (("before", tree), ("after", None)):
+                        settings = [s.format(sink=sink_port) for s in PROXIES[name][1]]
+                        found[f"{name} {which}"].append(_closed_loop(
+                            ["serve-full", folders[which], *settings], args, where,
+                            answer_file if which == "after" else None))
+                found["bare"].append(_closed_loop(["serve-bare", answer_file], args, None, None))
+    finally:
+        sink.terminate()
+        sink.wait(timeout=30)
+        from proxy.state.redis_server import EmbeddedRedis
+
+        for folder in folders.values():
+            EmbeddedRedis(Path(folder), os.environ).stop()
+            shutil.rmtree(folder, ignore_errors=True)
+    print(f"max req/s, warm caches, wrk -c{args.connections} {args.seconds:g} s, {args.rounds} "
+          f"rounds in turns; before = {reference}, after = this tree\n")
+    bare = statistics.median(found["bare"])
+    for key, values in found.items():
+        label = key if key == "bare" else f"{PROXIES[key.split()[0]][0]}, {key.split()[1]}"
+        print(f"{label:72} {' '.join(f'{v:6.0f}' for v in values)}   median "
+              f"{statistics.median(values):6.0f} = {statistics.median(values) / bare:4.0%} of bare")
+
+
+def _closed_loop(server: list[str], args: argparse.Namespace, tree: Path | None,
+                 answer_file: str | None) -> float:
+    """One server started, warmed with 500 queries (its answer kept in ``answer_file``, for
+    the bare endpoint), and its closed-loop req/s."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/aliases/products/search"
+    process = start([server[0], str(port), *server[1:]], f"http://127.0.0.1:{port}/readyz",
+                    tree=tree)
+    try:
+        async def warm() -> bytes:
+            first = b""
+            async with aiohttp.ClientSession() as session:
+                for i in range(500):
+                    async with session.post(url, json=body(i)) as response:
+                        first = first or await response.read()
+            return first
+        answer = asyncio.run(warm())
+        if answer_file is not None:
+            Path(answer_file).write_bytes(answer)
+        return throughput(url, args)[0]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def throughput(url: str, args: argparse.Namespace) -> tuple[float, str]:
     if shutil.which("wrk") is not None:
         return wrk_throughput(url, int(args.seconds), args.connections)
@@ -349,7 +428,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    measure(parser.parse_args())
+    parser.add_argument("--baseline", metavar="COMMIT",
+                        help="only max req/s of (a) by default and with 10%% of traces, served "
+                             "by COMMIT and by this tree in turns, and (c)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each with --baseline")
+    args = parser.parse_args()
+    if args.baseline:
+        against_baseline(args.baseline, args)
+        return
+    measure(args)
 
 
 if __name__ == "__main__":
