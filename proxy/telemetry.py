@@ -124,23 +124,11 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.1
 
 
 class Metrics:
-    """The proxy's Prometheus metrics, labelled by alias and model version.
-
-    The request path records through ``count``, ``observe`` and ``gauge``: plain additions to
-    what is pending, applied to the Prometheus metrics whenever the registry is read (a
-    collector registered first flushes them: ``/metrics``, the status page's sampler and
-    tests all see every update) or once enough are pending. A Prometheus child's ``inc`` takes
-    a lock and checks its value each time; the answer path records about nine per query."""
-
-    PENDING_LIMIT = 10_000
+    """The proxy's Prometheus metrics, labelled by alias and model version."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
-        self._observed: list[tuple[Any, tuple[str, ...], float]] = []
-        self._gauges: dict[tuple[Any, tuple[str, ...]], float] = {}
-        r.register(_Flushing(self))  # first: collected before every metric below
         self.requests = Counter("embedshift_requests", "Search requests answered",
                                 ["alias", "version", "reason"], registry=r)
         self.errors = Counter("embedshift_errors", "Search requests or stages that failed",
@@ -219,32 +207,8 @@ class Metrics:
                                      registry=r)
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
 
-    def count(self, metric: Counter, *labels: str, amount: float = 1.0) -> None:
-        """``metric.labels(*labels).inc(amount)``, applied at the next flush."""
-        key = (metric, labels)
-        self._counts[key] = self._counts.get(key, 0.0) + amount
-
-    def observe(self, metric: Histogram, value: float, *labels: str) -> None:
-        """``metric.labels(*labels).observe(value)``, applied at the next flush."""
-        self._observed.append((metric, labels, value))
-        if len(self._observed) >= self.PENDING_LIMIT:
-            self.flush()
-
-    def gauge(self, metric: Gauge, value: float, *labels: str) -> None:
-        """``metric.labels(*labels).set(value)``, the last value set applied at the flush."""
-        self._gauges[(metric, labels)] = value
-
-    def flush(self) -> None:
-        """Apply every pending update to the Prometheus metrics."""
-        counts, self._counts = self._counts, {}
-        observed, self._observed = self._observed, []
-        gauges, self._gauges = self._gauges, {}
-        for (counter, labels), amount in counts.items():
-            self.child(counter, *labels).inc(amount)
-        for histogram, labels, value in observed:
-            self.child(histogram, *labels).observe(value)
-        for (gauge, labels), value in gauges.items():
-            self.child(gauge, *labels).set(value)
+    def http(self, route: str, method: str, status: int) -> Counter:
+        return self.child(self.http_requests, route, method, str(status))
 
     def child(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, bound once: ``labels()`` takes a lock and checks its
@@ -254,17 +218,6 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return cast(M, found)
-
-
-class _Flushing:
-    """A collector of nothing that applies the pending updates when the registry is read."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Any]:
-        self.metrics.flush()
-        return iter(())
 
 
 def configure_logging(json: bool | None = None, level: int = logging.INFO) -> None:

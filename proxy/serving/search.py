@@ -108,10 +108,10 @@ class Searcher:
             cohorts.answered(alias, rollout.revision, decision.version, failed=True,
                              fallback=not stable)
             if stable:
-                self.metrics.count(self.metrics.errors, alias, decision.version,
-                                   "stable_failed")
+                self.metrics.child(self.metrics.errors, alias, decision.version,
+                                   "stable_failed").inc()
                 raise
-            self.metrics.count(self.metrics.fallbacks, alias, decision.version)
+            self.metrics.child(self.metrics.fallbacks, alias, decision.version).inc()
             span.set_attribute(Attr.FALLBACK_FROM, decision.version)
             log.warning("candidate_failed", alias=alias, version=decision.version,
                         error=str(exc), answered_by=rollout.stable)
@@ -164,8 +164,8 @@ class Searcher:
         async with asyncio.timeout(self.deadline_s):
             hits = await self.store.search(space.target, vector, limit, query_filter,
                                            with_payload)
-        self.metrics.observe(self.metrics.search_latency, time.perf_counter() - searching,
-                             alias, space.name)
+        self.metrics.child(self.metrics.search_latency, alias, space.name).observe(
+            time.perf_counter() - searching)
         decision = Decision(space.name, Reason.VECTOR, None, rollout.revision, 0.0)
         span = span if span is not None else trace.get_current_span()
         return self._answer(alias, rollout, decision, Found(hits, False, False),
@@ -214,8 +214,9 @@ class Searcher:
                              stage_attributes(version, "encode"), error=exc)
             raise
         searching = time.time_ns()
-        metrics.observe(metrics.encode_latency, (searching - started) / 1e9, alias, version.name)
-        metrics.count(metrics.cache, alias, version.name, "hit" if cache_hit else "miss")
+        metrics.child(metrics.encode_latency, alias, version.name).observe(
+            (searching - started) / 1e9)
+        metrics.child(metrics.cache, alias, version.name, "hit" if cache_hit else "miss").inc()
         if not cache_hit:  # a cached vector costs a dict lookup: no span for that
             self._stage_span(query, "encode", SpanKind.INTERNAL, started,
                              stage_attributes(version, "encode"))
@@ -224,12 +225,12 @@ class Searcher:
                                            asked.with_payload)
         except BaseException as exc:
             if isinstance(exc, BackendError):
-                metrics.count(metrics.errors, alias, version.name, "search")
+                metrics.child(metrics.errors, alias, version.name, "search").inc()
             self._stage_span(query, f"search {version.target.collection}", SpanKind.CLIENT,
                              searching, stage_attributes(version, "search"), error=exc)
             raise
         searched = time.time_ns() - searching
-        metrics.observe(metrics.search_latency, searched / 1e9, alias, version.name)
+        metrics.child(metrics.search_latency, alias, version.name).observe(searched / 1e9)
         self.cohorts.searched(alias, query.revision, version.name, searched / 1e6,
                               query.slow_ms)
         self._stage_span(query, f"search {version.target.collection}", SpanKind.CLIENT,
@@ -257,11 +258,11 @@ class Searcher:
         hits = found.hits
         elapsed = time.perf_counter() - started
         metrics = self.metrics
-        metrics.count(metrics.requests, alias, version.name, decision.reason)
-        metrics.observe(metrics.latency, elapsed, alias, version.name)
-        metrics.count(metrics.results, alias, version.name,
-                      "hit" if found.result_cached else "miss")
-        metrics.gauge(metrics.effective_percent, decision.effective_percent, alias)
+        metrics.child(metrics.requests, alias, version.name, decision.reason).inc()
+        metrics.child(metrics.latency, alias, version.name).observe(elapsed)
+        metrics.child(metrics.results, alias, version.name,
+                      "hit" if found.result_cached else "miss").inc()
+        metrics.child(metrics.effective_percent, alias).set(decision.effective_percent)
         if span.is_recording():  # an unsampled query pays nothing for its attributes
             span.set_attributes(answer_attributes(alias, version, decision, found))
         if self.popularity is not None and version.name == rollout.stable:

@@ -60,7 +60,7 @@ class Shadow:
         if share <= 0 or random.random() >= share:
             return
         if len(self.tasks) >= self.concurrency:
-            self.metrics.count(self.metrics.shadows, rollout.alias, target, "dropped")
+            self.metrics.child(self.metrics.shadows, rollout.alias, target, "dropped").inc()
             return
         ids = [hit.id for hit in hits]
         task = asyncio.create_task(self._run(source, rollout, rollout.version(target), query,
@@ -80,21 +80,21 @@ class Shadow:
             found = await source.find(alias, version, query._replace(deadline=deadline))
         except (BackendError, ModelError, TimeoutError) as exc:
             source.cohorts.answered(alias, query.revision, version.name, failed=True)
-            metrics.count(metrics.shadows, alias, version.name, "failed")
+            metrics.child(metrics.shadows, alias, version.name, "failed").inc()
             log.info("shadow_failed", alias=alias, version=version.name, error=str(exc))
             return
         source.cohorts.answered(alias, query.revision, version.name)
-        metrics.observe(metrics.shadow_latency, time.perf_counter() - started, alias,
-                        version.name)
+        metrics.child(metrics.shadow_latency, alias, version.name).observe(
+            time.perf_counter() - started)
         shadow_ids = [hit.id for hit in found.hits]
         tested = served if version.name == rollout.stable else version.name
         overlap = overlap_at(served_ids, shadow_ids, k)
         source.cohorts.compared(alias, query.revision, tested, overlap)
-        metrics.count(metrics.shadows, alias, version.name, "compared")
-        metrics.observe(metrics.shadow_overlap, overlap, alias, tested)
+        metrics.child(metrics.shadows, alias, version.name, "compared").inc()
+        metrics.child(metrics.shadow_overlap, alias, tested).observe(overlap)
         correlation = rank_correlation(served_ids[:k], shadow_ids[:k])
         if correlation is not None:
-            metrics.observe(metrics.shadow_rank_correlation, correlation, alias, tested)
+            metrics.child(metrics.shadow_rank_correlation, alias, tested).observe(correlation)
 
     async def close(self) -> None:
         await cancel_and_wait(self.tasks)

@@ -79,9 +79,7 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
             response.headers["Allow"] = exc.headers["Allow"]
     except Exception as exc:  # noqa: BLE001 - the boundary: whatever escaped is a 500
         response = _internal_error(request, exc)
-    metrics = request.app[METRICS]
-    metrics.count(metrics.http_requests, route_of(request), request.method,
-                  str(response.status))
+    request.app[METRICS].http(route_of(request), request.method, response.status).inc()
     return response
 
 
