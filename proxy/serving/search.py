@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 from msgspec.structs import replace
@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.models.encoders import Encoder
 from proxy.models.loader import EncoderKey, encoder_key
-from proxy.serving.attributes import Attributes, answer_attributes, stage_attributes
+from proxy.serving.attributes import answer_attributes, stage_attributes
 from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.popularity import HitRecorder
 from proxy.serving.query import Asked, Found, Query, RolloutInfo, SearchResponse
@@ -210,43 +210,42 @@ class Searcher:
         try:
             vector, cache_hit = await encoder.encode(asked.text)
         except BaseException as exc:  # cancelled at the deadline too: the trace shows where
-            self._stage_span(query, "encode", SpanKind.INTERNAL, started,
-                             stage_attributes(version, "encode"), error=exc)
+            self._stage_span(query, version, "encode", started, error=exc)
             raise
         searching = time.time_ns()
         metrics.child(metrics.encode_latency, alias, version.name).observe(
             (searching - started) / 1e9)
         metrics.child(metrics.cache, alias, version.name, "hit" if cache_hit else "miss").inc()
         if not cache_hit:  # a cached vector costs a dict lookup: no span for that
-            self._stage_span(query, "encode", SpanKind.INTERNAL, started,
-                             stage_attributes(version, "encode"))
+            self._stage_span(query, version, "encode", started)
         try:
             hits = await self.store.search(version.target, vector, asked.limit, asked.filter,
                                            asked.with_payload)
         except BaseException as exc:
             if isinstance(exc, BackendError):
                 metrics.child(metrics.errors, alias, version.name, "search").inc()
-            self._stage_span(query, f"search {version.target.collection}", SpanKind.CLIENT,
-                             searching, stage_attributes(version, "search"), error=exc)
+            self._stage_span(query, version, "search", searching, error=exc)
             raise
         searched = time.time_ns() - searching
         metrics.child(metrics.search_latency, alias, version.name).observe(searched / 1e9)
         self.cohorts.searched(alias, query.revision, version.name, searched / 1e6,
                               query.slow_ms)
-        self._stage_span(query, f"search {version.target.collection}", SpanKind.CLIENT,
-                         searching, stage_attributes(version, "search", len(hits)))
+        self._stage_span(query, version, "search", searching, hits=len(hits))
         return Found(hits, result_cached=False, vector_cached=cache_hit)
 
-    def _stage_span(self, query: Query, name: str, kind: SpanKind, start_ns: int,
-                    attributes: Attributes, *, error: BaseException | None = None) -> None:
+    def _stage_span(self, query: Query, version: Version, stage: Literal["encode", "search"],
+                    start_ns: int, *, hits: int | None = None,
+                    error: BaseException | None = None) -> None:
         """A child of the current span, recorded once the stage is over: it never becomes the
         current span, so nothing is attached to or detached from the context per stage. None
         when the query's span does not record (it is then not current either: a span started
-        here would be a root of its own)."""
+        here would be a root of its own), and then its attributes are not built either."""
         if not query.traced:
             return
+        name, kind = (("encode", SpanKind.INTERNAL) if stage == "encode"
+                      else (f"search {version.target.collection}", SpanKind.CLIENT))
         span = self.tracer.start_span(name, kind=kind, start_time=start_ns,
-                                      attributes=attributes)
+                                      attributes=stage_attributes(version, stage, hits))
         if error is not None:
             span.record_exception(error)
             span.set_status(StatusCode.ERROR, str(error))
