@@ -40,7 +40,7 @@ class Accounting:
         for c in figures:
             if not _recorded(recorded, c.version, c.covered, c.total, c.popular):
                 await self.accounts.set_coverage(rollout.alias, c.version, c.covered, c.total,
-                                              c.popular)
+                                                 c.popular)
         return figures
 
     async def count(self, rollout: Rollout) -> list[Coverage]:
