@@ -189,6 +189,11 @@ def _publish(folder: Path, fill: Callable[[Path], None]) -> Path:
         fill(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not a secret
         tmp.rename(folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (folder / MANIFEST).exists():  # another process built the same model meanwhile
+            return folder
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
