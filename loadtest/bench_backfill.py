@@ -30,7 +30,7 @@ import numpy as np
 from aiohttp import web
 from msgspec.structs import replace
 
-from loadtest.bench_proxy import free_port
+from loadtest.ports import free_port
 from proxy.config import Settings, load_settings
 from proxy.ingest.backfill import DEFAULT_RATE, Backfill, Options
 from proxy.ingest.documents import Document

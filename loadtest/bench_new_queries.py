@@ -39,7 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from loadtest.bench_proxy import free_port, start, worktree, wrk
+from loadtest.bench_proxy import start, worktree, wrk
+from loadtest.ports import free_port
 from proxy.models.encoders import OnnxModel, QueryEncoder, default_threads
 
 WORDS = ("warm", "tent", "boots", "stove", "trail", "winter", "kids", "fleece", "helmet", "snow",

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ import aiohttp
 import msgspec
 import numpy as np
 from aiohttp import web
+
+from loadtest.ports import free_port
 
 QUERIES = ["warm jacket for winter", "tent for two people", "water filter for hiking",
            "light for night hikes", "boots for rocky trails", "stove that boils fast",
@@ -64,12 +65,6 @@ def answered(url: str, timeout_s: float = 2.0) -> bytes | None:
         return None
     except OSError:
         return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the servers (run as subprocesses of this benchmark) ---------------------------------------

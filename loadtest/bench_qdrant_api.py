@@ -26,7 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.bench_proxy import QUERIES, fixed_rate, free_port, start, wrk
+from loadtest.bench_proxy import QUERIES, fixed_rate, start, wrk
+from loadtest.ports import free_port
 
 USERS = 50
 

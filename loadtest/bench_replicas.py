@@ -19,7 +19,8 @@ import statistics
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from loadtest.bench_proxy import free_port, start, wrk_throughput
+from loadtest.bench_proxy import start, wrk_throughput
+from loadtest.ports import free_port
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ import aiohttp
 import numpy as np
 from msgspec.structs import replace
 
-from loadtest.bench_proxy import free_port, start
+from loadtest.bench_proxy import start
+from loadtest.ports import free_port
 from proxy.config import Settings
 from proxy.models.catalog import resolve
 from proxy.models.encoders import OnnxModel, default_threads

@@ -42,7 +42,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from loadtest.bench_proxy import QUERIES, answered, free_port
+from loadtest.bench_proxy import QUERIES, answered
+from loadtest.ports import free_port
 
 TOKEN = "scenario-admin-token"
 _VOCABULARY = """warm waterproof light tent boots jacket stove trail winter summer kids fleece

@@ -29,7 +29,8 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from loadtest.bench_proxy import free_port, start
+from loadtest.bench_proxy import start
+from loadtest.ports import free_port
 from proxy.state.redis_server import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[1]

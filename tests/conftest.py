@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from loadtest.ports import PORTS_VARIABLE, worker_range
 from proxy.config import Settings
 from proxy.state.client import connect
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
+from tests.paths import held
 from tests.servers import Infinity
 
 # A run fails for a reason, never for a draw: the same examples every run, no example database
@@ -23,6 +25,16 @@ from tests.servers import Infinity
 settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The servers the tests start listen on ports below the kernel's ephemeral range (no
+    client's outgoing connection takes one between its pick and its bind), each parallel
+    worker (pytest-xdist, ``-n``) on a range of its own."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    low, high = worker_range(worker, workers)
+    os.environ[PORTS_VARIABLE] = f"{low}-{high}"
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +70,9 @@ def models_dir() -> Path:
 
     directory = Path(os.environ.get("EMBEDSHIFT_TEST_MODELS",
                                     Path(__file__).resolve().parents[1] / ".embedshift" / "models"))
-    for model_id, quantization in ((L3_ID, "none"), (L6_ID, "none"), (L6_ID, "int8")):
-        build_model(model_id, quantization, directory)
+    with held(directory.with_name(directory.name + ".lock")):  # parallel workers build once
+        for model_id, quantization in ((L3_ID, "none"), (L6_ID, "none"), (L6_ID, "int8")):
+            build_model(model_id, quantization, directory)
     return directory
 
 

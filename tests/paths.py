@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +26,16 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(missing_reason(path))
     return path
+
+
+@contextlib.contextmanager
+def held(lock: Path) -> Iterator[None]:
+    """``lock`` held exclusively (flock): what one test process builds under it (the models,
+    Infinity's venv), a parallel worker waits for instead of building beside it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

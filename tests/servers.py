@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from loadtest.bench_proxy import answered
-from tests.paths import FIXTURES, REPO
+from loadtest.ports import free_port
+from tests.paths import FIXTURES, REPO, held
 
 REQUIREMENTS = FIXTURES / "infinity-requirements.txt"
 SERVED_NAME = "all-minilm-l6"
@@ -30,15 +30,16 @@ def venv() -> Path:
     folder = Path(os.environ.get("EMBEDSHIFT_TEST_INFINITY_VENV",
                                  REPO / ".embedshift" / "infinity-venv"))
     stamp = folder / "requirements.txt"
-    if stamp.is_file() and stamp.read_text() == REQUIREMENTS.read_text():
+    with held(folder.with_name(folder.name + ".lock")):  # parallel workers make it once
+        if stamp.is_file() and stamp.read_text() == REQUIREMENTS.read_text():
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(folder)], check=True)
+        subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--no-deps", "-r",
+                        str(REQUIREMENTS)], check=True)
+        shutil.copyfile(REQUIREMENTS, stamp)
         return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(folder)], check=True)
-    subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--no-deps", "-r",
-                    str(REQUIREMENTS)], check=True)
-    shutil.copyfile(REQUIREMENTS, stamp)
-    return folder
 
 
 def l6_folder() -> Path:
@@ -61,12 +62,6 @@ def cls_pooled_copy(target: Path) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class Infinity:
     """One Infinity server process; ``start`` again (another model folder) restarts it on the
     same port, under the same served name."""
@@ -86,7 +81,7 @@ class Infinity:
                "OMP_NUM_THREADS": "1"}
         with (self.log_dir / f"infinity-{self.port}.log").open("ab") as log:
             self.process = subprocess.Popen(
-                [str(folder / "bin" / "infinity_emb"), "v2", "--model-id",
+                [str(folder / "bin" / "python"), "-m", "infinity_emb.cli", "v2", "--model-id",
                  str(model or l6_folder()), "--served-model-name", SERVED_NAME, "--host",
                  "127.0.0.1", "--port", str(self.port), "--engine", "torch", "--device", "cpu",
                  "--no-model-warmup", "--url-prefix", "/v1"],

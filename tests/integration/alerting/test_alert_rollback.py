@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from loadtest.bench_proxy import free_port
+from loadtest.ports import free_port
 from proxy.web.keys import WATCHER
 from rollout_rules.model import GuardPolicy
 from tests.integration.alerting.conftest import install_missing

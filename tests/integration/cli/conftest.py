@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from loadtest.bench_proxy import free_port
+from loadtest.ports import free_port
 from proxy.state.redis_server import EmbeddedRedis
 
 

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
-from loadtest.bench_proxy import free_port
+from loadtest.ports import free_port
 from proxy.cli.main import main
 from proxy.config import Settings
 from proxy.models.catalog import default_rollout

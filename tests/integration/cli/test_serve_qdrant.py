@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 
-from loadtest.bench_proxy import free_port
+from loadtest.ports import free_port
 from proxy.cli.main import main
 from proxy.models.builtin import L3_ID, L6_ID
 from tests.integration.cli.conftest import StartServing, wait_ready

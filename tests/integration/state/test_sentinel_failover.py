@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import redis
 
+from loadtest.ports import free_port
 from proxy.state.redis_server import redis_server_binary
 from tests.integration.conftest import ADMIN_TOKEN, Engine, Proxy, ProxyFactory
 from tests.integration.web.test_safety import alert
-from tests.servers import free_port
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 MASTER = "rules"

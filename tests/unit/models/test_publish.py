@@ -1,5 +1,6 @@
-"""A model folder appears whole or not at all, and two processes building the same model at
-once both end with the one folder (the second's copy is dropped, not an error)."""
+"""A model folder appears whole or not at all, and two builders of one model end with one folder.
+
+The second builder's copy is dropped, not an error."""
 
 from __future__ import annotations
 
