@@ -98,8 +98,9 @@ class Searcher:
         query = Query(asked, coverage, deadline, rollout.revision, rollout.guard.max_p99_ms,
                       span.is_recording())
         cohorts = self.cohorts
+        version = rollout.version(decision.version)  # looked up once: the answer names it
         try:
-            found = await self.find(alias, rollout.version(decision.version), query)
+            found = await self.find(alias, version, query)
         except TimeoutError:
             cohorts.answered(alias, rollout.revision, decision.version, failed=True)
             raise
@@ -116,13 +117,14 @@ class Searcher:
             log.warning("candidate_failed", alias=alias, version=decision.version,
                         error=str(exc), answered_by=rollout.stable)
             decision = replace(decision, version=rollout.stable, reason=Reason.FALLBACK)
-            found = await self._fallback(alias, rollout, query)
+            version = rollout.version(rollout.stable)
+            found = await self._fallback(alias, version, rollout.revision, query)
         else:
             cohorts.answered(alias, rollout.revision, decision.version)
             if self.shadow is not None:
                 self.shadow.maybe(self, rollout, decision.version, query, found.hits)
-        return self._answer(alias, rollout, decision, found, started=started, span=span,
-                            text=asked.text)
+        return self._answer(alias, rollout, version, decision, found, started=started,
+                            span=span, text=asked.text)
 
     def rollout(self, alias: str) -> Rollout:
         """The alias's rule as last read; NotFoundError if none declares it."""
@@ -168,18 +170,19 @@ class Searcher:
             time.perf_counter() - searching)
         decision = Decision(space.name, Reason.VECTOR, None, rollout.revision, 0.0)
         span = span if span is not None else trace.get_current_span()
-        return self._answer(alias, rollout, decision, Found(hits, False, False),
+        return self._answer(alias, rollout, space, decision, Found(hits, False, False),
                             started=started, span=span, text="")
 
-    async def _fallback(self, alias: str, rollout: Rollout, query: Query) -> Found:
+    async def _fallback(self, alias: str, stable: Version, revision: int, query: Query
+                        ) -> Found:
         """Stable answers for a failed candidate; a search of stable's like any other, so it
         counts in stable's cohort (the guard's baseline when few users are left on it)."""
         try:
-            found = await self.find(alias, rollout.version(rollout.stable), query)
+            found = await self.find(alias, stable, query)
         except (BackendError, ModelError, TimeoutError):
-            self.cohorts.answered(alias, rollout.revision, rollout.stable, failed=True)
+            self.cohorts.answered(alias, revision, stable.name, failed=True)
             raise
-        self.cohorts.answered(alias, rollout.revision, rollout.stable)
+        self.cohorts.answered(alias, revision, stable.name)
         return found
 
     async def find(self, alias: str, version: Version, query: Query) -> Found:
@@ -251,9 +254,11 @@ class Searcher:
             span.set_status(StatusCode.ERROR, str(error))
         span.end()
 
-    def _answer(self, alias: str, rollout: Rollout, decision: Decision, found: Found, *,
-                started: float, span: trace.Span, text: str) -> SearchResponse:
-        version = rollout.version(decision.version)
+    def _answer(self, alias: str, rollout: Rollout, version: Version, decision: Decision,
+                found: Found, *, started: float, span: trace.Span, text: str
+                ) -> SearchResponse:
+        """``version``: the one that answered (``decision.version``'s, looked up by the
+        caller)."""
         hits = found.hits
         elapsed = time.perf_counter() - started
         metrics = self.metrics
