@@ -1,5 +1,6 @@
 """Session-wide fixtures: a real redis-server started by the tests themselves; hypothesis
-draws the same examples on every run."""
+draws the same examples on every run; parallel workers (pytest-xdist) each on ports of their
+own, the models built once between them."""
 
 from __future__ import annotations
 
