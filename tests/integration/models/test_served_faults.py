@@ -28,9 +28,9 @@ from proxy.models.fake import FakeEmbeddingsService, HashModel
 from proxy.models.loader import ModelCache
 from proxy.models.served import ServedSpec
 from proxy.vectors.edge import EdgeStore
-from proxy.web.keys import BACKFILL, DRIFT, WATCHER
+from proxy.web.keys import BACKFILL, DRIFT
 from rollout_rules.model import Rollout, Target, Version
-from tests.eventually import eventually, eventually_async
+from tests.eventually import eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Engine, Proxy, ProxyFactory
 
 KEY = "sk-served-test-2f9e61c0"
@@ -98,9 +98,7 @@ async def _percent(proxy: Proxy, percent: float) -> None:
     response = await proxy.client.post("/admin/aliases/notes/percent", headers=ADMIN,
                                        json={"percent": percent, "reason": "test"})
     assert response.status == 200, await response.text()
-    revision = (await response.json())["after"]["revision"]
-    await eventually(lambda: proxy.app[WATCHER].rollouts["notes"].revision >= revision,
-                     timeout_s=10)
+    await proxy.serving("notes", (await response.json())["after"]["revision"])
 
 
 async def test_live_queries_keep_answering_through_every_fault_and_the_key_shows_nowhere(
@@ -110,9 +108,7 @@ async def test_live_queries_keep_answering_through_every_fault_and_the_key_shows
         response = await proxy.client.post("/v1/aliases/notes/documents", headers=ADMIN,
                                            json={"documents": served.documents(120)})
         assert response.status == 200, await response.text()
-        watcher = proxy.app[WATCHER]  # the gate lets users in once it sees v2 complete
-        await eventually(lambda: watcher.coverage.get("notes", {}).get("v2") == 1.0,
-                         timeout_s=10)
+        await proxy.serving("notes", complete="v2")
         await _percent(proxy, 50)
         calm = await _searches(proxy, range(0, 60))
         on_v2 = {i for i, found in enumerate(calm) if found["model_version"] == "v2"}

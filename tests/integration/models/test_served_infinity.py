@@ -27,7 +27,7 @@ from proxy.models.served import ServedModel, ServedSpec
 from proxy.vectors.edge import EdgeStore
 from proxy.web.keys import DRIFT, WATCHER
 from rollout_rules.model import Rollout, Target, Version
-from tests.eventually import eventually, eventually_async
+from tests.eventually import eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Engine, Proxy, ProxyFactory
 from tests.readme import README
 from tests.servers import KEY, SERVED_NAME, Infinity, cls_pooled_copy
@@ -150,11 +150,7 @@ async def test_a_migration_to_the_served_model_from_ingest_to_search(
     assert report["passed"] and report["candidate_documents"] == 400, report
     assert report["min_cosine"] >= 0.999, report
     ramped = await _admin(proxy, "percent", {"percent": 100, "reason": "served v2 verified"})
-    # the admin API answers once Redis holds the change; this proxy's watcher follows a moment
-    # later (and the gate lets users in once it sees v2 complete): search after both
-    watcher = proxy.app[WATCHER]
-    await eventually(lambda: watcher.rollouts["kb"].revision >= ramped["after"]["revision"]
-                     and watcher.coverage.get("kb", {}).get("v2") == 1.0, timeout_s=10)
+    await proxy.serving("kb", ramped["after"]["revision"], complete="v2")
     texts = [str(documents[i]["text"]) for i in (3, 77, 250, 390)]
     local = np.asarray(l6.embed(texts)) @ np.asarray(l6.embed_many(
         [str(d["text"]) for d in documents])).T
