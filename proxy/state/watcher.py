@@ -96,6 +96,15 @@ class RuleWatcher:
         if alias in self.rollouts and alias not in self.vanished:
             self.coverage = {**self.coverage, alias: await self._coverage_of(alias)}
 
+    async def follow(self, alias: str, within_s: float = 2.0) -> None:
+        """Re-read one alias and its coverage now, for a write this proxy just made (so a
+        search through it right after sees the change). Bounded, and never raises: the store
+        holds the change, and the background tasks catch up if this read cannot."""
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
+            async with asyncio.timeout(within_s):
+                await self.refresh_alias(alias)
+                await self.refresh_coverage(alias)  # the gate's basis may have changed
+
     async def refresh_alias(self, alias: str) -> None:
         try:
             rollout = await self.store.get(alias)

@@ -3,6 +3,11 @@
 Every write goes through the operator in ``proxy.control`` (compare-and-set, audited, published)
 with the actor ``admin-api`` or what ``X-Embedshift-Actor`` says. The bearer token is checked in
 ``proxy.web.auth``; with no token configured the API is off.
+
+A write that changes a rule is answered once this proxy serves it (read-your-writes: a search
+through the same proxy right after the answer sees the change); other proxies follow through the
+change feed a moment later. That re-read is bounded and never fails the write
+(``RuleWatcher.follow``).
 """
 
 from __future__ import annotations
@@ -63,9 +68,16 @@ async def history(request: web.Request) -> web.Response:
 
 async def set_percent(request: web.Request) -> web.Response:
     body = await read_json(request, PercentAction)
-    change = await operator_of(request).set_percent(request.match_info["alias"], body.percent,
-                                                  body.reason, body.if_revision)
-    return json_response(change)
+    alias = request.match_info["alias"]
+    change = await operator_of(request).set_percent(alias, body.percent, body.reason,
+                                                  body.if_revision)
+    return await _served(request, alias, change)
+
+
+async def _served(request: web.Request, alias: str, answer: object) -> web.Response:
+    """The write's answer, once this proxy's watcher has re-read the alias it wrote."""
+    await request.app[WATCHER].follow(alias)
+    return json_response(answer)
 
 
 Act = Callable[[Operator, str, Action], Awaitable[Change]]
@@ -75,7 +87,8 @@ async def _act(request: web.Request, act: Act) -> web.Response:
     """Run one state action on the alias in the path, with the optional body's reason,
     expected revision and force."""
     body = await _optional_body(request)
-    return json_response(await act(operator_of(request), request.match_info["alias"], body))
+    alias = request.match_info["alias"]
+    return await _served(request, alias, await act(operator_of(request), alias, body))
 
 
 async def _optional_body(request: web.Request) -> Action:
@@ -90,10 +103,10 @@ async def delete(request: web.Request) -> web.Response:
     alias = request.match_info["alias"]
     watcher = request.app[WATCHER]
     if alias in watcher.vanished and alias in watcher.rollouts:
-        return json_response(await operator_of(request).delete_vanished(watcher.rollouts[alias],
-                                                                      body.reason))
-    entry = await operator_of(request).delete(alias, body.reason, body.if_revision)
-    return json_response(entry)
+        entry = await operator_of(request).delete_vanished(watcher.rollouts[alias], body.reason)
+    else:
+        entry = await operator_of(request).delete(alias, body.reason, body.if_revision)
+    return await _served(request, alias, entry)
 
 
 async def restore(request: web.Request) -> web.Response:
@@ -104,7 +117,8 @@ async def restore(request: web.Request) -> web.Response:
         raise NotFoundError(alias)
     body = await _optional_body(request)
     coverage = request.app[WATCHER].coverage.get(alias, {})
-    return json_response(await operator_of(request).restore(snapshot, body.reason, coverage))
+    return await _served(request, alias,
+                         await operator_of(request).restore(snapshot, body.reason, coverage))
 
 
 async def pause(request: web.Request) -> web.Response:

@@ -65,6 +65,7 @@ async def ingest(request: web.Request) -> web.Response:
     results = await request.app[INGESTOR].write(rollout, documents)
     failed = sum(1 for r in results if r.failed)
     answer = IngestAnswer(written=len(results) - failed, failed=failed, results=list(results))
+    await request.app[WATCHER].follow(rollout.alias)  # this proxy's gate sees the new coverage
     return json_response(answer, status=207 if failed else 200)
 
 
@@ -72,6 +73,7 @@ async def delete_document(request: web.Request) -> web.Response:
     rollout = _rollout(request)
     doc_id = parse_doc_id(request.match_info["doc_id"])
     removed = await request.app[INGESTOR].delete(rollout, doc_id)
+    await request.app[WATCHER].follow(rollout.alias)
     return json_response({"id": doc_id, "removed_from": removed})
 
 
@@ -158,4 +160,5 @@ async def adopt_collection(request: web.Request) -> web.Response:
     body = await read_json(request, AdoptRequest)
     adoption = await adopt(request.app[INGESTOR], request.match_info["alias"], body,
                            operator_of(request).actor)
+    await request.app[WATCHER].follow(request.match_info["alias"])  # searchable when answered
     return json_response(adoption)

@@ -287,6 +287,27 @@ async def test_the_admin_api_needs_its_token_and_mirrors_the_cli(proxies: ProxyF
     assert bad.status == 400 and (await bad.json())["error"]["field"] == "reason"
 
 
+async def test_a_proxy_serves_an_admin_write_before_it_answers(proxies: ProxyFactory) -> None:
+    """Read-your-writes: with its change feed and polling stopped, so that only the write's own
+    re-read can bring the change, the proxy written through serves each change it answers."""
+    await proxies.declare(percent=0)
+    proxy = await proxies.start()
+    watcher = proxy.app[WATCHER]
+    await watcher.stop()
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    user = _users_on(["v1"], percent=50)[0]  # on stable until the ramp
+    ramped = await proxy.client.post("/admin/aliases/products/percent", headers=auth,
+                                     json={"percent": 100, "reason": "all in"})
+    assert ramped.status == 200
+    revision = (await ramped.json())["after"]["revision"]
+    assert watcher.rollouts["products"].revision == revision
+    assert (await proxy.search(user_id=user))["model_version"] == "v2"
+    rolled = await proxy.client.post("/admin/aliases/products/rollback", headers=auth,
+                                     json={"reason": "an incident"})
+    assert rolled.status == 200 and watcher.rollouts["products"].state == "rolled_back"
+    assert (await proxy.search(user_id=user))["model_version"] == "v1"
+
+
 async def test_health_readiness_and_the_openapi_document(proxies: ProxyFactory) -> None:
     await proxies.declare()
     proxy = await proxies.start()
