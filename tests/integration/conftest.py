@@ -28,11 +28,9 @@ from proxy.telemetry import tracer_provider
 from proxy.vectors.base import VectorStore
 from proxy.vectors.edge import EdgeStore
 from proxy.web.app import Deps, make_app
-from proxy.web.keys import WATCHER
 from rollout_rules.errors import BackendError
 from rollout_rules.model import GuardPolicy, Rollout, Target
 from tests.conftest import make_server
-from tests.eventually import eventually
 
 ADMIN_TOKEN = "test-admin-token"
 OVERRIDE_TOKEN = "test-override-token"
@@ -105,20 +103,6 @@ class Proxy:
                                           json={"query": "warm jacket", **body})
         assert response.status == 200, await response.text()
         return await response.json()
-
-    async def serving(self, alias: str, revision: int = 0, complete: str | None = None
-                      ) -> None:
-        """Wait until this proxy serves ``alias`` at ``revision`` or later and, given a
-        version, sees it complete (the gate lets users in then): the admin API answers once
-        Redis holds a change, and the proxy's watcher follows a moment later."""
-        watcher = self.app[WATCHER]
-
-        def follows() -> bool:
-            rollout = watcher.rollouts.get(alias)
-            return (rollout is not None and rollout.revision >= revision
-                    and (complete is None
-                         or watcher.coverage.get(alias, {}).get(complete) == 1.0))
-        await eventually(follows, timeout_s=10)
 
 
 class ProxyFactory:

@@ -87,7 +87,7 @@ async def test_a_collection_the_application_wrote_is_adopted_and_migrated(
                           {"collection": "kb", "model": L3_ID})
     assert adopted["adopted"] and adopted["text_field"] == "page_content"
     assert adopted["median_cosine"] > 0.999 and adopted["points"] == len(texts)
-    await eventually(lambda: "docs" in proxy.app[WATCHER].rollouts)
+    assert "docs" in proxy.app[WATCHER].rollouts  # served once the adoption is answered
 
     def query(user: str, text: str) -> list[Any]:
         from qdrant_client.context_headers import headers
@@ -119,7 +119,7 @@ async def test_a_collection_the_application_wrote_is_adopted_and_migrated(
 
     await _call(proxy, "POST", "/admin/aliases/docs/percent", {"percent": 100, "reason": "go"})
     await _call(proxy, "POST", "/admin/aliases/docs/promote", {"reason": "verified"})
-    await eventually(lambda: proxy.app[WATCHER].rollouts["docs"].stable == "v2")
+    assert proxy.app[WATCHER].rollouts["docs"].stable == "v2"  # served once answered
     [after] = await asyncio.to_thread(query, "alice", texts[6])
     assert after.id == ids[6] and after.payload == {"page_content": texts[6],
                                                     "metadata": {"n": 6}}
