@@ -102,8 +102,13 @@ class RuleWatcher:
         holds the change, and the background tasks catch up if this read cannot."""
         with contextlib.suppress(StoreUnavailable, TimeoutError):
             async with asyncio.timeout(within_s):
-                await self.refresh_alias(alias)
-                await self.refresh_coverage(alias)  # the gate's basis may have changed
+                await self._reread(alias)
+
+    async def _reread(self, alias: str) -> None:
+        """One alias's rule changed: its rule, then its coverage (the gate's basis may have
+        changed with it)."""
+        await self.refresh_alias(alias)
+        await self.refresh_coverage(alias)
 
     async def refresh_alias(self, alias: str) -> None:
         try:
@@ -160,8 +165,7 @@ class RuleWatcher:
                     if revision is None:
                         await self.refresh_coverage(alias)
                     elif current is None or revision > current.revision:
-                        await self.refresh_alias(alias)
-                        await self.refresh_coverage(alias)  # the gate's basis may have changed
+                        await self._reread(alias)
             except StoreUnavailable as exc:
                 self._mark_down(exc)
             await asyncio.sleep(backoff)
