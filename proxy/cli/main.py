@@ -42,6 +42,17 @@ _SETTINGS_FLAGS = ("redis_url", "data_dir", "actor", "host", "port", "qdrant_por
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; a reader that closes the pipe early (``| head -1``) ends it quietly,
+    with the status a shell gives a command stopped by SIGPIPE."""
+    try:
+        return _main(argv, environ)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # nothing more reaches the closed pipe,
+        os.dup2(devnull, sys.stdout.fileno())  # not even the interpreter's flush at exit
+        return 141
+
+
+def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
     environ = os.environ if environ is None else environ
     if argv is None and (sys.argv[1:2] and sys.argv[1] in GROUPS["rollout"]):
         _without_redis_telemetry()
@@ -61,6 +72,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if result is not None:
         payload, text = result
         print(msgspec.json.encode(payload).decode() if args.json else text)
+        sys.stdout.flush()  # a closed pipe fails here, inside main, not at the exit's flush
     return 0
 
 

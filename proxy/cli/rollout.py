@@ -347,7 +347,7 @@ def add_parsers(add: AddCommand) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p = command("ramp", cmd_ramp, "ramp the candidate step by step from its current share, "
                                   "each step taken only while the guard finds it healthy, "
-                                  "and promote it once a last step of 100% is")
+                                  "and promote it once a last step of 100%% is")
     p.add_argument("alias")
     p.add_argument("--steps", help="percentages, e.g. 5,10,25,50,100")
     p.add_argument("--every", help="how long each step lasts at least, e.g. 10m")

@@ -60,3 +60,33 @@ def test_status_imports_neither_the_vector_stores_nor_the_models() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_every_commands_help_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--help` of the CLI and of each command prints (a stray `%` in a help text once made
+    argparse fail with a TypeError instead)."""
+    from proxy.cli.main import GROUPS
+
+    for command in [None, *(name for names in GROUPS.values() for name in names)]:
+        with pytest.raises(SystemExit) as done:
+            main([*([command] if command else []), "--help"], {})
+        assert done.value.code == 0, command
+    assert "ramp" in capsys.readouterr().out
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_cli_quietly() -> None:
+    """`embedshift ... | head -1`: no BrokenPipeError traceback, SIGPIPE's exit status."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom proxy.cli import main\n"
+            "main._main = lambda argv, environ: print('rev 1\\n' * 100_000) or 0\n"
+            "sys.exit(main.main())\n")  # more than a pipe holds: the write itself fails
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # closed before the child writes a byte: its first write fails
+    error = child.stderr.read().decode()
+    child.stderr.close()
+    assert child.wait(timeout=60) == 141, error
+    assert "Traceback" not in error and "BrokenPipe" not in error, error
