@@ -228,6 +228,7 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
     library's json and the text layer)."""
     if json is None:
         json = not sys.stderr.isatty()
+    _stdlib_through_structlog(level)
     if json:
         encode = msgspec.json.Encoder().encode
         structlog.configure(
@@ -246,6 +247,29 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class _ToStructlog(logging.Handler):
+    """A library's own log record (aiohttp, redis, OpenTelemetry's exporter) as one structlog
+    line, so the log stays one JSON object a line: its traceback, if any, becomes a field."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, Any] = {"logger": record.name}
+        if record.exc_info and record.exc_info[1] is not None:
+            fields["error"] = type(record.exc_info[1]).__name__
+            fields["exc_info"] = record.exc_info
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        structlog.get_logger(record.name).log(record.levelno, message, **fields)
+
+
+def _stdlib_through_structlog(level: int) -> None:
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _ToStructlog)]
+    root.addHandler(_ToStructlog())
+    root.setLevel(max(level, logging.WARNING))  # libraries' info and debug stay quiet
 
 
 def _utc_now(_logger: Any, _method: str, event: MutableMapping[str, Any]
