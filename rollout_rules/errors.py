@@ -108,4 +108,9 @@ class FeatureOff(AccessError):
 
 
 class BackendError(EmbedshiftError):
-    """A vector store failed a request; the search path falls back or answers 503."""
+    """A vector store failed a request; the search path falls back or answers 503. ``public``
+    is what a caller is told (the engine's own words, paths and internals stay in the logs)."""
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public or message

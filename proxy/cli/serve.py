@@ -34,7 +34,7 @@ from proxy.vectors.base import VectorStore
 from proxy.vectors.edge import EdgeStore
 from proxy.vectors.server import ServerStore
 from proxy.web.app import Deps, make_app
-from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, TRACER
+from proxy.web.keys import EMBEDDER, INGESTOR, READY, SEARCHER, TRACER
 from proxy.web.server import serve_until_signalled
 from rollout_rules.errors import NotFoundError
 
@@ -80,8 +80,8 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
 
     app = make_app(settings, deps)
     also = [] if settings.qdrant_port is None else [
-        (make_qdrant_app(settings, app[SEARCHER], app[TRACER], app[INGESTOR], app[EMBEDDER]),
-         replace(settings, port=settings.qdrant_port))]
+        (make_qdrant_app(settings, app[SEARCHER], app[TRACER], app[INGESTOR], app[EMBEDDER],
+                         lifecycle=app[READY]), replace(settings, port=settings.qdrant_port))]
     await serve_until_signalled(app, settings, on_listening=listening,
                                 after_cleanup=close_stores, also=also)
 

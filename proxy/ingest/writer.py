@@ -71,10 +71,21 @@ class PayloadChange(msgspec.Struct, frozen=True, kw_only=True):
     filter: models.Filter | None = None
 
 
+async def held(store: VectorStore, target: Target, ids: Sequence[PointId]) -> set[PointId]:
+    """Which of ``ids`` the collection holds (the engine refuses a change to a missing point)."""
+    return {point.id for point in await store.retrieve(target, list(ids), [])}
+
+
 async def apply_payload_change(store: VectorStore, target: Target, change: PayloadChange,
                                ids: list[PointId] | None, protected: set[str]) -> None:
-    """One version's (or one plain collection's) share of a payload change. Overwrite and clear
-    are by id: they remove the application's other keys, never ``protected`` ones."""
+    """One version's (or one plain collection's) share of a payload change, to the points it
+    holds. Overwrite and clear are by id: they remove the application's other keys, never
+    ``protected`` ones."""
+    if ids is not None:
+        present = await held(store, target, ids)
+        ids = [point for point in ids if point in present]
+        if not ids:
+            return
     where = {"ids": ids} if ids is not None else {"query_filter": change.filter}
     if change.kind in ("overwrite", "clear"):
         if ids is None:
@@ -205,17 +216,29 @@ class Ingestor:
         """Apply an application's payload change in every declared version that exists (its
         documents by id, or those matching a filter on its payload); embedshift's envelope and
         a shared layout's match keys are never touched. The versions it ran in."""
-        ran = []
-        for version in rollout.versions:
-            if await self.store.describe(version.target) is None:
-                continue
-            protected = {RESERVED, *version.target.payload_match}
+        written = [v for v in rollout.versions if await self.store.describe(v.target)]
+        for version in written:
             touched = set(change.payload) | set(change.keys)
+            protected = {RESERVED, *version.target.payload_match}
             if touched & protected:
                 raise RuleError("payload", f"{sorted(touched & protected)[0]} is embedshift's "
                                            "own and cannot be changed")
+        if change.ids is not None:  # every id is held somewhere, or nothing changes (as Qdrant)
+            await self._refuse_unheld(rollout.alias, written, list(change.ids))
+        for version in written:
             ids = (None if change.ids is None
                    else [point_id(doc_id, version) for doc_id in change.ids])
-            await apply_payload_change(self.store, version.target, change, ids, protected)
-            ran.append(version.name)
-        return ran
+            await apply_payload_change(self.store, version.target, change, ids,
+                                       {RESERVED, *version.target.payload_match})
+        return [version.name for version in written]
+
+    async def _refuse_unheld(self, alias: str, versions: Sequence[Version],
+                             doc_ids: list[DocId]) -> None:
+        """DocumentNotFound for the first of ``doc_ids`` that no version holds."""
+        missing = list(doc_ids)
+        for version in versions:
+            present = await held(self.store, version.target,
+                                 [point_id(doc_id, version) for doc_id in missing])
+            missing = [d for d in missing if point_id(d, version) not in present]
+        if missing:
+            raise DocumentNotFound(alias, missing[0])

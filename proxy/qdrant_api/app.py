@@ -15,22 +15,22 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from opentelemetry.trace import Tracer
 
 from proxy.config import Settings
-from proxy.http import status_of
+from proxy.http import ERROR_SHAPE, public_message, status_of
 from proxy.ingest.writer import Ingestor
 from proxy.qdrant_api import handlers
 from proxy.qdrant_api.handlers import PARTS, Parts
-from proxy.qdrant_api.shapes import error
+from proxy.qdrant_api.shapes import check_name, error
 from proxy.serving.embed import Embedder
+from proxy.serving.readiness import Lifecycle, close_when_draining
 from proxy.serving.search import Searcher
 from rollout_rules.errors import (
     AccessError,
     EmbedshiftError,
     FeatureOff,
-    NotFoundError,
 )
 
 log = structlog.get_logger("embedshift.qdrant_api")
@@ -53,7 +53,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/", handlers.root),
     ("GET", "/healthz", handlers.healthz),
     ("GET", "/livez", handlers.healthz),
-    ("GET", "/readyz", handlers.healthz),
+    ("GET", "/readyz", handlers.readyz),
     ("GET", "/collections", handlers.list_collections),
     ("GET", "/aliases", handlers.list_aliases),
     ("GET", "/collections/{name}", handlers.get_collection),
@@ -83,12 +83,14 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     started = time.perf_counter()
     try:
         _check_key(request)
+        if "name" in request.match_info:
+            check_name(request.match_info["name"])
         return await handler(request)
     except EmbedshiftError as exc:
-        status = status_of(exc)
+        status, message = status_of(exc), public_message(exc)
         field = getattr(exc, "field", None)
-        return _qdrant_error(status, f"{field}: {exc}" if field and field not in str(exc)
-                             else str(exc), started)
+        return _qdrant_error(status, f"{field}: {message}" if field and field not in message
+                             else message, started)
     except web.HTTPException as exc:
         return _qdrant_error(exc.status, exc.text or exc.reason, started)
     except Exception:
@@ -137,17 +139,36 @@ def _same(given: str | None, expected: str | None) -> bool:
         given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
+def _shape(status: int, message: str) -> bytes:
+    return _ENCODER.encode(error(message))
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` goes on; anything else is a 417 in Qdrant's shape."""
+    if request.headers.get("Expect", "").lower() == "100-continue" and \
+            request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+    return _qdrant_error(417, "only 'Expect: 100-continue' is supported", time.perf_counter())
+
+
 async def _not_served(request: web.Request) -> web.Response:
-    raise NotFoundError(f"{request.method} {request.path} is not served by embedshift's "
-                        "Qdrant API (see the README: what is supported)")
+    raise web.HTTPNotFound(text=f"{request.method} {request.path} is not served by "
+                                "embedshift's Qdrant API (see the docs: what is supported)")
 
 
 def make_qdrant_app(settings: Settings, searcher: Searcher, tracer: Tracer,
-                    ingestor: Ingestor, embedder: Embedder) -> web.Application:
+                    ingestor: Ingestor, embedder: Embedder, *,
+                    lifecycle: Lifecycle | None = None) -> web.Application:
+    """``lifecycle``: the process's (the native app's), so both edges drain together."""
     app = web.Application(middlewares=[boundary], client_max_size=handlers.MAX_BODY_BYTES)
-    app[PARTS] = Parts(settings, searcher, tracer, ingestor, embedder)
+    app[PARTS] = Parts(settings, searcher, tracer, ingestor, embedder,
+                       lifecycle if lifecycle is not None else Lifecycle(started=True))
+    app.on_response_prepare.append(close_when_draining(app[PARTS].lifecycle))
     app[WRITE] = frozenset(handler for _, _, handler in WRITES)
+    app[ERROR_SHAPE] = _shape
     for method, path, handler in [*WRITES, *ROUTES]:
-        app.router.add_route(method, path, handler)
-    app.router.add_route("*", "/{path:.*}", _not_served)
+        app.router.add_route(method, path, handler, expect_handler=_expect_continue)
+    app.router.add_route("*", "/{path:.*}", _not_served, expect_handler=_expect_continue)
     return app

@@ -14,9 +14,9 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.config import Settings
-from proxy.http import decode, random_key
+from proxy.http import decode, random_key, read_body
 from proxy.ingest.documents import Document, VectorPoint, checked, doc_id_of, point_id
-from proxy.ingest.writer import Ingestor, apply_payload_change
+from proxy.ingest.writer import Ingestor, apply_payload_change, held
 from proxy.qdrant_api.plain import (
     plain,
     plain_version,
@@ -41,6 +41,7 @@ from proxy.qdrant_api.shapes import (
     point_ids,
     read_groups,
     read_index,
+    read_offset,
     read_payload_change,
     read_points,
     read_query,
@@ -53,6 +54,7 @@ from proxy.qdrant_api.shapes import (
 )
 from proxy.serving.embed import Embedder
 from proxy.serving.query import SearchRequest, SearchResponse, asked
+from proxy.serving.readiness import Lifecycle
 from proxy.serving.search import Searcher
 from proxy.telemetry import Attr
 from proxy.vectors.base import (
@@ -69,7 +71,7 @@ from rollout_rules.errors import (
     NotFoundError,
     RuleError,
 )
-from rollout_rules.model import Target, Version
+from rollout_rules.model import Target, Version, rule_error
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 32 * 1024 * 1024  # Qdrant's own default limit
@@ -84,6 +86,7 @@ class Parts:
     tracer: Tracer
     ingestor: Ingestor
     embedder: Embedder
+    lifecycle: Lifecycle  # the process's, shared with the native edge: draining on both
 
 
 PARTS = web.AppKey("qdrant_parts", Parts)
@@ -98,10 +101,9 @@ def _json(result: Any, started: float, version: str | None = None) -> web.Respon
 
 
 async def _body(request: web.Request, kind: type[T]) -> T:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise RuleError("body", f"is larger than {MAX_BODY_BYTES} bytes")
-    raw = await request.read()  # whole, within the app's client_max_size (MAX_BODY_BYTES)
-    return decode(raw or b"{}", kind)  # as every edge decodes: UTF-8, depth, then the type
+    """The body read and decoded as every edge reads and decodes one (``proxy.http``)."""
+    raw = await read_body(request, MAX_BODY_BYTES, request.app[PARTS].settings.body_timeout_s)
+    return decode(raw or b"{}", kind)
 
 
 def affinity(request: web.Request) -> str | None:
@@ -125,7 +127,16 @@ async def root(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness (``/healthz``, ``/livez``): the process answers, draining or not (a probe that
+    failed here would have it killed mid-drain)."""
     return web.Response(text="healthz check passed")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 from the moment a shutdown begins, so load balancers send no more."""
+    if request.app[PARTS].lifecycle.draining:
+        return web.Response(text="draining: shutting down", status=503)
+    return web.Response(text="all shards are ready")
 
 
 def _aliases(request: web.Request) -> list[str]:
@@ -287,8 +298,9 @@ async def _recommended(store: VectorStore, version: Version, examples: Recommend
                        ) -> list[float]:
     """The average-vector query for ``examples``: ids are looked up in ``version``."""
     ids = [x for x in (*examples.positive, *examples.negative) if not isinstance(x, list)]
+    written = await store.describe(version.target) is not None
     stored = await store.retrieve(version.target, [point_id(i, version) for i in ids],
-                                  vectors=True)
+                                  vectors=True) if written and ids else []
     vectors = {id_key(doc_id_of(p)): p.vector for p in stored if p.vector is not None}
 
     def vector(example: int | str | list[float]) -> list[float]:
@@ -375,7 +387,10 @@ async def upsert(request: web.Request) -> web.Response:
         results = await parts.ingestor.write(rollout, documents)
         failed = {f"{r.id}": r.failed for r in results if r.failed}
         if failed:
-            raise BackendError(f"not every version could be written: {failed}")
+            raise BackendError(f"not every version could be written: {failed}",
+                               public="not every version could be written (ids "
+                                      f"{sorted(failed)[:10]}): the backfill will catch the "
+                                      "missing ones up")
     if vectors:
         await parts.ingestor.write_vectors(rollout, vectors)
     return _json({"operation_id": 0, "status": "completed"}, started)
@@ -442,8 +457,11 @@ async def _records(request: web.Request, ids: list[int | str], with_payload: Any
     vectors = wants_vector(with_vector)
     selector = read_selector(with_payload)
     version = await _routed(request)
-    stored = await request.app[PARTS].searcher.store.retrieve(
-        version.target, [point_id(i, version) for i in ids], vectors=vectors)
+    store = request.app[PARTS].searcher.store
+    if await store.describe(version.target) is None:  # nothing written yet: no point
+        return []
+    stored = await store.retrieve(version.target, [point_id(i, version) for i in ids],
+                                  vectors=vectors)
     return [record(doc_id_of(point), point.payload, selector, point.vector)
             for point in stored]
 
@@ -458,10 +476,13 @@ async def scroll(request: web.Request) -> web.Response:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
         raise RuleError("limit", "must be an integer from 1 to 1000")
     selector = read_selector(body.get("with_payload"))
+    offset = read_offset(body.get("offset"))
+    where = parse_filter(body.get("filter"))
     version = await _routed(request)
-    points, after = await request.app[PARTS].searcher.store.scroll(
-        version.target, body.get("offset"), limit, vectors=vectors,
-        query_filter=parse_filter(body.get("filter")))
+    store = request.app[PARTS].searcher.store
+    points, after = await store.scroll(version.target, offset, limit, vectors=vectors,
+                                       query_filter=where) \
+        if await store.describe(version.target) is not None else ([], None)
     return _json({"points": [record(doc_id_of(p), p.payload, selector, p.vector)
                              for p in points],
                   "next_page_offset": after}, started, version.name)
@@ -485,6 +506,11 @@ async def _change_payload(request: web.Request, kind: str) -> web.Response:
     change = read_payload_change(kind, await _raw(request))
     own = await plain(parts.searcher, request.match_info["name"])
     if own is not None:
+        if change.ids is not None:  # a missing point is a 404, as in Qdrant
+            present = await held(parts.searcher.store, own.target, list(change.ids))
+            for doc_id in change.ids:
+                if doc_id not in present:
+                    raise DocumentNotFound(own.target.collection, doc_id)
         await apply_payload_change(parts.searcher.store, own.target, change,
                                    None if change.ids is None else list(change.ids),
                                    {RESERVED})
@@ -524,6 +550,9 @@ async def recommend(request: web.Request) -> web.Response:
     body = await _raw(request)
     examples = {key: body.pop(key) for key in ("positive", "negative", "strategy")
                 if key in body}
-    query_body = msgspec.convert({**body, "query": {"recommend": examples}}, QueryBody)
+    try:
+        query_body = msgspec.convert({**body, "query": {"recommend": examples}}, QueryBody)
+    except msgspec.ValidationError as exc:
+        raise rule_error(str(exc)) from None
     [(result, version)] = await _each(request, [read_query(query_body)])
     return _json(result["points"], started, version or None)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
+from proxy.ingest.documents import is_uuid
 from proxy.ingest.writer import PayloadChange
 from proxy.vectors.base import INDEX_SCHEMAS, Hit, id_key, parse_filter
 from rollout_rules.errors import RuleError
@@ -336,13 +337,51 @@ def _point(where: str, point_id: Any, vector: Any, payload: Any) -> Incoming:
     return Incoming(point_id, None, _numbers(vector, f"{where}.vector"), payload)
 
 
+MAX_ID = 2**63 - 1
+"""The largest integer id (a document id's bound; Qdrant's is an unsigned 64-bit integer)."""
+MAX_NAME = 255
+"""A collection name's length at the most, as in Qdrant."""
+_NOT_IN_NAMES = frozenset('<>:"/\\|?*')
+
+
+def is_point_id(value: Any) -> bool:
+    """An unsigned integer (within ``MAX_ID``) or a non-empty string of at most 256 characters
+    (a UUID, or a document's own id, which its alias maps to a point id)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value <= MAX_ID
+    return isinstance(value, str) and 0 < len(value) <= 256
+
+
 def point_ids(body: Any, field: str = "points") -> list[int | str]:
     """The ids of a delete (``{"points": [...]}``) or a retrieve (``{"ids": [...]}``)."""
     ids = body.get(field) if isinstance(body, dict) else None
-    if not isinstance(ids, list) or not all(
-            isinstance(i, int | str) and not isinstance(i, bool) for i in ids):
-        raise RuleError(field, "must be a list of point ids")
+    if not isinstance(ids, list) or not all(is_point_id(i) for i in ids):
+        raise RuleError(field, "must be a list of point ids: unsigned integers or UUIDs")
     return list(ids)
+
+
+def read_offset(value: Any) -> int | str | None:
+    """A scroll's ``offset``: a point id the last page named (``next_page_offset``), or none."""
+    if value is None:
+        return None
+    if isinstance(value, str) and is_uuid(value):
+        return value
+    if isinstance(value, int) and is_point_id(value):
+        return value
+    raise RuleError("offset", "must be a point id: an unsigned integer or a UUID")
+
+
+def check_name(name: str) -> None:
+    """A collection name as Qdrant takes one: 1 to 255 characters, no control characters and
+    none of ``< > : " / \\ | ? *``; RuleError naming ``name`` otherwise (never echoing it)."""
+    if not 0 < len(name) <= MAX_NAME:
+        raise RuleError("name", f"a collection name has 1 to {MAX_NAME} characters; this one "
+                                f"has {len(name)}")
+    if any(ord(c) < 32 or ord(c) == 127 or c in _NOT_IN_NAMES for c in name):
+        raise RuleError("name", "a collection name holds no control characters and none of "
+                                '< > : " / \\ | ? *')
 
 
 def record(doc_id: Any, payload: dict[str, Any], selector: Selector,

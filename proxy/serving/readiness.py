@@ -10,9 +10,9 @@ collection, or a store that cannot say, is logged, not held against the version.
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -36,6 +36,19 @@ class Lifecycle:
         """Started, not draining, and the rules read at least once (no alias declared yet is
         a snapshot too)."""
         return rules_age_s is not None and self.started and not self.draining
+
+
+def close_when_draining(lifecycle: Lifecycle) -> Callable[[Any, Any], Awaitable[None]]:
+    """An answer hook (``on_response_prepare``): while draining, every answer says
+    ``Connection: close``, so no keep-alive connection is still open, idle, when the listener
+    closes (a request sent on one just then would be lost)."""
+
+    async def close(_request: Any, response: Any) -> None:
+        if lifecycle.draining:
+            response.force_close()  # the connection closes once this answer is out
+            response.headers["Connection"] = "close"  # the head is built before this hook
+
+    return close
 
 
 class Loading(Protocol):

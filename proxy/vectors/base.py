@@ -221,7 +221,8 @@ def backend_errors(collection: str, action: str) -> Iterator[None]:
     except EmbedshiftError:
         raise
     except Exception as exc:
-        raise BackendError(f"{action} in {collection} failed: {exc}") from exc
+        raise BackendError(f"{action} in {collection} failed: {exc}",
+                           public=f"{action} in {collection} failed") from exc
 
 
 FIELD_CONDITIONS = ("match", "range")

@@ -85,7 +85,8 @@ class EdgeStore:
         if shard is None:
             meta = self._sidecar(collection)
             if meta is None:
-                raise BackendError(f"collection {collection} does not exist in {self.root}")
+                raise BackendError(f"collection {collection} does not exist in {self.root}",
+                                   public=f"collection {collection} does not exist")
             shard = self._shards[collection] = edge.EdgeShard.load(
                 str(self.root / collection), self._config(meta["vectors"]))
         return shard

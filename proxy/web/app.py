@@ -36,7 +36,7 @@ from proxy.models.loader import Encoders, ModelCache
 from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.embed import Embedder
 from proxy.serving.popularity import HitRecorder
-from proxy.serving.readiness import Lifecycle, Versions
+from proxy.serving.readiness import Lifecycle, Versions, close_when_draining
 from proxy.serving.resultcache import ResultCache
 from proxy.serving.search import Searcher
 from proxy.serving.shadow import Shadow
@@ -94,6 +94,7 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     tracer = deps.tracer_provider.get_tracer("embedshift")
     app[SETTINGS], app[METRICS], app[WATCHER], app[TRACER], app[READY] = (
         settings, metrics, watcher, tracer, Lifecycle())
+    app.on_response_prepare.append(close_when_draining(app[READY]))
     recorder = HitRecorder(deps.rules_store, settings.popularity_sample)
     shadow = Shadow(metrics, settings.shadow_concurrency)
     searcher = app[SEARCHER] = Searcher(

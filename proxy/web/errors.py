@@ -16,7 +16,7 @@ import structlog
 from aiohttp import HttpVersion11, web
 from opentelemetry.trace import SpanKind, StatusCode
 
-from proxy.http import status_of
+from proxy.http import public_message, status_of
 from proxy.web.keys import METRICS, TRACER
 from rollout_rules.errors import (
     EmbedshiftError,
@@ -69,7 +69,7 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         response = await handler(request)
     except EmbedshiftError as exc:
-        response = error_response(status_of(exc), type(exc).__name__, str(exc),
+        response = error_response(status_of(exc), type(exc).__name__, public_message(exc),
                                   getattr(exc, "field", None))
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -31,6 +31,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.config import Settings
+from proxy.http import ERROR_SHAPE, ErrorShape
 from proxy.web.connections import (
     Connections,
     Reason,
@@ -40,7 +41,7 @@ from proxy.web.connections import (
     per_client_cap,
     refusal_room,
 )
-from proxy.web.errors import error_body, error_response
+from proxy.web.errors import error_body
 from proxy.web.keys import READY
 
 log = structlog.get_logger("embedshift.server")
@@ -49,9 +50,13 @@ SAME_SIGNAL_S = 0.5
 whole process group and ``uv run`` forwards it to its child as well."""
 
 
-def _raw_error(status: HTTPStatus, message: str) -> bytes:
+def native_shape(status: int, message: str) -> bytes:
+    return error_body(status, HTTPStatus(status).phrase.replace(" ", ""), message)
+
+
+def _raw_error(status: HTTPStatus, message: str, shape: ErrorShape = native_shape) -> bytes:
     """A whole JSON error response, for a connection no request handler will answer."""
-    body = error_body(status, status.phrase.replace(" ", ""), message)
+    body = shape(status, message)
     return (f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
@@ -62,9 +67,10 @@ class GuardedHandler(RequestHandler):
     count, queued messages, current request, loop); tests pin the behaviour."""
 
     def __init__(self, server: web.Server, settings: Settings, door: Connections,
-                 client: str, **kwargs: object) -> None:
+                 client: str, shape: ErrorShape = native_shape, **kwargs: object) -> None:
         super().__init__(server, **kwargs)  # type: ignore[arg-type]
         self._settings = settings
+        self._shape = shape
         self._door = door
         self.client = client
         self.idle_since: float | None = None
@@ -121,13 +127,21 @@ class GuardedHandler(RequestHandler):
                      timeout_s=self._settings.header_timeout_s)
             self.transport.write(_raw_error(
                 HTTPStatus.REQUEST_TIMEOUT, "the request head did not arrive within "
-                f"{self._settings.header_timeout_s:g}s"))
+                f"{self._settings.header_timeout_s:g}s", self._shape))
             self.force_close()  # closes the transport once the answer is written
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def log_exception(self, *args: object, **kwargs: object) -> None:
+        """aiohttp's own request errors (a request that is not HTTP, a client gone before its
+        answer): one JSON line a second with how many, never a traceback per client mistake.
+        Only the error's kind is logged: a parser's message can quote a header, token and all."""
+        exc = kwargs.get("exc_info")
+        _REQUEST_ERRORS.add(self._loop.time(), what=str(args[0]) if args else None,
+                            error=type(exc).__name__ if isinstance(exc, BaseException) else None)
 
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None
@@ -138,8 +152,8 @@ class GuardedHandler(RequestHandler):
         super().handle_error(request, status, exc, message)  # logs; refuses if already answering
         phrase = HTTPStatus(status).phrase
         what = "not valid HTTP/1.1" if status < 500 else "could not be handled"
-        response = error_response(status, phrase.replace(" ", ""), f"the request is {what} "
-                                  f"({type(exc).__name__ if exc else phrase})")
+        response = web.Response(status=status, content_type="application/json", body=self._shape(
+            status, f"the request is {what} ({type(exc).__name__ if exc else phrase})"))
         response.force_close()
         return response
 
@@ -222,6 +236,10 @@ class Tally:
             self._count, self._logged_at = 0, now
 
 
+_REQUEST_ERRORS = Tally("request_error")
+"""What aiohttp failed to handle before or after a handler ran, counted, a line a second."""
+
+
 class Door(asyncio.Protocol):
     """The first protocol of every connection: it asks ``Connections`` and hands the transport
     to a ``GuardedHandler`` (closing an idle connection first when told to) or to a
@@ -258,6 +276,8 @@ class GuardedSite(web.TCPSite):
         one) whose cap, descriptor budget and refusals this one shares."""
         super().__init__(runner, settings.host, settings.port, backlog=settings.backlog)
         self._settings = settings
+        app = getattr(runner, "app", None)
+        self._shape = app.get(ERROR_SHAPE, native_shape) if app is not None else native_shape
         self._refused = Tally("connection_refused")
         self._shed = Tally("connection_shed")
         self.connections: Connections
@@ -292,8 +312,8 @@ class GuardedSite(web.TCPSite):
             admission.shed.shed()
         server = self._runner.server
         assert server is not None, "runner.setup() first"
-        handler = GuardedHandler(server, self._settings, self.connections, client, loop=loop,
-                                 **server._kwargs)
+        handler = GuardedHandler(server, self._settings, self.connections, client, self._shape,
+                                 loop=loop, **server._kwargs)
         transport.set_protocol(handler)
         handler.connection_made(transport)
 
@@ -309,7 +329,8 @@ class GuardedSite(web.TCPSite):
         which = "open connections" if reason == Reason.MAX_CONNECTIONS.value \
             else "connections from your address"
         refusal = Refusal(_raw_error(HTTPStatus.SERVICE_UNAVAILABLE, f"too many {which}: the "
-                                     f"limit is {limit} and all are busy; retry shortly"),
+                                     f"limit is {limit} and all are busy; retry shortly",
+                                     self._shape),
                           self._refusal_closed, patient=len(self._refusing) < room // 2)
         self._refusing[refusal] = None
         transport.set_protocol(refusal)

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
 
+from loadtest.ports import free_port
 from proxy.state.redis_server import EmbeddedRedis
-from tests.integration.cli.conftest import DRAIN_S, SHUTDOWN_S, Serving
+from tests.integration.cli.conftest import DRAIN_S, SHUTDOWN_S, Serving, StartServing
 from tests.integration.cli.conftest import wait_ready as _wait_ready
 
 pytestmark = pytest.mark.integration
@@ -23,26 +25,39 @@ pytestmark = pytest.mark.integration
 
 @dataclass
 class Load:
-    """Ten clients behind a load balancer that stops sending once readyz says 503."""
+    """Clients of one port (the native API, or Qdrant's) behind a load balancer that stops
+    sending once that port's readyz says 503."""
 
     base: str
+    qdrant: bool = False
     outcomes: list[int | str] = field(default_factory=list)
     open: bool = True
     saw_503_at: float | None = None
+    signalled: float = float("inf")
+    kept_alive_in_drain: int = 0  # answers after SIGTERM that did not say Connection: close
 
     async def client(self, session: aiohttp.ClientSession, n: int) -> None:
         i = 0
         while self.open:
-            body = {"query": f"warm jacket {i % 20}", "user_id": f"user-{n}-{i}"}
+            url, body = self._search(n, i)
             try:
-                async with session.post(f"{self.base}/v1/aliases/products/search",
-                                        json=body) as response:
+                async with session.post(url, json=body) as response:
                     await response.read()
                     self.outcomes.append(response.status)
+                    if time.monotonic() > self.signalled + 0.2 and \
+                            response.headers.get("Connection", "").lower() != "close":
+                        self.kept_alive_in_drain += 1
             except aiohttp.ClientError as exc:
                 self.outcomes.append(type(exc).__name__)
             i += 1
             await asyncio.sleep(0.02)  # about 200 requests a second at most
+
+    def _search(self, n: int, i: int) -> tuple[str, dict[str, Any]]:
+        if self.qdrant:
+            return (f"{self.base}/collections/products/points/query",
+                    {"query": {"text": f"warm jacket {i % 20}", "model": "any"}, "limit": 3})
+        return (f"{self.base}/v1/aliases/products/search",
+                {"query": f"warm jacket {i % 20}", "user_id": f"user-{n}-{i}"})
 
     async def balancer(self, session: aiohttp.ClientSession) -> None:
         while True:
@@ -55,30 +70,42 @@ class Load:
             await asyncio.sleep(0.1)
 
 
-async def test_sigterm_under_load_loses_no_request_and_exits_within_the_bound(
-        serving: Serving) -> None:
+async def test_sigterm_under_load_loses_no_request_on_either_port_and_exits_within_the_bound(
+        start_serving: StartServing) -> None:
+    qdrant_port = free_port()
+    serving = start_serving(EMBEDSHIFT_DRAIN_S=str(DRAIN_S),
+                            EMBEDSHIFT_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_S),
+                            EMBEDSHIFT_QDRANT_PORT=str(qdrant_port))
     await _wait_ready(serving, timeout_s=240)
-    load = Load(serving.base)
+    loads = [Load(serving.base), Load(f"http://127.0.0.1:{qdrant_port}", qdrant=True)]
     async with aiohttp.ClientSession() as session:
-        clients = [asyncio.create_task(load.client(session, n)) for n in range(10)]
-        watching = asyncio.create_task(load.balancer(session))
+        clients = [asyncio.create_task(load.client(session, n))
+                   for load, count in zip(loads, (8, 4), strict=True) for n in range(count)]
+        watching = [asyncio.create_task(load.balancer(session)) for load in loads]
         await asyncio.sleep(1.5)
-        before = len(load.outcomes)
+        before = [len(load.outcomes) for load in loads]
         signalled = time.monotonic()
+        for load in loads:
+            load.signalled = signalled
         serving.process.send_signal(signal.SIGTERM)
         serving.process.send_signal(signal.SIGTERM)  # the same signal delivered twice, as
         # `uv run` under a terminal does: still one graceful drain
-        await asyncio.wait_for(watching, timeout=10)
+        await asyncio.wait_for(asyncio.gather(*watching), timeout=10)
         await asyncio.gather(*clients)
     exit_code = await asyncio.to_thread(serving.process.wait, DRAIN_S + SHUTDOWN_S + 30)
     stopped_after = time.monotonic() - signalled
-    outcomes = load.outcomes
-    print(f"{len(outcomes)} requests, {len(outcomes) - before} after SIGTERM, readyz 503 after "
-          f"{(load.saw_503_at or 0) - signalled:.2f}s, exit after {stopped_after:.2f}s "
-          f"(drain {DRAIN_S}s)")
-    assert load.saw_503_at is not None and load.saw_503_at - signalled < 1.0
-    assert before > 50 and len(outcomes) > before, (before, len(outcomes))
-    assert set(outcomes) == {200}, {o: outcomes.count(o) for o in set(outcomes)}
+    for load, earlier in zip(loads, before, strict=True):
+        outcomes = load.outcomes
+        print(f"{'qdrant' if load.qdrant else 'native'}: {len(outcomes)} requests, "
+              f"{len(outcomes) - earlier} after SIGTERM, readyz 503 after "
+              f"{(load.saw_503_at or 0) - signalled:.2f}s, exit after {stopped_after:.2f}s "
+              f"(drain {DRAIN_S}s)")
+    for load, earlier in zip(loads, before, strict=True):
+        outcomes = load.outcomes
+        assert load.saw_503_at is not None and load.saw_503_at - signalled < 1.0
+        assert earlier > 20 and len(outcomes) > earlier, (earlier, len(outcomes))
+        assert set(outcomes) == {200}, {o: outcomes.count(o) for o in set(outcomes)}
+        assert load.kept_alive_in_drain == 0  # every answer in the drain closed its connection
     assert exit_code == 0, serving.log.read_text()[-2000:]
     assert '"event":"stopped"' in serving.log.read_text()
     assert DRAIN_S <= stopped_after < DRAIN_S + SHUTDOWN_S + 10, stopped_after

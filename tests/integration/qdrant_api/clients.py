@@ -7,7 +7,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestServer
+from msgspec.structs import replace
 
 from proxy.config import Settings
 from proxy.models.catalog import default_rollout
@@ -15,7 +17,8 @@ from proxy.qdrant_api.app import make_qdrant_app
 from proxy.state.client import connect
 from proxy.state.rulestore import RedisRuleStore
 from proxy.vectors.edge import EdgeStore
-from proxy.web.keys import EMBEDDER, INGESTOR, SEARCHER, SETTINGS, TRACER
+from proxy.web.keys import EMBEDDER, INGESTOR, READY, SEARCHER, SETTINGS, TRACER
+from proxy.web.server import GuardedSite, make_runner
 from tests.integration.conftest import Proxy, ProxyFactory
 
 
@@ -23,10 +26,25 @@ async def qdrant_api(proxy: Proxy) -> tuple[TestServer, str]:
     """Qdrant's API over ``proxy``'s parts, on a port of its own, as `serve --qdrant-port`
     builds it; the server (to close) and its URL."""
     app = make_qdrant_app(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
-                          proxy.app[INGESTOR], proxy.app[EMBEDDER])
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER],
+                          lifecycle=proxy.app[READY])
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return server, f"http://127.0.0.1:{server.port}"
+
+
+async def qdrant_served(proxy: Proxy) -> tuple[web.AppRunner, int]:
+    """Qdrant's API over ``proxy``'s parts as `serve` runs it (its runner and guarded site, no
+    handler cancelled when its client goes), on a port of its own: the runner and the port."""
+    settings = replace(proxy.app[SETTINGS], port=0)
+    app = make_qdrant_app(settings, proxy.app[SEARCHER], proxy.app[TRACER],
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER],
+                          lifecycle=proxy.app[READY])
+    runner = make_runner(app, settings)
+    await runner.setup()
+    site = GuardedSite(runner, settings)
+    await site.start()
+    return runner, site.port
 
 
 async def notes_proxy(proxies: ProxyFactory, tmp_path: Path, **settings: Any) -> Proxy:

@@ -242,3 +242,153 @@ def test_no_hostile_name_text_or_number_produces_a_server_error_or_a_leak(
     logged = capsys.readouterr()
     for text in (logged.out, logged.err):
         assert "\x1b" not in text and ADMIN_TOKEN not in text and OVERRIDE_TOKEN not in text
+
+
+# The Qdrant port, fuzzed the same way: raw bytes, and JSON shaped like Qdrant's bodies with
+# hostile values, on every route it serves, writes included (with the write key, into an
+# engine of the fuzz's own). The assertion is the native port's: no 5xx, the error in Qdrant's
+# shape, nothing from the engine or a traceback.
+QDRANT_WRITE_KEY = "qdrant-fuzz-write-key"
+qdrant_fields = st.fixed_dictionaries({}, optional={
+    "query": st.one_of(json_values, st.fixed_dictionaries(
+        {"text": st.text(max_size=20), "model": st.just("any")}),
+        st.lists(numbers, min_size=1, max_size=4)),
+    "vector": st.one_of(json_values, st.lists(numbers, max_size=4)),
+    "limit": numbers, "offset": st.one_of(numbers, st.text(max_size=8), json_values),
+    "filter": st.one_of(json_values, nested_filters), "using": json_values,
+    "prefetch": json_values, "with_payload": json_values, "with_vector": json_values,
+    "ids": st.lists(st.one_of(numbers, st.text(max_size=8)), max_size=3),
+    "points": st.one_of(json_values, st.lists(st.fixed_dictionaries(
+        {"id": st.one_of(numbers, st.text(max_size=8)), "vector": json_values},
+        optional={"payload": json_values}), max_size=2)),
+    "payload": json_values, "keys": json_values, "searches": st.lists(json_values, max_size=3),
+    "positive": st.lists(st.one_of(numbers, st.text(max_size=8)), max_size=2),
+    "group_by": json_values, "vectors": json_values, "field_name": json_values})
+document = st.fixed_dictionaries({"text": caller_text, "model": st.just("any")})
+ids = st.lists(st.integers(0, 50), min_size=1, max_size=3)
+query = st.fixed_dictionaries({"query": document, "limit": st.integers(1, 20)},
+                              optional={"filter": nested_filters, "with_payload": st.booleans()})
+VALID = {  # a body each route serves, so the fuzz reaches the handlers' work, not only refusals
+    ("PUT", "/collections/{name}"): st.fixed_dictionaries({"vectors": st.fixed_dictionaries(
+        {"size": st.just(4), "distance": st.sampled_from(["Cosine", "Dot"])})}),
+    ("PUT", "/collections/{name}/index"): st.fixed_dictionaries(
+        {"field_name": st.sampled_from(["k", "_embedshift.text"]),
+         "field_schema": st.sampled_from(["keyword", "integer"])}),
+    ("PUT", "/collections/{name}/points"): st.fixed_dictionaries({"points": st.lists(
+        st.fixed_dictionaries({"id": st.integers(0, 50), "vector": document}, optional={
+            "payload": st.dictionaries(st.sampled_from(["k", "colour"]), caller_text)}),
+        min_size=1, max_size=2)}),
+    ("POST", "/collections/{name}/points"): st.fixed_dictionaries({"ids": ids}),
+    ("POST", "/collections/{name}/points/delete"): st.fixed_dictionaries({"points": ids}),
+    ("POST", "/collections/{name}/points/query"): query,
+    ("POST", "/collections/{name}/points/query/batch"): st.fixed_dictionaries(
+        {"searches": st.lists(query, min_size=1, max_size=3)}),
+    ("POST", "/collections/{name}/points/query/groups"): query.map(
+        lambda q: {**q, "group_by": "k"}),
+    ("POST", "/collections/{name}/points/recommend"): st.fixed_dictionaries(
+        {"positive": ids, "limit": st.integers(1, 10)}),
+    ("POST", "/collections/{name}/points/scroll"): st.fixed_dictionaries(
+        {"limit": st.integers(1, 20)}, optional={"offset": st.integers(0, 50),
+                                                 "filter": nested_filters}),
+    ("POST", "/collections/{name}/points/count"): st.fixed_dictionaries(
+        {}, optional={"filter": nested_filters}),
+    **{("POST", f"/collections/{{name}}/points/payload{tail}"): st.fixed_dictionaries(
+        {"points": ids, "payload": st.dictionaries(st.sampled_from(["k", "n"]), caller_text),
+         "keys": st.just(["k"])}) for tail in ("", "/delete", "/clear")},
+    ("PUT", "/collections/{name}/points/payload"): st.fixed_dictionaries(
+        {"points": ids, "payload": st.dictionaries(st.sampled_from(["k"]), caller_text)}),
+}
+qdrant_names = st.one_of(st.sampled_from(["products", "products", "own", "products_v1",
+                                          "%00", "a" * 300, "..", "x%2Fy"]),
+                         st.text(min_size=1, max_size=12).map(lambda s: quote(s, safe="")))
+
+
+@pytest.fixture
+def running_qdrant(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
+                   models_dir: Path, tmp_path: Path) -> Iterator[int]:
+    from proxy.qdrant_api.app import make_qdrant_app
+    from proxy.vectors.edge import EdgeStore
+    from proxy.web.keys import EMBEDDER, INGESTOR, READY, SEARCHER, TRACER
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def run(coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=60)
+
+    factory = ProxyFactory(redis_server.url, prefix, demo_engine, models_dir)
+    run(factory.declare(percent=50))
+    engine = EdgeStore(tmp_path / "qdrant")
+    app, config, rules, _, _ = factory.app(engine=engine, data_dir=str(tmp_path / "data"),
+                                           qdrant_write_key=QDRANT_WRITE_KEY)
+    native = make_runner(app, config)
+
+    async def serve() -> tuple[Any, int]:
+        await native.setup()  # the native app's start-up runs (rules read, versions ready)
+        qdrant = make_qdrant_app(config, app[SEARCHER], app[TRACER], app[INGESTOR],
+                                 app[EMBEDDER], lifecycle=app[READY])
+        runner = make_runner(qdrant, config)
+        await runner.setup()
+        site = GuardedSite(runner, replace(config, port=0))
+        await site.start()
+        return runner, site.port
+
+    runner, port = run(serve())
+    written = request(port, "PUT", "/collections/products/points", json.dumps({"points": [
+        {"id": n, "vector": {"text": text, "model": "any"}} for n, text in enumerate(
+            ["a glacier lake", "a harbour crane", "a desert road"])]}).encode(),
+        headers={"api-key": QDRANT_WRITE_KEY.encode()})
+    assert written.status == 200, written.body  # both versions' collections hold points
+    yield port
+    run(runner.cleanup())
+    run(native.cleanup())
+    run(rules.aclose())
+    run(engine.close())
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+
+
+def _qdrant_request(port: int, method: str, path: str, body: bytes,
+                    headers: dict[str, bytes]) -> int:
+    response = request(port, method, path, body, headers=headers)
+    assert response.status < 500, (method, path, body[:200], response.body[:300])
+    if response.status >= 400 and path not in ("/healthz", "/livez", "/readyz"):
+        answer = response.json()  # Qdrant's error shape
+        assert set(answer) == {"status", "time"} and "error" in answer["status"], answer
+        assert "Traceback" not in answer["status"]["error"]
+        assert QDRANT_WRITE_KEY not in answer["status"]["error"]
+    return response.status
+
+
+def test_no_input_on_the_qdrant_port_produces_a_server_error(
+        running_qdrant: int, capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.qdrant_api.app import ROUTES as QDRANT_ROUTES
+    from proxy.qdrant_api.app import WRITES
+
+    routes = st.sampled_from([(method, path) for method, path, _ in [*WRITES, *QDRANT_ROUTES]])
+    seen: Counter[str] = Counter()
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(route=routes, name=st.one_of(st.just("products"), qdrant_names),
+           point=st.one_of(st.integers(0, 50).map(str), path_names),
+           headers=st.one_of(st.just({}), hostile_headers), data=st.data())
+    def check(route: tuple[str, str], name: str, point: str, headers: dict[str, bytes],
+              data: st.DataObject) -> None:
+        method, path = route
+        valid = VALID.get(route, st.just({}))
+        body = data.draw(st.one_of(valid, valid, qdrant_fields, hostile_bodies, json_values))
+        keyed = data.draw(st.sampled_from([True, True, False]))
+        path = path.replace("{name}", name).replace("{id}", point)
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if keyed:
+            headers = {**headers, "api-key": QDRANT_WRITE_KEY.encode()}
+        status = _qdrant_request(running_qdrant, method, path, raw, headers)
+        seen[f"{method} {status // 100}xx"] += 1
+
+    check()
+    assert min(seen["POST 2xx"], seen["PUT 2xx"], seen["GET 2xx"], seen["POST 4xx"],
+               seen["PUT 4xx"]) > 0, seen  # the fuzz reached reads and writes that succeed
+    logged = capsys.readouterr()
+    for text in (logged.out, logged.err):
+        assert "Traceback" not in text and QDRANT_WRITE_KEY not in text

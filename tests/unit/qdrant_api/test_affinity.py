@@ -13,7 +13,7 @@ from proxy.qdrant_api.handlers import PARTS, Parts, affinity
 
 def _request(headers: dict[str, str], **settings: Any) -> web.Request:
     app = web.Application()
-    app[PARTS] = Parts(Settings(**settings), None, None, None, None)  # type: ignore[arg-type]
+    app[PARTS] = Parts(Settings(**settings), None, None, None, None, None)  # type: ignore[arg-type]
     return make_mocked_request("POST", "/collections/a/points/query", headers=headers, app=app)
 
 
