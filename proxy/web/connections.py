@@ -7,8 +7,9 @@ a proxy that accepted up to a limit it cannot reach would meet ``EMFILE`` and it
 
 ``Connections`` admits each new connection (``admit``): within the client's share and the cap it
 is let in; over either, the longest-idle connection (of that client, or of anyone) is shed to make
-room; only when none is idle is the new one refused, with a JSON 503 (``proxy.web.server``). A
-connection is idle from its opening or its last answer until its next byte arrives.
+room, else the longest-stalled (a request still arriving, no byte for ``STALL_S``); only when none
+is idle or stalled is the new one refused, with a JSON 503 (``proxy.web.server``). A connection is
+idle from its opening or its last answer until its next byte arrives.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def per_client_cap(cap: int, configured: int) -> int:
     return min(cap, configured) if configured else max(1, cap // 2)
 
 
+STALL_S = 1.0
+"""A connection whose request (head or body) has had no byte for this long is stalled: when no
+connection is idle, the longest-stalled is shed for a new client, so a thousand unfinished bodies
+cannot keep everyone else out until their timeout."""
+
+
 class Held(Hashable, Protocol):
     """An open connection as admission sees it."""
 
@@ -63,6 +70,10 @@ class Held(Hashable, Protocol):
     @property
     def idle_since(self) -> float | None:
         """When it last fell idle, or ``None`` while a request is arriving or being answered."""
+
+    @property
+    def waiting_since(self) -> float | None:
+        """While its request is still arriving, when its last byte came; else ``None``."""
 
 
 class Verdict(enum.Enum):
@@ -98,12 +109,13 @@ class Connections:
     def count(self, client: str) -> int:
         return self._by_client[client]
 
-    def admit(self, client: str) -> Admission:
-        """Whether a new connection from ``client`` may be let in, and whom it displaces."""
+    def admit(self, client: str, now: float | None = None) -> Admission:
+        """Whether a new connection from ``client`` may be let in, and whom it displaces (with
+        ``now``, a stalled connection too when none is idle)."""
         if self._by_client[client] >= self.per_client:
-            return self._make_room(Reason.PER_CLIENT, client)
+            return self._make_room(Reason.PER_CLIENT, client, now)
         if len(self._open) >= self.cap:
-            return self._make_room(Reason.MAX_CONNECTIONS, None)
+            return self._make_room(Reason.MAX_CONNECTIONS, None, now)
         return Admission(Verdict.ADMIT)
 
     def add(self, held: Held) -> None:
@@ -117,13 +129,21 @@ class Connections:
             if self._by_client[held.client] <= 0:
                 del self._by_client[held.client]
 
-    def _make_room(self, reason: Reason, client: str | None) -> Admission:
-        idle = [held for held in self._open if held.idle_since is not None
-                and (client is None or held.client == client)]
-        if not idle:
-            return Admission(Verdict.REFUSE, reason)
-        return Admission(Verdict.SHED, reason, min(idle, key=_idle_since))
+    def _make_room(self, reason: Reason, client: str | None, now: float | None) -> Admission:
+        mine = [held for held in self._open if client is None or held.client == client]
+        idle = [held for held in mine if held.idle_since is not None]
+        if idle:
+            return Admission(Verdict.SHED, reason, min(idle, key=_idle_since))
+        stalled = [held for held in mine if now is not None and held.waiting_since is not None
+                   and now - held.waiting_since >= STALL_S]
+        if stalled:
+            return Admission(Verdict.SHED, reason, min(stalled, key=_waiting_since))
+        return Admission(Verdict.REFUSE, reason)
 
 
 def _idle_since(held: Held) -> float:
     return held.idle_since or 0.0
+
+
+def _waiting_since(held: Held) -> float:
+    return held.waiting_since or 0.0

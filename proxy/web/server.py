@@ -74,6 +74,7 @@ class GuardedHandler(RequestHandler):
         self._door = door
         self.client = client
         self.idle_since: float | None = None
+        self._last_byte = 0.0
         self._head_timer: asyncio.TimerHandle | None = None
         self._payload: object = None  # the last request's body, until read whole
 
@@ -87,6 +88,7 @@ class GuardedHandler(RequestHandler):
             super().data_received(data)
             return
         self.idle_since = None
+        self._last_byte = self._loop.time()
         requests_before = self._request_count
         super().data_received(data)
         if self._request_count != requests_before:
@@ -96,6 +98,12 @@ class GuardedHandler(RequestHandler):
               and not self._messages and self._between_requests()):
             self._head_timer = self._loop.call_later(self._settings.header_timeout_s,
                                                      self._head_too_slow, self._request_count)
+
+    @property
+    def waiting_since(self) -> float | None:
+        """While a request head or body is still arriving, when its last byte came."""
+        arriving = self._head_timer is not None or not self._between_requests()
+        return self._last_byte if arriving and self.idle_since is None else None
 
     def _between_requests(self) -> bool:
         """Whether the next byte starts a request head, not the rest of the last body (which
@@ -116,8 +124,16 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def shed(self) -> None:
-        """Close this idle connection to make room for a new one."""
+        """Close this idle or stalled connection to make room for a new one (a stalled request
+        is told why first)."""
         self._door.remove(self)
+        if self.waiting_since is not None and self.transport is not None:
+            self._cancel_head_timer()
+            self.transport.write(_raw_error(
+                HTTPStatus.REQUEST_TIMEOUT, "the request stalled while others waited for room: "
+                "send it whole", self._shape))
+            self.transport.close()
+            return
         self.force_close()
 
     def _head_too_slow(self, requests_then: int) -> None:
@@ -301,8 +317,8 @@ class GuardedSite(web.TCPSite):
     def admit(self, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
-        admission = self.connections.admit(client)
         loop = asyncio.get_running_loop()
+        admission = self.connections.admit(client, loop.time())
         reason = admission.reason.value if admission.reason else None
         if admission.verdict is Verdict.REFUSE:
             self._refuse(transport, reason, loop.time())

@@ -9,10 +9,13 @@ import asyncio
 import json
 import resource
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from loadtest.ports import free_port
 from tests.integration.cli.conftest import Serving, StartServing, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -98,4 +101,54 @@ async def test_under_ulimit_256_a_new_client_is_served_or_refused_in_json_never_
     assert refusals and refusals[0]["reason"] == "max_connections_per_client"
     assert _descriptors(serving) < FD_LIMIT
     for sock in idle + busy:
+        sock.close()
+
+
+UNFINISHED = (b"POST /collections/products/points/query HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"query\":")
+
+
+def _held(port: int, client: str, count: int) -> list[socket.socket]:
+    opened = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                        source_address=(client, 0))
+        sock.sendall(UNFINISHED)
+        opened.append(sock)
+    return opened
+
+
+def _ask_qdrant(port: int) -> int:
+    body = b'{"query": {"text": "warm jacket", "model": "any"}, "limit": 2}'
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /collections/products/points/query HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nConnection: close\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        return _read_answer(sock)[0]
+
+
+async def _first_served(ask: Callable[[], int], within_s: float) -> float:
+    """Seconds until ``ask`` is answered 200 (asking again after each JSON 503)."""
+    started = time.monotonic()
+    while (status := await asyncio.to_thread(ask)) != 200:
+        assert status == 503 and time.monotonic() - started < within_s, status
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def test_a_thousand_unfinished_bodies_keep_no_new_client_out(
+        start_serving: StartServing) -> None:
+    """1,000 bodies begun and never finished, from two addresses, on the Qdrant port (the
+    whole connection cap): a new client on either port is served within 2 s, the longest-stalled
+    making room, where before it waited out the body timeout."""
+    qdrant = free_port()
+    serving = start_serving(EMBEDSHIFT_QDRANT_PORT=str(qdrant), EMBEDSHIFT_BODY_TIMEOUT_S="60")
+    await wait_ready(serving, timeout_s=240)
+    held = [*await asyncio.to_thread(_held, qdrant, "127.0.0.2", 500),
+            *await asyncio.to_thread(_held, qdrant, "127.0.0.3", 500)]
+    native = await _first_served(lambda: _ask(serving.port)[0], within_s=2)
+    other = await _first_served(lambda: _ask_qdrant(qdrant), within_s=2)
+    print(f"a new client served after {native:.2f} s (native), {other:.2f} s (Qdrant)")
+    assert _events(serving.log, "connection_shed")
+    for sock in held:
         sock.close()

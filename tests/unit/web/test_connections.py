@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from proxy.web.connections import (
+    STALL_S,
     Connections,
     Reason,
     Verdict,
@@ -51,6 +52,7 @@ def test_a_clients_share_is_half_the_cap_unless_configured() -> None:
 class Conn:
     client: str
     idle_since: float | None
+    waiting_since: float | None = None
 
 
 def test_within_the_cap_and_the_share_a_connection_is_admitted() -> None:
@@ -97,3 +99,19 @@ def test_removing_is_counted_once() -> None:
     door.remove(conn)
     door.remove(conn)  # shed, then lost: the second is a no-op
     assert len(door) == 0 and door.count("a") == 0
+
+
+def test_with_none_idle_the_longest_stalled_request_is_shed_a_fresh_one_never() -> None:
+    """A thousand unfinished bodies cannot keep a new client out until their timeout."""
+    door = Connections(cap=3, per_client=3)
+    answering = Conn("a", None)  # its request whole, being answered: never shed
+    fresh, stalled, older = Conn("a", None, 99.5), Conn("b", None, 90.0), Conn("b", None, 80.0)
+    for conn in (answering, fresh, stalled, older):
+        door.add(conn)
+    assert door.admit("c").verdict is Verdict.REFUSE  # without the time, nothing is stalled
+    assert door.admit("c", now=100.0).shed is older
+    door.remove(older)
+    door.remove(stalled)
+    door.add(Conn("c", None))
+    assert door.admit("d", now=100.0).verdict is Verdict.REFUSE  # 0.5 s: still arriving
+    assert door.admit("d", now=100.0 + STALL_S).shed is fresh

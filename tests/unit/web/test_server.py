@@ -16,6 +16,7 @@ from msgspec.structs import replace
 from proxy.config import Settings
 from proxy.web.bodies import read_body
 from proxy.web.keys import SETTINGS
+from proxy.web.connections import STALL_S
 from proxy.web.server import GuardedSite, make_runner
 
 
@@ -34,16 +35,23 @@ async def _echo(request: web.Request) -> web.Response:
 async def _start(**overrides: float) -> tuple[web.AppRunner, int, Settings]:
     settings = replace(Settings(port=0, header_timeout_s=0.5, max_connections=4, keepalive_s=30,
                                 body_timeout_s=0.5), **overrides)
+    runner = make_runner(_app(settings), settings)
+    await runner.setup()
+    guarded = GuardedSite(runner, settings)
+    await guarded.start()
+    return runner, guarded.port, settings
+
+
+def _app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app.router.add_get("/", _hello)
     app.router.add_post("/echo", _echo)
     app.router.add_post("/early", _early)
-    runner = make_runner(app, settings)
-    await runner.setup()
-    guarded = GuardedSite(runner, settings)
-    await guarded.start()
-    return runner, guarded.port, settings
+    app.router.add_get("/busy", _busy)
+    app[RELEASE] = asyncio.Event()
+    app.on_shutdown.append(_release)
+    return app
 
 
 @pytest.fixture
@@ -59,6 +67,19 @@ async def patient_site() -> AsyncIterator[tuple[int, Settings]]:
     runner, port, settings = await _start(header_timeout_s=30, max_connections=6)
     yield port, settings
     await runner.cleanup()
+
+
+RELEASE = web.AppKey("release", asyncio.Event)
+
+
+async def _busy(request: web.Request) -> web.Response:
+    """A request being answered: its connection is busy until the app stops."""
+    await request.app[RELEASE].wait()
+    return web.json_response({})
+
+
+async def _release(app: web.Application) -> None:
+    app[RELEASE].set()
 
 
 async def _early(request: web.Request) -> web.Response:
@@ -137,13 +158,14 @@ async def test_a_client_past_its_share_gives_up_its_own_idle_connection(
         writer.close()
 
 
-BEGUN = b"GET / HTTP/1.1\r\nHost: x\r\n"  # a head begun and not finished: busy
+BUSY = b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n"  # a whole request, being answered: busy
+BEGUN = b"GET / HTTP/1.1\r\nHost: x\r\n"  # a head begun and not finished: stalled, in time
 
 
 async def test_when_all_are_busy_a_new_connection_reads_a_json_503_never_a_reset(
         patient_site: tuple[int, Settings], capsys: pytest.CaptureFixture[str]) -> None:
     port, _ = patient_site
-    busy = await _open(port, 3, "127.0.0.2", send=BEGUN)  # its whole share
+    busy = await _open(port, 3, "127.0.0.2", send=BUSY)  # its whole share
     reader, writer = await asyncio.open_connection("127.0.0.1", port,
                                                    local_addr=("127.0.0.2", 0))
     writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n")
@@ -155,7 +177,7 @@ async def test_when_all_are_busy_a_new_connection_reads_a_json_503_never_a_reset
                        "busy; retry shortly")
     writer.close()
     assert (await _get(port, "127.0.0.3"))[0] == 200  # another client still gets in
-    more = await _open(port, 3, "127.0.0.3", send=BEGUN)  # the cap (6) is full of busy ones
+    more = await _open(port, 3, "127.0.0.3", send=BUSY)  # the cap (6) is full of busy ones
     status, body = await _get(port, "127.0.0.4")
     assert status == 503 and "too many open connections: the limit is 6" in body.decode()
     logged = capsys.readouterr().out
@@ -204,16 +226,33 @@ async def test_two_sites_of_one_process_share_one_cap() -> None:
     """The Qdrant API's site beside the native one: one descriptor budget, not two."""
     runner, _, settings = await _start(header_timeout_s=30, max_connections=6)
     first = next(site for site in runner.sites if isinstance(site, GuardedSite))
-    other_runner = make_runner(web.Application(), settings)
+    other_runner = make_runner(_app(settings), settings)
     await other_runner.setup()
     second = GuardedSite(other_runner, settings, shared_with=first)
     await second.start()
     assert second.connections is first.connections
-    busy = [*await _open(first.port, 3, "127.0.0.2", send=BEGUN),
-            *await _open(second.port, 3, "127.0.0.3", send=BEGUN)]
+    busy = [*await _open(first.port, 3, "127.0.0.2", send=BUSY),
+            *await _open(second.port, 3, "127.0.0.3", send=BUSY)]
     status, body = await _get(first.port, "127.0.0.4")
     assert status == 503 and "too many open connections: the limit is 6" in body.decode()
     for _, writer in busy:
         writer.close()
     await other_runner.cleanup()
     await runner.cleanup()
+
+
+async def test_a_stalled_request_makes_room_for_a_new_client_a_busy_one_never(
+        patient_site: tuple[int, Settings]) -> None:
+    """A cap full of unfinished requests: the longest-stalled is told 408 and closed for a new
+    client, where a cap full of requests being answered refuses it."""
+    port, _ = patient_site
+    stalled = await _open(port, 3, "127.0.0.2", send=BEGUN)
+    busy = await _open(port, 3, "127.0.0.3", send=BUSY)
+    assert (await _get(port, "127.0.0.4"))[0] == 503  # none stalled for a second yet
+    await asyncio.sleep(STALL_S)
+    assert (await _get(port, "127.0.0.4"))[0] == 200
+    answer = await asyncio.wait_for(stalled[0][0].read(), timeout=5)
+    assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer, answer[:120]
+    assert not any(writer.is_closing() for _, writer in busy)
+    for _, writer in stalled + busy:
+        writer.close()
