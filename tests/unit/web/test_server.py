@@ -15,8 +15,8 @@ from msgspec.structs import replace
 
 from proxy.config import Settings
 from proxy.web.bodies import read_body
-from proxy.web.keys import SETTINGS
 from proxy.web.connections import STALL_S
+from proxy.web.keys import SETTINGS
 from proxy.web.server import GuardedSite, make_runner
 
 
