@@ -46,6 +46,9 @@ dict. The environment wins over the file. Names, file key on the left, variable 
                                                    the cap); past either, idle ones are shed,
                                                    then a JSON 503
     backlog             EMBEDSHIFT_BACKLOG         the listen queue (1024)
+    max_batch_searches  EMBEDSHIFT_MAX_BATCH_SEARCHES  searches in one Qdrant batch request (100)
+    max_answer_bytes    EMBEDSHIFT_MAX_ANSWER_BYTES  an answer's size at the most, else a 400
+                                                   naming it (32 MiB)
     drain_s             EMBEDSHIFT_DRAIN_S         on SIGTERM, /readyz is 503 this long first (5)
     shutdown_timeout_s  EMBEDSHIFT_SHUTDOWN_TIMEOUT_S  then in-flight requests get this long (10)
     qdrant_port         EMBEDSHIFT_QDRANT_PORT     serve Qdrant's REST API here too (unset: off)
@@ -121,6 +124,8 @@ _ENV = {
     "backlog": "EMBEDSHIFT_BACKLOG",
     "drain_s": "EMBEDSHIFT_DRAIN_S",
     "shutdown_timeout_s": "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S",
+    "max_batch_searches": "EMBEDSHIFT_MAX_BATCH_SEARCHES",
+    "max_answer_bytes": "EMBEDSHIFT_MAX_ANSWER_BYTES",
     "drift_check_s": "EMBEDSHIFT_DRIFT_CHECK_S",
     "drift_policy": "EMBEDSHIFT_DRIFT_POLICY",
 }
@@ -172,6 +177,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 1024
     drain_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    max_batch_searches: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    max_answer_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
     drift_check_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     drift_policy: Literal["rollback", "report"] = "rollback"
 

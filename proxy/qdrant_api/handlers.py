@@ -92,9 +92,15 @@ class Parts:
 PARTS = web.AppKey("qdrant_parts", Parts)
 
 
-def _json(result: Any, started: float, version: str | None = None) -> web.Response:
-    response = web.Response(body=_ENCODER.encode(answer(result, time.perf_counter() - started)),
-                            content_type="application/json")
+def _json(result: Any, started: float, version: str | None = None,
+          max_bytes: int | None = None) -> web.Response:
+    """Qdrant's answer; past ``max_bytes`` (a search's), a 400 naming the bound instead."""
+    body = _ENCODER.encode(answer(result, time.perf_counter() - started))
+    if max_bytes is not None and len(body) > max_bytes:
+        raise RuleError("limit", f"the answer would be {len(body)} bytes, more than "
+                                 f"max_answer_bytes ({max_bytes}): ask for fewer points, or "
+                                 "leave payloads and vectors out")
+    response = web.Response(body=body, content_type="application/json")
     if version is not None:
         response.headers[VERSION_HEADER] = version
     return response
@@ -334,34 +340,47 @@ async def _vectors(request: web.Request, answered: Answered) -> dict[Any, list[f
     return {id_key(doc_id_of(p)): p.vector for p in stored if p.vector is not None}
 
 
+def _max_answer(request: web.Request) -> int:
+    return request.app[PARTS].settings.max_answer_bytes
+
+
+def _bounded(request: web.Request, searches: list[T]) -> list[T]:
+    """A batch's searches, no more than ``max_batch_searches``."""
+    bound = request.app[PARTS].settings.max_batch_searches
+    if len(searches) > bound:
+        raise RuleError("searches", f"holds {len(searches)} searches; a batch holds at most "
+                                    f"{bound} (max_batch_searches)")
+    return searches
+
+
 async def query(request: web.Request) -> web.Response:
     started = time.perf_counter()
     [(result, version)] = await _each(request, [read_query(await _body(request, QueryBody))])
-    return _json(result, started, version or None)
+    return _json(result, started, version or None, _max_answer(request))
 
 
 async def query_batch(request: web.Request) -> web.Response:
     started = time.perf_counter()
     batch = await _body(request, QueryBatch)
-    asks = [read_query(body) for body in batch.searches]  # all read before any is searched
+    asks = [read_query(body) for body in _bounded(request, batch.searches)]  # all read first
     results = await _each(request, asks)
     return _json([result for result, _ in results], started,
-                 ",".join(sorted({v for _, v in results if v})) or None)
+                 ",".join(sorted({v for _, v in results if v})) or None, _max_answer(request))
 
 
 async def search(request: web.Request) -> web.Response:
     started = time.perf_counter()
     [(result, version)] = await _each(request, [read_search(await _body(request, SearchBody))])
-    return _json(result["points"], started, version or None)
+    return _json(result["points"], started, version or None, _max_answer(request))
 
 
 async def search_batch(request: web.Request) -> web.Response:
     started = time.perf_counter()
     batch = await _body(request, SearchBatch)
-    asks = [read_search(body) for body in batch.searches]
+    asks = [read_search(body) for body in _bounded(request, batch.searches)]
     results = await _each(request, asks)
     return _json([result["points"] for result, _ in results], started,
-                 ",".join(sorted({v for _, v in results if v})) or None)
+                 ",".join(sorted({v for _, v in results if v})) or None, _max_answer(request))
 
 
 # -- writes (the write key) and reads of stored points (the caller's version) -----------------
@@ -439,7 +458,7 @@ async def retrieve(request: web.Request) -> web.Response:
     body = await _raw(request)
     result = await _records(request, point_ids(body, "ids"), body.get("with_payload"),
                             body.get("with_vector", body.get("with_vectors")))
-    return _json(result, started, (await _routed(request)).name)
+    return _json(result, started, (await _routed(request)).name, _max_answer(request))
 
 
 async def retrieve_one(request: web.Request) -> web.Response:
@@ -485,7 +504,7 @@ async def scroll(request: web.Request) -> web.Response:
         if await store.describe(version.target) is not None else ([], None)
     return _json({"points": [record(doc_id_of(p), p.payload, selector, p.vector)
                              for p in points],
-                  "next_page_offset": after}, started, version.name)
+                  "next_page_offset": after}, started, version.name, _max_answer(request))
 
 
 async def count(request: web.Request) -> web.Response:

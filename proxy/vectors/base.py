@@ -230,10 +230,44 @@ FIELD_CONDITIONS = ("match", "range")
 conditions are refused rather than answered differently by different engines."""
 
 
-def parse_filter(raw: object) -> models.Filter | None:
-    """A Qdrant filter from request JSON, or RuleError naming what is wrong with it."""
+MAX_FILTER_CONDITIONS = 64
+"""Conditions (and nested filters) one filter may hold. Each costs the engine a look at every
+point it cannot find by a payload index, and the embedded engine holds the interpreter while it
+looks: 16 conditions on 3,000 unindexed points took 44 ms, 1,000 took 1.6 s (with an index on the
+field, 1,000 took 15 ms)."""
+
+
+def count_conditions(raw: object, limit: int) -> int:
+    """The conditions in a raw filter, nested ones included, counted without parsing it (up to
+    ``limit`` and a clause more)."""
+    seen, stack = 0, [raw]
+    while stack and seen <= limit:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        for clause in ("must", "should", "must_not", "min_should"):
+            items = node.get(clause)
+            if clause == "min_should" and isinstance(items, dict):
+                items = items.get("conditions")
+            listed = items if isinstance(items, list) else [items] if isinstance(items, dict) \
+                else []
+            seen += len(listed)
+            stack.extend(listed)
+        nested = node.get("nested")
+        if isinstance(nested, dict):
+            stack.append(nested.get("filter"))
+    return seen
+
+
+def parse_filter(raw: object, max_conditions: int = MAX_FILTER_CONDITIONS
+                 ) -> models.Filter | None:
+    """A Qdrant filter from request JSON, or RuleError naming what is wrong with it (or that
+    it holds more than ``max_conditions``, before any work is spent on it)."""
     if raw is None:
         return None
+    if count_conditions(raw, max_conditions) > max_conditions:
+        raise RuleError("filter", f"holds more than {max_conditions} conditions: index the "
+                                  "fields you filter on and ask for fewer")
     try:
         parsed = models.Filter.model_validate(raw)
     except ValidationError as exc:
