@@ -140,12 +140,18 @@ def shadow_of(rollout: Rollout, served: str, now: datetime) -> tuple[str, float]
     """Where a query answered by ``served`` is also searched, off the response path, and with
     what probability: stable's queries go to ``shadow_target`` (``shadow_share``); while the
     candidate ramps under a guard, its own queries go to stable (``baseline_share``), so the
-    guard has a baseline at every step, the last one at 100% included."""
+    guard has a baseline at every step, the last one at 100% included; and while a promote is
+    watched, the new stable's go to the previous one (at ``baseline_share``, unless
+    ``shadow_share`` is set), so the watch judges by default."""
+    guarded = rollout.guard.enabled and rollout.guard.baseline_share > 0
     if served == rollout.stable:
         target = shadow_target(rollout, now)
-        return None if target is None else (target, rollout.guard.shadow_share)
-    if served == rollout.candidate and rollout.state is State.RAMPING and \
-            rollout.guard.enabled and rollout.guard.baseline_share > 0:
+        if target is not None:
+            return target, rollout.guard.shadow_share
+        if guarded and rollout.previous_stable is not None and watching(rollout, now):
+            return rollout.previous_stable, rollout.guard.baseline_share
+        return None
+    if served == rollout.candidate and rollout.state is State.RAMPING and guarded:
         return rollout.stable, rollout.guard.baseline_share
     return None
 

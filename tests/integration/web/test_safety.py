@@ -296,8 +296,9 @@ async def test_thin_traffic_holds_a_guarded_ramp_step(proxies: ProxyFactory) -> 
 async def test_a_watched_promote_is_undone_by_the_guard_when_the_new_stable_turns_slow(
         proxies: ProxyFactory) -> None:
     """After a promote the guard compares the new stable with the previous one, the latter
-    seen through shadow traffic, and a breach restores the previous stable."""
-    declared = await proxies.declare(percent=100, guard=replace(FAST, shadow_share=1.0))
+    seen through the new stable's queries searched there too (``baseline_share``, no setting
+    changed: no shadow_share), and a breach restores the previous stable."""
+    declared = await proxies.declare(percent=100, guard=FAST)
     proxy = await proxies.start()
     promoted = await proxy.client.post("/admin/aliases/products/promote", headers=AUTH,
                                        json={"force": True, "reason": "test"})
@@ -307,7 +308,7 @@ async def test_a_watched_promote_is_undone_by_the_guard_when_the_new_stable_turn
     try:
         await asyncio.sleep(2)
         proxy.store.slow[declared.version("v2").target.collection] = 0.4
-        await eventually(lambda: proxy.app[WATCHER].rollouts["products"].stable == "v1", 15)
+        await eventually(lambda: proxy.app[WATCHER].rollouts["products"].stable == "v1", 30)
     finally:
         await traffic.stop()
     after = await rule(proxies)

@@ -194,3 +194,20 @@ def test_a_dark_launch_is_watched_but_never_judged() -> None:
     assert said.figures  # the figures stay, to be shown
     assert watched(replace(dark, guard=replace(POLICY, shadow_share=0.0)), now) is None
     assert watched(make_rollout(percent=10), now) == Cohorts("v2", "v1", False)
+
+
+def test_a_watched_promote_has_a_baseline_by_default() -> None:
+    """After a promote a share of the new stable's queries is searched in the previous one for
+    the watch: the guard judges the watch with no setting changed (once it said "too thin a
+    baseline: 0 searches" unless shadow_share was set)."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    promoted = replace(make_rollout(percent=0), stable="v2", candidate=None,
+                       previous_stable="v1", state=State.PROMOTED,
+                       updated_at="2026-01-01T00:00:00.000Z")
+    assert shadow_of(promoted, "v2", now + timedelta(minutes=29)) == ("v1", 0.1)
+    assert shadow_of(promoted, "v2", now + timedelta(minutes=31)) is None  # the watch is over
+    assert shadow_of(replace(promoted, guard=replace(POLICY, shadow_share=0.5)), "v2", now) == \
+        ("v1", 0.5)
+    assert shadow_of(replace(promoted, guard=replace(POLICY, enabled=False)), "v2", now) is None
+    assert shadow_of(replace(promoted, guard=replace(POLICY, baseline_share=0.0)), "v2",
+                     now) is None
