@@ -17,7 +17,13 @@ from typing import Any, Protocol
 import structlog
 
 from proxy.models.loader import EncoderKey, encoder_key
-from proxy.vectors.base import VectorStore, mismatches
+from proxy.vectors.base import (
+    RESERVED,
+    UNRECORDED_MODEL,
+    CollectionInfo,
+    VectorStore,
+    mismatches,
+)
 from rollout_rules.errors import BackendError
 from rollout_rules.model import Rollout, Version
 
@@ -122,4 +128,31 @@ async def collection_problems(version: Version, store: VectorStore) -> str | Non
                     collection=version.target.collection)
         return None
     problems = mismatches(version, info)
-    return f"does not match its collection: {'; '.join(problems)}" if problems else None
+    if problems:
+        return f"does not match its collection: {'; '.join(problems)}"
+    return await foreign_points(version, info, store)
+
+
+FOREIGN_SAMPLE = 16
+"""Points read to tell a collection embedshift wrote from one an application wrote."""
+
+
+async def foreign_points(version: Version, info: CollectionInfo, store: VectorStore
+                         ) -> str | None:
+    """Why a version must not serve from a collection whose points embedshift did not write (no
+    envelope: an application's own), unless it was adopted (``text_field``), which checked that
+    the stored vectors are the version's model's; None when it may."""
+    if version.text_field or not info.points or info.model_id not in (None, UNRECORDED_MODEL):
+        return None
+    try:
+        sample, _ = await store.scroll(version.target, None, FOREIGN_SAMPLE, fields=[RESERVED])
+    except BackendError as exc:
+        log.warning("collection_unchecked", version=version.name,
+                    collection=version.target.collection, error=str(exc))
+        return None
+    if all(RESERVED in point.payload for point in sample):
+        return None
+    return (f"collection {version.target.collection} holds {info.points} points embedshift did "
+            f"not write: nothing says {version.model} made their vectors. Adopt it instead "
+            f"(embedshift adopt ALIAS --collection {version.target.collection} --model "
+            f"{version.model}), which checks that it did")

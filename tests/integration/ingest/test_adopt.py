@@ -137,3 +137,37 @@ async def _backfill(proxy: Proxy, expected: int) -> None:
         return bool(progress["state"] == "done")
 
     await eventually_async(done, timeout_s=120)
+
+
+async def test_a_rule_declared_over_a_collection_embedshift_did_not_write_does_not_serve(
+        proxies: ProxyFactory, tmp_path: Path) -> None:
+    """`init` names an application's own collection as v1, without adopting it: nothing says
+    the named model made its vectors, so the version does not serve from it (a 503 naming
+    `adopt`), where it once answered L3's vectors searched with L6 at scores near 0."""
+    from proxy.config import Settings
+    from proxy.qdrant_api.plain import plain_version
+    from proxy.state.client import connect
+    from proxy.state.rulestore import RedisRuleStore
+    from rollout_rules.model import Rollout
+
+    engine = EdgeStore(tmp_path / "qdrant")
+    own = plain_version("kb", 384, "cosine")
+    await engine.ensure_collection(own.target, own)
+    l3 = proxies.engine.models[(L3_ID, "none")]
+    vectors = await asyncio.to_thread(l3.embed, TOPICS)
+    await engine.upsert(own.target, [PointIn(n, [float(x) for x in v], {"page_content": t})
+                                     for n, (t, v) in enumerate(zip(TOPICS, vectors,
+                                                                    strict=True))])
+    rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
+    declared = Rollout(alias="kb", stable="v1", candidate=None, versions=(Version(
+        name="v1", model=L6_ID, dimensions=384, target=Target(collection="kb")),))
+    await rules.create(declared, "tests", "init over an application's collection")
+    await rules.aclose()
+    proxy = await proxies.start(engine=engine, data_dir=str(tmp_path / "data"))
+    answer = await proxy.client.post("/v1/aliases/kb/search", json={"query": "a frozen lake"})
+    said = await answer.json()
+    assert answer.status == 503, said
+    assert "embedshift did not write" in said["error"]["message"]
+    assert "embedshift adopt ALIAS --collection kb" in said["error"]["message"]
+    ready = await (await proxy.client.get("/readyz")).json()
+    assert "Adopt it instead" in ready["unavailable"]["kb/v1"]
