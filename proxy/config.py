@@ -61,6 +61,12 @@ dict. The environment wins over the file. Names, file key on the left, variable 
                                                    api-key (hashed) is its sticky key (off)
     handed_out_ttl_s    EMBEDSHIFT_HANDED_OUT_TTL_S  how long a vector from /v1/embeddings is
                                                    known as its version's (3600)
+    handed_out_max      EMBEDSHIFT_HANDED_OUT_MAX  vectors remembered per alias, the oldest
+                                                   dropped first (100000: about 24 MB of Redis)
+    embeddings_key      EMBEDSHIFT_EMBEDDINGS_KEY  /v1/embeddings asks for it as a Bearer token
+                                                   (unset: open)
+    embeddings_per_minute  EMBEDSHIFT_EMBEDDINGS_PER_MINUTE  texts one client address may embed
+                                                   a minute, per proxy (6000; 0: no limit)
     drift_check_s       EMBEDSHIFT_DRIFT_CHECK_S   how often served models re-embed their probe
                                                    texts to catch drift (300; 0: only at start)
     drift_policy        EMBEDSHIFT_DRIFT_POLICY    on drift: rollback (a candidate served by the
@@ -117,6 +123,9 @@ _ENV = {
     "max_connections_per_client": "EMBEDSHIFT_MAX_CONNECTIONS_PER_CLIENT",
     "qdrant_port": "EMBEDSHIFT_QDRANT_PORT",
     "handed_out_ttl_s": "EMBEDSHIFT_HANDED_OUT_TTL_S",
+    "handed_out_max": "EMBEDSHIFT_HANDED_OUT_MAX",
+    "embeddings_key": "EMBEDSHIFT_EMBEDDINGS_KEY",
+    "embeddings_per_minute": "EMBEDSHIFT_EMBEDDINGS_PER_MINUTE",
     "qdrant_read_key": "EMBEDSHIFT_QDRANT_READ_KEY",
     "qdrant_write_key": "EMBEDSHIFT_QDRANT_WRITE_KEY",
     "qdrant_affinity_header": "EMBEDSHIFT_QDRANT_AFFINITY_HEADER",
@@ -169,6 +178,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 0
     qdrant_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     handed_out_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)] = 3600.0
+    handed_out_max: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    embeddings_key: str | None = None
+    embeddings_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 6000
     qdrant_read_key: str | None = None
     qdrant_write_key: str | None = None
     qdrant_affinity_from_key: bool = False
@@ -203,7 +215,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 f"override_token={hidden(self.override_token)!r}, "
                 f"ui_token={hidden(self.ui_token)!r}, "
                 f"qdrant_read_key={hidden(self.qdrant_read_key)!r}, "
-                f"qdrant_write_key={hidden(self.qdrant_write_key)!r})")
+                f"qdrant_write_key={hidden(self.qdrant_write_key)!r}, "
+                f"embeddings_key={hidden(self.embeddings_key)!r})")
 
 
 def load_settings(environ: Mapping[str, str],

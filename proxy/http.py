@@ -34,6 +34,7 @@ from rollout_rules.errors import (
     FeatureOff,
     ModelError,
     NotFoundError,
+    RateLimited,
     RuleError,
     StoreUnavailable,
     TransitionError,
@@ -54,7 +55,8 @@ HTTP, a refused connection): the connection layer is shared, the answer's shape 
 
 STATUS: dict[type[EmbedshiftError], int] = {  # first match wins: subclasses first
     FeatureOff: 403, AccessError: 401, RuleError: 400, EncoderInputError: 400,
-    NotFoundError: 404, ConflictError: 409, TransitionError: 409, StoreUnavailable: 503,
+    NotFoundError: 404, RateLimited: 429, ConflictError: 409, TransitionError: 409,
+    StoreUnavailable: 503,
     BackendError: 503, ModelError: 503,
 }
 

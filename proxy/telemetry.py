@@ -201,6 +201,10 @@ class Metrics:
         self.served_circuit = Gauge("embedshift_served_circuit_open",
                                     "1 while calls to a served model fail fast after failures "
                                     "in a row", ["model"], registry=r)
+        self.handed_dropped = Counter("embedshift_handed_out_dropped",
+                                      "Fingerprints of handed-out vectors dropped, the oldest "
+                                      "first, to keep within handed_out_max", ["alias"],
+                                      registry=r)
         self.http_requests = Counter("embedshift_http_requests",
                                      "HTTP answers by route, method and status (every route, "
                                      "errors included)", ["route", "method", "status"],

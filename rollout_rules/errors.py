@@ -107,6 +107,14 @@ class FeatureOff(AccessError):
     """A feature switched off in this proxy's settings; the message says which setting."""
 
 
+class RateLimited(EmbedshiftError):
+    """A caller asked for more than its share; the message says how long to wait."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class BackendError(EmbedshiftError):
     """A vector store failed a request; the search path falls back or answers 503. ``public``
     is what a caller is told (the engine's own words, paths and internals stay in the logs)."""

@@ -57,7 +57,8 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
                            data / "demo-declared")
     deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
                 models=models, jobs=rules.backfill_queue,
-                handed=RedisHandedOut(rules.client, settings.redis_prefix))
+                handed=RedisHandedOut(rules.client, settings.redis_prefix,
+                                      settings.handed_out_max))
     here = Path.cwd()
     record: list[Path] = []
 

@@ -10,10 +10,13 @@ searched where its vector was made, even after the rule moved, on any proxy.
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import structlog
+from cachetools import LRUCache
 
+from proxy.models.calling import Bucket
 from proxy.models.encoders import clean_text
 from proxy.models.loader import encoder_key
 from proxy.serving.search import Searcher
@@ -22,6 +25,7 @@ from rollout_rules.errors import (
     BackendError,
     EncoderInputError,
     ModelError,
+    RateLimited,
     RuleError,
     StoreUnavailable,
 )
@@ -36,9 +40,29 @@ class Embedded(NamedTuple):
     vectors: list[list[float]]
 
 
+CALLERS = 10_000
+"""Client addresses whose share is tracked, the least recent forgotten first."""
+
+
 class Embedder:
-    def __init__(self, searcher: Searcher, handed: HandedOut, ttl_s: float) -> None:
+    def __init__(self, searcher: Searcher, handed: HandedOut, ttl_s: float,
+                 per_minute: int = 0) -> None:
+        """``per_minute``: texts one caller may embed a minute on this proxy (0: no limit)."""
         self.searcher, self.handed, self.ttl_s = searcher, handed, ttl_s
+        self.per_minute = per_minute
+        self._shares: LRUCache[str, Bucket] = LRUCache(CALLERS)
+
+    def admit(self, caller: str, texts: int) -> None:
+        """RateLimited, saying how long to wait, when ``caller`` is past its share."""
+        if not self.per_minute:
+            return
+        bucket = self._shares.get(caller)
+        if bucket is None:
+            bucket = self._shares[caller] = Bucket(self.per_minute)
+        wait_s = bucket.take(texts, time.monotonic())
+        if wait_s:
+            raise RateLimited(f"more than {self.per_minute} texts a minute from your address: "
+                              f"retry in {wait_s:.1f}s", wait_s)
 
     async def embed(self, alias: str, texts: list[str], user_id: str | None,
                     random_key: str) -> Embedded:
@@ -57,8 +81,11 @@ class Embedder:
             version = rollout.version(rollout.stable)
             vectors = await self._encode(alias, version, cleaned)
         try:
-            await self.handed.remember(alias, version.name, [fingerprint(v) for v in vectors],
-                                       self.ttl_s)
+            dropped = await self.handed.remember(alias, version.name,
+                                                 [fingerprint(v) for v in vectors], self.ttl_s)
+            if dropped:
+                self.searcher.metrics.child(self.searcher.metrics.handed_dropped, alias).inc(
+                    dropped)
         except StoreUnavailable as exc:  # the answer still stands; its query goes to stable
             log.warning("handed_out_not_remembered", alias=alias, error=str(exc))
         return Embedded(version, vectors)

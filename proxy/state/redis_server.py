@@ -24,6 +24,10 @@ from redis.retry import Retry
 
 from rollout_rules.errors import StoreUnavailable
 
+MAX_MEMORY = "256mb"
+"""What the embedded Redis may hold: rules, audit, coverage, popularity, guard windows and the
+handed-out vectors' fingerprints (their own cap: about 24 MB an alias by default). Past it a
+write is refused (an error, retried later), never a rule evicted."""
 # A unix socket path must fit in sockaddr_un (108 bytes on Linux).
 _MAX_SOCKET_PATH = 100
 
@@ -121,6 +125,8 @@ class EmbeddedRedis:
             f"dir {self.dir}",
             "appendonly yes",
             'save ""',
+            f"maxmemory {MAX_MEMORY}",
+            "maxmemory-policy noeviction",  # past it a write fails; nothing held is dropped
             f"daemonize {'yes' if daemon else 'no'}",
             f"pidfile {self.dir / 'redis.pid'}",
             f"logfile {self.dir / 'redis.log'}",

@@ -103,7 +103,8 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
         deadline_s=settings.request_timeout_s, log_queries=settings.log_queries,
         popularity=recorder, cohorts=CohortRecorder(), shadow=shadow)
     versions = app[VERSIONS] = Versions(encoders, deps.vector_store, searcher)
-    app[EMBEDDER] = Embedder(searcher, deps.handed or MemoryHandedOut(), settings.handed_out_ttl_s)
+    app[EMBEDDER] = Embedder(searcher, deps.handed or MemoryHandedOut(settings.handed_out_max),
+                             settings.handed_out_ttl_s, settings.embeddings_per_minute)
     guard, backfill, drift = _add_operations(app, settings, deps, watcher, searcher.cohorts)
     _add_routes(app, History(metrics.registry, settings.ui_step_s))
 

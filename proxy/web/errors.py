@@ -8,6 +8,7 @@ still would: as JSON carrying a real trace id, logged with its traceback, and co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,9 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from proxy.http import public_message, status_of
 from proxy.web.keys import METRICS, TRACER
-from rollout_rules.errors import (
-    EmbedshiftError,
-)
+from rollout_rules.errors import EmbedshiftError, RateLimited
 
 log = structlog.get_logger("embedshift.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,6 +70,8 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     except EmbedshiftError as exc:
         response = error_response(status_of(exc), type(exc).__name__, public_message(exc),
                                   getattr(exc, "field", None))
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -150,7 +150,7 @@ class ProxyFactory:
                     tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),
                     models=models or self.engine.model_cache(self.models_dir),
                     jobs=rules.backfill_queue,
-                    handed=RedisHandedOut(rules.client, self.prefix))
+                    handed=RedisHandedOut(rules.client, self.prefix, config.handed_out_max))
         return make_app(config, deps), config, rules, spans, store
 
     async def start(self, refresh_interval_s: float = 3600.0,

@@ -18,9 +18,10 @@ from aiohttp import web
 
 from proxy.http import random_key
 from proxy.serving.embed import Embedded
+from proxy.web.auth import bearer, check_token
 from proxy.web.bodies import read_json
 from proxy.web.errors import json_response
-from proxy.web.keys import EMBEDDER
+from proxy.web.keys import EMBEDDER, SETTINGS
 from rollout_rules.errors import RuleError
 
 VERSION_HEADER = "X-Embedshift-Model-Version"
@@ -56,8 +57,15 @@ class EmbeddingsAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def embeddings(request: web.Request) -> web.Response:
+    """With ``embeddings_key`` set, callers need it (as OpenAI's clients send their key); each
+    client address embeds at most ``embeddings_per_minute`` texts a minute on this proxy."""
+    key = request.app[SETTINGS].embeddings_key
+    if key:
+        check_token(bearer(request), key, off="EMBEDSHIFT_EMBEDDINGS_KEY",
+                    scheme="'Authorization: Bearer <key>' header")
     body = await read_json(request, EmbeddingsRequest)
     texts = [body.input] if isinstance(body.input, str) else body.input
+    request.app[EMBEDDER].admit(request.remote or "local", len(texts))
     user = body.user or request.headers.get(AFFINITY_HEADER)
     embedded = await request.app[EMBEDDER].embed(body.model, texts, user, random_key())
     if body.dimensions is not None and body.dimensions != embedded.version.dimensions:

@@ -149,3 +149,29 @@ async def test_llamaindex_writes_and_queries_its_nodes_through_the_proxy(
     stable = proxy.app[SEARCHER].rollout("notes").version("v1")
     assert await proxy.store.inner.count(stable.target) == 3
     await server.close()
+
+
+async def test_routed_embeddings_ask_for_their_key_keep_to_a_share_and_a_cap(
+        proxies: ProxyFactory) -> None:
+    """With ``embeddings_key`` set the openai client needs it; one address embeds at most
+    ``embeddings_per_minute`` texts (a 429 saying how long to wait); past ``handed_out_max``
+    the oldest fingerprints are dropped and counted, the newest still routed."""
+    await proxies.declare(percent=50)
+    proxy = await proxies.start(embeddings_key="embeddings-key-for-tests",
+                                embeddings_per_minute=40, handed_out_max=10)
+    base = f"http://127.0.0.1:{proxy.client.port}/v1"
+    anonymous = OpenAI(base_url=base, api_key="wrong", max_retries=0)
+    with pytest.raises(Exception, match="401"):
+        await asyncio.to_thread(anonymous.embeddings.create, model="products", input=["x"])
+    keyed = OpenAI(base_url=base, api_key="embeddings-key-for-tests", max_retries=0)
+    texts = [f"a warm jacket, size {n}" for n in range(20)]
+    first = await asyncio.to_thread(keyed.embeddings.create, model="products", input=texts,
+                                    user="alice")
+    assert len(first.data) == 20
+    dropped = proxy.app[SEARCHER].metrics.handed_dropped.labels("products")._value.get()
+    assert dropped == 10  # 20 handed out, 10 kept
+    second = await asyncio.to_thread(keyed.embeddings.create, model="products",
+                                     input=texts[:15], user="alice")
+    assert len(second.data) == 15
+    with pytest.raises(Exception, match="429"):  # 35 of 40 spent: 15 more is past the share
+        await asyncio.to_thread(keyed.embeddings.create, model="products", input=texts[:15])
