@@ -21,6 +21,7 @@ import structlog
 from numpy.typing import NDArray
 from qdrant_client import models
 
+from proxy.http import public_message
 from proxy.ingest.coverage import Accounting
 from proxy.ingest.documents import (
     DocId,
@@ -30,7 +31,7 @@ from proxy.ingest.documents import (
     point_payload,
     vector_payload,
 )
-from proxy.models.encoders import TextModel, embed_off_loop
+from proxy.models.encoders import RemoteModel, TextModel, embed_off_loop
 from proxy.state.base import RuleStore
 from proxy.vectors.base import RESERVED, PointId, PointIn, VectorStore
 from rollout_rules.errors import BackendError, DocumentNotFound, ModelError, RuleError
@@ -54,9 +55,14 @@ def stable_target(rollout: Rollout) -> Target:
     return rollout.version(rollout.stable).target
 
 
-async def encode(model: TextModel, texts: Sequence[str]) -> NDArray[np.float32]:
+async def encode(model: TextModel, texts: Sequence[str], live: bool = False
+                 ) -> NDArray[np.float32]:
     """Documents' vectors, off the event loop (the model is shared with the request path; a
-    served model's calls leave live queries their share of the service)."""
+    served model's calls leave live queries their share of the service). ``live``: a caller
+    waits for the answer (a write through the API), so a served model gives up as quickly as
+    for a query; only bulk work (the backfill, a CLI ingest's batches) waits out an outage."""
+    if live and isinstance(model, RemoteModel):
+        return await model.aembed(texts, live=True)
     return await embed_off_loop(model, texts, live=False)
 
 
@@ -110,20 +116,23 @@ class Ingestor:
         self._creating = asyncio.Lock()
 
     async def write(self, rollout: Rollout, documents: Sequence[Document],
-                    versions: Sequence[Version] | None = None) -> list[DocumentResult]:
+                    versions: Sequence[Version] | None = None, live: bool = False
+                    ) -> list[DocumentResult]:
         """Write ``documents`` into every active version (or ``versions``); per document, which
-        versions hold it and why the others do not."""
+        versions hold it and why the others do not. ``live``: a caller waits (see ``encode``)."""
         written: dict[DocId, list[str]] = {d.id: [] for d in documents}
         failed: dict[DocId, dict[str, str]] = {d.id: {} for d in documents}
         for version in versions if versions is not None else active_versions(rollout):
             try:
                 await self.write_version(version, documents, rollout.versions,
-                                         like=stable_target(rollout))
+                                         like=stable_target(rollout), live=live)
             except (BackendError, ModelError) as exc:
                 log.warning("ingest_failed", alias=rollout.alias, version=version.name,
                             documents=len(documents), error=str(exc))
+                then = ("stable holds no copy: send it again" if version.name == rollout.stable
+                        else "the backfill writes it from stable's copy")
                 for d in documents:
-                    failed[d.id][version.name] = str(exc)
+                    failed[d.id][version.name] = f"{public_message(exc)} ({then})"
                 continue
             for d in documents:
                 written[d.id].append(version.name)
@@ -153,8 +162,8 @@ class Ingestor:
         return version.name
 
     async def write_version(self, version: Version, documents: Sequence[Document],
-                            siblings: Sequence[Version] = (), like: Target | None = None
-                            ) -> None:
+                            siblings: Sequence[Version] = (), like: Target | None = None,
+                            live: bool = False) -> None:
         """Encode and upsert into one version; raises on failure (nothing is counted then).
         ``siblings``: the rule's other versions, whose vectors a collection they share with
         this one is created with; ``like``: the collection whose settings a new one takes."""
@@ -162,7 +171,7 @@ class Ingestor:
             return
         model = await self.models.get(version)
         await self.ensure(version, siblings, like)  # first: a failure wastes no encode
-        vectors = await encode(model, [d.text for d in documents])
+        vectors = await encode(model, [d.text for d in documents], live)
         await self.store.upsert(version.target, [
             PointIn(point_id(d.id, version), vector.tolist(), point_payload(d, version))
             for d, vector in zip(documents, vectors, strict=True)])

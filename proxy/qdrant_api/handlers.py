@@ -403,13 +403,12 @@ async def upsert(request: web.Request) -> web.Response:
     documents = [_document(n, p) for n, p in enumerate(points) if p.text is not None]
     vectors = [VectorPoint(p.id, p.vector, p.payload) for p in points if p.vector is not None]
     if documents:
-        results = await parts.ingestor.write(rollout, documents)
-        failed = {f"{r.id}": r.failed for r in results if r.failed}
-        if failed:
-            raise BackendError(f"not every version could be written: {failed}",
-                               public="not every version could be written (ids "
-                                      f"{sorted(failed)[:10]}): the backfill will catch the "
-                                      "missing ones up")
+        results = await parts.ingestor.write(rollout, documents, live=True)
+        unstored = sorted(f"{r.id}" for r in results if rollout.stable in r.failed)
+        if unstored:  # a candidate's copy the backfill writes later; stable's nobody does
+            raise BackendError(f"stable could not be written: {results}", public=(
+                f"stable ({rollout.stable}) could not be written for ids {unstored[:10]}: "
+                "send them again"))
     if vectors:
         await parts.ingestor.write_vectors(rollout, vectors)
     return _json({"operation_id": 0, "status": "completed"}, started)

@@ -62,7 +62,7 @@ async def ingest(request: web.Request) -> web.Response:
         if document.id in seen:
             raise RuleError(f"documents[{i}].id", f"{document.id!r} appears twice in the batch")
         seen.add(document.id)
-    results = await request.app[INGESTOR].write(rollout, documents)
+    results = await request.app[INGESTOR].write(rollout, documents, live=True)
     failed = sum(1 for r in results if r.failed)
     answer = IngestAnswer(written=len(results) - failed, failed=failed, results=list(results))
     await request.app[WATCHER].follow(rollout.alias)  # this proxy's gate sees the new coverage

@@ -213,3 +213,30 @@ async def test_a_failing_served_stable_answers_503_naming_why(proxies: ProxyFact
     body = await response.text()
     assert response.status == 503, body
     assert "model hash" in body and "500" in body and KEY not in body
+
+
+async def test_a_live_write_through_a_failing_served_candidate_answers_fast(
+        proxies: ProxyFactory, served: Served) -> None:
+    """The candidate's service answers 500: a document write through the API is answered
+    within a query's patience (it once waited the backfill's 600 s), a 207 saying stable holds
+    the documents and the backfill writes the candidate's copy; the backfill then does."""
+    proxy = await _start(proxies, served, drift_check_s=0, guard_tick_s=0)
+    served.service.mode = "500"
+    started = asyncio.get_running_loop().time()
+    response = await proxy.client.post("/v1/aliases/notes/documents", headers=ADMIN,
+                                       json={"documents": served.documents(20)})
+    took = asyncio.get_running_loop().time() - started
+    answer = await response.json()
+    assert response.status == 207, answer
+    print(f"a write of 20 documents answered 207 after {took:.2f} s")
+    assert took < 30, took  # the live patience (1.5 x 0.5 s) and the query's work, not 600 s
+    [why] = {result["failed"]["v2"] for result in answer["results"]}
+    assert set(answer["results"][0]["written"]) == {"v1"}
+    assert "the backfill writes it from stable's copy" in why and "answered 500" in why, why
+    served.service.mode = None
+    started_backfill = await proxy.client.post("/admin/aliases/notes/backfill", headers=ADMIN)
+    assert started_backfill.status in (200, 202), await started_backfill.text()
+
+    async def caught_up() -> bool:
+        return await served.store.count(served.rollout.version("v2").target) == 20
+    await eventually_async(caught_up, timeout_s=60)
