@@ -129,7 +129,7 @@ def report(rows: dict[str, dict[str, list[float]]], args: argparse.Namespace) ->
         print(f"{label:48} {m['p50']:7.2f} {m['p99']:7.2f} {m['rps']:8.0f}")
     n, q = median["native"], median["qdrant"]
     print(f"\nQdrant API / native: p50 {q['p50'] / n['p50']:.2f}x, p99 {q['p99'] / n['p99']:.2f}x,"
-          f" throughput {q['rps'] / n['rps']:.2f}x (#24's target: cost at most 10% more)")
+          f" throughput {q['rps'] / n['rps']:.2f}x (the target: cost at most 10% more)")
     print("rounds, req/s: " + "; ".join(f"{shape} " + " ".join(f"{r:.0f}" for r in row["rps"])
                                         for shape, row in rows.items()))
 

@@ -23,7 +23,7 @@ import msgspec
 from msgspec.structs import replace
 
 from rollout_rules.errors import RuleError
-from rollout_rules.model import Rollout, State, check_rollout
+from rollout_rules.model import Rollout, State, Version, check_rollout
 
 SPEC_FIELDS = ("versions", "salt", "stickiness", "coverage_gate", "overrides", "guard",
                "promotion")
@@ -154,6 +154,37 @@ def document(rollout: Rollout) -> dict[str, Any]:
     """The rule as a rules document (what ``export`` writes): everything but the stamps, so
     applying it to the same rule changes nothing."""
     return _document(rollout)
+
+
+REQUIRED = {"alias", "stable", "versions", "name", "model", "dimensions", "target", "collection"}
+"""What a rules document names whatever its value (the rest may be left to defaults)."""
+
+
+def spec_document(rollout: Rollout) -> dict[str, Any]:
+    """The rules file to keep in git (what ``export`` writes): the spec alone (versions, gates,
+    guard, promotion, overrides, salt, stickiness, and which versions are stable and candidate),
+    each setting left out where it holds its default. Applying it to the same rule changes
+    nothing: a setting left out reads back as its default, which is what the rule holds."""
+    full = _document(rollout)
+    doc = {key: full[key] for key in ("alias", "stable", "candidate", *SPEC_FIELDS)
+           if key in full}
+    bare = tuple(msgspec.convert({"name": v.name, "model": v.model, "dimensions": v.dimensions,
+                                  "target": {"collection": v.target.collection}}, type=Version)
+                 for v in rollout.versions)
+    defaults = _plain(Rollout(alias=rollout.alias, versions=bare, stable=rollout.stable))
+    sparse: dict[str, Any] = _sparse(doc, defaults)
+    return sparse
+
+
+def _sparse(value: Any, default: Any) -> Any:
+    """``value`` without what equals ``default`` (mappings key by key, lists item by item),
+    keeping the keys every document names."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        return {key: _sparse(item, default.get(key)) for key, item in value.items()
+                if key in REQUIRED or key not in default or item != default[key]}
+    if isinstance(value, list) and isinstance(default, list) and len(value) == len(default):
+        return [_sparse(item, base) for item, base in zip(value, default, strict=True)]
+    return value
 
 
 def _document(rollout: Rollout) -> dict[str, Any]:

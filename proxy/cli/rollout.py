@@ -17,7 +17,8 @@ from rollout_rules.errors import NotFoundError, RuleError
 from rollout_rules.model import Rollout, parse_rollout
 from rollout_rules.ops import summarize_change
 from rollout_rules.ramp import RampAction, RampPlan
-from rollout_rules.spec import document as spec_document
+from rollout_rules.spec import document as full_document
+from rollout_rules.spec import spec_document
 from rollout_rules.text import one_line
 
 if TYPE_CHECKING:  # what a command needs is imported when it runs: `status` starts fast
@@ -57,7 +58,7 @@ async def cmd_export(operator: Operator, args: argparse.Namespace) -> Result:
     rollout = await operator.store.get(args.alias)
     import tomli_w
 
-    data = spec_document(rollout)
+    data = full_document(rollout) if args.full else spec_document(rollout)
     header = (f"# {rollout.alias} at revision {rollout.revision}, exported from the live rule "
               f"(changed last by {rollout.updated_by or 'someone'} at {rollout.updated_at})\n")
     return data, header + tomli_w.dumps(_toml_ready(data)).rstrip("\n")
@@ -383,8 +384,11 @@ def _add_rules_file_parsers(command: Command, writer: Writer) -> None:
     p.add_argument("alias")
     p.add_argument("--file", required=True, help="rule document (JSON or TOML)")
     p.add_argument("--take-status", action="store_true", help="as init --take-status would")
-    p = command("export", cmd_export, "the live rule as a TOML rules document (--json: JSON)")
+    p = command("export", cmd_export, "the live rule's spec as a TOML rules file to keep in "
+                                      "git, defaults left out (--json: JSON)")
     p.add_argument("alias")
+    p.add_argument("--full", action="store_true",
+                   help="every setting, defaults and status (share, state) included")
     p = writer("undo", cmd_undo, "write the rule back as it was at an earlier revision (from "
                                  "the audit trail), as a new revision")
     p.add_argument("--to-revision", type=int, required=True, metavar="N")

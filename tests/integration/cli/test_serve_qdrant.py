@@ -15,14 +15,14 @@ from proxy.cli.main import main
 from proxy.models.builtin import L3_ID, L6_ID
 from tests.integration.cli.conftest import StartServing, wait_ready
 from tests.integration.qdrant_api.clients import version_checked
-from tests.readme import README
+from tests.readme import DOCS
 
 pytestmark = pytest.mark.integration
 
 
 def _shown(name: str) -> tuple[str, list[str]]:
     """The README's program marked ``# name`` and the output it shows, scores left out."""
-    program, output = re.search(rf"```python\n# {name}\n(.*?)```\n\n```\n(.*?)```", README,
+    program, output = re.search(rf"```python\n# {name}\n(.*?)```\n\n```\n(.*?)```", DOCS,
                                 re.DOTALL).groups()  # type: ignore[union-attr]
     return program, _unscored(output)
 

@@ -29,7 +29,7 @@ from proxy.web.keys import DRIFT, WATCHER
 from rollout_rules.model import Rollout, Target, Version
 from tests.eventually import eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Engine, Proxy, ProxyFactory
-from tests.readme import README
+from tests.readme import DOCS
 from tests.servers import KEY, SERVED_NAME, Infinity, cls_pooled_copy
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -223,7 +223,7 @@ def test_the_readmes_models_add_runs_as_shown(infinity: Infinity, tmp_path: Path
     place of the README's): the same lines but the ones naming this run's folder, identity
     (which holds the address) and fingerprint (the probe vectors, rounded: compared by cosine
     in the contract tests)."""
-    shown = README.split("### Models you call over HTTP", 1)[1]
+    shown = DOCS.split("## Models you call over HTTP", 1)[1]
     command, output = re.search(r"\$ (embedshift models add .*?)\n(.*?)```", shown,
                                 re.DOTALL).groups()  # type: ignore[union-attr]
     readme_url = re.search(r"--openai-url (\S+)", command).group(1)  # type: ignore[union-attr]

@@ -68,3 +68,24 @@ def test_a_file_naming_another_stable_is_refused_unless_its_status_is_taken() ->
     with pytest.raises(RuleError, match="never changes the stable version"):
         apply_file(live, other)
     assert apply_file(live, other, take_status=True).rollout.stable == "v2"
+
+
+def test_an_exported_spec_leaves_out_defaults_and_status_and_applies_as_a_no_op() -> None:
+    """`export` writes what a file in git needs; the rule it came from reads it as unchanged,
+    after a ramp, a hand-edited guard and a promote alike."""
+    from rollout_rules.model import parse_rollout
+    from rollout_rules.spec import spec_document
+
+    ramped = ops.set_guard(ops.set_percent(first_declaration(rollout(percent=0)), 40),
+                           {"min_requests": 20})
+    promoted = ops.promote(ops.set_percent(ramped, 100), 1.0, at="2026-01-01")
+    for live in (ramped, promoted):
+        spec = spec_document(live)
+        assert set(spec) <= {"alias", "stable", "candidate", "versions", "guard", "salt",
+                             "stickiness", "coverage_gate", "overrides", "promotion"}
+        assert spec["guard"] == {"min_requests": 20}  # the one setting off its default
+        assert {"name", "model", "dimensions", "target"} <= set(spec["versions"][0])
+        applied = apply_file(live, parse_rollout(spec)).rollout
+        assert differences(live, applied) == []  # only the record of what was applied moves
+        assert replace(applied, applied=live.applied) == live
+    assert "percent" not in spec_document(ramped) and "state" not in spec_document(ramped)
