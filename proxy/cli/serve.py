@@ -27,6 +27,7 @@ from proxy.models.loader import ModelCache
 from proxy.qdrant_api.app import make_qdrant_app
 from proxy.state.base import RuleStore
 from proxy.state.handed import RedisHandedOut
+from proxy.state.limits import RedisLimits
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import open_store
 from proxy.telemetry import configure_logging, tracer_provider
@@ -51,7 +52,8 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
         ServerStore.connect(settings.qdrant_url, settings.qdrant_api_key,
                             settings.qdrant_read_consistency) if settings.qdrant_url
         else EdgeStore(data / "qdrant", search_threads=settings.edge_search_threads))
-    models = ModelCache(settings.models_path)  # the demo and the request path share them
+    models = ModelCache(settings.models_path,  # the demo and the request path share them
+                        limits=RedisLimits(rules.client, settings.redis_prefix))  # and replicas
     if demo and settings.redis_url is None and settings.qdrant_url is None:
         await prepare_demo(rules, Ingestor(vectors, rules, models),
                            data / "demo-declared")

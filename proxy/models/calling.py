@@ -21,6 +21,7 @@ import email.utils
 import math
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -106,6 +107,26 @@ class Circuit:
         """How long to wait before asking again (0 when closed or half-open; while a trial is
         in flight, a short while)."""
         return max(0.05, self.open_until - now) if self.state(now) == "open" else 0.0
+
+
+class SharedLimits(Protocol):
+    """A served model's rate limits and circuit, shared by every process that calls it (the
+    proxies and their backfills): what each process takes is taken from one budget, and a
+    circuit one process opened holds the others back too (``proxy.state.limits``)."""
+
+    async def take(self, model: str, kind: str, amount: float, per_minute: float,
+                   keep: float) -> float:
+        """Take ``amount`` of the model's ``kind`` budget (``requests``, ``tokens``) beyond
+        ``keep`` of a minute's; 0 when taken, else the seconds to wait (nothing taken)."""
+        ...
+
+    async def trip(self, model: str, seconds: float) -> None:
+        """The model's circuit opened here for ``seconds``: the others hold back too."""
+        ...
+
+    async def tripped(self, model: str) -> float:
+        """Seconds left of a circuit opened anywhere; 0 when none is open."""
+        ...
 
 
 @dataclass

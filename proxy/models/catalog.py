@@ -32,6 +32,7 @@ import msgspec
 
 from proxy.models.bert_onnx import save_bert
 from proxy.models.builtin import BUILTIN_SETTINGS, L3_ID, L6_ID, build_l3, build_l6
+from proxy.models.calling import SharedLimits
 from proxy.models.checks import (
     INT8_MIN_COSINE,
     Measured,
@@ -111,9 +112,10 @@ def served_folder(model: str, models_dir: Path) -> Path | None:
 
 
 def open_model(version: Version, models_dir: Path, threads: int,
-               environ: Mapping[str, str] = os.environ) -> TextModel:
+               environ: Mapping[str, str] = os.environ, limits: SharedLimits | None = None
+               ) -> TextModel:
     """A version's model, local (``load_model``) or served, with its key read from where its
-    spec says."""
+    spec says (and ``limits``, the budget its calls share with other processes)."""
     served = served_folder(version.model, models_dir)
     if served is None:
         return load_model(version, models_dir, threads)
@@ -121,7 +123,8 @@ def open_model(version: Version, models_dir: Path, threads: int,
         raise ModelError(f"model {version.model} is served: it has no {version.quantization} "
                          'variant (quantization = "none")')
     spec = read_spec(served)
-    return ServedModel(spec, version.model, api_key=read_key(spec, environ, version.model))
+    return ServedModel(spec, version.model, api_key=read_key(spec, environ, version.model),
+                       limits=limits)
 
 
 def load_model(version: Version, models_dir: Path, threads: int) -> OnnxModel:

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from proxy.models.calling import SharedLimits
 from proxy.models.catalog import open_model
 from proxy.models.encoders import Encoder, QueryEncoder, RemoteModel, TextModel
 from proxy.tasks import cancel_and_wait
@@ -35,11 +36,12 @@ def encoder_key(version: Version) -> EncoderKey:
 
 class ModelCache:
     def __init__(self, models_dir: Path, load: Callable[[Version], TextModel] | None = None,
-                 threads: int = 1) -> None:
+                 threads: int = 1, limits: SharedLimits | None = None) -> None:
         """``load`` reads a version's model (default: its ONNX folder, built if need be, with
-        ``threads`` intra-op threads; the request path runs several such models in parallel)."""
+        ``threads`` intra-op threads; the request path runs several such models in parallel;
+        a served model's calls share ``limits`` with other processes)."""
         self.models_dir = models_dir
-        self._load = load or (lambda v: open_model(v, models_dir, threads))
+        self._load = load or (lambda v: open_model(v, models_dir, threads, limits=limits))
         self._models: dict[tuple[str, str], TextModel] = {}
         self._lock = asyncio.Lock()
 

@@ -20,6 +20,7 @@ when the model is loaded; it is never in the spec, a log, an error or a metric.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import time
@@ -36,6 +37,7 @@ from proxy.models.calling import (
     RETRYABLE,
     Bucket,
     Circuit,
+    SharedLimits,
     error_code,
     parse_embeddings,
     parse_retry_after,
@@ -43,7 +45,7 @@ from proxy.models.calling import (
 )
 from proxy.models.checks import PROBES, Reference, row_cosines
 from proxy.models.encoders import Vector
-from rollout_rules.errors import ModelError
+from rollout_rules.errors import ModelError, StoreUnavailable
 from rollout_rules.text import one_line
 
 SPEC_FILE = "embedshift-served.json"
@@ -156,8 +158,12 @@ class ServedModel:
     def __init__(self, spec: ServedSpec, name: str, *, api_key: str = "",
                  clock: Callable[[], float] = time.monotonic,
                  draw: Callable[[], float] = random.random,
-                 bulk_patience_s: float = BULK_PATIENCE_S, echo_errors: bool = False) -> None:
+                 bulk_patience_s: float = BULK_PATIENCE_S, echo_errors: bool = False,
+                 limits: SharedLimits | None = None) -> None:
+        """``limits``: the rate limits and circuit shared with every other process calling
+        the service (none: this process's own)."""
         self.spec, self.name = spec, name
+        self.limits = limits
         # A service's error text may repeat the input: it is shown only where the texts are
         # the catalogue's checks, printed to the operator who runs them, never in a log.
         self.echo_errors = echo_errors
@@ -257,7 +263,7 @@ class ServedModel:
         deadline = self._clock() + patience
         attempt, last = 0, "no answer yet"
         while True:
-            wait = self._admit(texts, live)
+            wait = await self._admitted(texts, live)
             if wait > 0:
                 if live and self.circuit.state(self._clock()) == "open":
                     raise ModelError(f"model {self.name}: not called, its circuit is open after "
@@ -274,8 +280,12 @@ class ServedModel:
             except _Retryable as exc:
                 now = self._clock()
                 if exc.counts:
+                    opened = self.circuit.opened
                     self.circuit.failed(now)
                     self.spent.failures += 1
+                    if self.limits is not None and self.circuit.opened > opened:
+                        with contextlib.suppress(StoreUnavailable):  # the others learn alone
+                            await self.limits.trip(self.name, self.circuit.cooldown_s)
                 else:
                     self.spent.rate_limited += 1
                 if exc.retry_after_s is not None:
@@ -295,6 +305,28 @@ class ServedModel:
             if tokens:
                 self._tokens.spend(tokens - _guess_tokens(texts), self._clock())
             return vectors
+
+    async def _admitted(self, texts: list[str], live: bool) -> float:
+        """``_admit``, with the budget and circuit shared with other processes when there
+        are: 0 when a call may go now, else the seconds to wait."""
+        if self.limits is None:
+            return self._admit(texts, live)
+        now = self._clock()
+        if now < self._cool_until:
+            return self._cool_until - now
+        if self.circuit.wait_s(now) > 0:
+            return self.circuit.wait_s(now)
+        keep = 0.0 if live else BULK_KEEP
+        try:
+            wait = await self.limits.tripped(self.name) or \
+                await self.limits.take(self.name, "requests", 1, self.spec.rpm, keep) or \
+                await self.limits.take(self.name, "tokens", _guess_tokens(texts),
+                                       self.spec.tpm, keep)
+        except StoreUnavailable:  # the shared budget out of reach: this process's own
+            return self._admit(texts, live)
+        if wait:
+            return wait
+        return 0.0 if self.circuit.allow(now) else 0.05
 
     def _admit(self, texts: list[str], live: bool) -> float:
         """0 when a call may go now (its share of the rate limits taken), else seconds to
