@@ -307,41 +307,35 @@ class ServedModel:
             return vectors
 
     async def _admitted(self, texts: list[str], live: bool) -> float:
-        """``_admit``, with the budget and circuit shared with other processes when there
-        are: 0 when a call may go now, else the seconds to wait."""
-        if self.limits is None:
-            return self._admit(texts, live)
+        """0 when a call may go now (its share of the rate limits taken), else seconds to
+        wait: for a Retry-After, an open circuit (here, or opened by another process) or the
+        rate limits (shared with every process when ``limits`` is set)."""
         now = self._clock()
-        if now < self._cool_until:
-            return self._cool_until - now
-        if self.circuit.wait_s(now) > 0:
-            return self.circuit.wait_s(now)
         keep = 0.0 if live else BULK_KEEP
-        try:
-            wait = await self.limits.tripped(self.name) or \
-                await self.limits.take(self.name, "requests", 1, self.spec.rpm, keep) or \
-                await self.limits.take(self.name, "tokens", _guess_tokens(texts),
-                                       self.spec.tpm, keep)
-        except StoreUnavailable:  # the shared budget out of reach: this process's own
-            return self._admit(texts, live)
+        wait = self._held_back(now)
+        if not wait and self.limits is not None:
+            try:
+                wait = await self.limits.tripped(self.name) or \
+                    await self.limits.take(self.name, "requests", 1, self.spec.rpm, keep) or \
+                    await self.limits.take(self.name, "tokens", _guess_tokens(texts),
+                                           self.spec.tpm, keep)
+            except StoreUnavailable:  # the shared budget out of reach: this process's own
+                wait = self._own_budget(texts, now, keep)
+        elif not wait:
+            wait = self._own_budget(texts, now, keep)
         if wait:
             return wait
         return 0.0 if self.circuit.allow(now) else 0.05
 
-    def _admit(self, texts: list[str], live: bool) -> float:
-        """0 when a call may go now (its share of the rate limits taken), else seconds to
-        wait: for a Retry-After, an open circuit or the rate limits."""
-        now = self._clock()
+    def _held_back(self, now: float) -> float:
+        """Seconds a Retry-After or this process's open circuit still holds calls back."""
         if now < self._cool_until:
             return self._cool_until - now
-        if self.circuit.wait_s(now) > 0:
-            return self.circuit.wait_s(now)
-        keep = 0.0 if live else BULK_KEEP
-        wait = self._requests.take(1, now, keep) or self._tokens.take(
+        return self.circuit.wait_s(now)
+
+    def _own_budget(self, texts: list[str], now: float, keep: float) -> float:
+        return self._requests.take(1, now, keep) or self._tokens.take(
             _guess_tokens(texts), now, keep)
-        if wait:
-            return wait
-        return 0.0 if self.circuit.allow(now) else 0.05
 
     @asynccontextmanager
     async def _slot(self, live: bool) -> AsyncIterator[None]:

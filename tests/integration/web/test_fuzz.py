@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -49,9 +50,13 @@ paths = st.one_of(
     st.text(max_size=20).map(lambda alias: f"/v1/aliases/{quote(alias, safe='')}/search"))
 
 
-@pytest.fixture
-def running_proxy(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
-                  models_dir: Path) -> Iterator[int]:
+Run = Callable[[Any], Any]
+
+
+@contextlib.contextmanager
+def loop_thread() -> Iterator[Run]:
+    """An event loop in a thread of its own (hypothesis's tests are synchronous): ``run``
+    awaits a coroutine there."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -59,6 +64,21 @@ def running_proxy(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
     def run(coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=60)
 
+    yield run
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def loop_run() -> Iterator[Run]:
+    with loop_thread() as run:
+        yield run
+
+
+@pytest.fixture
+def running_proxy(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
+                  models_dir: Path, loop_run: Run) -> Iterator[int]:
+    run = loop_run
     factory = ProxyFactory(redis_server.url, prefix, demo_engine, models_dir)
     run(factory.declare(percent=50, allow_request=True))
     app, config, rules, _, _ = factory.app()
@@ -73,8 +93,6 @@ def running_proxy(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
     yield run(serve())
     run(runner.cleanup())
     run(rules.aclose())
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
 
 
 NOT_JSON = ("/metrics", "/ui", "/ui/ui.js", "/ui/ui.css")
@@ -305,18 +323,12 @@ qdrant_names = st.one_of(st.sampled_from(["products", "products", "own", "produc
 
 @pytest.fixture
 def running_qdrant(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
-                   models_dir: Path, tmp_path: Path) -> Iterator[int]:
+                   models_dir: Path, tmp_path: Path, loop_run: Run) -> Iterator[int]:
     from proxy.qdrant_api.app import make_qdrant_app
     from proxy.vectors.edge import EdgeStore
     from proxy.web.keys import EMBEDDER, INGESTOR, READY, SEARCHER, TRACER
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def run(coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=60)
-
+    run = loop_run
     factory = ProxyFactory(redis_server.url, prefix, demo_engine, models_dir)
     run(factory.declare(percent=50))
     engine = EdgeStore(tmp_path / "qdrant")
@@ -345,8 +357,6 @@ def running_qdrant(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine
     run(native.cleanup())
     run(rules.aclose())
     run(engine.close())
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
 
 
 def _qdrant_request(port: int, method: str, path: str, body: bytes,
