@@ -76,10 +76,14 @@ def loop_run() -> Iterator[Run]:
 
 
 @pytest.fixture
-def running_proxy(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
-                  models_dir: Path, loop_run: Run) -> Iterator[int]:
+def factory(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
+            models_dir: Path) -> ProxyFactory:
+    return ProxyFactory(redis_server.url, prefix, demo_engine, models_dir)
+
+
+@pytest.fixture
+def running_proxy(factory: ProxyFactory, loop_run: Run) -> Iterator[int]:
     run = loop_run
-    factory = ProxyFactory(redis_server.url, prefix, demo_engine, models_dir)
     run(factory.declare(percent=50, allow_request=True))
     app, config, rules, _, _ = factory.app()
     runner = make_runner(app, config)
@@ -322,14 +326,12 @@ qdrant_names = st.one_of(st.sampled_from(["products", "products", "own", "produc
 
 
 @pytest.fixture
-def running_qdrant(redis_server: EmbeddedRedis, prefix: str, demo_engine: Engine,
-                   models_dir: Path, tmp_path: Path, loop_run: Run) -> Iterator[int]:
+def running_qdrant(factory: ProxyFactory, tmp_path: Path, loop_run: Run) -> Iterator[int]:
     from proxy.qdrant_api.app import make_qdrant_app
     from proxy.vectors.edge import EdgeStore
     from proxy.web.keys import EMBEDDER, INGESTOR, READY, SEARCHER, TRACER
 
     run = loop_run
-    factory = ProxyFactory(redis_server.url, prefix, demo_engine, models_dir)
     run(factory.declare(percent=50))
     engine = EdgeStore(tmp_path / "qdrant")
     app, config, rules, _, _ = factory.app(engine=engine, data_dir=str(tmp_path / "data"),
