@@ -1,8 +1,9 @@
-"""The README's five minutes run as shown: each command, against `embedshift serve` started as
-the README starts it, prints what the README shows, but for what differs from run to run.
+"""The README's five minutes run as shown: each command prints what the README shows.
 
-What differs: trace ids, times, rates, who ran a command, how many searches and instances the
-guard's window holds (it slides), and whether a share of answers was sampled for popularity."""
+The commands run against `embedshift serve` started as the README starts it. What may differ
+from run to run is left out of the comparison: trace ids, times, rates, who ran a command, how
+many searches and instances the guard's window holds (it slides), and whether a share of answers
+was sampled for popularity."""
 
 from __future__ import annotations
 
