@@ -32,6 +32,13 @@ async def service() -> AsyncIterator[tuple[FakeEmbeddingsService, str]]:
     await server.close()
 
 
+@pytest.fixture
+async def limits(redis_server: EmbeddedRedis, prefix: str) -> AsyncIterator[RedisLimits]:
+    client = connect(Settings(), redis_server.url)
+    yield RedisLimits(client, prefix)
+    await client.aclose()
+
+
 def _models(url: str, limits: RedisLimits | None) -> list[ServedModel]:
     spec = ServedSpec(url=url, model_id="hash-embedder", dimensions=384, rpm=10,
                       timeout_s=0.5, max_concurrency=8)
@@ -53,13 +60,9 @@ async def _live_calls(models: list[ServedModel], each: int) -> int:
 
 @pytest.mark.parametrize("shared", [True, False])
 async def test_two_processes_together_stay_inside_the_services_rate(
-        service: tuple[FakeEmbeddingsService, str], redis_server: EmbeddedRedis, prefix: str,
-        shared: bool) -> None:
+        service: tuple[FakeEmbeddingsService, str], limits: RedisLimits, shared: bool) -> None:
     fake, url = service
-    client = connect(Settings(), redis_server.url)
-    answered = await _live_calls(_models(url, RedisLimits(client, prefix) if shared else None),
-                                 each=10)
-    await client.aclose()
+    answered = await _live_calls(_models(url, limits if shared else None), each=10)
     if shared:  # 10 a minute between them: the rest give up within a query's patience
         assert answered == len(fake.calls) == 10
     else:  # each its own budget: twice what the service allows
@@ -67,11 +70,9 @@ async def test_two_processes_together_stay_inside_the_services_rate(
 
 
 async def test_a_circuit_one_process_opened_holds_the_other_back(
-        service: tuple[FakeEmbeddingsService, str], redis_server: EmbeddedRedis,
-        prefix: str) -> None:
+        service: tuple[FakeEmbeddingsService, str], limits: RedisLimits) -> None:
     fake, url = service
-    client = connect(Settings(), redis_server.url)
-    first, second = _models(url, RedisLimits(client, prefix))
+    first, second = _models(url, limits)
     fake.mode = "500"
     for n in range(5):  # five failures in a row open the first's circuit
         with pytest.raises(ModelError):
@@ -83,4 +84,3 @@ async def test_a_circuit_one_process_opened_holds_the_other_back(
     assert sum(fake.faults.values()) == asked  # the second never called the failing service
     for model in (first, second):
         await model.aclose()
-    await client.aclose()
