@@ -155,4 +155,5 @@ async def foreign_points(version: Version, info: CollectionInfo, store: VectorSt
     return (f"collection {version.target.collection} holds {info.points} points embedshift did "
             f"not write: nothing says {version.model} made their vectors. Adopt it instead "
             f"(embedshift adopt ALIAS --collection {version.target.collection} --model "
-            f"{version.model}), which checks that it did")
+            f"{version.model}), which checks that it did; or, for a rule declared so before, "
+            "name the payload key holding each point's text (text_field) in the version")
