@@ -76,12 +76,18 @@ def load_beir(folder: Path, split: str = "test", max_docs: int | None = None) ->
 
 def evaluate(model: TextModel, dataset: Dataset, query_prefix: str = "",
              batch_size: int = 32) -> Scores:
+    return score(rank(model, dataset, query_prefix, batch_size), dataset.qrels,
+                 documents=len(dataset.docs))
+
+
+def rank(model: TextModel, dataset: Dataset, query_prefix: str = "", batch_size: int = 32,
+         k: int = 100) -> dict[str, list[str]]:
+    """Each judged query's ``k`` best documents by ``model``, best first."""
     doc_vectors = model.embed_many(dataset.docs, batch_size)
     query_vectors = model.embed_many([query_prefix + q for q in dataset.queries], batch_size)
-    rankings = top_k(query_vectors, doc_vectors, 100)
-    ranked = {qid: [dataset.doc_ids[i] for i in row]
-              for qid, row in zip(dataset.query_ids, rankings, strict=True)}
-    return score(ranked, dataset.qrels, documents=len(dataset.docs))
+    rankings = top_k(query_vectors, doc_vectors, k)
+    return {qid: [dataset.doc_ids[i] for i in row]
+            for qid, row in zip(dataset.query_ids, rankings, strict=True)}
 
 
 def top_k(queries: np.ndarray, docs: np.ndarray, k: int) -> np.ndarray:

@@ -1,0 +1,306 @@
+"""Answers remembered for their feedback, and the online counts feedback adds to, shared by every
+proxy through Redis (``RedisAnswerLog``); ``MemoryAnswerLog`` is the fake, for one process.
+
+An answer (``rollout_rules.online.Answer``: alias, version, revision, user key, tenant, time,
+the ids shown and, interleaved, each one's team) is kept by its trace id for ``ttl_s``, at most
+``cap`` of them, the oldest dropped first, so neither time nor a flood grows the store that
+holds the rules. Feedback about it is credited by one script, atomically on whichever proxy it
+reaches:
+
+- a replayed ``event_id`` counts once (``replayed``);
+- one credit per (answer, document, event) (``repeated``);
+- at most ``per_user`` credited events per user key while the answer is remembered
+  (``capped``): one user, however busy or forged, moves the figures by that much at most;
+- a click is the answer's first (clicked in the top ``TOP_K``, its reciprocal rank) once; on an
+  interleaved answer it goes to the team that placed the document, and the answer's preference
+  (win, loss or tie) is moved, not added again.
+
+The counts per alias are one hash: ``{version}:{field}`` for answers served by one version,
+``il:{test}:{baseline}:{field}`` for interleaved ones (``rollout_rules.online`` reads them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+import msgspec
+from redis import asyncio as aioredis
+
+from proxy.state.client import unavailable_on_error
+from rollout_rules.online import NO_TEAM, Answer, Placed, preference_of
+
+TOP_K = 10
+DEFAULT_CAP = 1_000_000
+RR_SCALE = 1_000_000  # reciprocal ranks are summed as integers of this many parts
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(Answer)
+
+
+def counts_prefix(answer: Answer) -> str:
+    """Where an answer's counts go: its version's, or its interleaved pair's."""
+    return f"il:{answer.version}:{answer.baseline}" if answer.interleaved else answer.version
+
+
+def user_slot(user: str) -> str:
+    """A user key as a short digest: the cap's key, never the key itself."""
+    return hashlib.blake2b(user.encode(), digest_size=12).hexdigest()
+
+
+class Credit(msgspec.Struct, frozen=True, kw_only=True):
+    """One event to credit to a remembered answer."""
+
+    trace_id: str
+    answer: Answer
+    event: str
+    placed: Placed
+    event_id: str | None = None
+    value: float | None = None
+
+
+class AnswerLog(Protocol):
+    async def remember(self, answers: Sequence[tuple[str, Answer]], ttl_s: float) -> int:
+        """Remember answers by trace id and count them; how many older ones were dropped."""
+        ...
+
+    async def recall(self, trace_ids: Sequence[str]) -> list[Answer | None]:
+        """Each trace's answer while it is remembered, else None."""
+        ...
+
+    async def credit(self, credit: Credit, *, per_user: int, ttl_s: float) -> str:
+        """``counted``, ``replayed``, ``repeated`` or ``capped``."""
+        ...
+
+    async def counts(self, alias: str) -> dict[str, float]:
+        """The alias's online counts, by field."""
+        ...
+
+    async def reset(self, alias: str) -> None:
+        """Forget the alias's counts (a new experiment starts from none)."""
+        ...
+
+
+REMEMBER = """
+local answers, until_at = KEYS[1], KEYS[2]
+local now, expires, cap, keep_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4])
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', answers, ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', until_at, expires, ARGV[i])
+end
+local function forget(members)
+  for k = 1, #members, 500 do
+    local part = {unpack(members, k, math.min(k + 499, #members))}
+    redis.call('HDEL', answers, unpack(part))
+    redis.call('ZREM', until_at, unpack(part))
+  end
+end
+forget(redis.call('ZRANGEBYSCORE', until_at, '-inf', now, 'LIMIT', 0, 5000))
+local over = redis.call('ZCARD', until_at) - cap
+local dropped = 0
+if over > 0 then
+  local oldest = redis.call('ZRANGE', until_at, 0, over - 1)
+  forget(oldest)
+  dropped = #oldest
+end
+redis.call('PEXPIRE', answers, keep_ms)
+redis.call('PEXPIRE', until_at, keep_ms)
+return dropped
+"""
+
+CREDIT = """
+local credits, user, counts = KEYS[1], KEYS[2], KEYS[3]
+local event_id, event, position, team = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local base, keep_ms, cap, value = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local rr, top = tonumber(ARGV[9]), ARGV[10]
+if event_id ~= '' and redis.call('HSETNX', credits, 'id:' .. event_id, 1) == 0 then
+  return 'replayed'
+end
+local fresh = redis.call('HSETNX', credits, event .. ':' .. position, 1)
+redis.call('PEXPIRE', credits, keep_ms)
+if fresh == 0 then return 'repeated' end
+local spent = redis.call('INCR', user)
+if spent == 1 then redis.call('PEXPIRE', user, keep_ms) end
+if spent > cap then return 'capped' end
+redis.call('HINCRBY', counts, base .. ':' .. event, 1)
+if value ~= '' then redis.call('HINCRBYFLOAT', counts, base .. ':' .. event .. ':value', value) end
+if event ~= 'click' then return 'counted' end
+if top == '1' and redis.call('HSETNX', credits, 'clicked', position) == 1 then
+  redis.call('HINCRBY', counts, base .. ':clicked', 1)
+  redis.call('HINCRBY', counts, base .. ':rr', rr)
+end
+if team >= 0 then
+  local clicks = {tonumber(redis.call('HGET', credits, 'team0') or '0'),
+                  tonumber(redis.call('HGET', credits, 'team1') or '0')}
+  local function preference(baseline, test)
+    if baseline + test == 0 then return '' end
+    if baseline == test then return 'tie' end
+    if test > baseline then return 'test' end
+    return 'baseline'
+  end
+  local before = preference(clicks[1], clicks[2])
+  clicks[team + 1] = clicks[team + 1] + 1
+  redis.call('HSET', credits, 'team' .. team, clicks[team + 1])
+  local after = preference(clicks[1], clicks[2])
+  if before ~= after then
+    if before ~= '' then redis.call('HINCRBY', counts, base .. ':' .. before, -1) end
+    redis.call('HINCRBY', counts, base .. ':' .. after, 1)
+  end
+end
+return 'counted'
+"""
+
+
+def _credit_args(credit: Credit, keep_ms: int, per_user: int) -> list[str | int | float]:
+    placed = credit.placed
+    return [credit.event_id or "", credit.event, int(placed.position), int(placed.team),
+            counts_prefix(credit.answer), keep_ms, per_user,
+            "" if credit.value is None else repr(float(credit.value)),
+            RR_SCALE // (placed.position + 1), "1" if placed.position < TOP_K else "0"]
+
+
+class RedisAnswerLog:
+    """Answers in one hash (trace id -> packed answer) with a sorted set of when each is
+    forgotten; credits per answer in a hash that expires with it; all under one hash tag, so
+    the scripts work on a cluster too."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, cap: int = DEFAULT_CAP) -> None:
+        self.client, self.cap = client, cap
+        self.base = f"{prefix}:{{answers}}"
+        self._remember = client.register_script(REMEMBER)
+        self._credit = client.register_script(CREDIT)
+
+    async def remember(self, answers: Sequence[tuple[str, Answer]], ttl_s: float) -> int:
+        if not answers:
+            return 0
+        now = int(time.time() * 1000)
+        keep_ms = max(1, int(ttl_s * 1000))
+        args: list[str | bytes | int] = [now, now + keep_ms, self.cap, keep_ms]
+        served: dict[tuple[str, str], int] = {}
+        for trace_id, answer in answers:
+            args += [trace_id, _ENCODER.encode(answer)]
+            key = (answer.alias, counts_prefix(answer))
+            served[key] = served.get(key, 0) + 1
+        async with unavailable_on_error(self.client):
+            dropped = await self._remember(keys=[self.base, f"{self.base}:until"], args=args)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for (alias, prefix), n in served.items():
+                    pipe.hincrby(self._counts(alias), f"{prefix}:answers", n)
+                await pipe.execute()
+        return int(cast(int, dropped))
+
+    async def recall(self, trace_ids: Sequence[str]) -> list[Answer | None]:
+        if not trace_ids:
+            return []
+        async with unavailable_on_error(self.client), \
+                self.client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.base, list(trace_ids))
+            pipe.zmscore(f"{self.base}:until", list(trace_ids))
+            packed, until = await pipe.execute()
+        now = time.time() * 1000
+        return [_DECODER.decode(raw) if raw is not None and expiry is not None and expiry > now
+                else None for raw, expiry in zip(packed, until, strict=True)]
+
+    async def credit(self, credit: Credit, *, per_user: int, ttl_s: float) -> str:
+        keep_ms = max(1, int(ttl_s * 1000))
+        keys = [f"{self.base}:credit:{credit.trace_id}",
+                f"{self.base}:user:{user_slot(credit.answer.user)}",
+                self._counts(credit.answer.alias)]
+        async with unavailable_on_error(self.client):
+            outcome = await self._credit(keys=keys, args=_credit_args(credit, keep_ms,
+                                                                        per_user))
+        return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+
+    async def counts(self, alias: str) -> dict[str, float]:
+        async with unavailable_on_error(self.client):
+            raw = await self.client.hgetall(self._counts(alias))
+        return {_text(k): float(v) for k, v in raw.items()}
+
+    async def reset(self, alias: str) -> None:
+        async with unavailable_on_error(self.client):
+            await self.client.delete(self._counts(alias))
+
+    def _counts(self, alias: str) -> str:
+        return f"{self.base}:online:{alias}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class MemoryAnswerLog:
+    """The same rules in one process's memory."""
+
+    def __init__(self, cap: int = DEFAULT_CAP) -> None:
+        self.cap = cap
+        self._answers: OrderedDict[str, tuple[Answer, float]] = OrderedDict()
+        self._credits: dict[str, dict[str, int]] = {}
+        self._users: dict[str, tuple[int, float]] = {}
+        self._counts: dict[str, dict[str, float]] = {}
+
+    async def remember(self, answers: Sequence[tuple[str, Answer]], ttl_s: float) -> int:
+        until = time.monotonic() + ttl_s
+        for trace_id, answer in answers:
+            self._answers.pop(trace_id, None)
+            self._answers[trace_id] = (answer, until)
+            self._add(answer.alias, f"{counts_prefix(answer)}:answers", 1)
+        dropped = max(0, len(self._answers) - self.cap)
+        for _ in range(dropped):
+            self._answers.popitem(last=False)
+        return dropped
+
+    async def recall(self, trace_ids: Sequence[str]) -> list[Answer | None]:
+        now = time.monotonic()
+        found = [self._answers.get(trace_id) for trace_id in trace_ids]
+        return [kept[0] if kept is not None and kept[1] > now else None for kept in found]
+
+    async def credit(self, credit: Credit, *, per_user: int, ttl_s: float) -> str:
+        credits = self._credits.setdefault(credit.trace_id, {})
+        if credit.event_id is not None:
+            if f"id:{credit.event_id}" in credits:
+                return "replayed"
+            credits[f"id:{credit.event_id}"] = 1
+        placed, answer = credit.placed, credit.answer
+        once = f"{credit.event}:{placed.position}"
+        if once in credits:
+            return "repeated"
+        credits[once] = 1
+        now = time.monotonic()
+        slot = user_slot(answer.user)
+        spent, until = self._users.get(slot, (0, now + ttl_s))
+        spent = spent + 1 if until > now else 1
+        self._users[slot] = (spent, until if until > now else now + ttl_s)
+        if spent > per_user:
+            return "capped"
+        base = counts_prefix(answer)
+        self._add(answer.alias, f"{base}:{credit.event}", 1)
+        if credit.value is not None:
+            self._add(answer.alias, f"{base}:{credit.event}:value", float(credit.value))
+        if credit.event != "click":
+            return "counted"
+        if placed.position < TOP_K and "clicked" not in credits:
+            credits["clicked"] = placed.position
+            self._add(answer.alias, f"{base}:clicked", 1)
+            self._add(answer.alias, f"{base}:rr", RR_SCALE // (placed.position + 1))
+        if placed.team != NO_TEAM:
+            before = preference_of(credits.get("team1", 0), credits.get("team0", 0))
+            credits[f"team{placed.team}"] = credits.get(f"team{placed.team}", 0) + 1
+            after = preference_of(credits.get("team1", 0), credits.get("team0", 0))
+            if before != after:
+                if before is not None:
+                    self._add(answer.alias, f"{base}:{before}", -1)
+                self._add(answer.alias, f"{base}:{after}", 1)
+        return "counted"
+
+    async def counts(self, alias: str) -> dict[str, float]:
+        return dict(self._counts.get(alias, {}))
+
+    async def reset(self, alias: str) -> None:
+        self._counts.pop(alias, None)
+
+    def _add(self, alias: str, field: str, amount: float) -> None:
+        counts = self._counts.setdefault(alias, {})
+        counts[field] = counts.get(field, 0) + amount
