@@ -84,7 +84,7 @@ class World:
     qrels: Qrels
     model: ClickModel = ClickModel()
     spread: float = 0.8  # sigma of the users' lognormal click propensity
-    per_user: int = 5  # queries each user issues
+    per_user: int = 20  # queries each user issues over the comparison
     k: int = 10
 
     @property
@@ -203,7 +203,8 @@ def scifact_rankings(models_dir: Path | None = None) -> tuple[Ranked, Ranked, Qr
 
 def report(baseline: Ranked, test: Ranked, qrels: Qrels, *, seeds: int, aa_runs: int,
            population: int, alpha: float, min_answers: int, max_queries: int,
-           spreads: Sequence[float] = (0.0, 0.4, 0.8, 1.2)) -> list[str]:
+           spreads: Sequence[float] = (0.0, 0.4, 0.8, 1.2),
+           per_users: Sequence[int] = (5, 20)) -> list[str]:
     lines = []
     world = World(baseline, test, qrels)
     runs = [sequential(world, seed, alpha=alpha, min_answers=min_answers,
@@ -224,12 +225,15 @@ def report(baseline: Ranked, test: Ranked, qrels: Qrels, *, seeds: int, aa_runs:
                  f"up to {max_queries} queries: false 'worse' {false_worse} "
                  f"({false_worse / aa_runs:.1%}), false 'better' {false_better} "
                  f"({false_better / aa_runs:.1%}); alpha {alpha:.0%}")
-    lines.append("spread  CTR v1  CTR v2  interleaving  A/B (by user)  ratio")
-    for spread in spreads:
-        found = sample_sizes(World(baseline, test, qrels, spread=spread),
-                             population=population, seed=20_000)
-        lines.append(f"{spread:6.1f}  {found.ctr[0]:6.3f}  {found.ctr[1]:6.3f}  "
-                     f"{found.interleaving:12,.0f}  {found.ab:13,.0f}  {found.ratio:5.1f}x")
+    lines.append("queries per user  spread  CTR v1  CTR v2  interleaving  A/B (by user)  ratio")
+    for per_user in per_users:
+        for spread in spreads:
+            found = sample_sizes(World(baseline, test, qrels, spread=spread,
+                                       per_user=per_user),
+                                 population=population, seed=20_000)
+            lines.append(f"{per_user:16d}  {spread:6.1f}  {found.ctr[0]:6.3f}  "
+                         f"{found.ctr[1]:6.3f}  {found.interleaving:12,.0f}  "
+                         f"{found.ab:13,.0f}  {found.ratio:5.1f}x")
     return lines
 
 

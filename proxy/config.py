@@ -71,6 +71,18 @@ dict. The environment wins over the file. Names, file key on the left, variable 
                                                    texts to catch drift (300; 0: only at start)
     drift_policy        EMBEDSHIFT_DRIFT_POLICY    on drift: rollback (a candidate served by the
                                                    model) or report (rollback)
+    feedback_ttl_s      EMBEDSHIFT_FEEDBACK_TTL_S  how long answers are remembered for their
+                                                   feedback, shared by every proxy (3600; 0: off)
+    feedback_answers_max  EMBEDSHIFT_FEEDBACK_ANSWERS_MAX  answers remembered at most, the oldest
+                                                   dropped first (1000000)
+    feedback_per_user   EMBEDSHIFT_FEEDBACK_PER_USER  feedback events one user key may have
+                                                   counted while answers are remembered (20)
+    feedback_events     EMBEDSHIFT_FEEDBACK_EVENTS  event names counted beyond click, convert,
+                                                   thumbs_up and thumbs_down (comma-separated)
+    feedback_key        EMBEDSHIFT_FEEDBACK_KEY    /v1/feedback asks for it as a Bearer token
+                                                   (unset: the Qdrant read key; neither: off)
+    requery_s           EMBEDSHIFT_REQUERY_S       another search by the same user within this,
+                                                   other text, is a re-query of the first (60)
     config file:        EMBEDSHIFT_CONFIG
 """
 
@@ -137,6 +149,12 @@ _ENV = {
     "max_answer_bytes": "EMBEDSHIFT_MAX_ANSWER_BYTES",
     "drift_check_s": "EMBEDSHIFT_DRIFT_CHECK_S",
     "drift_policy": "EMBEDSHIFT_DRIFT_POLICY",
+    "feedback_ttl_s": "EMBEDSHIFT_FEEDBACK_TTL_S",
+    "feedback_answers_max": "EMBEDSHIFT_FEEDBACK_ANSWERS_MAX",
+    "feedback_per_user": "EMBEDSHIFT_FEEDBACK_PER_USER",
+    "feedback_events": "EMBEDSHIFT_FEEDBACK_EVENTS",
+    "feedback_key": "EMBEDSHIFT_FEEDBACK_KEY",
+    "requery_s": "EMBEDSHIFT_REQUERY_S",
 }
 
 
@@ -193,6 +211,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_answer_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
     drift_check_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     drift_policy: Literal["rollback", "report"] = "rollback"
+    feedback_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 24 * 3600)] = 3600.0
+    feedback_answers_max: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    feedback_per_user: Annotated[int, msgspec.Meta(ge=1)] = 20
+    feedback_events: Annotated[str, msgspec.Meta(
+        pattern=r"^([a-z][a-z0-9_]{0,63}(,[a-z][a-z0-9_]{0,63})*)?$")] = ""
+    feedback_key: str | None = None
+    requery_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0
 
     @property
     def data_path(self) -> Path:
@@ -216,7 +241,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 f"ui_token={hidden(self.ui_token)!r}, "
                 f"qdrant_read_key={hidden(self.qdrant_read_key)!r}, "
                 f"qdrant_write_key={hidden(self.qdrant_write_key)!r}, "
-                f"embeddings_key={hidden(self.embeddings_key)!r})")
+                f"embeddings_key={hidden(self.embeddings_key)!r}, "
+                f"feedback_key={hidden(self.feedback_key)!r})")
 
 
 def load_settings(environ: Mapping[str, str],

@@ -209,7 +209,24 @@ class Metrics:
                                      "HTTP answers by route, method and status (every route, "
                                      "errors included)", ["route", "method", "status"],
                                      registry=r)
+        self.feedback = Counter("embedshift_feedback_events",
+                                "Feedback events by outcome (counted, replayed, repeated, "
+                                "capped, unknown_trace, refused)", ["alias", "event", "outcome"],
+                                registry=r)
+        self.online = Gauge("embedshift_online_quality",
+                            "Online figures per version from the shared counts (answers, "
+                            "click_through, mrr, conversions, thumbs_up, requery, zero_hits; "
+                            "interleaved pairs as version 'TEST~BASELINE' with wins, losses, "
+                            "ties, win_share)", ["alias", "version", "figure"], registry=r)
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def publish_online(self, alias: str, table: dict[str, dict[str, float | None]]) -> None:
+        """Online figures per version (``rollout_rules.online.online_table``) as gauges; a
+        figure with nothing behind it yet is left out rather than shown as 0."""
+        for version, row in table.items():
+            for figure, value in row.items():
+                if value is not None:
+                    self.child(self.online, alias, version, figure).set(value)
 
     def http(self, route: str, method: str, status: int) -> Counter:
         return self.child(self.http_requests, route, method, str(status))

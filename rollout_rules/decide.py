@@ -38,6 +38,7 @@ class Reason(StrEnum):
     MISSING_KEY = "missing_key"
     FALLBACK = "fallback"
     VECTOR = "vector"  # a raw vector from the caller: searched in the space it was made in
+    INTERLEAVED = "interleaved"  # one list from both versions (``rollout_rules.online``)
 
 
 class Context(msgspec.Struct, frozen=True, kw_only=True):

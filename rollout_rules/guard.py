@@ -87,7 +87,9 @@ def cohorts(rollout: Rollout, now: datetime) -> Cohorts | None:
     one for ``watch_s`` after a promote."""
     if not rollout.guard.enabled:
         return None
-    if rollout.candidate is not None and rollout.state is State.RAMPING and rollout.percent > 0:
+    interleaving = rollout.experiment is not None and rollout.experiment.share > 0
+    if rollout.candidate is not None and rollout.state is State.RAMPING and (
+            rollout.percent > 0 or interleaving):  # interleaved users see the candidate too
         return Cohorts(rollout.candidate, rollout.stable, watching=False)
     if watching(rollout, now) and rollout.previous_stable is not None:
         return Cohorts(rollout.stable, rollout.previous_stable, watching=True)

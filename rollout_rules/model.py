@@ -141,6 +141,22 @@ class GuardPolicy(_Frozen, frozen=True):
     # baseline at every step, 100% included, where no user is left on stable
     baseline_share: Fraction = 0.1
     watch_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 1800.0
+    # online quality (``rollout_rules.online``): the version under test's click-through of its
+    # own answers may fall at most this share below the baseline's, its re-query rate rise at
+    # most this share above, before a significant difference is a breach; a significant loss
+    # in interleaving always is
+    max_click_drop: Fraction = 0.1
+    max_requery_rise: Fraction = 0.1
+
+
+class Experiment(_Frozen, frozen=True):
+    """How the candidate is compared with stable on users' own queries: ``interleave`` answers a
+    ``share`` of the queries from users the coverage gate would allow on the candidate with one
+    team-draft list of both versions' hits, and credits their clicks to the version that placed
+    each."""
+
+    mode: Literal["interleave"] = "interleave"
+    share: Fraction = 0.1
 
 
 class PromotionPolicy(_Frozen, frozen=True):
@@ -150,6 +166,9 @@ class PromotionPolicy(_Frozen, frozen=True):
 
     require_quality: bool = False
     max_ndcg_drop: Fraction = 0.01
+    # online evidence a promote (and a guarded ramp's last step) waits for: none, no significant
+    # loss over enough interleaved answers, or a significant win
+    require_online: Literal["off", "no-loss", "win"] = "off"
 
 
 class Rollout(_Frozen, frozen=True):
@@ -167,6 +186,7 @@ class Rollout(_Frozen, frozen=True):
     overrides: Overrides = msgspec.field(default_factory=Overrides)
     guard: GuardPolicy = msgspec.field(default_factory=GuardPolicy)
     promotion: PromotionPolicy = msgspec.field(default_factory=PromotionPolicy)
+    experiment: Experiment | None = None
     previous_stable: Name | None = None
     promoted_at: str = ""  # when the stable of a promoted rollout was promoted (ISO 8601)
     # the spec of the rules file last applied (``rollout_rules.spec``): what a re-apply of a

@@ -21,13 +21,17 @@ No I/O: lists in, lists out.
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from enum import IntEnum, StrEnum
 from typing import NamedTuple, TypeVar
 
 import msgspec
 
-from rollout_rules.guard import TAU, msprt_rejects
+from rollout_rules.bucket import NORMALISER, bucket
+from rollout_rules.coverage import cap_bp
+from rollout_rules.decide import Context, stickiness_value
+from rollout_rules.guard import TAU, msprt_rejects, proportions_differ
+from rollout_rules.model import GuardPolicy, Rollout, State
 
 T = TypeVar("T", bound=Hashable)
 
@@ -133,6 +137,7 @@ def preference(wins: int, losses: int, *, alpha: float, min_answers: int) -> Fin
 # -- feedback, joined to the answer it is about ------------------------------------------------
 
 BUILT_IN_EVENTS = ("click", "convert", "thumbs_up", "thumbs_down")
+RR_SCALE = 1_000_000  # reciprocal ranks are summed as integers of this many parts
 NO_TEAM = -1
 
 
@@ -184,3 +189,171 @@ def preference_of(clicks_test: int, clicks_baseline: int) -> Preference | None:
     if clicks_test == clicks_baseline:
         return Preference.TIE
     return Preference.TEST if clicks_test > clicks_baseline else Preference.BASELINE
+
+
+# -- who is interleaved ------------------------------------------------------------------------
+
+
+def interleaves(rollout: Rollout, context: Context, coverage: float | None, seed: str) -> bool:
+    """Whether this query gets an interleaved answer: the alias runs an interleaving
+    experiment, its candidate is ramping (not paused or rolled back), the user is not pinned,
+    the coverage gate would let this user on the candidate whatever the percent (so no user
+    sees a candidate that cannot yet answer them), and the query falls in the share (a coin
+    seeded by ``seed``, the trace id)."""
+    experiment = rollout.experiment
+    if experiment is None or experiment.share <= 0 or rollout.candidate is None:
+        return False
+    if rollout.state is not State.RAMPING:
+        return False
+    overrides = rollout.overrides
+    if context.user_id in overrides.users or context.tenant in overrides.tenants:
+        return False
+    key = stickiness_value(rollout.stickiness, context)
+    if key is None or bucket(rollout.group, key) > cap_bp(rollout.coverage_gate, coverage):
+        return False
+    return bucket(f"{rollout.group}:interleave", seed) <= round(experiment.share * NORMALISER)
+
+
+# -- what the counts say -----------------------------------------------------------------------
+
+
+class Figures(msgspec.Struct, frozen=True, kw_only=True):
+    """One version's online figures from its own answers (``proxy.state.answers`` counts)."""
+
+    answers: int
+    click_through: float | None  # answers with a click in the top 10
+    mrr: float | None  # mean reciprocal rank of the first click (0 for none)
+    conversions: float | None  # per answer
+    thumbs_up: float | None  # share of thumbs that were up
+    requery: float | None  # answers followed by another search of the same user, other text
+    zero_hits: float | None
+
+
+def figures(counts: Mapping[str, float], prefix: str) -> Figures:
+    """``prefix``: a version's name, or ``il:{test}:{baseline}`` for an interleaved pair."""
+    def get(field: str) -> float:
+        return counts.get(f"{prefix}:{field}", 0.0)
+
+    answers = int(get("answers"))
+    up, down = get("thumbs_up"), get("thumbs_down")
+
+    def per(value: float) -> float | None:
+        return value / answers if answers else None
+
+    return Figures(answers=answers, click_through=per(get("clicked")),
+                   mrr=per(get("rr") / RR_SCALE), conversions=per(get("convert")),
+                   thumbs_up=up / (up + down) if up + down else None,
+                   requery=per(get("requery")), zero_hits=per(get("zero_hits")))
+
+
+class Interleaving(NamedTuple):
+    wins: int
+    losses: int
+    ties: int
+    answers: int  # interleaved answers shown (clicked or not)
+
+    @property
+    def share(self) -> float | None:
+        return win_share(self.wins, self.losses, self.ties)
+
+
+def interleaving(counts: Mapping[str, float], test: str, baseline: str) -> Interleaving:
+    base = f"il:{test}:{baseline}"
+    return Interleaving(int(counts.get(f"{base}:{Preference.TEST}", 0)),
+                        int(counts.get(f"{base}:{Preference.BASELINE}", 0)),
+                        int(counts.get(f"{base}:{Preference.TIE}", 0)),
+                        int(counts.get(f"{base}:answers", 0)))
+
+
+def online_breach(counts: Mapping[str, float], test: str, baseline: str,
+                  policy: GuardPolicy) -> str | None:
+    """Why the version under test serves users worse, beyond doubt, or None: a significant
+    loss in interleaving; its own answers' click-through more than ``max_click_drop`` (a
+    share) below the baseline's and significantly so; its re-query rate more than
+    ``max_requery_rise`` above and significantly so. Under ``min_requests`` of the evidence
+    in question there is no finding."""
+    pair = interleaving(counts, test, baseline)
+    found = preference(pair.wins, pair.losses, alpha=policy.alpha,
+                       min_answers=policy.min_requests)
+    if found is Finding.WORSE:
+        return (f"interleaving: {baseline} preferred in {pair.losses} answers, {test} in "
+                f"{pair.wins} ({pair.ties} ties)")
+    mine, theirs = figures(counts, test), figures(counts, baseline)
+    n, m = mine.answers, theirs.answers
+    if min(n, m) < policy.min_requests:
+        return None
+    clicked_n, clicked_m = counts.get(f"{test}:clicked", 0), counts.get(f"{baseline}:clicked", 0)
+    if clicked_n + clicked_m >= policy.min_requests and mine.click_through is not None \
+            and theirs.click_through is not None \
+            and mine.click_through < theirs.click_through * (1 - policy.max_click_drop) \
+            and proportions_differ(int(clicked_m), m, int(clicked_n), n, tau=TAU,
+                                   alpha=policy.alpha):
+        return (f"click-through {mine.click_through:.1%} of {n} answers against "
+                f"{baseline}'s {theirs.click_through:.1%} of {m}")
+    again_n, again_m = counts.get(f"{test}:requery", 0), counts.get(f"{baseline}:requery", 0)
+    if mine.requery is not None and theirs.requery is not None \
+            and mine.requery > theirs.requery * (1 + policy.max_requery_rise) \
+            and proportions_differ(int(again_n), n, int(again_m), m, tau=TAU,
+                                   alpha=policy.alpha):
+        return (f"re-queries after {mine.requery:.1%} of {n} answers against "
+                f"{baseline}'s {theirs.requery:.1%} of {m}")
+    return None
+
+
+def online_blocks(rollout: Rollout, counts: Mapping[str, float]) -> str | None:
+    """What online evidence ``promotion.require_online`` still waits for (None: none): ``win``
+    a significant interleaving win; ``no-loss`` at least ``guard.min_requests`` decisive
+    interleaved answers without a significant loss."""
+    need = rollout.promotion.require_online
+    if need == "off" or rollout.candidate is None:
+        return None
+    pair = interleaving(counts, rollout.candidate, rollout.stable)
+    decisive = pair.wins + pair.losses
+    found = preference(pair.wins, pair.losses, alpha=rollout.guard.alpha,
+                       min_answers=rollout.guard.min_requests)
+    said = (f"{pair.wins} interleaved answers prefer {rollout.candidate}, {pair.losses} "
+            f"{rollout.stable}")
+    if found is Finding.WORSE:
+        return f"online evidence says {rollout.candidate} is worse ({said})"
+    if need == "win" and found is not Finding.BETTER:
+        return f"online evidence does not show a win yet ({said}; a significant win needed)"
+    if decisive < rollout.guard.min_requests:
+        return (f"too little online evidence ({said}; at least "
+                f"{rollout.guard.min_requests} decisive answers needed)")
+    return None
+
+
+def online_table(counts: Mapping[str, float], versions: Sequence[str],
+                 pairs: Sequence[tuple[str, str]] = ()) -> dict[str, dict[str, float | None]]:
+    """Each version's figures, and each interleaved pair's as ``TEST~BASELINE``: what
+    ``status``, ``/metrics`` and the status page show."""
+    table: dict[str, dict[str, float | None]] = {
+        version: msgspec.structs.asdict(figures(counts, version)) for version in versions}
+    for test, baseline in pairs:
+        pair = interleaving(counts, test, baseline)
+        table[f"{test}~{baseline}"] = {"answers": pair.answers, "wins": pair.wins,
+                                       "losses": pair.losses, "ties": pair.ties,
+                                       "win_share": pair.share}
+    return table
+
+
+def online_figures(counts: Mapping[str, float], test: str, baseline: str
+                   ) -> dict[str, float | None]:
+    """The figures a verdict carries: both cohorts' click-through and re-query rate, and the
+    interleaved pair's wins, losses and ties."""
+    mine, theirs = figures(counts, test), figures(counts, baseline)
+    pair = interleaving(counts, test, baseline)
+    return {"test_click_through": mine.click_through,
+            "baseline_click_through": theirs.click_through,
+            "test_requery": mine.requery, "baseline_requery": theirs.requery,
+            "interleave_wins": pair.wins, "interleave_losses": pair.losses,
+            "interleave_ties": pair.ties}
+
+
+def online_of(rollout: Rollout, counts: Mapping[str, float]) -> dict[str, dict[str, float | None]]:
+    """The alias's online table: every declared version with answers counted, and the
+    candidate interleaved with stable when it was."""
+    versions = [v.name for v in rollout.versions if counts.get(f"{v.name}:answers")]
+    pairs = [(rollout.candidate, rollout.stable)] if rollout.candidate is not None and counts.get(
+        f"il:{rollout.candidate}:{rollout.stable}:answers") else []
+    return online_table(counts, versions, pairs)

@@ -25,13 +25,15 @@ def with_operator(handler: OperatorCommand) -> Runner:
 
     def run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> Result:
         from proxy.control.operator import Operator  # imported when a command runs, not
-        from proxy.state.rulestore import open_store  # when the parser is built
+        from proxy.state.answers import RedisAnswerLog  # when the parser is built
+        from proxy.state.rulestore import open_store
 
         async def go() -> Result:
             store = open_store(settings, environ, start=False)
             try:
-                return await handler(Operator(store, actor_of(settings, environ),
-                                             settings.models_path), args)
+                return await handler(Operator(
+                    store, actor_of(settings, environ), settings.models_path,
+                    answers=RedisAnswerLog(store.client, settings.redis_prefix)), args)
             finally:
                 await store.aclose()
 

@@ -25,6 +25,7 @@ from proxy.ingest.writer import Ingestor
 from proxy.models.catalog import default_rollout
 from proxy.models.loader import ModelCache
 from proxy.qdrant_api.app import make_qdrant_app
+from proxy.state.answers import RedisAnswerLog
 from proxy.state.base import RuleStore
 from proxy.state.handed import RedisHandedOut
 from proxy.state.limits import RedisLimits
@@ -60,7 +61,9 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
     deps = Deps(rules_store=rules, vector_store=vectors, tracer_provider=tracer_provider(environ),
                 models=models, jobs=rules.backfill_queue,
                 handed=RedisHandedOut(rules.client, settings.redis_prefix,
-                                      settings.handed_out_max))
+                                      settings.handed_out_max),
+                answers=RedisAnswerLog(rules.client, settings.redis_prefix,
+                                       settings.feedback_answers_max))
     here = Path.cwd()
     record: list[Path] = []
 

@@ -27,11 +27,13 @@ import structlog
 from proxy.control.operator import Operator
 from proxy.control.ramp import RampScheduler
 from proxy.control.verdicts import INSTANCE_PREFIX, VERDICT_FIELD, GuardStatus, InstanceCounts
+from proxy.state.answers import AnswerLog
 from proxy.state.base import RuleStore
 from proxy.tasks import cancel_and_wait
 from proxy.telemetry import Metrics
 from rollout_rules.errors import ConflictError, EmbedshiftError, StoreUnavailable
 from rollout_rules.guard import (
+    Cohorts,
     Outcome,
     Verdict,
     Window,
@@ -40,6 +42,7 @@ from rollout_rules.guard import (
     watched,
 )
 from rollout_rules.model import Rollout
+from rollout_rules.online import online_breach, online_figures, online_table
 
 log = structlog.get_logger("embedshift.guard")
 GUARD_ACTOR = "guard"
@@ -52,11 +55,11 @@ Windows = Callable[[str, float], "tuple[int, dict[str, Window]] | None"]
 class GuardLoop:
     def __init__(self, store: RuleStore, rollouts: Callable[[], dict[str, Rollout]],
                  windows: Windows, metrics: Metrics, *, instance: str, tick_s: float = 1.0,
-                 ramp: RampScheduler | None = None) -> None:
+                 ramp: RampScheduler | None = None, answers: AnswerLog | None = None) -> None:
         self.store, self.rollouts, self.windows = store, rollouts, windows
         self.metrics, self.instance, self.tick_s = metrics, instance, tick_s
         self.ramp = ramp
-        self.operator = Operator(store, GUARD_ACTOR)
+        self.operator = Operator(store, GUARD_ACTOR, answers=answers)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -94,6 +97,8 @@ class GuardLoop:
             return None
         merged, instances = await self.merged(rollout)
         found = judge(pair, merged, rollout.guard)
+        if not pair.dark:
+            found = await self.online(rollout, pair, found)
         status = GuardStatus(revision=rollout.revision, at=now.isoformat(timespec="seconds"),
                              test=pair.test, baseline=pair.baseline, watching=pair.watching,
                              outcome=found.outcome, reason=found.reason, figures=found.figures,
@@ -103,6 +108,23 @@ class GuardLoop:
         if found.breach:
             await self.roll_back(rollout, found)
         return status
+
+    async def online(self, rollout: Rollout, pair: Cohorts, found: Verdict) -> Verdict:
+        """The verdict with the online evidence beside it: its figures added, and a significant
+        loss of users' quality (``rollout_rules.online.online_breach``) a breach like any other.
+        Shared counts, so every instance reads the same evidence."""
+        counts = await self.operator.online_counts(rollout.alias)
+        if not counts:
+            return found
+        self.metrics.publish_online(rollout.alias, online_table(
+            counts, [pair.test, pair.baseline], [(pair.test, pair.baseline)]))
+        figures = {**found.figures, **online_figures(counts, pair.test, pair.baseline)}
+        breached = None if found.breach else online_breach(counts, pair.test, pair.baseline,
+                                                           rollout.guard)
+        if breached is None:
+            return msgspec.structs.replace(found, figures=figures)
+        return Verdict(outcome=Outcome.BREACH, reason=f"online quality: {breached}",
+                       figures=figures)
 
     async def merged(self, rollout: Rollout) -> tuple[dict[str, Window], int]:
         """Every instance's fresh counts of the rule's revision, summed per version; and how

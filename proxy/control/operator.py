@@ -14,12 +14,14 @@ from pathlib import Path
 import msgspec
 
 from proxy.control.verdicts import GuardStatus, guard_status, ramp_status
+from proxy.state.answers import AnswerLog
 from proxy.state.base import AuditEntry, Change, RuleStore, now
 from rollout_rules import ops
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, Decision, decide
 from rollout_rules.errors import AlreadyDeclared, ConflictError, NotFoundError, RuleError
 from rollout_rules.model import Rollout
+from rollout_rules.online import online_blocks, online_of
 from rollout_rules.promotion import QualityRecord, VerifyRecord, blocked, read_record
 from rollout_rules.ramp import RampPlan
 from rollout_rules.spec import apply_file, differences, first_declaration
@@ -38,6 +40,9 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     effective_percent: float
     guard: GuardStatus | None = None  # the guard's last verdict on this revision
     ramp: RampPlan | None = None  # the guarded ramp, if one is planned
+    # online figures per version and interleaved pair (``rollout_rules.online.online_table``)
+    online: dict[str, dict[str, float | None]] = msgspec.field(default_factory=dict)
+    online_missing: str | None = None  # what promotion.require_online still waits for
 
 
 class Declared(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,18 +61,28 @@ class Explanation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Operator:
-    def __init__(self, store: RuleStore, actor: str, models_dir: Path | None = None) -> None:
+    def __init__(self, store: RuleStore, actor: str, models_dir: Path | None = None,
+                 answers: AnswerLog | None = None) -> None:
         """``models_dir``: the model catalogue declared versions are checked against (their
-        model known, its dimensions and normalisation agreed); None: not checked."""
+        model known, its dimensions and normalisation agreed); None: not checked.
+        ``answers``: where the online evidence is counted (None: there is none)."""
         self.store = store
         self.actor = actor
         self.models_dir = models_dir
+        self.answers = answers
+
+    async def online_counts(self, alias: str) -> dict[str, float]:
+        """The alias's online counts (``proxy.state.answers``); none without an answer log."""
+        return {} if self.answers is None else await self.answers.counts(alias)
 
     async def status(self, alias: str) -> Status:
         rollout = await self.store.get(alias)
         found = status_of(rollout, await self.store.coverage(alias, rollout.coverage_gate.basis))
+        counts = await self.online_counts(alias)
         return msgspec.structs.replace(found, guard=await guard_status(self.store, rollout),
-                                       ramp=await ramp_status(self.store, rollout))
+                                       ramp=await ramp_status(self.store, rollout),
+                                       online=online_of(rollout, counts),
+                                       online_missing=online_blocks(rollout, counts))
 
     async def statuses(self) -> list[Status]:
         return [await self.status(alias) for alias in await self.store.aliases()]
@@ -200,7 +215,8 @@ class Operator:
         verify = read_record(await self.store.report(alias, candidate, "verify"), VerifyRecord)
         quality = read_record(await self.store.report(alias, candidate, "quality"),
                               QualityRecord)
-        return blocked(rollout, verify, quality)
+        return blocked(rollout, verify, quality) or online_blocks(
+            rollout, await self.online_counts(alias))
 
     async def delete(self, alias: str, reason: str, expected_revision: int | None = None
                      ) -> AuditEntry:

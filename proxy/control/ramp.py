@@ -17,6 +17,7 @@ from msgspec.structs import replace
 
 from proxy.control.operator import Operator, status_of
 from proxy.control.verdicts import GuardStatus, read_plan
+from proxy.state.answers import AnswerLog
 from proxy.state.base import RuleStore
 from rollout_rules.errors import ConflictError, TransitionError
 from rollout_rules.model import Rollout
@@ -36,9 +37,10 @@ LEASE = "ramp"
 
 
 class RampScheduler:
-    def __init__(self, store: RuleStore, instance: str, tick_s: float = 1.0) -> None:
+    def __init__(self, store: RuleStore, instance: str, tick_s: float = 1.0,
+                 answers: AnswerLog | None = None) -> None:
         self.store, self.instance, self.tick_s = store, instance, tick_s
-        self.operator = Operator(store, RAMP_ACTOR)
+        self.operator = Operator(store, RAMP_ACTOR, answers=answers)
 
     async def tick(self, rollout: Rollout, judged: GuardStatus | None = None
                    ) -> RampPlan | None:

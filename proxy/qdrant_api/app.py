@@ -166,6 +166,7 @@ def make_qdrant_app(settings: Settings, searcher: Searcher, tracer: Tracer,
     app[PARTS] = Parts(settings, searcher, tracer, ingestor, embedder,
                        lifecycle if lifecycle is not None else Lifecycle(started=True))
     app.on_response_prepare.append(close_when_draining(app[PARTS].lifecycle))
+    app.on_response_prepare.append(handlers.trace_header)
     app[WRITE] = frozenset(handler for _, _, handler in WRITES)
     app[ERROR_SHAPE] = _shape
     for method, path, handler in [*WRITES, *ROUTES]:

@@ -270,7 +270,21 @@ async def _answered(request: web.Request, ask: Ask) -> Answered:
     finally:
         span.end()
     version = parts.searcher.rollout(alias).version(found.model_version)
+    request.setdefault(TRACES, []).append(found.trace_id)
     return Answered(found.hits, version, found.model_version)
+
+
+TRACES = web.RequestKey("embedshift_traces", list[str])
+"""The trace ids of a request's answers, for the header feedback names them by."""
+TRACE_HEADER = "x-embedshift-trace-id"
+
+
+async def trace_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Each answer's trace id (a batch's, comma-separated), as ``POST /v1/feedback`` takes
+    them; on answers routed through embedshift only."""
+    traces = request.get(TRACES)
+    if traces:
+        response.headers[TRACE_HEADER] = ",".join(traces)
 
 
 async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,

@@ -6,7 +6,7 @@ the shadow both speak them; both edges (the native API and Qdrant's) build an ``
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, Protocol
 
 import msgspec
 from qdrant_client import models
@@ -14,6 +14,7 @@ from qdrant_client import models
 from proxy.models.encoders import clean_text
 from proxy.vectors.base import Hit, parse_filter
 from rollout_rules.decide import Context
+from rollout_rules.online import Answer
 
 MAX_LIMIT = 100
 
@@ -88,3 +89,9 @@ class Found(NamedTuple):
     hits: list[Hit]
     result_cached: bool
     vector_cached: bool
+
+
+class AnswerSink(Protocol):
+    """Where the searcher leaves each answer for its feedback (``proxy.online.recorder``)."""
+
+    def answered(self, trace_id: str, answer: Answer, text: str) -> None: ...

@@ -25,12 +25,19 @@ from proxy.models.loader import EncoderKey, encoder_key
 from proxy.serving.attributes import answer_attributes, stage_attributes
 from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.popularity import HitRecorder
-from proxy.serving.query import Asked, Found, Query, RolloutInfo, SearchResponse
+from proxy.serving.query import (
+    AnswerSink,
+    Asked,
+    Found,
+    Query,
+    RolloutInfo,
+    SearchResponse,
+)
 from proxy.serving.resultcache import ResultCache
 from proxy.serving.shadow import Shadow
 from proxy.telemetry import Attr, Metrics
-from proxy.vectors.base import VectorStore, parse_filter
-from rollout_rules.decide import Context, Decision, Reason, decide
+from proxy.vectors.base import VectorStore, id_key, parse_filter
+from rollout_rules.decide import Context, Decision, Reason, decide, stickiness_value
 from rollout_rules.errors import (
     BackendError,
     ModelError,
@@ -39,6 +46,7 @@ from rollout_rules.errors import (
     StoreUnavailable,
 )
 from rollout_rules.model import Rollout, Version
+from rollout_rules.online import Answer, interleaves, team_draft
 
 log = structlog.get_logger("embedshift.search")
 
@@ -60,8 +68,10 @@ class Searcher:
                  store: VectorStore, metrics: Metrics, tracer: Tracer,
                  results: ResultCache | None = None, deadline_s: float = 10.0,
                  log_queries: bool = False, popularity: HitRecorder | None = None,
-                 cohorts: CohortRecorder | None = None, shadow: Shadow | None = None) -> None:
+                 cohorts: CohortRecorder | None = None, shadow: Shadow | None = None,
+                 answers: AnswerSink | None = None) -> None:
         self.rules, self.encoders, self.store = rules, encoders, store
+        self.answers = answers  # every answer, remembered for its feedback
         self.popularity = popularity  # what stable answers, for the backfill and the gate
         self.cohorts = cohorts if cohorts is not None else CohortRecorder()
         self.shadow = shadow
@@ -97,6 +107,12 @@ class Searcher:
         deadline = asyncio.get_running_loop().time() + self.deadline_s  # for both attempts
         query = Query(asked, coverage, deadline, rollout.revision, rollout.guard.max_p99_ms,
                       span.is_recording())
+        if rollout.experiment is not None and decision.reason is not Reason.OVERRIDE:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            if interleaves(rollout, asked.context, coverage.get(rollout.candidate or ""),
+                           trace_id):
+                return await self._interleaved(alias, rollout, decision, query, span=span,
+                                               started=started)
         cohorts = self.cohorts
         version = rollout.version(decision.version)  # looked up once: the answer names it
         try:
@@ -124,7 +140,49 @@ class Searcher:
             if self.shadow is not None:
                 self.shadow.maybe(self, rollout, decision.version, query, found.hits)
         return self._answer(alias, rollout, version, decision, found, started=started,
-                            span=span, text=asked.text)
+                            span=span, text=asked.text, context=asked.context)
+
+    async def _interleaved(self, alias: str, rollout: Rollout, decision: Decision,
+                           query: Query, *, span: trace.Span, started: float
+                           ) -> SearchResponse:
+        """Both versions searched at once and their hits merged by team draft, the coin seeded
+        by the trace id; each hit keeps its own version's score. A candidate that fails leaves
+        stable's answer alone (a fallback, as for its own users); stable failing fails the
+        request, as it would have."""
+        stable, candidate = rollout.version(rollout.stable), rollout.version(
+            rollout.candidate or rollout.stable)
+        mine, theirs = await asyncio.gather(self.find(alias, stable, query),
+                                            self.find(alias, candidate, query),
+                                            return_exceptions=True)
+        if isinstance(mine, BaseException):
+            self.cohorts.answered(alias, rollout.revision, stable.name, failed=True)
+            raise mine
+        self.cohorts.answered(alias, rollout.revision, stable.name)
+        if isinstance(theirs, BaseException):
+            if not isinstance(theirs, (BackendError, ModelError, TimeoutError)):
+                raise theirs
+            self.cohorts.answered(alias, rollout.revision, candidate.name, failed=True,
+                                  fallback=True)
+            self.metrics.child(self.metrics.fallbacks, alias, candidate.name).inc()
+            log.warning("candidate_failed", alias=alias, version=candidate.name,
+                        error=str(theirs), answered_by=stable.name)
+            decision = replace(decision, version=stable.name, reason=Reason.FALLBACK)
+            return self._answer(alias, rollout, stable, decision, mine, started=started,
+                                span=span, text=query.asked.text,
+                                context=query.asked.context)
+        self.cohorts.answered(alias, rollout.revision, candidate.name)
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        by_key = {id_key(hit.id): hit for hit in theirs.hits}
+        by_key.update({id_key(hit.id): hit for hit in mine.hits})
+        merged = team_draft([id_key(h.id) for h in mine.hits],
+                            [id_key(h.id) for h in theirs.hits], query.asked.limit, trace_id)
+        found = Found([by_key[key] for key, _ in merged],
+                      mine.result_cached and theirs.result_cached,
+                      mine.vector_cached and theirs.vector_cached)
+        decision = replace(decision, version=candidate.name, reason=Reason.INTERLEAVED)
+        return self._answer(alias, rollout, candidate, decision, found, started=started,
+                            span=span, text=query.asked.text, context=query.asked.context,
+                            teams=[int(team) for _, team in merged], baseline=stable.name)
 
     def rollout(self, alias: str) -> Rollout:
         """The alias's rule as last read; NotFoundError if none declares it."""
@@ -145,8 +203,8 @@ class Searcher:
 
     async def search_vector(self, alias: str, vector: list[float], *, limit: int,
                             raw_filter: dict[str, Any] | None, with_payload: bool,
-                            version: str | None = None, span: trace.Span | None = None
-                            ) -> SearchResponse:
+                            version: str | None = None, span: trace.Span | None = None,
+                            context: Context | None = None) -> SearchResponse:
         """A vector searched in ``version``'s collection, the one whose model made it (known
         when the proxy handed it out: ``proxy.serving.embed``), else in stable's: nothing else
         says which model made it, and stable's is the space its users are answered from. A
@@ -171,7 +229,7 @@ class Searcher:
         decision = Decision(space.name, Reason.VECTOR, None, rollout.revision, 0.0)
         span = span if span is not None else trace.get_current_span()
         return self._answer(alias, rollout, space, decision, Found(hits, False, False),
-                            started=started, span=span, text="")
+                            started=started, span=span, text="", context=context)
 
     async def _fallback(self, alias: str, stable: Version, revision: int, query: Query
                         ) -> Found:
@@ -255,10 +313,12 @@ class Searcher:
         span.end()
 
     def _answer(self, alias: str, rollout: Rollout, version: Version, decision: Decision,
-                found: Found, *, started: float, span: trace.Span, text: str
+                found: Found, *, started: float, span: trace.Span, text: str,
+                context: Context | None, teams: list[int] | None = None, baseline: str = ""
                 ) -> SearchResponse:
         """``version``: the one that answered (``decision.version``'s, looked up by the
-        caller)."""
+        caller); ``context``: who asked (None: unknown); ``teams``, ``baseline``: an
+        interleaved answer's."""
         hits = found.hits
         elapsed = time.perf_counter() - started
         metrics = self.metrics
@@ -274,6 +334,13 @@ class Searcher:
             # backfill should bring first; the candidate's own answers hold themselves
             self.popularity.record(rollout.alias, hits)
         trace_id = format(span.get_span_context().trace_id, "032x")
+        if self.answers is not None:
+            self.answers.answered(trace_id, Answer(
+                alias=alias, version=version.name, revision=decision.revision,
+                user=_user_key(rollout, context, trace_id),
+                tenant=context.tenant if context is not None else None,
+                at_ms=int(time.time() * 1000), docs=[id_key(hit.id) for hit in hits],
+                teams=teams or [], baseline=baseline), text)
         extra = {"query": text} if self.log_queries else {}
         log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),
                  bucket=decision.bucket, revision=decision.revision, hits=len(hits),
@@ -285,3 +352,10 @@ class Searcher:
             rollout=RolloutInfo(alias=alias, bucket=decision.bucket, reason=decision.reason,
                                 revision=decision.revision,
                                 effective_percent=decision.effective_percent))
+
+
+def _user_key(rollout: Rollout, context: Context | None, trace_id: str) -> str:
+    """Who the answer's feedback is capped for: the sticky key that routed it; a caller with
+    none (a raw vector, a request with no key) is a user of one answer."""
+    key = stickiness_value(rollout.stickiness, context) if context is not None else None
+    return key or f"trace:{trace_id}"

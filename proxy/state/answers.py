@@ -31,11 +31,10 @@ import msgspec
 from redis import asyncio as aioredis
 
 from proxy.state.client import unavailable_on_error
-from rollout_rules.online import NO_TEAM, Answer, Placed, preference_of
+from rollout_rules.online import NO_TEAM, RR_SCALE, Answer, Placed, preference_of
 
 TOP_K = 10
 DEFAULT_CAP = 1_000_000
-RR_SCALE = 1_000_000  # reciprocal ranks are summed as integers of this many parts
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(Answer)
 
@@ -72,6 +71,10 @@ class AnswerLog(Protocol):
 
     async def credit(self, credit: Credit, *, per_user: int, ttl_s: float) -> str:
         """``counted``, ``replayed``, ``repeated`` or ``capped``."""
+        ...
+
+    async def add(self, alias: str, fields: dict[str, int]) -> None:
+        """Add to the alias's online counts (re-queries and zero-hit answers a proxy saw)."""
         ...
 
     async def counts(self, alias: str) -> dict[str, float]:
@@ -214,6 +217,13 @@ class RedisAnswerLog:
                                                                         per_user))
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
+    async def add(self, alias: str, fields: dict[str, int]) -> None:
+        async with unavailable_on_error(self.client), \
+                self.client.pipeline(transaction=False) as pipe:
+            for field, n in fields.items():
+                pipe.hincrby(self._counts(alias), field, n)
+            await pipe.execute()
+
     async def counts(self, alias: str) -> dict[str, float]:
         async with unavailable_on_error(self.client):
             raw = await self.client.hgetall(self._counts(alias))
@@ -294,6 +304,10 @@ class MemoryAnswerLog:
                     self._add(answer.alias, f"{base}:{before}", -1)
                 self._add(answer.alias, f"{base}:{after}", 1)
         return "counted"
+
+    async def add(self, alias: str, fields: dict[str, int]) -> None:
+        for field, n in fields.items():
+            self._add(alias, field, n)
 
     async def counts(self, alias: str) -> dict[str, float]:
         return dict(self._counts.get(alias, {}))

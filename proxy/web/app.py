@@ -33,6 +33,8 @@ from proxy.ingest.backfill import Backfill, QueueFactory
 from proxy.ingest.writer import Ingestor
 from proxy.models.encoders import default_threads
 from proxy.models.loader import Encoders, ModelCache
+from proxy.online.feedback import FeedbackDesk
+from proxy.online.recorder import AnswerRecorder
 from proxy.serving.cohorts import CohortRecorder
 from proxy.serving.embed import Embedder
 from proxy.serving.popularity import HitRecorder
@@ -40,6 +42,7 @@ from proxy.serving.readiness import Lifecycle, Versions, close_when_draining
 from proxy.serving.resultcache import ResultCache
 from proxy.serving.search import Searcher
 from proxy.serving.shadow import Shadow
+from proxy.state.answers import AnswerLog, MemoryAnswerLog
 from proxy.state.base import RuleStore
 from proxy.state.handed import HandedOut, MemoryHandedOut
 from proxy.state.jobs import BackfillQueue
@@ -55,6 +58,7 @@ from proxy.web.keys import (
     BACKFILL,
     DRIFT,
     EMBEDDER,
+    FEEDBACK,
     GUARD,
     HISTORY,
     INGESTOR,
@@ -82,6 +86,7 @@ class Deps:
     models: ModelCache
     jobs: QueueFactory | None = None  # the backfill's work queue (Redis); None: no backfill
     handed: HandedOut | None = None  # vectors handed out, shared (Redis); None: this process's
+    answers: AnswerLog | None = None  # answers kept for feedback, shared (Redis); None: ditto
 
 
 def make_app(settings: Settings, deps: Deps) -> web.Application:
@@ -97,20 +102,28 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
     app.on_response_prepare.append(close_when_draining(app[READY]))
     recorder = HitRecorder(deps.rules_store, settings.popularity_sample)
     shadow = Shadow(metrics, settings.shadow_concurrency)
+    answer_log = deps.answers or MemoryAnswerLog(settings.feedback_answers_max)
+    remembered = AnswerRecorder(answer_log, settings.feedback_ttl_s,
+                                requery_s=settings.requery_s)
+    app[FEEDBACK] = FeedbackDesk(answer_log, metrics, ttl_s=settings.feedback_ttl_s,
+                                 per_user=settings.feedback_per_user,
+                                 declared=[e for e in settings.feedback_events.split(",") if e])
     searcher = app[SEARCHER] = Searcher(
         watcher, encoders.by_key, store=deps.vector_store, metrics=metrics, tracer=tracer,
         results=ResultCache(settings.result_cache_size, settings.result_cache_ttl_s),
         deadline_s=settings.request_timeout_s, log_queries=settings.log_queries,
-        popularity=recorder, cohorts=CohortRecorder(), shadow=shadow)
+        popularity=recorder, cohorts=CohortRecorder(), shadow=shadow,
+        answers=remembered if settings.feedback_ttl_s > 0 else None)
     versions = app[VERSIONS] = Versions(encoders, deps.vector_store, searcher)
     app[EMBEDDER] = Embedder(searcher, deps.handed or MemoryHandedOut(settings.handed_out_max),
                              settings.handed_out_ttl_s, settings.embeddings_per_minute)
-    guard, backfill, drift = _add_operations(app, settings, deps, watcher, searcher.cohorts)
+    guard, backfill, drift = _add_operations(app, settings, deps, watcher,
+                                             cohorts=searcher.cohorts, answers=answer_log)
     _add_routes(app, History(metrics.registry, settings.ui_step_s))
 
     async def stop() -> None:
         for close in (drift.stop, guard.stop, shadow.close, backfill.close, recorder.stop,
-                      watcher.stop, encoders.close, deps.models.aclose):
+                      remembered.stop, watcher.stop, encoders.close, deps.models.aclose):
             await close()  # in this order: what writes first, what it writes with last
         executor.shutdown(wait=False, cancel_futures=True)
 
@@ -130,6 +143,8 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
             await stop()  # nothing start-up began may outlive a start that failed
             raise
         recorder.start()
+        if settings.feedback_ttl_s > 0:
+            remembered.start()
         guard.start()
         drift.start()
         app[READY].started = True
@@ -142,13 +157,13 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
 
 
 def _add_operations(app: web.Application, settings: Settings, deps: Deps,
-                    watcher: RuleWatcher, cohorts: CohortRecorder
+                    watcher: RuleWatcher, *, cohorts: CohortRecorder, answers: AnswerLog
                     ) -> tuple[GuardLoop, Backfill, DriftWatch]:
     """What writes rules and data beside the operator: ingestion and the backfill, the alert
     webhook, this instance's guard loop (and the guarded ramp it drives), the served models'
     drift watch."""
     store = deps.rules_store
-    app[OPERATOR] = Operator(store, "admin-api")
+    app[OPERATOR] = Operator(store, "admin-api", answers=answers)
     ingestor = app[INGESTOR] = Ingestor(deps.vector_store, store, deps.models)
     backfill = app[BACKFILL] = Backfill(ingestor, deps.jobs or _no_jobs,
                                         f"{settings.host}:{settings.port}")
@@ -157,7 +172,9 @@ def _add_operations(app: web.Application, settings: Settings, deps: Deps,
     guard = app[GUARD] = GuardLoop(store, lambda: watcher.rollouts, cohorts.window,
                                    app[METRICS], instance=instance,
                                    tick_s=settings.guard_tick_s,
-                                   ramp=RampScheduler(store, instance, settings.guard_tick_s))
+                                   ramp=RampScheduler(store, instance, settings.guard_tick_s,
+                                                      answers=answers),
+                                   answers=answers)
     drift = app[DRIFT] = DriftWatch(deps.models.served, lambda: watcher.rollouts, store,
                                     app[METRICS], interval_s=settings.drift_check_s,
                                     policy=settings.drift_policy)

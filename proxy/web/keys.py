@@ -14,6 +14,7 @@ from proxy.control.guard import GuardLoop
 from proxy.control.operator import Operator
 from proxy.ingest.backfill import Backfill
 from proxy.ingest.writer import Ingestor
+from proxy.online.feedback import FeedbackDesk
 from proxy.serving.embed import Embedder
 from proxy.serving.readiness import Lifecycle, Versions
 from proxy.serving.search import Searcher
@@ -37,3 +38,4 @@ GUARD = web.AppKey("guard", GuardLoop)
 HISTORY = web.AppKey("history", History)
 EMBEDDER = web.AppKey("embedder", Embedder)
 DRIFT = web.AppKey("drift", DriftWatch)
+FEEDBACK = web.AppKey("feedback", FeedbackDesk)

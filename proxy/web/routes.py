@@ -13,9 +13,10 @@ from proxy.ingest.backfill import Options, Progress
 from proxy.ingest.plan import Plan
 from proxy.ingest.quality import Judgement
 from proxy.ingest.verify import Report
+from proxy.online.feedback import FeedbackAnswer, FeedbackBatch
 from proxy.serving.query import SearchRequest, SearchResponse
 from proxy.web.auth import OVERRIDE_TOKEN_HEADER
-from proxy.web.handlers import admin, alerts, documents, embeddings, health, search, ui
+from proxy.web.handlers import admin, alerts, documents, embeddings, feedback, health, search, ui
 from proxy.web.openapi import serve_document
 from proxy.web.route import Route
 from rollout_rules.ramp import RampPlan
@@ -42,6 +43,10 @@ ROUTES: tuple[Route, ...] = (
           "OpenAI's embeddings API where model names an alias: each input embedded by the "
           "model of the caller's version (user, or x-qdrant-route-affinity, is the sticky key)",
           body=embeddings.EmbeddingsRequest, answer=embeddings.EmbeddingsAnswer),
+    Route("POST", "/v1/feedback", feedback.feedback,
+          "What users did with answers (click, convert, thumbs_up, thumbs_down, or a declared "
+          "event), joined to each answer by its trace id (feedback key)",
+          body=FeedbackBatch, answer=FeedbackAnswer),
     Route("GET", "/healthz", health.healthz, "Alive"),
     Route("GET", "/readyz", health.readyz, "Ready, with detail (503 when not)"),
     Route("GET", "/metrics", health.metrics, "Prometheus metrics"),

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proxy.config import Settings
-from proxy.state.answers import RR_SCALE, AnswerLog, Credit, MemoryAnswerLog, RedisAnswerLog
+from proxy.state.answers import AnswerLog, Credit, MemoryAnswerLog, RedisAnswerLog
 from proxy.state.client import connect
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
-from rollout_rules.online import Answer, Placed, Team, place
+from rollout_rules.online import RR_SCALE, Answer, Placed, Team, place
 
 
 @pytest.fixture(params=["memory", "redis"])

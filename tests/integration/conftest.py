@@ -19,6 +19,7 @@ from proxy.ingest.writer import Ingestor
 from proxy.models.catalog import default_rollout, resolve
 from proxy.models.encoders import OnnxModel
 from proxy.models.loader import ModelCache
+from proxy.state.answers import RedisAnswerLog
 from proxy.state.client import connect
 from proxy.state.handed import RedisHandedOut
 from proxy.state.memory import MemoryRuleStore
@@ -29,7 +30,7 @@ from proxy.vectors.base import VectorStore
 from proxy.vectors.edge import EdgeStore
 from proxy.web.app import Deps, make_app
 from rollout_rules.errors import BackendError
-from rollout_rules.model import GuardPolicy, Rollout, Target
+from rollout_rules.model import Experiment, GuardPolicy, Rollout, Target
 from tests.conftest import make_server
 
 ADMIN_TOKEN = "test-admin-token"
@@ -74,6 +75,7 @@ class FlakyStore:
         self.hanging: set[str] = set()
         self.exploding: set[str] = set()  # a bug, not a backend failure: nothing catches it
         self.slow: dict[str, float] = {}  # collection -> seconds added to each search
+        self.reversed: set[str] = set()  # answers in the worst order: fast, whole, worse
 
     async def search(self, target: Target, *args: Any, **kwargs: Any) -> Any:
         if target.collection in self.broken:
@@ -84,7 +86,8 @@ class FlakyStore:
             raise RuntimeError(f"injected bug in {target.collection}")
         if target.collection in self.slow:
             await asyncio.sleep(self.slow[target.collection])
-        return await self.inner.search(target, *args, **kwargs)
+        hits = await self.inner.search(target, *args, **kwargs)
+        return hits[::-1] if target.collection in self.reversed else hits
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -112,10 +115,13 @@ class ProxyFactory:
         self.started: list[Proxy] = []
 
     async def declare(self, percent: float = 0, full_coverage: bool = True,
-                      allow_request: bool = False, guard: GuardPolicy | None = None
-                      ) -> Rollout:
+                      allow_request: bool = False, guard: GuardPolicy | None = None,
+                      experiment: Experiment | None = None) -> Rollout:
         rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
         declared = default_rollout("products")
+        if experiment is not None:
+            from msgspec.structs import replace
+            declared = replace(declared, experiment=experiment)
         if guard is not None:
             from msgspec.structs import replace
             declared = replace(declared, guard=guard)
@@ -150,7 +156,9 @@ class ProxyFactory:
                     tracer_provider=tracer_provider(environ or {}, SimpleSpanProcessor(spans)),
                     models=models or self.engine.model_cache(self.models_dir),
                     jobs=rules.backfill_queue,
-                    handed=RedisHandedOut(rules.client, self.prefix, config.handed_out_max))
+                    handed=RedisHandedOut(rules.client, self.prefix, config.handed_out_max),
+                    answers=RedisAnswerLog(rules.client, self.prefix,
+                                           config.feedback_answers_max))
         return make_app(config, deps), config, rules, spans, store
 
     async def start(self, refresh_interval_s: float = 3600.0,

@@ -20,7 +20,7 @@ LAYERS = {
     "rollout_rules": 0,
     "proxy.config": 1, "proxy.telemetry": 1, "proxy.tasks": 1, "proxy.http": 1,
     "proxy.state": 2, "proxy.vectors": 2, "proxy.models": 2,
-    "proxy.serving": 3, "proxy.control": 3, "proxy.ingest": 3,
+    "proxy.serving": 3, "proxy.control": 3, "proxy.ingest": 3, "proxy.online": 3,
     "proxy.web": 4, "proxy.qdrant_api": 4,
     "proxy.cli": 5,
 }

@@ -48,7 +48,7 @@ def operator_of(request: web.Request) -> Operator:
         actor.encode()
     except UnicodeEncodeError:  # bytes that are not UTF-8 reach us as surrogates
         raise RuleError(ACTOR_HEADER, "must be UTF-8 text") from None
-    return Operator(base.store, actor)
+    return Operator(base.store, actor, answers=base.answers)
 
 
 async def list_aliases(request: web.Request) -> web.Response:

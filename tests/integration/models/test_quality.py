@@ -20,8 +20,10 @@ import pytest
 
 from proxy.models.catalog import add_model
 from proxy.models.encoders import OnnxModel, default_threads
-from proxy.models.evaluation import Dataset, Scores, evaluate, load_beir
+from proxy.models.evaluation import Dataset, Scores, load_beir, rank, score
 from tests.paths import shared_path
+
+Ranked = dict[str, list[str]]
 
 pytestmark = pytest.mark.integration
 
@@ -31,23 +33,34 @@ def scifact() -> Dataset:
     return load_beir(shared_path("data", "scifact"))
 
 
-def _evaluate(models_dir: Path, name: str, dataset: Dataset) -> Scores:
-    return evaluate(OnnxModel(models_dir / name, threads=default_threads()), dataset)
+def _rank(models_dir: Path, name: str, dataset: Dataset) -> Ranked:
+    return rank(OnnxModel(models_dir / name, threads=default_threads()), dataset)
 
 
 @pytest.fixture(scope="module")
-def l6(scifact: Dataset, models_dir: Path) -> Scores:
-    return _evaluate(models_dir, "all-MiniLM-L6-v2", scifact)
+def l6_ranked(scifact: Dataset, models_dir: Path) -> Ranked:
+    return _rank(models_dir, "all-MiniLM-L6-v2", scifact)
+
+
+@pytest.fixture(scope="module")
+def l3_ranked(scifact: Dataset, models_dir: Path) -> Ranked:
+    return _rank(models_dir, "paraphrase-MiniLM-L3-v2", scifact)
+
+
+@pytest.fixture(scope="module")
+def l6(scifact: Dataset, l6_ranked: Ranked) -> Scores:
+    return score(l6_ranked, scifact.qrels, documents=len(scifact.docs))
 
 
 @pytest.fixture(scope="module")
 def l6_int8(scifact: Dataset, models_dir: Path) -> Scores:
-    return _evaluate(models_dir, "all-MiniLM-L6-v2-int8", scifact)
+    return score(_rank(models_dir, "all-MiniLM-L6-v2-int8", scifact), scifact.qrels,
+                 documents=len(scifact.docs))
 
 
 @pytest.fixture(scope="module")
-def l3(scifact: Dataset, models_dir: Path) -> Scores:
-    return _evaluate(models_dir, "paraphrase-MiniLM-L3-v2", scifact)
+def l3(scifact: Dataset, l3_ranked: Ranked) -> Scores:
+    return score(l3_ranked, scifact.qrels, documents=len(scifact.docs))
 
 
 @pytest.mark.quality

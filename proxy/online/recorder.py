@@ -1,0 +1,104 @@
+"""Every answer remembered for its feedback, and what the proxy sees of users by itself.
+
+On the request path ``answered`` costs a list append and a dict update: the answer (its ids,
+who asked, which version, ``rollout_rules.online.Answer``) waits in memory, and a background
+task writes the batch to the shared answer log every ``flush_s``, off the response path. Feedback
+about an answer reaching any proxy before that flush finds no answer and is counted as unknown,
+so the flush is short (0.2 s).
+
+Seen without any application change, per version, counted with the answers:
+
+- a **re-query**: the same user (the sticky key) searching again within ``requery_s`` with
+  other text counts against the version that answered the first search (Hassan et al., CIKM
+  2013: a reformulation soon after a search says it failed). Users are told apart by key only
+  within this proxy (the last search of at most ``MAX_USERS`` of them), so a user whose next
+  search reaches another proxy is not counted: an undercount alike for every version;
+- an answer with **no hit**.
+
+Bounded: at most ``MAX_PENDING`` answers wait between flushes (more are not remembered, and
+counted as dropped). If Redis is down the batch is dropped, said once per flush: feedback is
+evidence, never data the user needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections import OrderedDict
+
+import structlog
+
+from proxy.state.answers import AnswerLog, counts_prefix
+from proxy.tasks import cancel_and_wait
+from rollout_rules.errors import StoreUnavailable
+from rollout_rules.online import Answer
+
+log = structlog.get_logger("embedshift.online")
+MAX_PENDING = 20_000
+MAX_USERS = 100_000
+
+
+class AnswerRecorder:
+    def __init__(self, answers: AnswerLog, ttl_s: float, *, requery_s: float = 60.0,
+                 flush_s: float = 0.2) -> None:
+        self.answers, self.ttl_s, self.requery_s, self.flush_s = (answers, ttl_s, requery_s,
+                                                                 flush_s)
+        self.pending: list[tuple[str, Answer]] = []
+        self.seen: dict[str, dict[str, int]] = {}  # alias -> field -> count, between flushes
+        self.last: OrderedDict[tuple[str, str], tuple[int, bytes, str]] = OrderedDict()
+        self.dropped = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def answered(self, trace_id: str, answer: Answer, text: str) -> None:
+        """Remember one answer; ``text``: the query's (compared with the user's next, never
+        kept)."""
+        if len(self.pending) >= MAX_PENDING:
+            self.dropped += 1
+            return
+        self.pending.append((trace_id, answer))
+        if not answer.docs:
+            self._count(answer.alias, f"{counts_prefix(answer)}:zero_hits")
+        if text:
+            self._requery(answer, text)
+
+    def _requery(self, answer: Answer, text: str) -> None:
+        key = (answer.alias, answer.user)
+        digest = hashlib.blake2b(text.casefold().encode(), digest_size=8).digest()
+        before = self.last.pop(key, None)
+        if before is not None and before[1] != digest \
+                and answer.at_ms - before[0] <= self.requery_s * 1000:
+            self._count(answer.alias, f"{before[2]}:requery")
+        self.last[key] = (answer.at_ms, digest, counts_prefix(answer))
+        if len(self.last) > MAX_USERS:
+            self.last.popitem(last=False)
+
+    def _count(self, alias: str, field: str) -> None:
+        fields = self.seen.setdefault(alias, {})
+        fields[field] = fields.get(field, 0) + 1
+
+    async def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        seen, self.seen = self.seen, {}
+        try:
+            if pending:
+                await self.answers.remember(pending, self.ttl_s)
+            for alias, fields in seen.items():
+                await self.answers.add(alias, fields)
+        except StoreUnavailable as exc:
+            log.warning("answers_dropped", answers=len(pending), error=str(exc))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="answers-flush")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+            self._task = None
+        with contextlib.suppress(StoreUnavailable):
+            await self.flush()
