@@ -49,7 +49,7 @@ async def remembered(proxy: Proxy, trace_id: str) -> bool:
     """Whether the answer has reached the shared log (it is flushed within 0.2 s)."""
     found = await feedback(proxy, [{"trace_id": trace_id, "event": "probe_seen",
                                     "doc_id": "none"}])
-    return found["totals"].get("unknown_trace", 0) == 0
+    return bool(found["totals"].get("unknown_trace", 0) == 0)
 
 
 async def test_feedback_for_10000_answers_is_joined_exactly_across_two_proxies(
@@ -183,13 +183,15 @@ async def test_a_flood_of_forged_clicks_from_one_user_moves_no_verdict(
         shown = [hit["id"] for hit in found["hits"]]
         position = rng.randrange(len(shown))
         if forged:
-            lists = [await _truth(proxy, text, version, limit=10) for version in ("v1", "v2")]
-            merged = team_draft(*lists, len(shown), found["trace_id"])
+            stable, candidate = [await _truth(proxy, text, version, limit=10)
+                                 for version in ("v1", "v2")]
+            merged = team_draft(stable, candidate, len(shown), found["trace_id"])
             assert [doc for doc, _ in merged] == shown  # the answer, rebuilt from its trace
             position = next(p for p, (_, team) in enumerate(merged) if team is Team.BASELINE)
         await asyncio.sleep(0.25)
-        return (await feedback(proxy, [{"trace_id": found["trace_id"], "event": "click",
-                                        "doc_id": shown[position]}]))["totals"]
+        totals: dict[str, int] = (await feedback(proxy, [{
+            "trace_id": found["trace_id"], "event": "click", "doc_id": shown[position]}]))["totals"]
+        return totals
 
     for n in range(200):
         await answer_and_click(f"honest-{n}", forged=False)
