@@ -47,16 +47,16 @@ async def feedback(proxy: Proxy, events: list[dict[str, Any]]) -> dict[str, Any]
 
 async def remembered(proxy: Proxy, trace_id: str) -> bool:
     """Whether the answer has reached the shared log (it is flushed within 0.2 s)."""
-    found = await feedback(proxy, [{"trace_id": trace_id, "event": "probe_seen",
-                                    "doc_id": "none"}])
+    found = await feedback(proxy, [{"trace_id": trace_id, "event": "click",
+                                    "doc_id": "no such document"}])  # refused, if known
     return bool(found["totals"].get("unknown_trace", 0) == 0)
 
 
 async def test_feedback_for_10000_answers_is_joined_exactly_across_two_proxies(
         proxies: ProxyFactory) -> None:
     await proxies.declare()
-    first = await proxies.start(feedback_key=FEEDBACK_KEY, feedback_events="probe_seen")
-    second = await proxies.start(feedback_key=FEEDBACK_KEY, feedback_events="probe_seen")
+    first = await proxies.start(feedback_key=FEEDBACK_KEY, feedback_events="add_to_cart")
+    second = await proxies.start(feedback_key=FEEDBACK_KEY, feedback_events="add_to_cart")
     answers = []
     for n in range(10_000):
         found = await first.search(query=WORDS[n % 7], user_id=f"user-{n % 1000}", limit=3)
@@ -71,12 +71,15 @@ async def test_feedback_for_10000_answers_is_joined_exactly_across_two_proxies(
     assert totals == {"counted": 10_000}
     again = await feedback(first, clicks[:1000])  # replayed, through the other proxy
     assert again["totals"] == {"replayed": 1000}
-    odd = [{"trace_id": uuid.uuid4().hex, "event": "click", "doc_id": "x"} for _ in range(50)]
+    odd: list[dict[str, Any]] = [{"trace_id": uuid.uuid4().hex, "event": "click", "doc_id": "x"}
+                                 for _ in range(50)]
     odd.append({"trace_id": answers[0][0], "event": "convert", "doc_id": answers[0][1],
                 "at": "2001-01-01T00:00:00Z"})  # before the answer
     odd.append({"trace_id": answers[1][0], "event": "click", "doc_id": "not-shown"})
+    odd.append({"trace_id": answers[2][0], "event": "add_to_cart", "doc_id": answers[2][1],
+                "value": 2.5})  # an event the proxy was told to count
     found = await feedback(second, odd)
-    assert found["totals"] == {"refused": 2, "unknown_trace": 50}
+    assert found["totals"] == {"counted": 1, "refused": 2, "unknown_trace": 50}
     reasons = [o["reason"] for o in found["not_counted"] if o["outcome"] == "refused"]
     assert reasons == ["its time is before the answer it is about",
                        'doc_id "not-shown" was not in the answer']
@@ -133,11 +136,12 @@ async def test_a_candidate_worse_in_ranking_only_is_rolled_back_on_users_evidenc
     declared = await proxies.declare(guard=FAST, allow_request=True,
                                      experiment=Experiment(share=1.0))
     proxy = await proxies.start(feedback_key=FEEDBACK_KEY, guard_tick_s=0.2)
+    oracle = await proxies.start(feedback_ttl_s=0, guard_tick_s=0)  # remembers no answer
     proxy.store.reversed.add(declared.version("v2").target.collection)
     rng = random.Random(7)
     for n in range(400):
         text = f"{rng.choice(WORDS)} {rng.choice(WORDS)} {n}"
-        relevant = await _truth(proxy, text)
+        relevant = await _truth(oracle, text)
         found = await proxy.search(query=text, user_id=f"user-{n % 80}")
         if (await rule(proxies)).state == "rolled_back":
             break
@@ -169,45 +173,68 @@ async def _rolled_back(proxies: ProxyFactory) -> bool:
 
 async def test_a_flood_of_forged_clicks_from_one_user_moves_no_verdict(
         proxies: ProxyFactory) -> None:
-    """Honest users click at random (no preference); one user clicks, in 300 answers of their
-    own, a result stable's team placed (rebuilt from the trace id, as the proxy can). Capped at
-    20, the evidence stays undecided; the 280 capped clicks would have made it a loss."""
+    """Honest users show no preference (half click a result each team placed); one user
+    clicks, in 300 answers of their own, a result stable's team placed. Capped at 20, the
+    evidence stays undecided; the 280 capped clicks would have made it a loss."""
     await proxies.declare(guard=replace(FAST, min_requests=50), allow_request=True,
                           experiment=Experiment(share=1.0))
     proxy = await proxies.start(feedback_key=FEEDBACK_KEY, guard_tick_s=0.2)
-    rng = random.Random(11)
+    oracle = await proxies.start(feedback_ttl_s=0, guard_tick_s=0)  # remembers no answer
+    rng = random.Random(11)  # the texts; the teams come from trace ids, whatever they are
 
-    async def answer_and_click(user: str, forged: bool) -> dict[str, int]:
+    async def answer_and_click(user: str, team: Team) -> dict[str, Any]:
+        """One search, and a click on a result ``team`` placed (rebuilt from the trace id,
+        as the proxy can)."""
         text = f"{rng.choice(WORDS)} {rng.choice(WORDS)}"
         found = await proxy.search(query=text, user_id=user)
         shown = [hit["id"] for hit in found["hits"]]
-        position = rng.randrange(len(shown))
-        if forged:
-            stable, candidate = [await _truth(proxy, text, version, limit=10)
-                                 for version in ("v1", "v2")]
-            merged = team_draft(stable, candidate, len(shown), found["trace_id"])
-            assert [doc for doc, _ in merged] == shown  # the answer, rebuilt from its trace
-            position = next(p for p, (_, team) in enumerate(merged) if team is Team.BASELINE)
-        await asyncio.sleep(0.25)
-        totals: dict[str, int] = (await feedback(proxy, [{
-            "trace_id": found["trace_id"], "event": "click", "doc_id": shown[position]}]))["totals"]
-        return totals
+        stable, candidate = [await _truth(oracle, text, version, limit=10)
+                             for version in ("v1", "v2")]
+        merged = team_draft(stable, candidate, len(shown), found["trace_id"])
+        assert [doc for doc, _ in merged] == shown  # the answer, rebuilt from its trace
+        position = next(p for p, (_, placed) in enumerate(merged) if placed is team)
+        return {"trace_id": found["trace_id"], "event": "click", "doc_id": shown[position]}
 
-    for n in range(200):
-        await answer_and_click(f"honest-{n}", forged=False)
-    flood: dict[str, int] = {}
-    for _ in range(300):
-        for outcome, k in (await answer_and_click("mallory", forged=True)).items():
-            flood[outcome] = flood.get(outcome, 0) + k
-    assert flood == {"counted": 20, "capped": 280}
+    honest = [await answer_and_click(f"honest-{n}", Team(n % 2)) for n in range(200)]
+    forged = [await answer_and_click("mallory", Team.BASELINE) for _ in range(300)]
+    await eventually_async(lambda: remembered(proxy, forged[-1]["trace_id"]))
+    assert (await feedback(proxy, honest))["totals"] == {"counted": 200}
+    assert (await feedback(proxy, forged))["totals"] == {"counted": 20, "capped": 280}
     await asyncio.sleep(1.0)  # a few guard ticks on the final counts
     after = await rule(proxies)
     assert after.state == "ramping", after.reason
     status = await (await proxy.client.get("/admin/aliases/products", headers=AUTH)).json()
     pair = status["online"]["v2~v1"]
-    assert pair["answers"] == 500 + 0 and pair["wins"] + pair["losses"] + pair["ties"] == 220
+    assert (pair["answers"], pair["wins"], pair["losses"], pair["ties"]) == (500, 100, 120, 0)
     alpha, least = after.guard.alpha, after.guard.min_requests
     assert preference(int(pair["wins"]), int(pair["losses"]), alpha=alpha,
                       min_answers=least) is not Finding.WORSE
     assert preference(int(pair["wins"]), int(pair["losses"]) + 280, alpha=alpha,
                       min_answers=least) is Finding.WORSE
+
+
+async def test_re_queries_alone_flag_a_candidate_worse_in_ranking_only(
+        proxies: ProxyFactory) -> None:
+    """No feedback at all: a user whose answer holds nothing relevant in its top 3 searches
+    again at once with other words. Half the users are on a candidate whose answers are
+    reversed; its re-query rate rolls it back."""
+    declared = await proxies.declare(percent=50, guard=FAST, allow_request=True)
+    proxy = await proxies.start(guard_tick_s=0.2)
+    oracle = await proxies.start(feedback_ttl_s=0, guard_tick_s=0)  # remembers no answer
+    proxy.store.reversed.add(declared.version("v2").target.collection)
+    rng = random.Random(5)
+    again = {"v1": 0, "v2": 0}
+    for n in range(300):
+        if await _rolled_back(proxies):
+            break
+        text = f"{rng.choice(WORDS)} {rng.choice(WORDS)} {n}"
+        found = await proxy.search(query=text, user_id=f"user-{n}", limit=10)
+        relevant = await _truth(oracle, text)
+        if not set(relevant) & {hit["id"] for hit in found["hits"][:3]}:
+            again[found["model_version"]] += 1
+            await proxy.search(query=f"{text} {rng.choice(WORDS)}", user_id=f"user-{n}")
+    await eventually_async(lambda: _rolled_back(proxies), timeout_s=10)
+    after = await rule(proxies)
+    assert after.updated_by == "guard", after
+    assert after.reason.startswith("guard: online quality: re-queries after"), after
+    assert again["v2"] > 3 * again["v1"], again
