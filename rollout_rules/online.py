@@ -20,6 +20,7 @@ No I/O: lists in, lists out.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from enum import IntEnum, StrEnum
@@ -30,8 +31,9 @@ import msgspec
 from rollout_rules.bucket import NORMALISER, bucket
 from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, stickiness_value
-from rollout_rules.guard import TAU, msprt_rejects, proportions_differ
+from rollout_rules.guard import TAU, Window, msprt_rejects, proportions_differ, quantile_ms
 from rollout_rules.model import GuardPolicy, Rollout, State
+from rollout_rules.promotion import QualityRecord
 
 T = TypeVar("T", bound=Hashable)
 
@@ -357,3 +359,108 @@ def online_of(rollout: Rollout, counts: Mapping[str, float]) -> dict[str, dict[s
     pairs = [(rollout.candidate, rollout.stable)] if rollout.candidate is not None and counts.get(
         f"il:{rollout.candidate}:{rollout.stable}:answers") else []
     return online_table(counts, versions, pairs)
+
+
+# -- the per-version table ---------------------------------------------------------------------
+
+Z95 = 1.959964
+
+
+class Row(msgspec.Struct, frozen=True, kw_only=True):
+    """One version's line: offline (golden set), online (users), operational (this window)."""
+
+    version: str
+    role: str  # stable, candidate, previous stable
+    ndcg_at_10: float | None = None
+    precision_at_5: float | None = None
+    answers: int = 0
+    click_through: float | None = None
+    mrr: float | None = None
+    thumbs_up: float | None = None
+    requery: float | None = None
+    zero_hits: float | None = None
+    p50_ms: float | None = None  # store search time, over the guard's window
+    cache_hit: float | None = None  # answers that needed no store search
+
+
+class Delta(msgspec.Struct, frozen=True, kw_only=True):
+    """Candidate minus stable, with its 95% interval (normal approximation)."""
+
+    figure: str
+    value: float
+    low: float
+    high: float
+
+
+class QualityTable(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    rows: list[Row]
+    deltas: list[Delta]
+    interleaving: dict[str, float | None] | None = None  # wins, losses, ties, win_share, ...
+    finding: str | None = None  # better, worse, undecided (interleaving, at the guard's alpha)
+    missing: str | None = None  # what promotion.require_online still waits for
+
+
+def quality_table(rollout: Rollout, counts: Mapping[str, float],
+                  golden: QualityRecord | None, windows: Mapping[str, Window]) -> QualityTable:
+    """The seeds' dashboard: per version the golden-set figures (when a judgement against
+    this stable exists), the online ones, p50 search latency and cache hit rate; the
+    candidate's deltas with their intervals; the interleaving score and finding."""
+    roles = {rollout.stable: "stable"}
+    if rollout.candidate is not None:
+        roles[rollout.candidate] = "candidate"
+    if rollout.previous_stable is not None:
+        roles.setdefault(rollout.previous_stable, "previous stable")
+    if golden is not None and golden.stable != rollout.stable:
+        golden = None
+    rows = [_row(name, role, counts, golden=golden, window=windows.get(name), rollout=rollout)
+            for name, role in roles.items()]
+    deltas: list[Delta] = []
+    pair_found: dict[str, float | None] | None = None
+    finding = None
+    if rollout.candidate is not None:
+        deltas = _deltas(counts, rollout.candidate, rollout.stable)
+        pair = interleaving(counts, rollout.candidate, rollout.stable)
+        if pair.answers:
+            decisive = pair.wins + pair.losses
+            share = pair.wins / decisive if decisive else None
+            spread = Z95 * math.sqrt(0.25 / decisive) if decisive else None
+            pair_found = {"answers": pair.answers, "wins": pair.wins, "losses": pair.losses,
+                          "ties": pair.ties, "win_share": share,
+                          "low": None if share is None or spread is None else share - spread,
+                          "high": None if share is None or spread is None else share + spread}
+            finding = str(preference(pair.wins, pair.losses, alpha=rollout.guard.alpha,
+                                     min_answers=rollout.guard.min_requests))
+    return QualityTable(alias=rollout.alias, rows=rows, deltas=deltas,
+                        interleaving=pair_found, finding=finding,
+                        missing=online_blocks(rollout, counts))
+
+
+def _row(name: str, role: str, counts: Mapping[str, float], *, golden: QualityRecord | None,
+         window: Window | None, rollout: Rollout) -> Row:
+    found = figures(counts, name)
+    ndcg = precision = None
+    if golden is not None and name == golden.stable:
+        ndcg, precision = golden.stable_ndcg_at_10, golden.stable_precision_at_5
+    elif golden is not None and name == rollout.candidate:
+        ndcg, precision = golden.candidate_ndcg_at_10, golden.candidate_precision_at_5
+    p50 = quantile_ms(window.latency, 0.5) if window is not None else None
+    cached = (1 - window.searches / window.requests) if window and window.requests else None
+    return Row(version=name, role=role, ndcg_at_10=ndcg, precision_at_5=precision,
+               answers=found.answers, click_through=found.click_through, mrr=found.mrr,
+               thumbs_up=found.thumbs_up, requery=found.requery, zero_hits=found.zero_hits,
+               p50_ms=p50 if p50 is None or math.isfinite(p50) else None,
+               cache_hit=None if cached is None else max(0.0, cached))
+
+
+def _deltas(counts: Mapping[str, float], test: str, baseline: str) -> list[Delta]:
+    """Click-through and re-query rate, candidate minus stable, where both have answers."""
+    deltas = []
+    for name, field in (("click_through", "clicked"), ("requery", "requery")):
+        n, m = counts.get(f"{test}:answers", 0), counts.get(f"{baseline}:answers", 0)
+        if not n or not m:
+            continue
+        p, q = counts.get(f"{test}:{field}", 0) / n, counts.get(f"{baseline}:{field}", 0) / m
+        spread = Z95 * math.sqrt(p * (1 - p) / n + q * (1 - q) / m)
+        deltas.append(Delta(figure=name, value=p - q, low=p - q - spread, high=p - q + spread))
+    return deltas

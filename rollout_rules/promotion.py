@@ -34,6 +34,8 @@ class QualityRecord(msgspec.Struct, frozen=True, kw_only=True):
     stable: str
     stable_ndcg_at_10: float
     candidate_ndcg_at_10: float
+    stable_precision_at_5: float | None = None
+    candidate_precision_at_5: float | None = None
 
 
 def quality_passes(stable_ndcg: float, candidate_ndcg: float, max_drop: float) -> bool:

@@ -15,6 +15,7 @@ from proxy.cli.common import AddCommand, OperatorCommand, Result, with_operator
 from rollout_rules.decide import Context
 from rollout_rules.errors import NotFoundError, RuleError
 from rollout_rules.model import Rollout, parse_rollout
+from rollout_rules.online import QualityTable
 from rollout_rules.ops import summarize_change
 from rollout_rules.ramp import RampAction, RampPlan
 from rollout_rules.spec import document as full_document
@@ -74,6 +75,11 @@ async def cmd_status(operator: Operator, args: argparse.Namespace) -> Result:
     text = "\n\n".join(render_status(s) for s in statuses) or \
         "no aliases declared yet (try: embedshift init products)"
     return statuses, text
+
+
+async def cmd_quality(operator: Operator, args: argparse.Namespace) -> Result:
+    table = await operator.quality(args.alias)
+    return table, render_quality(table, online=args.online)
 
 
 async def cmd_set(operator: Operator, args: argparse.Namespace) -> Result:
@@ -219,6 +225,13 @@ def render_status(status: Status) -> str:
         lines.append(f"  guard      {render_guard(status.guard)}")
     if status.ramp is not None:
         lines.append(f"  ramp       {render_ramp(status.ramp)}")
+    pair = status.online.get(f"{r.candidate}~{r.stable}") if r.candidate else None
+    if pair is not None:
+        lines.append(f"  online     {r.candidate} preferred in {pair['wins'] or 0:g} interleaved "
+                     f"answers, {r.stable} in {pair['losses'] or 0:g} ({pair['ties'] or 0:g} "
+                     f"ties, {pair['answers'] or 0:g} shown)")
+    if status.online_missing is not None:
+        lines.append(f"  promotion  waits: {status.online_missing}")
     if r.updated_by:
         lines.append(f"  last change {r.updated_at} by {r.updated_by}: {r.reason}")
     return "\n".join(one_line(line) for line in lines)  # reasons and notes are callers' text
@@ -236,6 +249,44 @@ def render_guard(guard: GuardStatus) -> str:
         parts.append(f"shadow overlap@10 {f.get('overlap_at_10'):.2f} over "
                      f"{f.get('overlap_n'):g} queries")
     return "; ".join(parts)
+
+
+def render_quality(table: QualityTable, *, online: bool) -> str:
+    """The per-version table; ``online``: users' figures and the deltas too."""
+    def cell(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    head = f"{'version':<9}{'role':<17}{'nDCG@10':>8}{'P@5':>7}"
+    if online:
+        head += (f"{'answers':>9}{'clicked':>9}{'MRR':>7}{'thumbs+':>9}{'re-query':>9}"
+                 f"{'no hit':>8}{'p50 ms':>8}{'cached':>8}")
+    lines = [f"{table.alias}: golden set and users, per version", head]
+    for row in table.rows:
+        line = (f"{row.version:<9}{row.role:<17}{cell(row.ndcg_at_10, '.4f'):>8}"
+                f"{cell(row.precision_at_5, '.3f'):>7}")
+        if online:
+            line += (f"{row.answers:>9,}{cell(row.click_through, '.1%'):>9}"
+                     f"{cell(row.mrr, '.3f'):>7}{cell(row.thumbs_up, '.1%'):>9}"
+                     f"{cell(row.requery, '.1%'):>9}{cell(row.zero_hits, '.1%'):>8}"
+                     f"{cell(row.p50_ms, 'g'):>8}{cell(row.cache_hit, '.0%'):>8}")
+        lines.append(line)
+    if not online:
+        return "\n".join(lines)
+    for delta in table.deltas:
+        lines.append(f"{delta.figure.replace('_', '-')} candidate - stable: "
+                     f"{delta.value * 100:+.1f} points (95% interval {delta.low * 100:+.1f} "
+                     f"to {delta.high * 100:+.1f})")
+    pair = table.interleaving
+    if pair is not None:
+        share = pair.get("win_share")
+        interval = "" if share is None else (
+            f", win share {share:.2f} (95% interval {pair['low']:.2f} to {pair['high']:.2f})")
+        lines.append(f"interleaved: {pair['answers']:g} answers; the candidate preferred in "
+                     f"{pair['wins']:g}, stable in {pair['losses']:g}, {pair['ties']:g} "
+                     f"ties{interval}: {table.finding}")
+    if table.missing is not None:
+        lines.append(f"promotion waits: {table.missing}")
+    return "\n".join(one_line(line) for line in lines)
 
 
 def render_ramp(plan: RampPlan) -> str:
@@ -318,6 +369,13 @@ def add_parsers(add: AddCommand) -> None:
     _add_rules_file_parsers(command, writer)
     p = command("status", cmd_status, "show every alias, or one")
     p.add_argument("alias", nargs="?")
+    p = command("quality", cmd_quality, "per version: the golden-set judgement and, with "
+                                        "--online, what users' answers and feedback say")
+    p.add_argument("alias")
+    p.add_argument("--online", action="store_true",
+                   help="add users' figures (click-through, MRR, thumbs up, re-queries, "
+                        "answers with no hit), latency, cache hits, the candidate's deltas and "
+                        "the interleaving score")
     p = writer("set", cmd_set, "ramp the candidate to PERCENT of users (0-100, 0.01 steps)")
     p.add_argument("percent", type=float)
     writer("pause", cmd_pause, "send everyone to stable, keeping the percent for resume")

@@ -26,7 +26,13 @@ import structlog
 
 from proxy.control.operator import Operator
 from proxy.control.ramp import RampScheduler
-from proxy.control.verdicts import INSTANCE_PREFIX, VERDICT_FIELD, GuardStatus, InstanceCounts
+from proxy.control.verdicts import (
+    INSTANCE_PREFIX,
+    VERDICT_FIELD,
+    GuardStatus,
+    InstanceCounts,
+    merged_windows,
+)
 from proxy.state.answers import AnswerLog
 from proxy.state.base import RuleStore
 from proxy.tasks import cancel_and_wait
@@ -38,7 +44,6 @@ from rollout_rules.guard import (
     Verdict,
     Window,
     judge,
-    total,
     watched,
 )
 from rollout_rules.model import Rollout
@@ -129,23 +134,7 @@ class GuardLoop:
     async def merged(self, rollout: Rollout) -> tuple[dict[str, Window], int]:
         """Every instance's fresh counts of the rule's revision, summed per version; and how
         many instances they came from. Counts older than three ticks are an instance gone."""
-        records = await self.store.guard_records(rollout.alias)
-        fresh_after = time.time() - max(3 * self.tick_s, 3.0)
-        per_version: dict[str, list[Window]] = {}
-        instances = 0
-        for field, raw in records.items():
-            if not field.startswith(INSTANCE_PREFIX):
-                continue
-            try:
-                counts = msgspec.json.decode(raw, type=InstanceCounts)
-            except msgspec.DecodeError:
-                continue  # written by a proxy of another release: not ours to read
-            if counts.revision != rollout.revision or counts.at < fresh_after:
-                continue
-            instances += 1
-            for version, window in counts.windows.items():
-                per_version.setdefault(version, []).append(window)
-        return {version: total(found) for version, found in per_version.items()}, instances
+        return await merged_windows(self.store, rollout, max(3 * self.tick_s, 3.0))
 
     async def roll_back(self, rollout: Rollout, found: Verdict) -> None:
         """Roll back the revision judged; a lost compare-and-set means another instance (or an

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from proxy.control.verdicts import GuardStatus, guard_status, ramp_status
+from proxy.control.verdicts import GuardStatus, guard_status, merged_windows, ramp_status
 from proxy.state.answers import AnswerLog
 from proxy.state.base import AuditEntry, Change, RuleStore, now
 from rollout_rules import ops
@@ -21,7 +21,7 @@ from rollout_rules.coverage import cap_bp
 from rollout_rules.decide import Context, Decision, decide
 from rollout_rules.errors import AlreadyDeclared, ConflictError, NotFoundError, RuleError
 from rollout_rules.model import Rollout
-from rollout_rules.online import online_blocks, online_of
+from rollout_rules.online import QualityTable, online_blocks, online_of, quality_table
 from rollout_rules.promotion import QualityRecord, VerifyRecord, blocked, read_record
 from rollout_rules.ramp import RampPlan
 from rollout_rules.spec import apply_file, differences, first_declaration
@@ -83,6 +83,19 @@ class Operator:
                                        ramp=await ramp_status(self.store, rollout),
                                        online=online_of(rollout, counts),
                                        online_missing=online_blocks(rollout, counts))
+
+    async def quality(self, alias: str) -> QualityTable:
+        """The alias's per-version table (``rollout_rules.online.quality_table``): the
+        candidate's golden-set judgement, the shared online counts, and every proxy's
+        operational counts of the last minute."""
+        rollout = await self.store.get(alias)
+        golden = None
+        if rollout.candidate is not None:
+            found = read_record(await self.store.report(alias, rollout.candidate, "quality"),
+                                QualityRecord)
+            golden = found if isinstance(found, QualityRecord) else None
+        windows, _ = await merged_windows(self.store, rollout, fresh_s=60.0)
+        return quality_table(rollout, await self.online_counts(alias), golden, windows)
 
     async def statuses(self) -> list[Status]:
         return [await self.status(alias) for alias in await self.store.aliases()]

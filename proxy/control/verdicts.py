@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from proxy.state.base import Guarding
-from rollout_rules.guard import Outcome, Window
+from rollout_rules.guard import Outcome, Window, total
 from rollout_rules.model import Rollout
 from rollout_rules.ramp import RampPlan
 
@@ -58,3 +60,26 @@ def read_plan(raw: bytes) -> RampPlan | None:
         return msgspec.json.decode(raw, type=RampPlan)
     except msgspec.DecodeError:
         return None  # written by another release: shown as none, replaced by the next plan
+
+
+async def merged_windows(store: Guarding, rollout: Rollout, fresh_s: float
+                         ) -> tuple[dict[str, Window], int]:
+    """Every instance's counts of the rule's revision published within ``fresh_s``, summed
+    per version; and how many instances they came from (older counts are an instance gone)."""
+    records = await store.guard_records(rollout.alias)
+    fresh_after = time.time() - fresh_s
+    per_version: dict[str, list[Window]] = {}
+    instances = 0
+    for field, raw in records.items():
+        if not field.startswith(INSTANCE_PREFIX):
+            continue
+        try:
+            counts = msgspec.json.decode(raw, type=InstanceCounts)
+        except msgspec.DecodeError:
+            continue  # written by a proxy of another release: not ours to read
+        if counts.revision != rollout.revision or counts.at < fresh_after:
+            continue
+        instances += 1
+        for version, window in counts.windows.items():
+            per_version.setdefault(version, []).append(window)
+    return {version: total(found) for version, found in per_version.items()}, instances

@@ -34,22 +34,27 @@ class Judgement(msgspec.Struct, frozen=True, kw_only=True):
     max_ndcg_drop: float
     passed: bool
     at: str
+    stable_precision_at_5: float | None = None  # None in a judgement kept by an older release
+    candidate_precision_at_5: float | None = None
 
 
 async def ndcg_through(ingestor: Ingestor, version: Version, queries: Mapping[str, str],
-                       qrels: Mapping[str, Mapping[str, int]]) -> float:
-    """Mean nDCG@10 of ``version`` searched in its collection (0 when it has none yet)."""
+                       qrels: Mapping[str, Mapping[str, int]]) -> tuple[float, float]:
+    """Mean nDCG@10 and precision@5 of ``version`` searched in its collection (0 when it has
+    none yet)."""
     if await ingestor.store.describe(version.target) is None:
-        return 0.0
+        return 0.0, 0.0
     model = await ingestor.models.get(version)
     ids = list(queries)
     vectors = await encode(model, [version.query_prefix + queries[q] for q in ids])
-    total = 0.0
+    total = hits_at_5 = 0.0
     for query_id, vector in zip(ids, vectors, strict=True):
         hits = await ingestor.store.search(version.target, vector, K, None, False)
         ranking = [str(h.id) for h in hits]  # the documents' own ids, as the qrels name them
-        total += ndcg(ranking, qrels.get(query_id, {}), K)
-    return total / len(ids)
+        judged = qrels.get(query_id, {})
+        total += ndcg(ranking, judged, K)
+        hits_at_5 += sum(1 for doc in ranking[:5] if judged.get(doc, 0) > 0) / 5
+    return total / len(ids), hits_at_5 / len(ids)
 
 
 async def judge(ingestor: Ingestor, rollout: Rollout, queries: Mapping[str, str],
@@ -60,11 +65,12 @@ async def judge(ingestor: Ingestor, rollout: Rollout, queries: Mapping[str, str]
     if not judged:
         raise RuleError("qrels", "no query has a judged document")
     stable, candidate = rollout.version(rollout.stable), rollout.version(rollout.candidate)
-    before = await ndcg_through(ingestor, stable, judged, qrels)
-    after = await ndcg_through(ingestor, candidate, judged, qrels)
+    before, stable_p5 = await ndcg_through(ingestor, stable, judged, qrels)
+    after, candidate_p5 = await ndcg_through(ingestor, candidate, judged, qrels)
     margin = rollout.promotion.max_ndcg_drop
     return Judgement(alias=rollout.alias, revision=rollout.revision, stable=stable.name,
                      candidate=candidate.name, queries=len(judged),
                      stable_ndcg_at_10=round(before, 4), candidate_ndcg_at_10=round(after, 4),
                      max_ndcg_drop=margin, passed=quality_passes(before, after, margin),
-                     at=now())
+                     at=now(), stable_precision_at_5=round(stable_p5, 4),
+                     candidate_precision_at_5=round(candidate_p5, 4))

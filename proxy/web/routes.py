@@ -19,6 +19,7 @@ from proxy.web.auth import OVERRIDE_TOKEN_HEADER
 from proxy.web.handlers import admin, alerts, documents, embeddings, feedback, health, search, ui
 from proxy.web.openapi import serve_document
 from proxy.web.route import Route
+from rollout_rules.online import QualityTable
 from rollout_rules.ramp import RampPlan
 
 _LIMIT = {"name": "limit", "in": "query", "required": False,
@@ -57,6 +58,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/ui/{asset}", ui.asset, "The status page's script and style"),
     Route("GET", "/admin/aliases", admin.list_aliases, "Every alias's rollout", admin=True),
     Route("GET", "/admin/aliases/{alias}", admin.get_alias, "One alias's rollout", admin=True),
+    Route("GET", "/admin/aliases/{alias}/quality", admin.quality,
+          "Per version: golden-set nDCG@10 and precision@5, users' online figures, p50 search "
+          "latency and cache hits; the candidate's deltas and interleaving score",
+          answer=QualityTable, admin=True),
     Route("GET", "/admin/aliases/{alias}/history", admin.history, "Audit trail, newest first",
           admin=True, parameters=(_LIMIT,)),
     Route("POST", "/admin/aliases/{alias}/percent", admin.set_percent, "Ramp the candidate",

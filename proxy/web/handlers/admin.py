@@ -59,6 +59,10 @@ async def get_alias(request: web.Request) -> web.Response:
     return json_response(await operator_of(request).status(request.match_info["alias"]))
 
 
+async def quality(request: web.Request) -> web.Response:
+    return json_response(await operator_of(request).quality(request.match_info["alias"]))
+
+
 async def history(request: web.Request) -> web.Response:
     raw = request.query.get("limit", "20")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:

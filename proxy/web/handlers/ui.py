@@ -1,7 +1,8 @@
 """``/ui``: a read-only status page, plain HTML and a little JS shipped with the package (no
 build step, no CDN), and ``/ui/status.json``, what it draws: each alias's versions, state, set
 and effective share, coverage by documents and by popularity, the guard's verdict, shadow
-overlap, this proxy's per-version figures over the last minutes, and the last audit entries.
+overlap, this proxy's per-version figures over the last minutes, the golden-set and online
+quality table (``rollout_rules.online.quality_table``), and the last audit entries.
 The page is open; its data asks for ``EMBEDSHIFT_UI_TOKEN`` when one is set (a Bearer header
 the page sends, never a URL parameter, so it stays out of logs and history)."""
 
@@ -19,6 +20,7 @@ from proxy.web.errors import json_response
 from proxy.web.history import Point, shadow_overlap
 from proxy.web.keys import DRIFT, HISTORY, METRICS, OPERATOR, SEARCHER, SETTINGS, WATCHER
 from rollout_rules.errors import NotFoundError, StoreUnavailable
+from rollout_rules.online import QualityTable
 
 STATIC = files("proxy.web") / "static"
 ASSETS = {"ui.js": "text/javascript", "ui.css": "text/css"}
@@ -35,6 +37,7 @@ class AliasView(msgspec.Struct, frozen=True, kw_only=True):
     problem: str | None = None  # why part of it comes from this proxy's memory
     unavailable: dict[str, str] = msgspec.field(default_factory=dict)  # version: why
     drifted: dict[str, str] = msgspec.field(default_factory=dict)  # version: its served model's
+    quality: QualityTable | None = None  # golden set and users, per version
 
 
 class Page(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,7 +75,7 @@ async def status(request: web.Request) -> web.Response:
                 status=await operator.status(alias),
                 popularity_coverage=await operator.store.coverage(alias, "popularity"),
                 audit=await operator.history(alias, AUDIT_SHOWN), shadow_overlap=overlap,
-                figures=figures)
+                figures=figures, quality=await operator.quality(alias))
         except (StoreUnavailable, NotFoundError) as exc:  # the page still shows what it can
             view = AliasView(
                 status=status_of(rollout, watcher.coverage.get(alias, {})),

@@ -81,6 +81,44 @@ function versionRows(view) {
   return table;
 }
 
+const num = (x, digits) => (x === null || x === undefined ? "-" : x.toFixed(digits));
+const points = (d) => `${d.value >= 0 ? "+" : ""}${(100 * d.value).toFixed(1)}`;
+
+// The seeds' dashboard: per version the golden set (offline) and users (online), with the
+// candidate's deltas and their 95% intervals, and the interleaving score.
+function qualityTable(view) {
+  const q = view.quality;
+  if (!q) return "";
+  const heads = ["version", "role", "nDCG@10", "P@5", "answers", "click-through", "MRR",
+    "thumbs up", "re-query", "no hit", "p50 ms", "cache hits"];
+  const table = el("table", {class: "quality", "data-field": "quality"},
+    el("tr", {}, ...heads.map((h) => el("th", {}, h))));
+  for (const row of q.rows) {
+    table.append(el("tr", {"data-version": row.version},
+      el("td", {}, row.version), el("td", {}, row.role),
+      el("td", {"data-field": "ndcg"}, num(row.ndcg_at_10, 3)),
+      el("td", {"data-field": "p5"}, num(row.precision_at_5, 3)),
+      el("td", {"data-field": "answers"}, String(row.answers)),
+      el("td", {"data-field": "click_through"}, pct(row.click_through)),
+      el("td", {"data-field": "mrr"}, num(row.mrr, 3)),
+      el("td", {}, pct(row.thumbs_up)), el("td", {"data-field": "requery"}, pct(row.requery)),
+      el("td", {}, pct(row.zero_hits)), el("td", {}, num(row.p50_ms, 1)),
+      el("td", {}, pct(row.cache_hit))));
+  }
+  const notes = q.deltas.map((d) => el("li", {"data-field": `delta-${d.figure}`},
+    `${d.figure.replace("_", "-")}: candidate ${points(d)} points against stable ` +
+    `(95% interval ${points({value: d.low})} to ${points({value: d.high})})`));
+  const il = q.interleaving;
+  if (il) notes.push(el("li", {"data-field": "interleaving"},
+    `interleaved: ${il.answers} answers, candidate preferred in ${il.wins}, stable in ` +
+    `${il.losses}, ${il.ties} ties` + (il.win_share === null ? "" :
+    `; win share ${il.win_share.toFixed(2)} (95% interval ${il.low.toFixed(2)} to ` +
+    `${il.high.toFixed(2)})`) + `: ${q.finding}`));
+  if (q.missing) notes.push(el("li", {class: "problem"}, `promotion waits: ${q.missing}`));
+  return el("div", {}, el("div", {class: "muted"}, "quality: golden set and users"), table,
+    el("ul", {class: "deltas"}, ...notes));
+}
+
 function aliasSection(view) {
   const s = view.status, r = s.rollout;
   const verdict = s.guard ? `${s.guard.outcome}: ${s.guard.reason}` : "no verdict yet";
@@ -99,7 +137,8 @@ function aliasSection(view) {
     el("li", {}, `${e.at} revision ${e.revision} by ${e.actor}: ${e.reason}`)));
   const problem = view.problem ? el("p", {class: "problem", "data-field": "problem"}, view.problem) : "";
   return el("section", {class: "alias", "data-alias": r.alias},
-    el("h2", {}, r.alias), problem, facts, versionRows(view), el("div", {class: "muted"}, "last changes"),
+    el("h2", {}, r.alias), problem, facts, versionRows(view), qualityTable(view),
+    el("div", {class: "muted"}, "last changes"),
     audit);
 }
 

@@ -15,13 +15,14 @@ import pytest
 from msgspec.structs import replace
 from playwright.async_api import Page, async_playwright
 
+from proxy.cli.demo import demo_documents
 from proxy.config import Settings
 from proxy.models.catalog import default_rollout
 from proxy.state.client import connect
 from proxy.state.redis_server import EmbeddedRedis
 from proxy.state.rulestore import RedisRuleStore
 from rollout_rules import ops
-from rollout_rules.model import STEPPED, CoverageGate, Target
+from rollout_rules.model import STEPPED, CoverageGate, Experiment, Target
 from rollout_rules.ramp import new_plan
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.paths import REPO
@@ -161,3 +162,60 @@ async def test_the_status_page_outlives_the_rule_store(
     assert answer.status == 200 and "the rule store did not answer" in view["problem"]
     assert (view["status"]["rollout"]["percent"], view["status"]["effective_percent"]) == \
         (40, 40)  # from this proxy's memory, as it keeps serving
+
+
+async def test_the_status_page_shows_golden_and_online_quality_per_version(
+        proxies: ProxyFactory, chromium: str, artifacts: Path) -> None:
+    """The seeds' dashboard with real numbers: the golden-set judgement of both versions,
+    users' figures from real answers and feedback, the deltas and the interleaving score."""
+    await proxies.declare(percent=50, experiment=Experiment(share=0.3))
+    proxy = await proxies.start(ui_step_s=0.5, feedback_key="ui-feedback-key")
+    documents = demo_documents()
+    kinds = sorted({d["title"].split(" ", 1)[1] for d in documents})
+    golden = {"queries": {f"q{n}": f"I need {kind}" for n, kind in enumerate(kinds)},
+              "qrels": {f"q{n}": {str(d["id"]): 1 for d in documents
+                                  if d["title"].endswith(kind)} for n, kind in enumerate(kinds)}}
+    judged = await proxy.client.post("/admin/aliases/products/quality", json=golden,
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert judged.status == 200, await judged.text()
+    events = []
+    for i in range(120):
+        found = await proxy.search(query=f"{kinds[i % len(kinds)]} for a trip {i}",
+                                   user_id=f"user-{i}")
+        if i % 3:  # two users in three click a hit, the second one when there is one
+            hit = found["hits"][min(1, len(found["hits"]) - 1)]
+            events.append({"trace_id": found["trace_id"], "event": "click",
+                           "doc_id": hit["id"]})
+    await asyncio.sleep(0.5)  # the answers reach the log
+    counted = await proxy.client.post("/v1/feedback", json={"events": events},
+                                      headers={"Authorization": "Bearer ui-feedback-key"})
+    assert (await counted.json())["totals"] == {"counted": len(events)}
+    table = await (await proxy.client.get(
+        "/admin/aliases/products/quality",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})).json()
+    rows = {row["version"]: row for row in table["rows"]}
+    assert rows["v1"]["ndcg_at_10"] is not None and rows["v2"]["ndcg_at_10"] is not None
+    assert rows["v1"]["answers"] + rows["v2"]["answers"] + table["interleaving"]["answers"] \
+        == 120
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, headless=True,
+                                                   args=["--no-sandbox"])
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        await page.goto(str(proxy.client.make_url("/ui")))
+        await page.wait_for_selector('section[data-alias="products"] table.quality',
+                                     timeout=10_000)
+        for version, row in rows.items():
+            assert await _field(page, "products", "ndcg", version) == \
+                f"{row['ndcg_at_10']:.3f}"
+            assert await _field(page, "products", "click_through", version) == \
+                f"{100 * row['click_through']:.1f}%"
+        interleaved = await page.locator('section[data-alias="products"] '
+                                         '[data-field="interleaving"]').inner_text()
+        assert interleaved.startswith(f"interleaved: {table['interleaving']['answers']} answers")
+        assert await page.locator('section[data-alias="products"] '
+                                  '[data-field="delta-click_through"]').count() == 1
+        shot = artifacts / "status-quality.png"
+        await page.locator('section[data-alias="products"]').screenshot(path=str(shot))
+        await browser.close()
+    assert shot.stat().st_size > 10_000
+    print(f"quality table: {rows}; screenshot: {shot}")
