@@ -74,7 +74,7 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     feedback_ttl_s      EMBEDSHIFT_FEEDBACK_TTL_S  how long answers are remembered for their
                                                    feedback, shared by every proxy (3600; 0: off)
     feedback_answers_max  EMBEDSHIFT_FEEDBACK_ANSWERS_MAX  answers remembered at most, the oldest
-                                                   dropped first (1000000)
+                                                   dropped first (250000: about 80 MB of Redis)
     feedback_per_user   EMBEDSHIFT_FEEDBACK_PER_USER  feedback events one user key may have
                                                    counted while answers are remembered (20)
     feedback_events     EMBEDSHIFT_FEEDBACK_EVENTS  event names counted beyond click, convert,
@@ -212,7 +212,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     drift_check_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     drift_policy: Literal["rollback", "report"] = "rollback"
     feedback_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 24 * 3600)] = 3600.0
-    feedback_answers_max: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    feedback_answers_max: Annotated[int, msgspec.Meta(ge=1)] = 250_000
     feedback_per_user: Annotated[int, msgspec.Meta(ge=1)] = 20
     feedback_events: Annotated[str, msgspec.Meta(
         pattern=r"^([a-z][a-z0-9_]{0,63}(,[a-z][a-z0-9_]{0,63})*)?$")] = ""

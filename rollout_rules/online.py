@@ -427,8 +427,10 @@ def quality_table(rollout: Rollout, counts: Mapping[str, float],
             spread = Z95 * math.sqrt(0.25 / decisive) if decisive else None
             pair_found = {"answers": pair.answers, "wins": pair.wins, "losses": pair.losses,
                           "ties": pair.ties, "win_share": share,
-                          "low": None if share is None or spread is None else share - spread,
-                          "high": None if share is None or spread is None else share + spread}
+                          "low": None if share is None or spread is None
+                          else max(0.0, share - spread),
+                          "high": None if share is None or spread is None
+                          else min(1.0, share + spread)}
             finding = str(preference(pair.wins, pair.losses, alpha=rollout.guard.alpha,
                                      min_answers=rollout.guard.min_requests))
     return QualityTable(alias=rollout.alias, rows=rows, deltas=deltas,
@@ -462,5 +464,6 @@ def _deltas(counts: Mapping[str, float], test: str, baseline: str) -> list[Delta
             continue
         p, q = counts.get(f"{test}:{field}", 0) / n, counts.get(f"{baseline}:{field}", 0) / m
         spread = Z95 * math.sqrt(p * (1 - p) / n + q * (1 - q) / m)
-        deltas.append(Delta(figure=name, value=p - q, low=p - q - spread, high=p - q + spread))
+        deltas.append(Delta(figure=name, value=p - q, low=max(-1.0, p - q - spread),
+                            high=min(1.0, p - q + spread)))
     return deltas

@@ -251,6 +251,9 @@ def render_guard(guard: GuardStatus) -> str:
     return "; ".join(parts)
 
 
+_FIGURES = {"click_through": "click-through", "requery": "re-query"}
+
+
 def render_quality(table: QualityTable, *, online: bool) -> str:
     """The per-version table; ``online``: users' figures and the deltas too."""
     def cell(value: float | None, form: str) -> str:
@@ -273,7 +276,7 @@ def render_quality(table: QualityTable, *, online: bool) -> str:
     if not online:
         return "\n".join(lines)
     for delta in table.deltas:
-        lines.append(f"{delta.figure.replace('_', '-')} candidate - stable: "
+        lines.append(f"{_FIGURES.get(delta.figure, delta.figure)} candidate - stable: "
                      f"{delta.value * 100:+.1f} points (95% interval {delta.low * 100:+.1f} "
                      f"to {delta.high * 100:+.1f})")
     pair = table.interleaving

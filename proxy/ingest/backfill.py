@@ -321,7 +321,8 @@ class Backfill:
                 rate = (job.done_docs - done_then) / elapsed
                 eta = max(0, job.total_docs - job.done_docs) / rate
         state = ("none" if not job.exists else "failed" if job.failed
-                 else "done" if job.finished
+                 # done once a worker has stamped it (until then its workers are finishing)
+                 else "done" if job.finished and (job.finished_at or not here)
                  else "running" if here or (job.leased and not job.stopped) else "stopped")
         planned = await self.ingestor.rules.report(rollout.alias, rollout.candidate, "plan")
         took = _took(job)

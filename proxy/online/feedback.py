@@ -20,7 +20,7 @@ a 400 naming its place. Then each event gets an outcome:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -73,9 +73,12 @@ class FeedbackAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 class FeedbackDesk:
     def __init__(self, answers: AnswerLog, metrics: Metrics, *, ttl_s: float, per_user: int,
-                 declared: Sequence[str] = ()) -> None:
+                 declared: Sequence[str] = (),
+                 recent: Callable[[str], Answer | None] = lambda _trace: None) -> None:
+        """``recent``: this proxy's answers not yet in the shared log, by trace id."""
         self.answers, self.metrics, self.ttl_s, self.per_user = answers, metrics, ttl_s, per_user
         self.events = frozenset((*BUILT_IN_EVENTS, *declared))
+        self.recent = recent
 
     async def take(self, batch: FeedbackBatch) -> FeedbackAnswer:
         """Check the batch whole, then join and credit each event (see the module)."""
@@ -84,8 +87,10 @@ class FeedbackDesk:
                 raise RuleError(f"events[{index}].event", (
                     f"{event.event!r} is not an event this proxy counts (built in: "
                     f"{', '.join(BUILT_IN_EVENTS)}; declare others in feedback_events)"))
-        answers = await self.answers.recall(sorted({e.trace_id for e in batch.events}))
-        by_trace = dict(zip(sorted({e.trace_id for e in batch.events}), answers, strict=True))
+        traces = sorted({e.trace_id for e in batch.events})
+        by_trace = {trace: self.recent(trace) for trace in traces}
+        asked = [trace for trace, found in by_trace.items() if found is None]
+        by_trace.update(zip(asked, await self.answers.recall(asked), strict=True))
         outcomes = [await self._one(index, event, by_trace.get(event.trace_id))
                     for index, event in enumerate(batch.events)]
         totals = Counter(o.outcome for o in outcomes)

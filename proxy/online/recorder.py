@@ -3,8 +3,8 @@
 On the request path ``answered`` costs a list append and a dict update: the answer (its ids,
 who asked, which version, ``rollout_rules.online.Answer``) waits in memory, and a background
 task writes the batch to the shared answer log every ``flush_s``, off the response path. Feedback
-about an answer reaching any proxy before that flush finds no answer and is counted as unknown,
-so the flush is short (0.2 s).
+reaching the proxy that answered finds the answer here before that flush (``recent``); reaching
+another proxy before it, it finds none and is counted as unknown, so the flush is short (0.2 s).
 
 Seen without any application change, per version, counted with the answers:
 
@@ -44,7 +44,7 @@ class AnswerRecorder:
                  flush_s: float = 0.2) -> None:
         self.answers, self.ttl_s, self.requery_s, self.flush_s = (answers, ttl_s, requery_s,
                                                                  flush_s)
-        self.pending: list[tuple[str, Answer]] = []
+        self.pending: dict[str, Answer] = {}  # by trace id, until flushed
         self.seen: dict[str, dict[str, int]] = {}  # alias -> field -> count, between flushes
         self.last: OrderedDict[tuple[str, str], tuple[int, bytes, str]] = OrderedDict()
         self.dropped = 0
@@ -56,11 +56,16 @@ class AnswerRecorder:
         if len(self.pending) >= MAX_PENDING:
             self.dropped += 1
             return
-        self.pending.append((trace_id, answer))
+        self.pending[trace_id] = answer
         if not answer.docs:
             self._count(answer.alias, f"{counts_prefix(answer)}:zero_hits")
         if text:
             self._requery(answer, text)
+
+    def recent(self, trace_id: str) -> Answer | None:
+        """An answer not yet flushed: feedback reaching the proxy that answered is joined
+        however soon it comes."""
+        return self.pending.get(trace_id)
 
     def _requery(self, answer: Answer, text: str) -> None:
         key = (answer.alias, answer.user)
@@ -78,11 +83,11 @@ class AnswerRecorder:
         fields[field] = fields.get(field, 0) + 1
 
     async def flush(self) -> None:
-        pending, self.pending = self.pending, []
+        pending, self.pending = self.pending, {}
         seen, self.seen = self.seen, {}
         try:
             if pending:
-                await self.answers.remember(pending, self.ttl_s)
+                await self.answers.remember(list(pending.items()), self.ttl_s)
             for alias, fields in seen.items():
                 await self.answers.add(alias, fields)
         except StoreUnavailable as exc:

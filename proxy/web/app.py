@@ -107,7 +107,8 @@ def make_app(settings: Settings, deps: Deps) -> web.Application:
                                 requery_s=settings.requery_s)
     app[FEEDBACK] = FeedbackDesk(answer_log, metrics, ttl_s=settings.feedback_ttl_s,
                                  per_user=settings.feedback_per_user,
-                                 declared=[e for e in settings.feedback_events.split(",") if e])
+                                 declared=[e for e in settings.feedback_events.split(",") if e],
+                                 recent=remembered.recent)
     searcher = app[SEARCHER] = Searcher(
         watcher, encoders.by_key, store=deps.vector_store, metrics=metrics, tracer=tracer,
         results=ResultCache(settings.result_cache_size, settings.result_cache_ttl_s),

@@ -106,7 +106,7 @@ function qualityTable(view) {
       el("td", {}, pct(row.cache_hit))));
   }
   const notes = q.deltas.map((d) => el("li", {"data-field": `delta-${d.figure}`},
-    `${d.figure.replace("_", "-")}: candidate ${points(d)} points against stable ` +
+    `${{click_through: "click-through", requery: "re-query"}[d.figure] || d.figure}: candidate ${points(d)} points against stable ` +
     `(95% interval ${points({value: d.low})} to ${points({value: d.high})})`));
   const il = q.interleaving;
   if (il) notes.push(el("li", {"data-field": "interleaving"},
