@@ -37,6 +37,7 @@ from rollout_rules.online import Answer
 log = structlog.get_logger("embedshift.online")
 MAX_PENDING = 20_000
 MAX_USERS = 100_000
+FLUSH_BATCH = 1000
 
 
 class AnswerRecorder:
@@ -86,8 +87,9 @@ class AnswerRecorder:
         pending, self.pending = self.pending, {}
         seen, self.seen = self.seen, {}
         try:
-            if pending:
-                await self.answers.remember(list(pending.items()), self.ttl_s)
+            items = list(pending.items())
+            for start in range(0, len(items), FLUSH_BATCH):  # one script call a thousand
+                await self.answers.remember(items[start:start + FLUSH_BATCH], self.ttl_s)
             for alias, fields in seen.items():
                 await self.answers.add(alias, fields)
         except StoreUnavailable as exc:
