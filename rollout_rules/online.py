@@ -145,8 +145,8 @@ NO_TEAM = -1
 
 class Answer(msgspec.Struct, frozen=True, array_like=True):
     """What the proxy remembers of one answer for ``feedback_ttl``: enough to join feedback to
-    it and nothing else (no query text, no payload). ``docs`` are the hits' ids as ``id_key``
-    text, in the order shown; ``teams`` the team of each for an interleaved answer (then
+    it and nothing else (no query text, no payload). ``docs`` are the hits' own ids (an
+    integer and its text differ), in the order shown; ``teams`` the team of each for an interleaved answer (then
     ``version`` is the version under test and ``baseline`` the other), else empty."""
 
     alias: str
@@ -155,7 +155,7 @@ class Answer(msgspec.Struct, frozen=True, array_like=True):
     user: str  # the sticky key the answer was routed by
     tenant: str | None
     at_ms: int  # when it was answered (ms since the epoch)
-    docs: list[str]
+    docs: list[int | str]
     teams: list[int] = msgspec.field(default_factory=list)
     baseline: str = ""
 
@@ -171,16 +171,15 @@ class Placed(NamedTuple):
     team: int  # NO_TEAM for an answer that was not interleaved
 
 
-def place(answer: Answer, doc_key: str, at_ms: int | None) -> Placed | str:
+def place(answer: Answer, doc_id: int | str, at_ms: int | None) -> Placed | str:
     """The event's document in its answer, or why the event cannot count: it happened before
     the answer, or names a document the answer did not hold (by name)."""
     if at_ms is not None and at_ms < answer.at_ms:
         return "its time is before the answer it is about"
-    try:
-        position = answer.docs.index(doc_key)
-    except ValueError:
-        return f"doc_id {doc_key} was not in the answer"
-    return Placed(position, answer.teams[position] if answer.teams else NO_TEAM)
+    for position, shown in enumerate(answer.docs):
+        if shown == doc_id and type(shown) is type(doc_id):  # 7 and "7" are two documents
+            return Placed(position, answer.teams[position] if answer.teams else NO_TEAM)
+    return f"doc_id {msgspec.json.encode(doc_id).decode()} was not in the answer"
 
 
 def preference_of(clicks_test: int, clicks_baseline: int) -> Preference | None:

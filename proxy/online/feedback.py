@@ -103,7 +103,7 @@ class FeedbackDesk:
         if answer is None:
             self._count("", event.event, "unknown_trace")
             return EventOutcome(index=index, outcome="unknown_trace")
-        placed = place(answer, id_key(event.doc_id), _ms(event.at))
+        placed = place(answer, event.doc_id, _ms(event.at))
         if isinstance(placed, Placed) and event.position is not None \
                 and event.position != placed.position:
             placed = (f"position {event.position} is not where doc_id {id_key(event.doc_id)} "

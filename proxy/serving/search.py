@@ -339,7 +339,7 @@ class Searcher:
                 alias=alias, version=version.name, revision=decision.revision,
                 user=_user_key(rollout, context, trace_id),
                 tenant=context.tenant if context is not None else None,
-                at_ms=int(time.time() * 1000), docs=[id_key(hit.id) for hit in hits],
+                at_ms=int(time.time() * 1000), docs=[hit.id for hit in hits],
                 teams=teams or [], baseline=baseline), text)
         extra = {"query": text} if self.log_queries else {}
         log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),

@@ -90,9 +90,16 @@ REMEMBER = """
 local answers, until_at = KEYS[1], KEYS[2]
 local now, expires, cap, keep_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
-for i = 5, #ARGV, 2 do
-  redis.call('HSET', answers, ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', until_at, expires, ARGV[i])
+local fields, members = {}, {}
+for i = 5, #ARGV, 2 do  -- one HSET and one ZADD for the batch (at most a thousand answers)
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  members[#members + 1] = expires
+  members[#members + 1] = ARGV[i]
+end
+if #fields > 0 then
+  redis.call('HSET', answers, unpack(fields))
+  redis.call('ZADD', until_at, unpack(members))
 end
 local function forget(members)
   for k = 1, #members, 500 do
