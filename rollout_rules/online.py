@@ -146,8 +146,9 @@ NO_TEAM = -1
 class Answer(msgspec.Struct, frozen=True, array_like=True):
     """What the proxy remembers of one answer for ``feedback_ttl``: enough to join feedback to
     it and nothing else (no query text, no payload). ``docs`` are the hits' own ids (an
-    integer and its text differ), in the order shown; ``teams`` the team of each for an interleaved answer (then
-    ``version`` is the version under test and ``baseline`` the other), else empty."""
+    integer and its text differ), in the order shown; ``teams`` the team of each for an
+    interleaved answer (then ``version`` is the version under test and ``baseline`` the
+    other), else empty."""
 
     alias: str
     version: str
