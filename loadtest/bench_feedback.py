@@ -1,12 +1,13 @@
 """What remembering answers for their feedback costs the search path, and Redis:
 
-    uv run python -m loadtest.bench_feedback [--rounds 3] [--seconds 10] [--connections 32]
+    uv run python -m loadtest.bench_feedback [--rounds 15] [--seconds 3] [--connections 32]
 
 (a) ``embedshift serve`` on embedded defaults, warm caches (``bench_proxy``'s 10 queries x 50
     users), closed loop with ``wrk``: answers not remembered (``EMBEDSHIFT_FEEDBACK_TTL_S=0``)
-    and remembered (the default), alternating in rounds so the machine's drift hits both alike.
-    Printed: each round's req/s and the CPU the proxy and its Redis spent per request (read
-    from /proc: steadier than req/s on a shared machine), their ratios, and the medians.
+    and remembered (the default), both running at once and loaded in turn, a few seconds each,
+    round after round, so the machine's drift falls on both alike. Printed: req/s and the CPU
+    the proxy and its Redis spent per request (read from /proc), and the medians and quartiles
+    of the per-round ratios.
 (b) Redis memory per million remembered answers: 100,000 answers of 10 integer ids each written
     through the answer log into a redis-server of its own, measured with ``MEMORY USAGE`` of
     its keys, scaled.
@@ -21,6 +22,7 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -55,54 +57,66 @@ def _redis_of(data_dir: str) -> list[int]:
     return found
 
 
-def one_run(data_dir: str, settings: list[str], args: argparse.Namespace
-            ) -> tuple[float, float]:
-    """One ``serve`` warmed with 500 queries, then closed loop: its req/s, and the CPU the
-    proxy and its Redis spent per request (microseconds)."""
+def _serve(data_dir: str, settings: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``serve`` on ``data_dir``, warmed with 500 queries; the process and its search URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/aliases/products/search"
     process = start(["serve-full", str(port), data_dir, *settings],
                     f"http://127.0.0.1:{port}/readyz")
-    try:
-        async def warm() -> None:
-            async with aiohttp.ClientSession() as session:
-                for i in range(500):
-                    async with session.post(url, json=body(i)) as response:
-                        await response.read()
 
-        asyncio.run(warm())
-        pids = [process.pid, *_redis_of(data_dir)]
-        before = _cpu_s(pids)
-        rps = throughput(url, args)[0]
-        spent = _cpu_s(pids) - before
-        return rps, spent / (rps * args.seconds) * 1e6
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    async def warm() -> None:
+        async with aiohttp.ClientSession() as session:
+            for i in range(500):
+                async with session.post(url, json=body(i)) as response:
+                    await response.read()
+
+    asyncio.run(warm())
+    return process, url
 
 
 def search_path(args: argparse.Namespace) -> None:
-    data_dir = tempfile.mkdtemp(prefix="embedshift-bench-feedback-")
+    """Both proxies up at once (each with its own Redis, the models shared), loaded in turn
+    for ``--seconds`` each, ``--rounds`` times: the machine's drift falls on both alike."""
+    folders = {name: tempfile.mkdtemp(prefix=f"embedshift-bench-feedback-{name}-")
+               for name in ("off", "on")}
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     rows: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     try:
-        for n in range(args.rounds):
-            for name, settings in (("off", ["EMBEDSHIFT_FEEDBACK_TTL_S=0"]), ("on", [])):
-                rows[name].append(one_run(data_dir, settings, args))
-            (off_rps, off_cpu), (on_rps, on_cpu) = rows["off"][-1], rows["on"][-1]
-            print(f"round {n + 1}: not remembered {off_rps:,.0f} req/s, {off_cpu:.0f} us CPU "
-                  f"a request; remembered {on_rps:,.0f} req/s, {on_cpu:.0f} us; CPU ratio "
-                  f"{on_cpu / off_cpu:.3f}, req/s ratio {on_rps / off_rps:.3f}", flush=True)
+        servers["off"] = _serve(folders["off"], ["EMBEDSHIFT_FEEDBACK_TTL_S=0"])
+        (Path(folders["on"]) / "models").symlink_to(Path(folders["off"]) / "models")
+        servers["on"] = _serve(folders["on"], [])
+        pids = {name: [process.pid, *_redis_of(folders[name])]
+                for name, (process, _) in servers.items()}
+        for _ in range(args.rounds):
+            for name in ("off", "on"):
+                before = _cpu_s(pids[name])
+                rps = throughput(servers[name][1], args)[0]
+                rows[name].append((rps, (_cpu_s(pids[name]) - before) /
+                                   (rps * args.seconds) * 1e6))
     finally:
         from proxy.state.redis_server import EmbeddedRedis
 
-        EmbeddedRedis(Path(data_dir), {}).stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+        for folder in folders.values():
+            EmbeddedRedis(Path(folder), {}).stop()
+            shutil.rmtree(folder, ignore_errors=True)
     cpu = [on[1] / off[1] for on, off in zip(rows["on"], rows["off"], strict=True)]
-    rps = [on[0] / off[0] for on, off in zip(rows["on"], rows["off"], strict=True)]
-    print(f"(a) remembered / not remembered, medians of {args.rounds} rounds: CPU a request "
-          f"(proxy and its Redis) {statistics.median(cpu):.3f} (spread {min(cpu):.3f} to "
-          f"{max(cpu):.3f}); req/s {statistics.median(rps):.3f} (spread {min(rps):.3f} to "
-          f"{max(rps):.3f})")
+    speed = [on[0] / off[0] for on, off in zip(rows["on"], rows["off"], strict=True)]
+    for name in ("off", "on"):
+        print(f"    {'not remembered' if name == 'off' else 'remembered':<15} req/s median "
+              f"{statistics.median(r for r, _ in rows[name]):,.0f}, CPU a request (proxy and "
+              f"its Redis) median {statistics.median(c for _, c in rows[name]):.0f} us")
+    print(f"(a) remembered / not remembered, {args.rounds} rounds of {args.seconds:g} s each: "
+          f"CPU a request median {statistics.median(cpu):.3f} (quartiles "
+          f"{_quartiles(cpu)}), req/s median {statistics.median(speed):.3f} (quartiles "
+          f"{_quartiles(speed)})")
+
+
+def _quartiles(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=4)
+    return f"{q[0]:.3f} to {q[2]:.3f}"
 
 
 async def memory(count: int = 100_000) -> None:
@@ -136,8 +150,8 @@ async def memory(count: int = 100_000) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     asyncio.run(memory())

@@ -90,15 +90,24 @@ REMEMBER = """
 local answers, until_at = KEYS[1], KEYS[2]
 local now, expires, cap, keep_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
-local fields, members = {}, {}
-for i = 5, #ARGV, 2 do  -- one HSET and one ZADD for the batch (at most a thousand answers)
-  fields[#fields + 1] = ARGV[i]
-  fields[#fields + 1] = ARGV[i + 1]
-  members[#members + 1] = expires
-  members[#members + 1] = ARGV[i]
+-- the batch in one argument: per answer, its trace id and packed answer, each after its
+-- length in hex (4 digits, then 8)
+local data, at, batch = ARGV[5], 1, {}
+while at <= #data do
+  local n = tonumber(string.sub(data, at, at + 3), 16)
+  batch[#batch + 1] = string.sub(data, at + 4, at + 3 + n)
+  at = at + 4 + n
+  local m = tonumber(string.sub(data, at, at + 7), 16)
+  batch[#batch + 1] = string.sub(data, at + 8, at + 7 + m)
+  at = at + 8 + m
 end
-if #fields > 0 then
-  redis.call('HSET', answers, unpack(fields))
+local members = {}
+for i = 1, #batch, 2 do
+  members[#members + 1] = expires
+  members[#members + 1] = batch[i]
+end
+if #batch > 0 then  -- one HSET and one ZADD for the batch (at most a thousand answers)
+  redis.call('HSET', answers, unpack(batch))
   redis.call('ZADD', until_at, unpack(members))
 end
 local function forget(members)
@@ -188,12 +197,14 @@ class RedisAnswerLog:
             return 0
         now = int(time.time() * 1000)
         keep_ms = max(1, int(ttl_s * 1000))
-        args: list[str | bytes | int] = [now, now + keep_ms, self.cap, keep_ms]
+        frames: list[bytes] = []
         served: dict[tuple[str, str], int] = {}
         for trace_id, answer in answers:
-            args += [trace_id, _ENCODER.encode(answer)]
+            packed, trace = _ENCODER.encode(answer), trace_id.encode()
+            frames.append(b"%04x%s%08x%s" % (len(trace), trace, len(packed), packed))
             key = (answer.alias, counts_prefix(answer))
             served[key] = served.get(key, 0) + 1
+        args = [now, now + keep_ms, self.cap, keep_ms, b"".join(frames)]
         async with unavailable_on_error(self.client):
             dropped = await self._remember(keys=[self.base, f"{self.base}:until"], args=args)
             async with self.client.pipeline(transaction=False) as pipe:

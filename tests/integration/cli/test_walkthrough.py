@@ -2,8 +2,8 @@
 
 The commands run against `embedshift serve` started as the README starts it. What may differ
 from run to run is left out of the comparison: trace ids, times, rates, who ran a command, how
-many searches and instances the guard's window holds (it slides), and whether a share of answers
-was sampled for popularity."""
+many searches and instances the guard's window holds (it slides), whether a share of answers
+was sampled for popularity, and the quality table's search time and cache hits."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def test_int8_stays_within_the_quality_budget(l6: Scores, l6_int8: Scores) -> No
 
 
 @pytest.mark.quality
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3300)  # both models' rankings, if no test before built them, and 2 min
 def test_simulated_users_prefer_l6_by_interleaving_with_10x_fewer_queries_than_ab(
         scifact: Dataset, l3_ranked: Ranked, l6_ranked: Ranked) -> None:
     """Users simulated over SciFact's qrels (``loadtest.simulated_users``: a cascade with
