@@ -204,7 +204,7 @@ class RedisAnswerLog:
             frames.append(b"%04x%s%08x%s" % (len(trace), trace, len(packed), packed))
             key = (answer.alias, counts_prefix(answer))
             served[key] = served.get(key, 0) + 1
-        args = [now, now + keep_ms, self.cap, keep_ms, b"".join(frames)]
+        args: list[int | bytes] = [now, now + keep_ms, self.cap, keep_ms, b"".join(frames)]
         async with unavailable_on_error(self.client):
             dropped = await self._remember(keys=[self.base, f"{self.base}:until"], args=args)
             async with self.client.pipeline(transaction=False) as pipe:
