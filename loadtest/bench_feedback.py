@@ -52,7 +52,7 @@ def _redis_of(data_dir: str) -> list[int]:
                 line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if data_dir in line and "redis.conf" in line:
+            if data_dir in line and "redis" in line:
                 found.append(int(entry.name))
     return found
 
@@ -81,6 +81,7 @@ def search_path(args: argparse.Namespace) -> None:
                for name in ("off", "on")}
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     rows: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+    redis_us: dict[str, list[float]] = {"off": [], "on": []}
     try:
         servers["off"] = _serve(folders["off"], ["EMBEDSHIFT_FEEDBACK_TTL_S=0"])
         (Path(folders["on"]) / "models").symlink_to(Path(folders["off"]) / "models")
@@ -90,9 +91,12 @@ def search_path(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             for name in ("off", "on"):
                 before = _cpu_s(pids[name])
+                redis_before = _cpu_s(pids[name][1:])
                 rps = throughput(servers[name][1], args)[0]
                 rows[name].append((rps, (_cpu_s(pids[name]) - before) /
                                    (rps * args.seconds) * 1e6))
+                redis_us[name].append((_cpu_s(pids[name][1:]) - redis_before) /
+                                      (rps * args.seconds) * 1e6)
     finally:
         from proxy.state.redis_server import EmbeddedRedis
 
@@ -107,7 +111,8 @@ def search_path(args: argparse.Namespace) -> None:
     for name in ("off", "on"):
         print(f"    {'not remembered' if name == 'off' else 'remembered':<15} req/s median "
               f"{statistics.median(r for r, _ in rows[name]):,.0f}, CPU a request (proxy and "
-              f"its Redis) median {statistics.median(c for _, c in rows[name]):.0f} us")
+              f"its Redis) median {statistics.median(c for _, c in rows[name]):.0f} us, of "
+              f"which Redis {statistics.median(redis_us[name]):.0f} us")
     print(f"(a) remembered / not remembered, {args.rounds} rounds of {args.seconds:g} s each: "
           f"CPU a request median {statistics.median(cpu):.3f} (quartiles "
           f"{_quartiles(cpu)}), req/s median {statistics.median(speed):.3f} (quartiles "

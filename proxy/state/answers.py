@@ -87,46 +87,47 @@ class AnswerLog(Protocol):
 
 
 REMEMBER = """
-local answers, until_at = KEYS[1], KEYS[2]
+local answers, batches, held = KEYS[1], KEYS[2], KEYS[3]
 local now, expires, cap, keep_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4])
--- the batch in one argument: per answer, its trace id and packed answer, each after its
+-- the batch in one argument: per answer, its trace id and its stored value, each after its
 -- length in hex (4 digits, then 8)
-local data, at, batch = ARGV[5], 1, {}
+local data, at, fields, traces = ARGV[5], 1, {}, {}
 while at <= #data do
   local n = tonumber(string.sub(data, at, at + 3), 16)
-  batch[#batch + 1] = string.sub(data, at + 4, at + 3 + n)
+  local trace = string.sub(data, at + 4, at + 3 + n)
   at = at + 4 + n
   local m = tonumber(string.sub(data, at, at + 7), 16)
-  batch[#batch + 1] = string.sub(data, at + 8, at + 7 + m)
+  fields[#fields + 1] = trace
+  fields[#fields + 1] = string.sub(data, at + 8, at + 7 + m)
+  traces[#traces + 1] = trace
   at = at + 8 + m
 end
-local members = {}
-for i = 1, #batch, 2 do
-  members[#members + 1] = expires
-  members[#members + 1] = batch[i]
+if #traces > 0 then  -- one HSET for the batch, and one index entry naming its answers
+  redis.call('HSET', answers, unpack(fields))
+  redis.call('ZADD', batches, expires, table.concat(traces, ','))
+  redis.call('INCRBY', held, #traces)
 end
-if #batch > 0 then  -- one HSET and one ZADD for the batch (at most a thousand answers)
-  redis.call('HSET', answers, unpack(batch))
-  redis.call('ZADD', until_at, unpack(members))
-end
-local function forget(members)
-  for k = 1, #members, 500 do
-    local part = {unpack(members, k, math.min(k + 499, #members))}
-    redis.call('HDEL', answers, unpack(part))
-    redis.call('ZREM', until_at, unpack(part))
+local function forget(batch)
+  local ids = {}
+  for id in string.gmatch(batch, '[^,]+') do ids[#ids + 1] = id end
+  for k = 1, #ids, 500 do
+    redis.call('HDEL', answers, unpack(ids, k, math.min(k + 499, #ids)))
   end
+  redis.call('ZREM', batches, batch)
+  redis.call('DECRBY', held, #ids)
+  return #ids
 end
-forget(redis.call('ZRANGEBYSCORE', until_at, '-inf', now, 'LIMIT', 0, 5000))
-local over = redis.call('ZCARD', until_at) - cap
+for _, batch in ipairs(redis.call('ZRANGEBYSCORE', batches, '-inf', now, 'LIMIT', 0, 100)) do
+  forget(batch)
+end
 local dropped = 0
-if over > 0 then
-  local oldest = redis.call('ZRANGE', until_at, 0, over - 1)
-  forget(oldest)
-  dropped = #oldest
+while tonumber(redis.call('GET', held) or '0') > cap do  -- the oldest batches first
+  local oldest = redis.call('ZRANGE', batches, 0, 0)
+  if #oldest == 0 then redis.call('SET', held, 0) break end
+  dropped = dropped + forget(oldest[1])
 end
-redis.call('PEXPIRE', answers, keep_ms)
-redis.call('PEXPIRE', until_at, keep_ms)
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, keep_ms) end
 return dropped
 """
 
@@ -182,9 +183,11 @@ def _credit_args(credit: Credit, keep_ms: int, per_user: int) -> list[str | int 
 
 
 class RedisAnswerLog:
-    """Answers in one hash (trace id -> packed answer) with a sorted set of when each is
-    forgotten; credits per answer in a hash that expires with it; all under one hash tag, so
-    the scripts work on a cluster too."""
+    """Answers in one hash (trace id -> when it is forgotten, then the packed answer), an index
+    of each flush's answers by when they are forgotten (one entry a flush, not an answer: the
+    flush costs Redis one HSET and one ZADD), and how many are held; credits per answer in a
+    hash that expires with it; all under one hash tag, so the scripts work on a cluster too.
+    The cap drops whole flushes, the oldest first."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, cap: int = DEFAULT_CAP) -> None:
         self.client, self.cap = client, cap
@@ -199,14 +202,16 @@ class RedisAnswerLog:
         keep_ms = max(1, int(ttl_s * 1000))
         frames: list[bytes] = []
         served: dict[tuple[str, str], int] = {}
+        until = b"%013d" % (now + keep_ms)  # kept ahead of each answer: recall reads it
         for trace_id, answer in answers:
-            packed, trace = _ENCODER.encode(answer), trace_id.encode()
+            packed, trace = until + _ENCODER.encode(answer), trace_id.encode()
             frames.append(b"%04x%s%08x%s" % (len(trace), trace, len(packed), packed))
             key = (answer.alias, counts_prefix(answer))
             served[key] = served.get(key, 0) + 1
         args: list[int | bytes] = [now, now + keep_ms, self.cap, keep_ms, b"".join(frames)]
         async with unavailable_on_error(self.client):
-            dropped = await self._remember(keys=[self.base, f"{self.base}:until"], args=args)
+            dropped = await self._remember(keys=[self.base, f"{self.base}:batches",
+                                                 f"{self.base}:held"], args=args)
             async with self.client.pipeline(transaction=False) as pipe:
                 for (alias, prefix), n in served.items():
                     pipe.hincrby(self._counts(alias), f"{prefix}:answers", n)
@@ -216,14 +221,11 @@ class RedisAnswerLog:
     async def recall(self, trace_ids: Sequence[str]) -> list[Answer | None]:
         if not trace_ids:
             return []
-        async with unavailable_on_error(self.client), \
-                self.client.pipeline(transaction=False) as pipe:
-            pipe.hmget(self.base, list(trace_ids))
-            pipe.zmscore(f"{self.base}:until", list(trace_ids))
-            packed, until = await pipe.execute()
+        async with unavailable_on_error(self.client):
+            stored = await self.client.hmget(self.base, list(trace_ids))
         now = time.time() * 1000
-        return [_DECODER.decode(raw) if raw is not None and expiry is not None and expiry > now
-                else None for raw, expiry in zip(packed, until, strict=True)]
+        return [_DECODER.decode(raw[13:]) if isinstance(raw, bytes) and int(raw[:13]) > now
+                else None for raw in stored]
 
     async def credit(self, credit: Credit, *, per_user: int, ttl_s: float) -> str:
         keep_ms = max(1, int(ttl_s * 1000))
