@@ -140,10 +140,10 @@ async def memory(count: int = 100_000) -> None:
         for start in range(0, count, 1000):
             await log.remember([(f"{n:032x}", Answer(
                 alias="products", version="v2", revision=7, user=f"user-{n % 5000}",
-                tenant=None, at_ms=now, docs=[str(n * 10 + k) for k in range(10)]))
+                tenant=None, at_ms=now, docs=tuple(n * 10 + k for k in range(10))))
                 for n in range(start, start + 1000)], ttl_s=3600)
         used = sum([await client.memory_usage(key, samples=0) or 0
-                    for key in (log.base, f"{log.base}:until")])
+                    for key in (log.base, f"{log.base}:batches", f"{log.base}:held")])
         print(f"(b) {count:,} remembered answers (10 integer ids each) hold {used / 1e6:.1f} MB "
               f"of Redis: {used / count * 1e6 / 1e6:,.0f} MB per million answers "
               f"({used / count:.0f} bytes each)")

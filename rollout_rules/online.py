@@ -143,12 +143,13 @@ RR_SCALE = 1_000_000  # reciprocal ranks are summed as integers of this many par
 NO_TEAM = -1
 
 
-class Answer(msgspec.Struct, frozen=True, array_like=True):
+class Answer(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What the proxy remembers of one answer for ``feedback_ttl``: enough to join feedback to
     it and nothing else (no query text, no payload). ``docs`` are the hits' own ids (an
     integer and its text differ), in the order shown; ``teams`` the team of each for an
     interleaved answer (then ``version`` is the version under test and ``baseline`` the
-    other), else empty."""
+    other), else empty. Tuples of atoms, and no garbage-collector tracking: a proxy holds
+    hundreds until each flush, and they must not make the collector's passes longer."""
 
     alias: str
     version: str
@@ -156,8 +157,8 @@ class Answer(msgspec.Struct, frozen=True, array_like=True):
     user: str  # the sticky key the answer was routed by
     tenant: str | None
     at_ms: int  # when it was answered (ms since the epoch)
-    docs: list[int | str]
-    teams: list[int] = msgspec.field(default_factory=list)
+    docs: tuple[int | str, ...]
+    teams: tuple[int, ...] = ()
     baseline: str = ""
 
     @property

@@ -182,7 +182,8 @@ class Searcher:
         decision = replace(decision, version=candidate.name, reason=Reason.INTERLEAVED)
         return self._answer(alias, rollout, candidate, decision, found, started=started,
                             span=span, text=query.asked.text, context=query.asked.context,
-                            teams=[int(team) for _, team in merged], baseline=stable.name)
+                            teams=tuple([int(team) for _, team in merged]),
+                            baseline=stable.name)
 
     def rollout(self, alias: str) -> Rollout:
         """The alias's rule as last read; NotFoundError if none declares it."""
@@ -314,7 +315,7 @@ class Searcher:
 
     def _answer(self, alias: str, rollout: Rollout, version: Version, decision: Decision,
                 found: Found, *, started: float, span: trace.Span, text: str,
-                context: Context | None, teams: list[int] | None = None, baseline: str = ""
+                context: Context | None, teams: tuple[int, ...] = (), baseline: str = ""
                 ) -> SearchResponse:
         """``version``: the one that answered (``decision.version``'s, looked up by the
         caller); ``context``: who asked (None: unknown); ``teams``, ``baseline``: an
@@ -339,8 +340,8 @@ class Searcher:
                 alias=alias, version=version.name, revision=decision.revision,
                 user=_user_key(rollout, context, trace_id),
                 tenant=context.tenant if context is not None else None,
-                at_ms=int(time.time() * 1000), docs=[hit.id for hit in hits],
-                teams=teams or [], baseline=baseline), text)
+                at_ms=int(time.time() * 1000), docs=tuple([hit.id for hit in hits]),
+                teams=teams, baseline=baseline), text)
         extra = {"query": text} if self.log_queries else {}
         log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),
                  bucket=decision.bucket, revision=decision.revision, hits=len(hits),

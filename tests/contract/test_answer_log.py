@@ -28,9 +28,9 @@ async def log(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Answ
         await store.aclose()
 
 
-def _answer(user: str = "u1", teams: list[int] | None = None) -> Answer:
+def _answer(user: str = "u1", teams: tuple[int, ...] = ()) -> Answer:
     return Answer(alias="products", version="v2", revision=3, user=user, tenant=None,
-                  at_ms=1_000, docs=["a", "b", 7], teams=teams or [],
+                  at_ms=1_000, docs=("a", "b", 7), teams=teams,
                   baseline="v1" if teams else "")
 
 
@@ -83,7 +83,7 @@ async def test_one_user_moves_the_counts_by_the_cap_at_most(log: AnswerLog) -> N
 
 
 async def test_an_interleaved_answer_moves_its_preference_not_adds_one(log: AnswerLog) -> None:
-    answer = _answer(teams=[Team.TEST, Team.BASELINE, Team.BASELINE])
+    answer = _answer(teams=(Team.TEST, Team.BASELINE, Team.BASELINE))
     await log.remember([("t1", answer)], ttl_s=60)
     await log.credit(_click("t1", answer, "a"), per_user=100, ttl_s=60)
     counts = await log.counts("products")

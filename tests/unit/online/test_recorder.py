@@ -12,7 +12,7 @@ from rollout_rules.online import Answer
 
 def _answer(user: str, at_ms: int, version: str = "v2", docs: int = 3) -> Answer:
     return Answer(alias="products", version=version, revision=1, user=user, tenant=None,
-                  at_ms=at_ms, docs=[str(n) for n in range(docs)])
+                  at_ms=at_ms, docs=tuple(str(n) for n in range(docs)))
 
 
 async def test_other_words_within_the_window_are_a_re_query_of_the_first_answer() -> None:
