@@ -4,8 +4,8 @@ proxy through Redis (``RedisAnswerLog``); ``MemoryAnswerLog`` is the fake, for o
 An answer (``rollout_rules.online.Answer``: alias, version, revision, user key, tenant, time,
 the ids shown and, interleaved, each one's team) is kept by its trace id for ``ttl_s``, at most
 ``cap`` of them (past it, the oldest flushes are dropped whole), so neither time nor a flood
-grows the store that holds the rules. Feedback about it is credited by one script, atomically on whichever proxy it
-reaches:
+grows the store that holds the rules. Feedback about it is credited by one script,
+atomically on whichever proxy it reaches:
 
 - a replayed ``event_id`` counts once (``replayed``);
 - one credit per (answer, document, event) (``repeated``);
