@@ -74,7 +74,7 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     feedback_ttl_s      EMBEDSHIFT_FEEDBACK_TTL_S  how long answers are remembered for their
                                                    feedback, shared by every proxy (3600; 0: off)
     feedback_answers_max  EMBEDSHIFT_FEEDBACK_ANSWERS_MAX  answers remembered at most, the oldest
-                                                   dropped first (250000: about 80 MB of Redis)
+                                                   dropped first (250000: about 53 MB of Redis)
     feedback_per_user   EMBEDSHIFT_FEEDBACK_PER_USER  feedback events one user key may have
                                                    counted while answers are remembered (20)
     feedback_events     EMBEDSHIFT_FEEDBACK_EVENTS  event names counted beyond click, convert,

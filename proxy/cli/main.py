@@ -79,7 +79,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None) -> int:
 GROUPS = {
     "rollout": ("init", "diff", "export", "undo", "status", "set", "pause", "resume",
                 "rollback", "promote", "retire", "delete", "history", "explain", "guard", "ramp",
-                "coverage"),
+                "coverage", "quality"),
     "data": ("ingest", "adopt", "backfill", "plan", "verify", "archive", "unarchive"),
     "serve": ("serve",),
     "models": ("models", "eval"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from rollout_rules.model import CoverageGate, parse_rollout
+from rollout_rules.model import CoverageGate, Experiment, parse_rollout
 from tests.paths import REPO
 from tests.readme import DOCS, PAGES, README, layouts, toml_blocks
 
@@ -23,9 +23,13 @@ def test_the_readme_rule_documents_are_valid() -> None:
     by_alias = {r.alias: r for r in rollouts}
     assert sorted(by_alias) == ["articles", "kb", "products"]
     assert by_alias["products"].coverage_gate == CoverageGate()  # the default, written out
-    gates = [b for b in blocks if "[[versions]]" not in b]
+    gates = [b for b in blocks if "[[versions]]" not in b and "[coverage_gate]" in b]
     stepped = msgspec.convert(tomllib.loads(gates[0])["coverage_gate"], type=CoverageGate)
     assert [s.max_percent for s in stepped.steps] == [5, 25, 50, 100]
+    experiments = [b for b in blocks if "[[versions]]" not in b and "[experiment]" in b]
+    shown = msgspec.convert(tomllib.loads(experiments[0])["experiment"], type=Experiment)
+    assert (shown.mode, shown.share) == ("interleave", 0.1)
+    assert by_alias["products"].experiment == shown  # the reference's rule declares one too
 
 
 def test_the_readme_shows_three_layouts_that_parse() -> None:
