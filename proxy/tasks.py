@@ -10,8 +10,11 @@ has finished.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+from rollout_rules.errors import StoreUnavailable
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
@@ -23,3 +26,28 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
             await asyncio.wait({task}, timeout=0.05)
         if not task.cancelled():
             task.exception()
+
+
+class Periodic:
+    """``work`` every ``every_s`` in a task of its own, until stopped; then once more, so what
+    it flushes is not lost on the way out (a store that cannot take it is not the stopper's
+    error: ``StoreUnavailable`` is left to ``work`` to report, and swallowed here)."""
+
+    def __init__(self, name: str, every_s: float, work: Callable[[], Awaitable[None]]) -> None:
+        self.name, self.every_s, self.work = name, every_s, work
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            await self.work()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+            self._task = None
+        with contextlib.suppress(StoreUnavailable):
+            await self.work()

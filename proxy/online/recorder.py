@@ -22,14 +22,12 @@ evidence, never data the user needs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import OrderedDict
 
 import structlog
 
 from proxy.state.answers import AnswerLog, counts_prefix
-from proxy.tasks import cancel_and_wait
+from proxy.tasks import Periodic
 from rollout_rules.errors import StoreUnavailable
 from rollout_rules.online import Answer
 
@@ -48,7 +46,7 @@ class AnswerRecorder:
         self.seen: dict[str, dict[str, int]] = {}  # alias -> field -> count, between flushes
         self.last: OrderedDict[tuple[str, str], tuple[int, int, str]] = OrderedDict()
         self.dropped = 0
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Periodic("answers-flush", flush_s, self.flush)
 
     def answered(self, trace_id: str, answer: Answer, text: str) -> None:
         """Remember one answer; ``text``: the query's (compared with the user's next, never
@@ -95,16 +93,7 @@ class AnswerRecorder:
             log.warning("answers_dropped", answers=len(pending), error=str(exc))
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="answers-flush")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            await self.flush()
+        self._flusher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-            self._task = None
-        with contextlib.suppress(StoreUnavailable):
-            await self.flush()
+        await self._flusher.stop()

@@ -9,8 +9,6 @@ counter is bounded so a flood of distinct ids cannot grow it without end.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +16,7 @@ from collections.abc import Sequence
 import structlog
 
 from proxy.state.base import Accounts
-from proxy.tasks import cancel_and_wait
+from proxy.tasks import Periodic
 from proxy.vectors.base import Hit, id_key
 from rollout_rules.errors import StoreUnavailable
 
@@ -31,7 +29,7 @@ class HitRecorder:
         self.store, self.sample, self.flush_s = store, sample, flush_s
         self.pending: dict[str, Counter[str]] = {}
         self._size = 0
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Periodic("popularity-flush", flush_s, self.flush)
 
     def record(self, alias: str, hits: Sequence[Hit]) -> None:
         """Count an answer's hits (by document id), if sampled."""
@@ -55,16 +53,7 @@ class HitRecorder:
                 log.warning("popularity_dropped", alias=alias, ids=len(counts), error=str(exc))
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="popularity-flush")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            await self.flush()
+        self._flusher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-            self._task = None
-        with contextlib.suppress(StoreUnavailable):
-            await self.flush()
+        await self._flusher.stop()

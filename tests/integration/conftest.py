@@ -140,6 +140,14 @@ class ProxyFactory:
         await rules.aclose()
         return rollout
 
+    async def rule(self, alias: str = "products") -> Rollout:
+        """The alias's rule as the store holds it now."""
+        rules = RedisRuleStore(connect(Settings(), self.redis_url), self.prefix)
+        try:
+            return await rules.get(alias)
+        finally:
+            await rules.aclose()
+
     def app(self, refresh_interval_s: float = 3600.0, environ: dict[str, str] | None = None,
             engine: VectorStore | None = None, models: ModelCache | None = None,
             **settings: Any

@@ -15,9 +15,6 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from proxy.config import Settings
-from proxy.state.client import connect
-from proxy.state.rulestore import RedisRuleStore
 from rollout_rules.model import Experiment, GuardPolicy, Rollout
 from rollout_rules.online import Finding, Team, preference, team_draft
 from tests.eventually import eventually_async
@@ -31,11 +28,7 @@ FAST = GuardPolicy(min_requests=20, window_s=30)
 
 
 async def rule(proxies: ProxyFactory) -> Rollout:
-    store = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
-    try:
-        return await store.get("products")
-    finally:
-        await store.aclose()
+    return await proxies.rule()
 
 
 async def feedback(proxy: Proxy, events: list[dict[str, Any]]) -> dict[str, Any]:

@@ -31,11 +31,7 @@ def url(proxy: Proxy) -> str:
 
 
 async def rule(proxies: ProxyFactory) -> Rollout:
-    store = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
-    try:
-        return await store.get("products")
-    finally:
-        await store.aclose()
+    return await proxies.rule()
 
 
 async def history(proxy: Proxy) -> list[dict[str, Any]]:
