@@ -230,6 +230,7 @@ class Figures(msgspec.Struct, frozen=True, kw_only=True):
     thumbs_up: float | None  # share of thumbs that were up
     requery: float | None  # answers followed by another search of the same user, other text
     zero_hits: float | None
+    low_top: float | None  # answers whose best score is under the version's own floor
 
 
 def figures(counts: Mapping[str, float], prefix: str) -> Figures:
@@ -246,7 +247,8 @@ def figures(counts: Mapping[str, float], prefix: str) -> Figures:
     return Figures(answers=answers, click_through=per(get("clicked")),
                    mrr=per(get("rr") / RR_SCALE), conversions=per(get("convert")),
                    thumbs_up=up / (up + down) if up + down else None,
-                   requery=per(get("requery")), zero_hits=per(get("zero_hits")))
+                   requery=per(get("requery")), zero_hits=per(get("zero_hits")),
+                   low_top=get("low_top") / get("scored") if get("scored") else None)
 
 
 class Interleaving(NamedTuple):
@@ -380,6 +382,7 @@ class Row(msgspec.Struct, frozen=True, kw_only=True):
     thumbs_up: float | None = None
     requery: float | None = None
     zero_hits: float | None = None
+    low_top: float | None = None
     p50_ms: float | None = None  # store search time, over the guard's window
     cache_hit: float | None = None  # answers that needed no store search
 
@@ -452,6 +455,7 @@ def _row(name: str, role: str, counts: Mapping[str, float], *, golden: QualityRe
     return Row(version=name, role=role, ndcg_at_10=ndcg, precision_at_5=precision,
                answers=found.answers, click_through=found.click_through, mrr=found.mrr,
                thumbs_up=found.thumbs_up, requery=found.requery, zero_hits=found.zero_hits,
+               low_top=found.low_top,
                p50_ms=p50 if p50 is None or math.isfinite(p50) else None,
                cache_hit=None if cached is None else max(0.0, cached))
 

@@ -262,7 +262,7 @@ def render_quality(table: QualityTable, *, online: bool) -> str:
     head = f"{'version':<9}{'role':<17}{'nDCG@10':>8}{'P@5':>7}"
     if online:
         head += (f"{'answers':>9}{'clicked':>9}{'MRR':>7}{'thumbs+':>9}{'re-query':>9}"
-                 f"{'no hit':>8}{'p50 ms':>8}{'cached':>8}")
+                 f"{'no hit':>8}{'low top':>8}{'p50 ms':>8}{'cached':>8}")
     lines = [f"{table.alias}: golden set and users, per version", head]
     for row in table.rows:
         line = (f"{row.version:<9}{row.role:<17}{cell(row.ndcg_at_10, '.4f'):>8}"
@@ -271,6 +271,7 @@ def render_quality(table: QualityTable, *, online: bool) -> str:
             line += (f"{row.answers:>9,}{cell(row.click_through, '.1%'):>9}"
                      f"{cell(row.mrr, '.3f'):>7}{cell(row.thumbs_up, '.1%'):>9}"
                      f"{cell(row.requery, '.1%'):>9}{cell(row.zero_hits, '.1%'):>8}"
+                     f"{cell(row.low_top, '.1%'):>8}"
                      f"{cell(row.p50_ms, 'g'):>8}{cell(row.cache_hit, '.0%'):>8}")
         lines.append(line)
     if not online:

@@ -13,7 +13,10 @@ Seen without any application change, per version, counted with the answers:
   2013: a reformulation soon after a search says it failed). Users are told apart by key only
   within this proxy (the last search of at most ``MAX_USERS`` of them), so a user whose next
   search reaches another proxy is not counted: an undercount alike for every version;
-- an answer with **no hit**.
+- an answer with **no hit**;
+- an answer whose **best score is low** for its version: under the 10th percentile of the
+  version's own first 1,000 answers here (``_scored``), as scores of two models do not
+  compare (a drift of the collection or of the queries shows as a rate above 10%).
 
 Bounded: at most ``MAX_PENDING`` answers wait between flushes (more are not remembered, and
 counted as dropped). If Redis is down the batch is dropped, said once per flush: feedback is
@@ -35,6 +38,7 @@ log = structlog.get_logger("embedshift.online")
 MAX_PENDING = 20_000
 MAX_USERS = 100_000
 FLUSH_BATCH = 1000
+FLOOR_SAMPLE, FLOOR_QUANTILE = 1000, 0.1
 
 
 class AnswerRecorder:
@@ -46,11 +50,14 @@ class AnswerRecorder:
         self.seen: dict[str, dict[str, int]] = {}  # alias -> field -> count, between flushes
         self.last: OrderedDict[tuple[str, str], tuple[int, int, str]] = OrderedDict()
         self.dropped = 0
+        self.samples: dict[tuple[str, str], list[float]] = {}  # top scores, until a floor
+        self.floors: dict[tuple[str, str], float] = {}
         self._flusher = Periodic("answers-flush", flush_s, self.flush)
 
-    def answered(self, trace_id: str, answer: Answer, text: str) -> None:
+    def answered(self, trace_id: str, answer: Answer, text: str,
+                 top: float | None = None) -> None:
         """Remember one answer; ``text``: the query's (compared with the user's next, never
-        kept)."""
+        kept); ``top``: its best score, higher meaning closer."""
         if len(self.pending) >= MAX_PENDING:
             self.dropped += 1
             return
@@ -59,6 +66,25 @@ class AnswerRecorder:
             self._count(answer.alias, f"{counts_prefix(answer)}:zero_hits")
         if text:
             self._requery(answer, text)
+        if top is not None:
+            self._scored(answer, top)
+
+    def _scored(self, answer: Answer, top: float) -> None:
+        """A low top score, against the version's own: scores of two models are not
+        comparable, so each version's floor is the 10th percentile of the top scores of its
+        first ``FLOOR_SAMPLE`` answers here; later answers under it count as low."""
+        key = (answer.alias, answer.version)
+        floor = self.floors.get(key)
+        if floor is None:
+            sample = self.samples.setdefault(key, [])
+            sample.append(top)
+            if len(sample) >= FLOOR_SAMPLE:
+                self.floors[key] = sorted(sample)[int(FLOOR_QUANTILE * len(sample))]
+                del self.samples[key]
+            return
+        self._count(answer.alias, f"{answer.version}:scored")
+        if top < floor:
+            self._count(answer.alias, f"{answer.version}:low_top")
 
     def recent(self, trace_id: str) -> Answer | None:
         """An answer not yet flushed: feedback reaching the proxy that answered is joined

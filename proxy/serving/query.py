@@ -94,4 +94,7 @@ class Found(NamedTuple):
 class AnswerSink(Protocol):
     """Where the searcher leaves each answer for its feedback (``proxy.online.recorder``)."""
 
-    def answered(self, trace_id: str, answer: Answer, text: str) -> None: ...
+    def answered(self, trace_id: str, answer: Answer, text: str,
+                 top: float | None = None) -> None:
+        """``top``: the best hit's score, higher meaning closer whatever the metric (None:
+        none, or an interleaved answer's mix of two versions' scores)."""

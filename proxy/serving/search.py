@@ -341,7 +341,9 @@ class Searcher:
                 user=_user_key(rollout, context, trace_id),
                 tenant=context.tenant if context is not None else None,
                 at_ms=int(time.time() * 1000), docs=tuple([hit.id for hit in hits]),
-                teams=teams, baseline=baseline), text)
+                teams=teams, baseline=baseline), text,
+                None if teams or not hits else
+                hits[0].score if version.metric in ("cosine", "dot") else -hits[0].score)
         extra = {"query": text} if self.log_queries else {}
         log.info("query", alias=alias, model_version=version.name, reason=str(decision.reason),
                  bucket=decision.bucket, revision=decision.revision, hits=len(hits),

@@ -90,7 +90,7 @@ function qualityTable(view) {
   const q = view.quality;
   if (!q) return "";
   const heads = ["version", "role", "nDCG@10", "P@5", "answers", "click-through", "MRR",
-    "thumbs up", "re-query", "no hit", "p50 ms", "cache hits"];
+    "thumbs up", "re-query", "no hit", "low top score", "p50 ms", "cache hits"];
   const table = el("table", {class: "quality", "data-field": "quality"},
     el("tr", {}, ...heads.map((h) => el("th", {}, h))));
   for (const row of q.rows) {
@@ -102,7 +102,8 @@ function qualityTable(view) {
       el("td", {"data-field": "click_through"}, pct(row.click_through)),
       el("td", {"data-field": "mrr"}, num(row.mrr, 3)),
       el("td", {}, pct(row.thumbs_up)), el("td", {"data-field": "requery"}, pct(row.requery)),
-      el("td", {}, pct(row.zero_hits)), el("td", {}, num(row.p50_ms, 1)),
+      el("td", {}, pct(row.zero_hits)), el("td", {"data-field": "low_top"}, pct(row.low_top)),
+      el("td", {}, num(row.p50_ms, 1)),
       el("td", {}, pct(row.cache_hit))));
   }
   const notes = q.deltas.map((d) => el("li", {"data-field": `delta-${d.figure}`},

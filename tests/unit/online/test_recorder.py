@@ -40,3 +40,20 @@ async def test_answers_past_the_bound_are_dropped_and_counted(
     for n in range(5):
         seen.answered(f"t{n}", _answer(f"u{n}", n), "")
     assert len(seen.pending) == 3 and seen.dropped == 2
+
+
+async def test_a_low_top_score_is_low_against_the_versions_own_first_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recorder, "FLOOR_SAMPLE", 10)
+    log = MemoryAnswerLog()
+    seen = AnswerRecorder(log, ttl_s=60)
+    for n in range(10):  # v1 scores 0.50-0.59, v2 0.20-0.29: each its own floor
+        seen.answered(f"a{n}", _answer(f"u{n}", n, "v1"), "", 0.5 + n / 100)
+        seen.answered(f"b{n}", _answer(f"u{n}", n, "v2"), "", 0.2 + n / 100)
+    seen.answered("a10", _answer("x", 20, "v1"), "", 0.3)  # low for v1
+    seen.answered("b10", _answer("x", 20, "v2"), "", 0.3)  # a fine score for v2
+    seen.answered("a11", _answer("y", 20, "v1"), "", None)  # an interleaved answer: no score
+    await seen.flush()
+    counts = await log.counts("products")
+    assert (counts["v1:scored"], counts["v1:low_top"]) == (1, 1)
+    assert counts["v2:scored"] == 1 and "v2:low_top" not in counts
