@@ -47,6 +47,8 @@ dict. The environment wins over the file. Names, file key on the left, variable 
                                                    then a JSON 503
     backlog             EMBEDSHIFT_BACKLOG         the listen queue (1024)
     max_batch_searches  EMBEDSHIFT_MAX_BATCH_SEARCHES  searches in one Qdrant batch request (100)
+    max_limit           EMBEDSHIFT_MAX_LIMIT       a search's limit + offset at the most, on both
+                                                   APIs, prefetches too (1000)
     max_answer_bytes    EMBEDSHIFT_MAX_ANSWER_BYTES  an answer's size at the most, else a 400
                                                    naming it (32 MiB)
     drain_s             EMBEDSHIFT_DRAIN_S         on SIGTERM, /readyz is 503 this long first (5)
@@ -99,6 +101,9 @@ import msgspec
 
 from rollout_rules.errors import RuleError
 
+MAX_LIMIT = 100_000
+"""The deepest search any setting allows (``max_limit`` picks the bound, 1,000 by default)."""
+
 _ENV = {
     "data_dir": "EMBEDSHIFT_DATA_DIR",
     "redis_url": "REDIS_URL",
@@ -147,6 +152,7 @@ _ENV = {
     "shutdown_timeout_s": "EMBEDSHIFT_SHUTDOWN_TIMEOUT_S",
     "max_batch_searches": "EMBEDSHIFT_MAX_BATCH_SEARCHES",
     "max_answer_bytes": "EMBEDSHIFT_MAX_ANSWER_BYTES",
+    "max_limit": "EMBEDSHIFT_MAX_LIMIT",
     "drift_check_s": "EMBEDSHIFT_DRIFT_CHECK_S",
     "drift_policy": "EMBEDSHIFT_DRIFT_POLICY",
     "feedback_ttl_s": "EMBEDSHIFT_FEEDBACK_TTL_S",
@@ -209,6 +215,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_batch_searches: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
     max_answer_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    max_limit: Annotated[int, msgspec.Meta(ge=10, le=MAX_LIMIT)] = 1000
     drift_check_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     drift_policy: Literal["rollback", "report"] = "rollback"
     feedback_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 24 * 3600)] = 3600.0

@@ -139,6 +139,9 @@ def preference(wins: int, losses: int, *, alpha: float, min_answers: int) -> Fin
 # -- feedback, joined to the answer it is about ------------------------------------------------
 
 BUILT_IN_EVENTS = ("click", "convert", "thumbs_up", "thumbs_down")
+REMEMBERED = 100
+"""An answer's hits remembered for feedback, from the top: a deep page (a reranker's 1,000
+candidates) keeps its first hundred, where people click."""
 RR_SCALE = 1_000_000  # reciprocal ranks are summed as integers of this many parts
 NO_TEAM = -1
 

@@ -24,7 +24,6 @@ from proxy.qdrant_api.plain import (
     version_collections,
 )
 from proxy.qdrant_api.shapes import (
-    MAX_WINDOW,
     QDRANT_VERSION,
     Ask,
     GroupsBody,
@@ -36,6 +35,7 @@ from proxy.qdrant_api.shapes import (
     SearchBody,
     answer,
     average_vector,
+    canonical_id,
     collection_info,
     groups_of,
     point_ids,
@@ -299,7 +299,7 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
         examples = {id_key(x) for x in (*ask.recommend.positive, *ask.recommend.negative)
                     if not isinstance(x, list)}
         found = await searcher.search_vector(
-            alias, vector, limit=min(MAX_WINDOW, ask.window + len(examples)),
+            alias, vector, limit=ask.window + len(examples),
             raw_filter=ask.filter, version=version.name, with_payload=ask.payload.wanted,
             span=span)
         return msgspec.structs.replace(found, hits=[
@@ -354,6 +354,10 @@ async def _vectors(request: web.Request, answered: Answered) -> dict[Any, list[f
     return {id_key(doc_id_of(p)): p.vector for p in stored if p.vector is not None}
 
 
+def _max_limit(request: web.Request) -> int:
+    return request.app[PARTS].settings.max_limit
+
+
 def _max_answer(request: web.Request) -> int:
     return request.app[PARTS].settings.max_answer_bytes
 
@@ -369,14 +373,16 @@ def _bounded(request: web.Request, searches: list[T]) -> list[T]:
 
 async def query(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    [(result, version)] = await _each(request, [read_query(await _body(request, QueryBody))])
+    ask = read_query(await _body(request, QueryBody), _max_limit(request))
+    [(result, version)] = await _each(request, [ask])
     return _json(result, started, version or None, _max_answer(request))
 
 
 async def query_batch(request: web.Request) -> web.Response:
     started = time.perf_counter()
     batch = await _body(request, QueryBatch)
-    asks = [read_query(body) for body in _bounded(request, batch.searches)]  # all read first
+    asks = [read_query(body, _max_limit(request))  # all read first
+            for body in _bounded(request, batch.searches)]
     results = await _each(request, asks)
     return _json([result for result, _ in results], started,
                  ",".join(sorted({v for _, v in results if v})) or None, _max_answer(request))
@@ -384,14 +390,15 @@ async def query_batch(request: web.Request) -> web.Response:
 
 async def search(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    [(result, version)] = await _each(request, [read_search(await _body(request, SearchBody))])
+    ask = read_search(await _body(request, SearchBody), _max_limit(request))
+    [(result, version)] = await _each(request, [ask])
     return _json(result["points"], started, version or None, _max_answer(request))
 
 
 async def search_batch(request: web.Request) -> web.Response:
     started = time.perf_counter()
     batch = await _body(request, SearchBatch)
-    asks = [read_search(body) for body in _bounded(request, batch.searches)]
+    asks = [read_search(body, _max_limit(request)) for body in _bounded(request, batch.searches)]
     results = await _each(request, asks)
     return _json([result["points"] for result, _ in results], started,
                  ",".join(sorted({v for _, v in results if v})) or None, _max_answer(request))
@@ -477,7 +484,7 @@ async def retrieve(request: web.Request) -> web.Response:
 async def retrieve_one(request: web.Request) -> web.Response:
     started = time.perf_counter()
     raw = request.match_info["id"]
-    doc_id: int | str = int(raw) if raw.isascii() and raw.isdigit() else raw
+    doc_id = canonical_id(int(raw) if raw.isascii() and raw.isdigit() else raw)
     found = await _records(request, [doc_id], True, None)
     if not found:
         raise DocumentNotFound(request.match_info["name"], doc_id)
@@ -505,18 +512,23 @@ async def scroll(request: web.Request) -> web.Response:
         raise RuleError("order_by", "is not served yet through embedshift")
     vectors = wants_vector(body.get("with_vector", body.get("with_vectors")))
     limit = body.get("limit", 10)
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
-        raise RuleError("limit", "must be an integer from 1 to 1000")
+    bound = max(_max_limit(request), 10_000)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= bound:
+        raise RuleError("limit", f"must be an integer from 1 to {bound}")
     selector = read_selector(body.get("with_payload"))
     offset = read_offset(body.get("offset"))
     where = parse_filter(body.get("filter"))
     version = await _routed(request)
     store = request.app[PARTS].searcher.store
-    points, after = await store.scroll(version.target, offset, limit, vectors=vectors,
-                                       query_filter=where) \
+    # offsets speak the writer's ids, as every answer does: the page after the last is read
+    # one point deeper, and that point's id is where the next page starts
+    start = None if offset is None else point_id(offset, version)
+    points, _ = await store.scroll(version.target, start, limit + 1, vectors=vectors,
+                                   query_filter=where) \
         if await store.describe(version.target) is not None else ([], None)
+    after = doc_id_of(points[limit]) if len(points) > limit else None
     return _json({"points": [record(doc_id_of(p), p.payload, selector, p.vector)
-                             for p in points],
+                             for p in points[:limit]],
                   "next_page_offset": after}, started, version.name, _max_answer(request))
 
 
@@ -570,7 +582,7 @@ async def clear_payload(request: web.Request) -> web.Response:
 
 async def query_groups(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    grouping = read_groups(await _body(request, GroupsBody))
+    grouping = read_groups(await _body(request, GroupsBody), _max_limit(request))
     answered = await _answered(request, grouping.ask)
     return _json({"groups": groups_of(answered.hits, grouping, answered.version)}, started,
                  answered.served_by or None)
@@ -586,5 +598,5 @@ async def recommend(request: web.Request) -> web.Response:
         query_body = msgspec.convert({**body, "query": {"recommend": examples}}, QueryBody)
     except msgspec.ValidationError as exc:
         raise rule_error(str(exc)) from None
-    [(result, version)] = await _each(request, [read_query(query_body)])
+    [(result, version)] = await _each(request, [read_query(query_body, _max_limit(request))])
     return _json(result["points"], started, version or None)

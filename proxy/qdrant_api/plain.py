@@ -9,8 +9,7 @@ embedshift's envelope (the source text) out of every answer.
 
 from __future__ import annotations
 
-from proxy.ingest.documents import is_uuid
-from proxy.qdrant_api.shapes import Ask, Incoming
+from proxy.qdrant_api.shapes import Ask, Incoming, is_uuid
 from proxy.serving.search import Searcher
 from proxy.vectors.base import UNRECORDED_MODEL, Hit, PointIn, parse_filter
 from rollout_rules.errors import FeatureOff, NotFoundError, RuleError

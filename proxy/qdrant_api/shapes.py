@@ -10,11 +10,12 @@ a raw vector. Anything else Qdrant accepts (a point id, recommend, fusion, ...) 
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
-from proxy.ingest.documents import is_uuid
 from proxy.ingest.writer import PayloadChange
 from proxy.vectors.base import INDEX_SCHEMAS, Hit, id_key, parse_filter
 from rollout_rules.errors import RuleError
@@ -22,8 +23,11 @@ from rollout_rules.model import Version
 
 QDRANT_VERSION = "1.20.0"
 """The Qdrant REST API this edge speaks; clients warn unless within one minor of their own."""
-MAX_WINDOW = 100
-"""limit + offset: the deepest page a query may ask for (the native API's limit)."""
+MAX_WINDOW = 1000
+"""limit + offset: the deepest page a query may ask for, unless ``max_limit`` says otherwise
+(reranking pipelines fetch 100-1,000 candidates; Qdrant sets no bound)."""
+GROUP_DEPTH = 100
+"""How deep a grouped query searches for its groups' hits, at the least."""
 RESERVED = "_embedshift"
 DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid", "manhattan": "Manhattan"}
 
@@ -98,7 +102,7 @@ class Ask(NamedTuple):
         return self.limit + self.offset
 
 
-def read_query(body: QueryBody) -> Ask:
+def read_query(body: QueryBody, max_window: int = MAX_WINDOW) -> Ask:
     for name in ("lookup_from", "shard_key"):
         if getattr(body, name) is not None:
             raise RuleError(name, "is not supported through embedshift: send the query text "
@@ -106,11 +110,12 @@ def read_query(body: QueryBody) -> Ask:
     if body.prefetch is not None:
         body = _through_prefetch(body)
     if isinstance(body.query, dict) and set(body.query) == {"recommend"}:
-        return _ask(None, None, body)._replace(recommend=read_recommend(body.query["recommend"]))
+        return _ask(None, None, body, max_window)._replace(
+            recommend=read_recommend(body.query["recommend"]))
     if body.using not in (None, ""):
         raise RuleError("using", "an alias has one vector, the unnamed one: leave `using` out")
     text, vector = _query_of(body.query)
-    return _ask(text, vector, body)
+    return _ask(text, vector, body, max_window)
 
 
 def _through_prefetch(body: QueryBody) -> QueryBody:
@@ -139,7 +144,7 @@ def _through_prefetch(body: QueryBody) -> QueryBody:
         score_threshold=threshold)
 
 
-def read_search(body: SearchBody) -> Ask:
+def read_search(body: SearchBody, max_window: int = MAX_WINDOW) -> Ask:
     if body.shard_key is not None:
         raise RuleError("shard_key", "is not supported through embedshift")
     vector = body.vector
@@ -147,12 +152,13 @@ def read_search(body: SearchBody) -> Ask:
         if vector.get("name") not in (None, ""):
             raise RuleError("vector.name", "an alias has one vector, the unnamed one")
         vector = vector.get("vector")
-    return _ask(None, _numbers(vector, "vector"), body)
+    return _ask(None, _numbers(vector, "vector"), body, max_window)
 
 
-def _ask(text: str | None, vector: list[float] | None, body: QueryBody | SearchBody) -> Ask:
-    if body.limit + (body.offset or 0) > MAX_WINDOW:
-        raise RuleError("limit", f"limit + offset may be at most {MAX_WINDOW}")
+def _ask(text: str | None, vector: list[float] | None, body: QueryBody | SearchBody,
+         max_window: int) -> Ask:
+    if body.limit + (body.offset or 0) > max_window:
+        raise RuleError("limit", f"limit + offset may be at most {max_window} (max_limit)")
     return Ask(text, vector, body.filter, body.limit, body.offset or 0, body.score_threshold,
                read_selector(body.with_payload), with_vector=wants_vector(body.with_vector))
 
@@ -318,9 +324,9 @@ def read_points(body: Any) -> list[Incoming]:
 
 
 def _point(where: str, point_id: Any, vector: Any, payload: Any) -> Incoming:
-    if isinstance(point_id, bool) or not ((isinstance(point_id, int) and point_id >= 0)
-                                          or (isinstance(point_id, str) and point_id)):
+    if not is_point_id(point_id):
         raise RuleError(f"{where}.id", "must be an unsigned integer or a UUID string")
+    point_id = canonical_id(point_id)
     if payload is None:
         payload = {}
     if not isinstance(payload, dict):
@@ -344,6 +350,28 @@ MAX_NAME = 255
 _NOT_IN_NAMES = frozenset('<>:"/\\|?*')
 
 
+_HYPHENATED = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+UUID_SPELLINGS = re.compile(
+    rf"[0-9a-fA-F]{{32}}|{_HYPHENATED}|\{{{_HYPHENATED}\}}|urn:uuid:{_HYPHENATED}")
+"""The spellings of a UUID Qdrant accepts as a point id (its ``uuid`` crate's parser): 32 hex
+digits, hyphenated, braced, or ``urn:uuid:``, in either case."""
+
+
+def canonical_id(value: int | str) -> int | str:
+    """A point id as this edge keeps and answers it: a UUID in any spelling Qdrant accepts
+    becomes its canonical form (hyphenated, lower case, as Qdrant answers it), so every
+    spelling of one id names one point; integers, and an alias's other string ids (documents'
+    own), are as given."""
+    if isinstance(value, str) and UUID_SPELLINGS.fullmatch(value):
+        return str(uuid.UUID(value))
+    return value
+
+
+def is_uuid(value: Any) -> bool:
+    """Whether ``value`` is a UUID in a spelling Qdrant accepts."""
+    return isinstance(value, str) and UUID_SPELLINGS.fullmatch(value) is not None
+
+
 def is_point_id(value: Any) -> bool:
     """An unsigned integer (within ``MAX_ID``) or a non-empty string of at most 256 characters
     (a UUID, or a document's own id, which its alias maps to a point id)."""
@@ -359,18 +387,16 @@ def point_ids(body: Any, field: str = "points") -> list[int | str]:
     ids = body.get(field) if isinstance(body, dict) else None
     if not isinstance(ids, list) or not all(is_point_id(i) for i in ids):
         raise RuleError(field, "must be a list of point ids: unsigned integers or UUIDs")
-    return list(ids)
+    return [canonical_id(i) for i in ids]
 
 
 def read_offset(value: Any) -> int | str | None:
-    """A scroll's ``offset``: a point id the last page named (``next_page_offset``), or none."""
+    """A scroll's ``offset``: a point id (a page's ``next_page_offset``), or none."""
     if value is None:
         return None
-    if isinstance(value, str) and is_uuid(value):
-        return value
-    if isinstance(value, int) and is_point_id(value):
-        return value
-    raise RuleError("offset", "must be a point id: an unsigned integer or a UUID")
+    if not is_point_id(value):
+        raise RuleError("offset", "must be a point id: an unsigned integer or a UUID")
+    return canonical_id(value)
 
 
 def check_name(name: str) -> None:
@@ -451,12 +477,15 @@ class Grouping(NamedTuple):
     groups: int
 
 
-def read_groups(body: GroupsBody) -> Grouping:
+def read_groups(body: GroupsBody, max_window: int = MAX_WINDOW) -> Grouping:
     if body.with_lookup is not None:
         raise RuleError("with_lookup", "is not served through embedshift")
     if body.group_by.replace('"', "").split(".", 1)[0].split("[", 1)[0] == RESERVED:
         raise RuleError("group_by", f"{RESERVED} is embedshift's own")
-    ask = read_query(msgspec.structs.replace(body, limit=MAX_WINDOW, offset=None))
+    if body.limit * body.group_size > max_window:
+        raise RuleError("limit", f"limit x group_size may be at most {max_window} (max_limit)")
+    depth = min(max_window, max(GROUP_DEPTH, 4 * body.limit * body.group_size))
+    ask = read_query(msgspec.structs.replace(body, limit=depth, offset=None), max_window)
     return Grouping(ask._replace(payload=Selector(True)), ask.payload, body.group_by,
                     body.group_size, body.limit)
 
@@ -497,8 +526,8 @@ def read_recommend(raw: Any, field: str = "query.recommend") -> Recommend:
         if not isinstance(given, list) or not all(
                 isinstance(x, int | str | list) and not isinstance(x, bool) for x in given):
             raise RuleError(f"{field}.{side}", "must be a list of point ids or vectors")
-        examples.append([_numbers(x, f"{field}.{side}") if isinstance(x, list) else x
-                         for x in given])
+        examples.append([_numbers(x, f"{field}.{side}") if isinstance(x, list)
+                         else canonical_id(x) for x in given])
     if not examples[0]:
         raise RuleError(f"{field}.positive", "at least one example is needed")
     return Recommend(*examples)

@@ -11,12 +11,11 @@ from typing import Annotated, Any, NamedTuple, Protocol
 import msgspec
 from qdrant_client import models
 
+from proxy.config import MAX_LIMIT
 from proxy.models.encoders import clean_text
 from proxy.vectors.base import Hit, parse_filter
 from rollout_rules.decide import Context
 from rollout_rules.online import Answer
-
-MAX_LIMIT = 100
 
 
 class SearchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -46,7 +46,7 @@ from rollout_rules.errors import (
     StoreUnavailable,
 )
 from rollout_rules.model import Rollout, Version
-from rollout_rules.online import Answer, interleaves, team_draft
+from rollout_rules.online import REMEMBERED, Answer, interleaves, team_draft
 
 log = structlog.get_logger("embedshift.search")
 
@@ -340,8 +340,9 @@ class Searcher:
                 alias=alias, version=version.name, revision=decision.revision,
                 user=_user_key(rollout, context, trace_id),
                 tenant=context.tenant if context is not None else None,
-                at_ms=int(time.time() * 1000), docs=tuple([hit.id for hit in hits]),
-                teams=teams, baseline=baseline), text,
+                at_ms=int(time.time() * 1000),
+                docs=tuple([hit.id for hit in hits[:REMEMBERED]]),
+                teams=teams[:REMEMBERED], baseline=baseline), text,
                 None if teams or not hits else
                 hits[0].score if version.metric in ("cosine", "dot") else -hits[0].score)
         extra = {"query": text} if self.log_queries else {}

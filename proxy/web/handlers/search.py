@@ -20,8 +20,8 @@ from proxy.telemetry import Attr
 from proxy.web.auth import check_override
 from proxy.web.bodies import read_json
 from proxy.web.errors import TRACE_ID, json_response
-from proxy.web.keys import SEARCHER, TRACER
-from rollout_rules.errors import BackendError
+from proxy.web.keys import SEARCHER, SETTINGS, TRACER
+from rollout_rules.errors import BackendError, RuleError
 
 VERSION_HEADER = "X-Embedshift-Version"
 SPAN_NAME = "POST /v1/aliases/{alias}/search"
@@ -41,6 +41,8 @@ def incoming_context(request: web.Request) -> context.Context | None:
 async def search(request: web.Request) -> web.Response:
     alias = request.match_info["alias"]
     body = await read_json(request, SearchRequest)
+    if body.limit > request.app[SETTINGS].max_limit:
+        raise RuleError("limit", f"may be at most {request.app[SETTINGS].max_limit} (max_limit)")
     header = request.headers.get(VERSION_HEADER)
     if header is not None and body.version is None:
         body = msgspec.structs.replace(body, version=header)

@@ -12,6 +12,7 @@ import asyncio
 import uuid
 import warnings
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,9 @@ async def test_documents_reach_every_version_under_the_writers_ids(served: Serve
     assert sorted((str(r.id), r.payload) for r in got) == [
         ("1", {"n": "1"}), (NOTE, {"n": NOTE})]  # no envelope
     assert total == 4 and sorted(str(r.id) for r in scrolled) == sorted(map(str, TEXTS))
+    paged = await asyncio.to_thread(_pages, client, "notes", 3)
+    assert [len(p) for p in paged] == [3, 1]
+    assert sorted(i for page in paged for i in page) == sorted(map(str, TEXTS))
 
     await asyncio.to_thread(client.delete, "notes", models.PointIdsList(points=[1, 99]))
     for version in rollout.versions:
@@ -121,6 +125,17 @@ async def test_documents_reach_every_version_under_the_writers_ids(served: Serve
     with pytest.raises(UnexpectedResponse) as refused:
         await asyncio.to_thread(client.set_payload, "notes", {"_embedshift": {}}, [3])
     assert refused.value.status_code == 400
+
+
+def _pages(client: QdrantClient, collection: str, size: int) -> list[list[str]]:
+    """Every page of a scroll, by the offsets it answers: the writer's ids, as every answer."""
+    seen, offset = [], None
+    while True:
+        page, offset = client.scroll(collection, limit=size, offset=offset)
+        seen.append([str(r.id) for r in page])
+        if offset is None:
+            return seen
+        assert str(offset) in map(str, TEXTS)
 
 
 async def test_the_writers_own_vectors_go_to_stable_and_the_backfill_brings_their_text(
@@ -201,3 +216,44 @@ async def test_a_payload_index_reaches_every_version_never_on_embedshifts_keys(
     by_n = models.Filter(must=[models.FieldCondition(key="n", match=models.MatchValue(
         value="2"))])
     assert (await asyncio.to_thread(client.count, "notes", by_n)).count == 1
+
+
+HEX = "c0a96bbad8b35649b6ea53fd654a23c9"  # as Haystack and LangChain write ids (uuid.hex)
+CANONICAL = str(uuid.UUID(HEX))
+SPELLINGS = (HEX, HEX.upper(), CANONICAL, CANONICAL.upper(), "{" + CANONICAL + "}",
+             "urn:uuid:" + CANONICAL)
+
+
+async def test_every_uuid_spelling_names_one_point_answered_in_its_canonical_form(
+        served: Served) -> None:
+    client = await asyncio.to_thread(_client, served.url)
+    rollout = served.proxy.app[SEARCHER].rollout("notes")
+    store = served.proxy.store.inner
+    await asyncio.to_thread(client.create_collection, "own", models.VectorParams(
+        size=4, distance=models.Distance.COSINE))
+    await asyncio.to_thread(client.upsert, "notes", [models.PointStruct(
+        id=HEX, vector=_document("a lighthouse on a stormy coast"), payload={"n": "hex"})])
+    await asyncio.to_thread(client.upsert, "own", [models.PointStruct(
+        id=HEX, vector=[0.1, 0.2, 0.3, 0.4], payload={"n": "hex"})])
+    for collection in ("notes", "own"):
+        for spelling in SPELLINGS:  # each spelling names the one point, answered canonical
+            got = await asyncio.to_thread(client.retrieve, collection, [spelling])
+            assert [(str(r.id), r.payload) for r in got] == [(CANONICAL, {"n": "hex"})]
+        # written again under another spelling: the same point, replaced, not a second one
+        again = _document("a lighthouse") if collection == "notes" else [0.4, 0.3, 0.2, 0.1]
+        await asyncio.to_thread(client.upsert, collection, [models.PointStruct(
+            id="{" + CANONICAL.upper() + "}", vector=again, payload={"n": "again"})])
+        assert (await asyncio.to_thread(client.count, collection)).count == 1
+        query = _document("lighthouse") if collection == "notes" else [0.4, 0.3, 0.2, 0.1]
+        hits = await asyncio.to_thread(partial(
+            client.query_points, collection, query=query, limit=500))  # a reranker's depth
+        assert [(str(h.id), (h.payload or {}).get("n")) for h in hits.points] == [
+            (CANONICAL, "again")]
+        page, _ = await asyncio.to_thread(partial(
+            client.scroll, collection, offset=HEX.upper(), limit=5))
+        assert [str(p.id) for p in page] == [CANONICAL]
+        await asyncio.to_thread(client.delete, collection, models.PointIdsList(
+            points=["urn:uuid:" + CANONICAL]))
+        assert (await asyncio.to_thread(client.count, collection)).count == 0
+    for version in rollout.versions:  # gone from every version of the alias
+        assert await store.count(version.target) == 0

@@ -186,7 +186,7 @@ async def test_repeated_queries_hit_the_vector_cache(proxies: ProxyFactory) -> N
     ({"query": 5}, 400, "query"),
     ({"qury": "x"}, 400, "qury"),
     ({"query": "x", "limit": 0}, 400, "limit"),
-    ({"query": "x", "limit": 101}, 400, "limit"),
+    ({"query": "x", "limit": 1001}, 400, "limit"),
     ({"query": "x", "version": "v1"}, 401, None),  # choosing a version needs its token
     ({"query": "x", "filter": {"must": [{"key": 1}]}}, 400, "filter.must.0.key"),
     ({"query": "x" * 9000}, 400, None),

@@ -18,6 +18,7 @@ from proxy.qdrant_api.shapes import (
     groups_of,
     point_ids,
     read_groups,
+    read_offset,
     read_payload_change,
     read_points,
     read_query,
@@ -67,7 +68,7 @@ def test_a_list_of_numbers_is_a_vector_under_query_or_legacy_search() -> None:
     ({"prefetch": {"query": [1.0], "prefetch": {}}}, "prefetch.prefetch", "not served"),
     ({"query": [1.0], "using": "dense"}, "using", "unnamed"),
     ({"query": [1.0], "with_vector": ["dense"]}, "with_vector", "unnamed"),
-    ({"query": [1.0], "limit": 90, "offset": 20}, "limit", "at most 100"),
+    ({"query": [1.0], "limit": 990, "offset": 20}, "limit", "at most 1000"),
     ({"query": [1.0], "with_payload": ["_embedshift.text"]}, "with_payload",
      "cannot be selected"),
     ({"query": [1.0], "with_payload": {"exclude": ['"_embedshift"']}}, "with_payload.exclude",
@@ -144,6 +145,41 @@ def test_deletes_and_retrieves_name_points_by_id() -> None:
         point_ids({"points": [True]})
     assert record(7, {"a": 1, "_embedshift": {"text": "secret"}}, Selector(True)) == \
         {"id": 7, "payload": {"a": 1}, "vector": None}
+
+
+CANONICAL = "c0a96bba-d8b3-5649-b6ea-53fd654a23c9"
+
+
+@pytest.mark.parametrize("spelling", [
+    "c0a96bbad8b35649b6ea53fd654a23c9", "C0A96BBAD8B35649B6EA53FD654A23C9", CANONICAL,
+    CANONICAL.upper(), "{" + CANONICAL + "}", "urn:uuid:" + CANONICAL])
+def test_every_uuid_spelling_qdrant_accepts_names_one_point_in_its_canonical_form(
+        spelling: str) -> None:
+    assert point_ids({"points": [spelling]}) == [CANONICAL]
+    assert read_offset(spelling) == CANONICAL
+    [point] = read_points({"points": [{"id": spelling, "vector": [0.1]}]})
+    assert point.id == CANONICAL
+    assert read_recommend({"positive": [spelling]}).positive == [CANONICAL]
+
+
+def test_strings_that_are_no_uuid_spelling_stay_as_given() -> None:
+    # an alias's documents keep their own ids; a near-UUID is not silently read as one
+    for text in ("doc-7", "c0a96bba-d8b35649-b6ea-53fd654a23c9",
+                 "{c0a96bbad8b35649b6ea53fd654a23c9}", "URN:UUID:" + CANONICAL, CANONICAL + "0"):
+        assert point_ids({"points": [text]}) == [text] and read_offset(text) == text
+    with pytest.raises(RuleError, match="offset"):
+        read_offset(True)
+
+
+def test_a_deep_page_is_bounded_by_the_setting_not_a_constant() -> None:
+    body = QueryBody(query=[1.0], limit=500)
+    assert read_query(body).window == 500
+    with pytest.raises(RuleError, match="at most 400"):
+        read_query(body, max_window=400)
+    grouping = read_groups(GroupsBody(query=[1.0], group_by="g", limit=10, group_size=3))
+    assert grouping.ask.limit == 120  # four times what the groups can show
+    with pytest.raises(RuleError, match="limit x group_size"):
+        read_groups(GroupsBody(query=[1.0], group_by="g", limit=50, group_size=30))
 
 
 def test_one_prefetch_under_no_query_or_a_fusion_is_its_own_query_with_both_filters() -> None:
