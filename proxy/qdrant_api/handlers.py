@@ -19,7 +19,6 @@ from proxy.ingest.documents import Document, VectorPoint, checked, doc_id_of, po
 from proxy.ingest.writer import Ingestor, apply_payload_change, held
 from proxy.qdrant_api.plain import (
     plain,
-    plain_version,
     refuse_version_collection,
     version_collections,
 )
@@ -38,6 +37,7 @@ from proxy.qdrant_api.shapes import (
     canonical_id,
     collection_info,
     groups_of,
+    own_collection_info,
     point_ids,
     read_groups,
     read_index,
@@ -179,9 +179,8 @@ async def create_collection(request: web.Request) -> web.Response:
     refuse_version_collection(searcher, name)
     if await searcher.store.describe(Target(collection=name)) is not None:
         raise RuleError("name", f"collection {name} already exists")
-    size, metric = read_vectors_config(await _raw(request))
-    version = plain_version(name, size, metric)
-    await searcher.store.ensure_collection(version.target, version)
+    config = read_vectors_config(await _raw(request))
+    await searcher.store.create(Target(collection=name), config)
     return _json(True, started)
 
 
@@ -236,8 +235,10 @@ async def get_collection(request: web.Request) -> web.Response:
     version = own.version if own is not None else searcher.route(
         request.match_info["name"], affinity(request), random_key())
     info = await searcher.store.describe(version.target)  # None: not written yet, 0 points
-    return _json(collection_info(version, info.points if info else 0), started,
-                 None if own is not None else version.name)
+    points = info.points if info else 0
+    if own is not None:
+        return _json(own_collection_info(own.config, points), started)
+    return _json(collection_info(version, points), started, version.name)
 
 
 class Answered(NamedTuple):
@@ -293,6 +294,8 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
     this proxy handed it out from /v1/embeddings, else stable's); examples to recommend from
     are looked up in the caller's version and searched there."""
     searcher = parts.searcher
+    if ask.unserved is not None:  # named vectors, several prefetches: the application's own
+        raise ask.unserved
     if ask.recommend is not None:
         version = searcher.route(alias, user, random_key())
         vector = await _recommended(searcher.store, version, ask.recommend)
@@ -346,12 +349,13 @@ async def _each(request: web.Request, asks: list[Ask]) -> list[tuple[dict[str, A
     return results
 
 
-async def _vectors(request: web.Request, answered: Answered) -> dict[Any, list[float]]:
+async def _vectors(request: web.Request, answered: Answered) -> dict[Any, Any]:
     """The hits' vectors, as the version that answered holds them."""
     version = answered.version
     stored = await request.app[PARTS].searcher.store.retrieve(
         version.target, [point_id(h.id, version) for h in answered.hits], vectors=True)
-    return {id_key(doc_id_of(p)): p.vector for p in stored if p.vector is not None}
+    return {id_key(doc_id_of(p)): p.named or p.vector for p in stored
+            if p.vector is not None or p.named is not None}
 
 
 def _max_limit(request: web.Request) -> int:
@@ -421,6 +425,10 @@ async def upsert(request: web.Request) -> web.Response:
         await own.upsert(points)
         return _json({"operation_id": 0, "status": "completed"}, started)
     rollout = parts.searcher.rollout(request.match_info["name"])
+    for n, point in enumerate(points):
+        if point.named:
+            raise RuleError(f"points[{n}].vector", "an alias has one vector, the unnamed one: "
+                            f"{sorted(point.named)[0]!r} is not one of its vectors")
     documents = [_document(n, p) for n, p in enumerate(points) if p.text is not None]
     vectors = [VectorPoint(p.id, p.vector, p.payload) for p in points if p.vector is not None]
     if documents:
@@ -501,7 +509,7 @@ async def _records(request: web.Request, ids: list[int | str], with_payload: Any
         return []
     stored = await store.retrieve(version.target, [point_id(i, version) for i in ids],
                                   vectors=vectors)
-    return [record(doc_id_of(point), point.payload, selector, point.vector)
+    return [record(doc_id_of(point), point.payload, selector, point.named or point.vector)
             for point in stored]
 
 
@@ -527,7 +535,7 @@ async def scroll(request: web.Request) -> web.Response:
                                    query_filter=where) \
         if await store.describe(version.target) is not None else ([], None)
     after = doc_id_of(points[limit]) if len(points) > limit else None
-    return _json({"points": [record(doc_id_of(p), p.payload, selector, p.vector)
+    return _json({"points": [record(doc_id_of(p), p.payload, selector, p.named or p.vector)
                              for p in points[:limit]],
                   "next_page_offset": after}, started, version.name, _max_answer(request))
 

@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
 from proxy.ingest.writer import PayloadChange
-from proxy.vectors.base import INDEX_SCHEMAS, Hit, id_key, parse_filter
+from proxy.vectors.base import (
+    INDEX_SCHEMAS,
+    Fusion,
+    Hit,
+    Named,
+    Nearest,
+    Sparse,
+    Stage,
+    VectorsConfig,
+    id_key,
+    parse_filter,
+)
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Version
 
@@ -96,6 +109,8 @@ class Ask(NamedTuple):
     payload: Selector
     recommend: Recommend | None = None  # examples to recommend from, instead of text or vector
     with_vector: bool = False
+    stage: Stage | None = None  # a staged query (prefetches, fusion, named or sparse vectors)
+    unserved: RuleError | None = None  # why the stage is not served through an alias
 
     @property
     def window(self) -> int:
@@ -103,6 +118,22 @@ class Ask(NamedTuple):
 
 
 def read_query(body: QueryBody, max_window: int = MAX_WINDOW) -> Ask:
+    """The query, read for an alias; one that names vectors, prefetches several or fuses them
+    is read as a ``Stage`` too (served in an application's own collection)."""
+    try:
+        return _read_query(body, max_window)
+    except RuleError as refused:
+        if refused.field not in ("using", "prefetch", "query") and \
+                not refused.field.startswith("prefetch."):
+            raise
+        try:
+            stage = read_stage(body, max_window)
+        except RuleError:
+            raise refused from None  # neither: what an alias cannot serve names it best
+        return _ask(None, None, body, max_window)._replace(stage=stage, unserved=refused)
+
+
+def _read_query(body: QueryBody, max_window: int) -> Ask:
     for name in ("lookup_from", "shard_key"):
         if getattr(body, name) is not None:
             raise RuleError(name, "is not supported through embedshift: send the query text "
@@ -144,14 +175,133 @@ def _through_prefetch(body: QueryBody) -> QueryBody:
         score_threshold=threshold)
 
 
+FUSIONS = ("rrf", "dbsf")
+PREFETCH_FIELDS = frozenset({"query", "prefetch", "filter", "limit", "score_threshold", "using",
+                             "params", "lookup_from"})
+
+
+def read_stage(body: QueryBody, max_window: int = MAX_WINDOW) -> Stage:
+    """A query as the engine runs it: any number of prefetches, nested, each the nearest of a
+    dense or sparse vector by name, fused with RRF (``{"fusion": "rrf"}`` or ``{"rrf": {k,
+    weights}}``) or DBSF; RuleError naming the field of what is not served."""
+    if body.lookup_from is not None or body.shard_key is not None:
+        raise RuleError("lookup_from" if body.lookup_from is not None else "shard_key",
+                        "is not supported through embedshift")
+    return _stage({"query": body.query, "prefetch": body.prefetch, "using": body.using,
+                   "filter": body.filter, "score_threshold": body.score_threshold,
+                   "limit": body.limit + (body.offset or 0)}, "", max_window)
+
+
+def _stage(raw: dict[str, Any], where: str, max_window: int) -> Stage:
+    unknown = set(raw) - PREFETCH_FIELDS
+    if unknown:
+        raise RuleError(f"{where}{sorted(unknown)[0]}", "is not served through embedshift")
+    if raw.get("lookup_from") is not None:
+        raise RuleError(f"{where}lookup_from", "is not supported through embedshift")
+    limit = raw.get("limit", 10) if raw.get("limit") is not None else 10
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_window:
+        raise RuleError(f"{where}limit", f"must be an integer from 1 to {max_window}")
+    listed = raw.get("prefetch")
+    if isinstance(listed, dict):
+        listed = [listed]
+    if listed is not None and not (isinstance(listed, list) and
+                                   all(isinstance(p, dict) for p in listed)):
+        raise RuleError(f"{where}prefetch", "must be a prefetch or a list of them")
+    prefetch = tuple(_stage(p, f"{where}prefetch[{n}].", max_window)
+                     for n, p in enumerate(listed or []))
+    threshold = raw.get("score_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or
+                                  not isinstance(threshold, int | float)):
+        raise RuleError(f"{where}score_threshold", "must be a number")
+    using = raw.get("using")
+    if using is not None and not isinstance(using, str):
+        raise RuleError(f"{where}using", "must name a vector")
+    query = raw.get("query")
+    if query is None and len(prefetch) == 1 and using is None:
+        query_of: Nearest | Fusion = prefetch[0].query  # one prefetch, as its own query
+        prefetch = prefetch[0].prefetch
+    else:
+        query_of = _stage_query(query, using or "", f"{where}query", bool(prefetch))
+    return Stage(query_of, limit, prefetch, parse_filter(raw.get("filter")),
+                 None if threshold is None else float(threshold))
+
+
+def _stage_query(query: Any, using: str, where: str, fused: bool) -> Nearest | Fusion:
+    if isinstance(query, dict) and set(query) == {"fusion"}:
+        if query["fusion"] not in FUSIONS:
+            raise RuleError(f"{where}.fusion", f"must be one of {', '.join(FUSIONS)}")
+        if not fused:
+            raise RuleError(where, "a fusion fuses prefetches: give them")
+        return Fusion(query["fusion"])
+    if isinstance(query, dict) and set(query) == {"rrf"}:
+        if not fused:
+            raise RuleError(where, "a fusion fuses prefetches: give them")
+        return _rrf(query["rrf"], f"{where}.rrf")
+    if isinstance(query, dict) and set(query) == {"nearest"}:
+        query = query["nearest"]
+    if query is None:
+        raise RuleError(where, "a query is needed: a vector, or a fusion of prefetches")
+    if isinstance(query, dict) and ("text" in query or "object" in query):
+        _query_of(query)  # a malformed one is named as everywhere
+        raise RuleError(where, "a Document in a staged query is not encoded here: send "
+                               "vectors (text is encoded through an alias)")
+    return Nearest(using, named_vector(query, where))
+
+
+def _rrf(raw: Any, where: str) -> Fusion:
+    if not isinstance(raw, dict) or set(raw) - {"k", "weights"}:
+        raise RuleError(where, "must be {\"k\": n, \"weights\": [...]}")
+    k, weights = raw.get("k"), raw.get("weights")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise RuleError(f"{where}.k", "must be a positive integer")
+    if weights is not None:
+        weights = _numbers(weights, f"{where}.weights")
+    return Fusion("rrf", k, weights)
+
+
+def named_vector(value: Any, where: str) -> Named:
+    """A dense vector (a list of numbers) or a sparse one (``{indices, values}``)."""
+    if isinstance(value, dict) and ("text" in value or "object" in value):
+        raise RuleError(where, "a Document under a vector's name is not encoded here: send "
+                               "the vector")
+    if isinstance(value, dict):
+        indices, values = value.get("indices"), value.get("values")
+        if set(value) != {"indices", "values"} or not isinstance(indices, list) or \
+                not isinstance(values, list) or len(indices) != len(values) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32
+                    for i in indices):
+            raise RuleError(where, "a sparse vector is {\"indices\": [unsigned integers], "
+                                   "\"values\": [numbers]} of one length")
+        if len(set(indices)) != len(indices):
+            raise RuleError(f"{where}.indices", "must not repeat an index")
+        return Sparse(list(indices), _numbers(values, f"{where}.values") if values else [])
+    return _numbers(value, where)
+
+
+def stage_vectors(stage: Stage) -> list[tuple[str, Named]]:
+    """Every (vector name, vector) a staged query searches by."""
+    found = [] if not isinstance(stage.query, Nearest) else [(stage.query.using,
+                                                              stage.query.vector)]
+    for inner in stage.prefetch:
+        found.extend(stage_vectors(inner))
+    return found
+
+
 def read_search(body: SearchBody, max_window: int = MAX_WINDOW) -> Ask:
     if body.shard_key is not None:
         raise RuleError("shard_key", "is not supported through embedshift")
     vector = body.vector
-    if isinstance(vector, dict):  # a named vector: {"name": ..., "vector": [...]}
-        if vector.get("name") not in (None, ""):
-            raise RuleError("vector.name", "an alias has one vector, the unnamed one")
+    if isinstance(vector, dict):  # a named vector: {"name": ..., "vector": [...] | sparse}
+        name = vector.get("name") or ""
+        if not isinstance(name, str):
+            raise RuleError("vector.name", "must name a vector")
         vector = vector.get("vector")
+        if name or isinstance(vector, dict):  # served in the application's own collection
+            ask = _ask(None, None, body, max_window)
+            return ask._replace(stage=Stage(
+                Nearest(name, named_vector(vector, "vector.vector")), ask.window,
+                filter=parse_filter(body.filter), score_threshold=body.score_threshold),
+                unserved=RuleError("vector.name", "an alias has one vector, the unnamed one"))
     return _ask(None, _numbers(vector, "vector"), body, max_window)
 
 
@@ -239,7 +389,7 @@ def wants_payload(ask: Ask) -> bool:
 
 
 def scored_points(hits: list[Hit], ask: Ask, version: Version,
-                  vectors: dict[Any, list[float]] | None = None) -> list[dict[str, Any]]:
+                  vectors: dict[Any, Any] | None = None) -> list[dict[str, Any]]:
     """The page of hits a query asked for, as Qdrant's ``ScoredPoint``s (with their vectors
     from ``vectors`` by id, when asked)."""
     page = hits[ask.offset:ask.window]
@@ -273,19 +423,27 @@ def error(message: str, took_s: float = 0.0) -> dict[str, Any]:
 def collection_info(version: Version, points: int) -> dict[str, Any]:
     """Qdrant's ``CollectionInfo`` for an alias, as the version serving the caller sees it:
     one unnamed vector of the version's size and distance."""
+    info = _info(points)
+    info["config"]["params"]["vectors"] = {"size": version.dimensions,
+                                           "distance": DISTANCES[version.metric]}
+    return info
+
+
+def _info(points: int) -> dict[str, Any]:
     return {
         "status": "green", "optimizer_status": "ok", "segments_count": 1,
         "points_count": points, "indexed_vectors_count": points,
         "config": {
-            "params": {"vectors": {"size": version.dimensions,
-                                   "distance": DISTANCES[version.metric]},
-                       "shard_number": 1, "replication_factor": 1,
+            "params": {"shard_number": 1, "replication_factor": 1,
                        "write_consistency_factor": 1, "on_disk_payload": True},
             "hnsw_config": {"m": 16, "ef_construct": 100, "full_scan_threshold": 10000},
             "optimizer_config": {"deleted_threshold": 0.2, "vacuum_min_vector_number": 1000,
                                  "default_segment_number": 0, "flush_interval_sec": 5},
             "wal_config": {"wal_capacity_mb": 32, "wal_segments_ahead": 0}},
         "payload_schema": {}}
+
+
+NONE_NAMED: Mapping[str, Named] = MappingProxyType({})
 
 
 class Incoming(NamedTuple):
@@ -295,6 +453,7 @@ class Incoming(NamedTuple):
     text: str | None
     vector: list[float] | None
     payload: dict[str, Any]
+    named: Mapping[str, Named] = NONE_NAMED  # vectors by name beside the unnamed one
 
 
 def read_points(body: Any) -> list[Incoming]:
@@ -335,7 +494,11 @@ def _point(where: str, point_id: Any, vector: Any, payload: Any) -> Incoming:
         raise RuleError(f"{where}.payload", f"{RESERVED} is embedshift's own")
     if isinstance(vector, dict) and "text" not in vector and "object" not in vector:
         if set(vector) != {""}:
-            raise RuleError(f"{where}.vector", "an alias has one vector, the unnamed one")
+            named = {name: named_vector(v, f"{where}.vector.{name}")
+                     for name, v in vector.items() if name != ""}
+            unnamed = vector.get("")
+            return Incoming(point_id, None, None if unnamed is None else _numbers(
+                unnamed, f"{where}.vector"), payload, named)
         vector = vector[""]
     if isinstance(vector, dict):
         text, _ = _query_of(vector)
@@ -411,7 +574,7 @@ def check_name(name: str) -> None:
 
 
 def record(doc_id: Any, payload: dict[str, Any], selector: Selector,
-           vector: list[float] | None = None) -> dict[str, Any]:
+           vector: list[float] | dict[str, Any] | None = None) -> dict[str, Any]:
     """A stored point as Qdrant's ``Record``: the id it was written with, the payload without
     embedshift's envelope."""
     user = {key: value for key, value in payload.items() if key != RESERVED}
@@ -425,18 +588,67 @@ def updated(took_s: float) -> dict[str, Any]:
 METRICS = {qdrant: ours for ours, qdrant in DISTANCES.items()}
 
 
-def read_vectors_config(body: Any) -> tuple[int, str]:
-    """The size and metric of ``PUT /collections/{name}``: one unnamed vector."""
+def read_vectors_config(body: Any) -> VectorsConfig:
+    """The vectors of ``PUT /collections/{name}``: one unnamed dense vector, or dense ones by
+    name (``""`` a name too), and sparse ones by name (with the IDF modifier or none)."""
     vectors = body.get("vectors") if isinstance(body, dict) else None
-    if not isinstance(vectors, dict) or "size" not in vectors:
-        raise RuleError("vectors", "one unnamed vector, {\"size\": n, \"distance\": ...}, is "
-                                   "what a collection here may have")
-    size, distance = vectors.get("size"), vectors.get("distance")
+    sparse = body.get("sparse_vectors") if isinstance(body, dict) else None
+    if vectors is None and sparse is None:
+        raise RuleError("vectors", "a collection needs vectors: {\"size\": n, \"distance\": "
+                                   "...}, or named ones, or sparse_vectors")
+    if vectors is not None and not isinstance(vectors, dict):
+        raise RuleError("vectors", "must be {\"size\": n, \"distance\": ...} or a map of "
+                                   "them by name")
+    single = vectors is not None and "size" in vectors
+    held = {"": vectors} if single else vectors or {}
+    dense = {name: _dense_params(params, "vectors" if single else f"vectors.{name}")
+             for name, params in held.items()}
+    if sparse is not None and not isinstance(sparse, dict):
+        raise RuleError("sparse_vectors", "must be a map of sparse vectors by name")
+    return VectorsConfig(dense=dense, single=single, sparse={
+        name: _modifier(params, f"sparse_vectors.{name}")
+        for name, params in (sparse or {}).items()})
+
+
+def _dense_params(params: Any, where: str) -> tuple[int, str]:
+    if not isinstance(params, dict):
+        raise RuleError(where, "must be {\"size\": n, \"distance\": ...}")
+    if params.get("multivector_config") is not None:
+        raise RuleError(f"{where}.multivector_config", "multivectors are not served")
+    size, distance = params.get("size"), params.get("distance")
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 65536:
-        raise RuleError("vectors.size", "must be an integer from 1 to 65536")
+        raise RuleError(f"{where}.size", "must be an integer from 1 to 65536")
     if distance not in METRICS:
-        raise RuleError("vectors.distance", f"must be one of {', '.join(METRICS)}")
+        raise RuleError(f"{where}.distance", f"must be one of {', '.join(METRICS)}")
     return size, METRICS[distance]
+
+
+def _modifier(params: Any, where: str) -> str | None:
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        raise RuleError(where, "must be {} or {\"modifier\": \"idf\"}")
+    modifier = params.get("modifier")
+    if modifier not in (None, "none", "idf"):
+        raise RuleError(f"{where}.modifier", "must be idf or none")
+    return "idf" if modifier == "idf" else None
+
+
+def own_collection_info(config: VectorsConfig, points: int) -> dict[str, Any]:
+    """Qdrant's ``CollectionInfo`` for an application's own collection: its vectors as it
+    created them (one unnamed vector, or a map in which ``""`` is a key; sparse ones by name)."""
+    def params(size: int, metric: str) -> dict[str, Any]:
+        return {"size": size, "distance": DISTANCES[metric]}
+
+    info = _info(points)
+    vectors: dict[str, Any] = params(*config.dense[""]) if config.single else {
+        name: params(*spec) for name, spec in config.dense.items()}
+    info["config"]["params"]["vectors"] = vectors
+    if config.sparse:
+        info["config"]["params"]["sparse_vectors"] = {
+            name: {"modifier": modifier} if modifier else {}
+            for name, modifier in config.sparse.items()}
+    return info
 
 
 def read_payload_change(kind: str, body: Any) -> PayloadChange:

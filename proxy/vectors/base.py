@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -50,17 +50,72 @@ class Hit(msgspec.Struct, frozen=True):
 
 
 class PointIn(msgspec.Struct, frozen=True):
+    """A point to write: its vector under the target's name (none: empty) and, beside it,
+    vectors under other names (an application's own collection of several)."""
+
     id: PointId
     vector: list[float]
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    named: dict[str, Named] = msgspec.field(default_factory=dict)
 
 
 class Stored(msgspec.Struct, frozen=True):
-    """A stored point as read back: its id and (the asked-for part of) its payload."""
+    """A stored point as read back: its id and (the asked-for part of) its payload; its vector
+    under the target's name, and in a collection of several vectors read whole (no target
+    name: the application's own) all of them by name, sparse ones as ``{indices, values}``."""
 
     id: PointId
     payload: dict[str, Any]
     vector: list[float] | None = None
+    named: dict[str, Any] | None = None
+
+
+class Sparse(NamedTuple):
+    """A sparse vector: the dimensions it has a value in, and those values."""
+
+    indices: list[int]
+    values: list[float]
+
+
+Named = list[float] | Sparse
+"""A named vector of a point or a query: dense or sparse."""
+
+
+class Nearest(NamedTuple):
+    """The points nearest a vector, in the collection's vector ``using`` ("": the unnamed)."""
+
+    using: str
+    vector: Named
+
+
+class Fusion(NamedTuple):
+    """Fuse the prefetches' hits: ``rrf`` (reciprocal rank, ``k`` and ``weights`` as Qdrant's
+    ``{"rrf": {...}}``) or ``dbsf`` (distribution-based score fusion)."""
+
+    method: str
+    k: int | None = None
+    weights: list[float] | None = None
+
+
+class Stage(NamedTuple):
+    """One stage of a query as Qdrant runs it: its prefetches first (each a stage), then its
+    own query over what they found (or over the collection when there are none)."""
+
+    query: Nearest | Fusion
+    limit: int
+    prefetch: tuple[Stage, ...] = ()
+    filter: models.Filter | None = None
+    score_threshold: float | None = None
+
+
+class VectorsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A collection's vectors as its application created it: dense ones by name (size,
+    metric), sparse ones by name (their modifier: ``idf`` or None), and whether the dense one
+    was given as one unnamed vector rather than a map (Qdrant answers as it was created)."""
+
+    dense: dict[str, tuple[int, str]]
+    sparse: dict[str, str | None] = msgspec.field(default_factory=dict)
+    single: bool = False
 
 
 class CollectionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +125,7 @@ class CollectionInfo(msgspec.Struct, frozen=True, kw_only=True):
     model_id: str | None
     points: int
     missing: str | None = None  # the collection exists without the version's vector: why
+    config: VectorsConfig | None = None  # every vector, as the collection was created
 
 
 class VectorStore(Protocol):
@@ -89,6 +145,15 @@ class VectorStore(Protocol):
     async def creation(self, target: Target, version: Version, siblings: Sequence[Version] = (),
                        like: Target | None = None) -> dict[str, Any]:
         """What ``ensure_collection`` would ask the engine for (``plan`` shows it)."""
+        ...
+
+    async def create(self, target: Target, config: VectorsConfig) -> None:
+        """Create an application's own collection with the vectors it asked for."""
+        ...
+
+    async def query(self, target: Target, stage: Stage, with_payload: bool) -> list[Hit]:
+        """The hits of a staged query (prefetches, fusion, named and sparse vectors), run by
+        the engine in the target's collection."""
         ...
 
     async def upsert(self, target: Target, points: Sequence[PointIn]) -> None: ...
@@ -199,12 +264,22 @@ async def scroll_all(store: VectorStore, target: Target, fields: Sequence[str] |
 
 
 def stored(point: Any, vector_name: str | None = None) -> Stored:
-    """A record from either engine as our Stored (ids: int, or UUIDs as strings)."""
-    vector = point.vector
+    """A record from either engine as our Stored (ids: int, or UUIDs as strings); a point of
+    several vectors read without a name has them all, by name."""
+    vector, named = point.vector, None
     if isinstance(vector, dict):
+        if vector_name is None and set(vector) != {""}:
+            named = {name: _named(v) for name, v in vector.items()}
         vector = vector.get(vector_name or "")
     return Stored(point.id if isinstance(point.id, int) else str(point.id), point.payload or {},
-                  None if vector is None else list(vector))
+                  None if vector is None or named is not None else list(vector), named)
+
+
+def _named(vector: Any) -> Any:
+    """A vector from either engine as Qdrant's JSON: a list, or ``{indices, values}``."""
+    if hasattr(vector, "indices"):
+        return {"indices": list(vector.indices), "values": list(vector.values)}
+    return list(vector)
 
 
 def floats(vector: VectorLike) -> list[float]:

@@ -27,11 +27,17 @@ from proxy.vectors.base import (
     ANSWER_ID_ONLY,
     DISTANCES,
     CollectionInfo,
+    Fusion,
     Hit,
+    Named,
+    Nearest,
     PointId,
     PointIn,
+    Sparse,
+    Stage,
     Stored,
     VectorLike,
+    VectorsConfig,
     backend_errors,
     check_vector,
     collection_vectors,
@@ -88,7 +94,7 @@ class EdgeStore:
                 raise BackendError(f"collection {collection} does not exist in {self.root}",
                                    public=f"collection {collection} does not exist")
             shard = self._shards[collection] = edge.EdgeShard.load(
-                str(self.root / collection), self._config(meta["vectors"]))
+                str(self.root / collection), self._config(meta["vectors"], meta.get("sparse")))
         return shard
 
     def _sidecar(self, collection: str) -> dict[str, Any] | None:
@@ -104,10 +110,44 @@ class EdgeStore:
                 key: meta[key] for key in ("dimensions", "metric", "model_id")}}}
         return meta
 
-    def _config(self, vectors: dict[str, dict[str, Any]]) -> edge.EdgeConfig:
+    def _config(self, vectors: dict[str, dict[str, Any]],
+                sparse: dict[str, str | None] | None = None) -> edge.EdgeConfig:
         params = {name: edge.EdgeVectorParams(size=spec["dimensions"], distance=getattr(
             edge.Distance, DISTANCES[spec["metric"]])) for name, spec in vectors.items()}
-        return edge.EdgeConfig(vectors=params, max_search_threads=self.search_threads)
+        sparse_params = {name: edge.EdgeSparseVectorParams(
+            modifier=edge.Modifier.Idf if modifier == "idf" else None)
+            for name, modifier in (sparse or {}).items()}
+        return edge.EdgeConfig(vectors=params, sparse_vectors=sparse_params or None,
+                               max_search_threads=self.search_threads)
+
+    async def create(self, target: Target, config: VectorsConfig) -> None:
+        meta = {"vectors": {name: {"dimensions": size, "metric": metric, "model_id": None}
+                            for name, (size, metric) in config.dense.items()},
+                "sparse": config.sparse, "single": config.single}
+        with backend_errors(target.collection, "creating the collection"):
+            await self._call(self._create_own, target.collection, meta)
+
+    def _create_own(self, collection: str, meta: dict[str, Any]) -> None:
+        with self._opening:
+            if self._sidecar(collection) is not None:
+                raise BackendError(f"collection {collection} already exists")
+            path = self.root / collection
+            path.mkdir(parents=True, exist_ok=True)
+            self._shards[collection] = edge.EdgeShard.create(
+                str(path), self._config(meta["vectors"], meta["sparse"]))
+            _write_sidecar(path, meta)
+
+    async def query(self, target: Target, stage: Stage, with_payload: bool) -> list[Hit]:
+        request = edge.QueryRequest(
+            limit=stage.limit, query=_edge_query(stage.query),
+            prefetches=[_edge_prefetch(p) for p in stage.prefetch] or None,
+            with_payload=ANSWER_PAYLOAD if with_payload else ANSWER_ID_ONLY_PAYLOAD,
+            filter=to_edge_filter(with_target(stage.filter, target)),
+            score_threshold=stage.score_threshold)
+        shard = await self._shard(target.collection)
+        with backend_errors(target.collection, "query"):
+            points = await self._call(shard.query, request)
+        return [hit(p, with_payload) for p in points]
 
     async def search(self, target: Target, vector: VectorLike, limit: int,
                      query_filter: models.Filter | None, with_payload: bool) -> list[Hit]:
@@ -155,18 +195,14 @@ class EdgeStore:
             # versions sharing a collection filter on these
             shard.update(edge.UpdateOperation.create_field_index(
                 key, edge.PayloadSchemaType.Keyword))
-        # written whole and renamed: a reader in another thread (describe, which takes no lock)
-        # must never see the file half-written
-        partial = path / f".{SIDECAR}.tmp"
-        partial.write_text(json.dumps({"vectors": vectors}))
-        partial.replace(path / SIDECAR)
+        _write_sidecar(path, {"vectors": vectors})
 
     async def upsert(self, target: Target, points: Sequence[PointIn]) -> None:
         name = target.vector_name or ""
         shard = await self._shard(target.collection)
         with backend_errors(target.collection, "upsert"):
-            batch = [edge.Point(p.id, {name: p.vector}, {**p.payload, **target.payload_match})
-                     for p in points]
+            batch = [edge.Point(p.id, _edge_vectors(p, name) if p.named else {name: p.vector},
+                                {**p.payload, **target.payload_match}) for p in points]
             await self._call(shard.update, edge.UpdateOperation.upsert_points(batch))
 
     async def optimize(self, target: Target) -> None:
@@ -192,15 +228,19 @@ class EdgeStore:
                 return None
             spec = meta["vectors"].get(target.vector_name or "")
             info = await self._call((await self._shard(target.collection)).info)
+        config = VectorsConfig(
+            dense={name: (v["dimensions"], v["metric"]) for name, v in meta["vectors"].items()},
+            sparse=meta.get("sparse", {}),
+            single=meta.get("single", set(meta["vectors"]) == {""}))
         if spec is None:
             return CollectionInfo(name=target.collection, dimensions=0, metric="",
                                   model_id=None, points=info.points_count,
-                                  missing=no_vector(target, meta["vectors"]))
+                                  missing=no_vector(target, meta["vectors"]), config=config)
         # a shared collection holds several models' points: each point's envelope names its own
         return CollectionInfo(name=target.collection, dimensions=spec["dimensions"],
                               metric=spec["metric"],
                               model_id=None if target.payload_match else spec["model_id"],
-                              points=info.points_count)
+                              points=info.points_count, config=config)
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,
                      fields: Sequence[str] | None = None, vectors: bool = False, *,
@@ -350,6 +390,47 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_result(value)
     else:
         future.set_exception(value)
+
+
+def _write_sidecar(path: Path, meta: dict[str, Any]) -> None:
+    """Written whole and renamed: a reader in another thread (describe, which takes no lock)
+    must never see the file half-written."""
+    partial = path / f".{SIDECAR}.tmp"
+    partial.write_text(json.dumps(meta))
+    partial.replace(path / SIDECAR)
+
+
+def _edge_vector(vector: Named) -> Any:
+    if isinstance(vector, Sparse):
+        return edge.SparseVector(list(vector.indices), list(vector.values))
+    return vector
+
+
+def _edge_vectors(point: PointIn, name: str) -> dict[str, Any]:
+    vectors = {key: _edge_vector(v) for key, v in point.named.items()}
+    if point.vector:
+        vectors[name] = point.vector
+    return vectors
+
+
+def _edge_query(query: Nearest | Fusion) -> Any:
+    if isinstance(query, Nearest):
+        return edge.Query.Nearest(_edge_vector(query.vector), using=query.using)
+    if query.method == "dbsf":
+        return edge.Fusion.Dbsf()
+    return edge.Fusion.Rrf(k=query.k if query.k is not None else RRF_K, weights=query.weights)
+
+
+RRF_K = 2
+"""Qdrant's RRF constant when a query names none (``{"fusion": "rrf"}``): the server's default,
+which qdrant-client's local mode shares."""
+
+
+def _edge_prefetch(stage: Stage) -> Any:
+    return edge.Prefetch(limit=stage.limit, query=_edge_query(stage.query),
+                         prefetches=[_edge_prefetch(p) for p in stage.prefetch] or None,
+                         filter=to_edge_filter(stage.filter),
+                         score_threshold=stage.score_threshold)
 
 
 def _where(query_filter: models.Filter | None, target: Target) -> Any:

@@ -18,11 +18,17 @@ from proxy.vectors.base import (
     ANSWER_ID_ONLY,
     DISTANCES,
     CollectionInfo,
+    Fusion,
     Hit,
+    Named,
+    Nearest,
     PointId,
     PointIn,
+    Sparse,
+    Stage,
     Stored,
     VectorLike,
+    VectorsConfig,
     backend_errors,
     check_vector,
     collection_vectors,
@@ -100,10 +106,31 @@ class ServerStore:
             name: {"dimensions": p.size, "metric": _metric(p.distance)}
             for name, p in (held or {}).items() if p is not None})
 
+    async def create(self, target: Target, config: VectorsConfig) -> None:
+        dense = {name: models.VectorParams(size=size, distance=models.Distance(DISTANCES[metric]))
+                 for name, (size, metric) in config.dense.items()}
+        sparse = {name: models.SparseVectorParams(
+            modifier=models.Modifier.IDF if modifier == "idf" else None)
+            for name, modifier in config.sparse.items()}
+        with backend_errors(target.collection, "creating the collection"):
+            await self.client.create_collection(
+                target.collection, vectors_config=dense[""] if config.single else dense,
+                sparse_vectors_config=sparse or None)
+
+    async def query(self, target: Target, stage: Stage, with_payload: bool) -> list[Hit]:
+        query, using = _query(stage.query)
+        with backend_errors(target.collection, "query"):
+            response = await self.client.query_points(
+                target.collection, prefetch=[_prefetch(p) for p in stage.prefetch] or None,
+                query=query, using=using, limit=stage.limit,
+                query_filter=with_target(stage.filter, target),
+                score_threshold=stage.score_threshold, consistency=self.consistency,
+                with_payload=ANSWER_PAYLOAD if with_payload else ANSWER_ID_ONLY_PAYLOAD)
+        return [hit(p, with_payload) for p in response.points]
+
     async def upsert(self, target: Target, points: Sequence[PointIn]) -> None:
         structs = [models.PointStruct(id=p.id, payload={**p.payload, **target.payload_match},
-                                      vector={target.vector_name: p.vector}
-                                      if target.vector_name else p.vector) for p in points]
+                                      vector=_vectors(p, target)) for p in points]
         with backend_errors(target.collection, "upsert"):
             await self.client.upsert(target.collection, points=structs)
 
@@ -115,19 +142,17 @@ class ServerStore:
             if not await self.client.collection_exists(target.collection):
                 return None
             info = await self.client.get_collection(target.collection)
-        vectors = info.config.params.vectors
-        params = vectors.get(target.vector_name or "") if isinstance(vectors, dict) else vectors
-        if params is None:
+        config = _config(info.config.params)
+        spec = config.dense.get(target.vector_name or "")
+        if spec is None:
             return CollectionInfo(name=target.collection, dimensions=0, metric="",
                                   model_id=None, points=info.points_count or 0,
-                                  missing=no_vector(target, vectors if isinstance(vectors, dict)
-                                                    else {"": vectors}))
+                                  missing=no_vector(target, config.dense), config=config)
         metadata = info.config.metadata or {}
         # a shared collection holds several models' points: each point's envelope names its own
         model_id = None if target.payload_match else metadata.get("model_id")
-        return CollectionInfo(name=target.collection, dimensions=params.size,
-                              metric=_metric(params.distance), model_id=model_id,
-                              points=info.points_count or 0)
+        return CollectionInfo(name=target.collection, dimensions=spec[0], metric=spec[1],
+                              model_id=model_id, points=info.points_count or 0, config=config)
 
     async def scroll(self, target: Target, offset: PointId | None, limit: int,
                      fields: Sequence[str] | None = None, vectors: bool = False, *,
@@ -282,3 +307,49 @@ def _selector(target: Target, ids: Sequence[PointId] | None,
     if where is None:
         raise RuleError("filter", "name the points by id or by a filter")
     return models.FilterSelector(filter=where)
+
+
+def _config(params: Any) -> VectorsConfig:
+    """A collection's vectors as it was created."""
+    vectors = params.vectors
+    single = vectors is not None and not isinstance(vectors, dict)
+    held = {"": vectors} if single else vectors or {}
+    return VectorsConfig(
+        dense={name: (p.size, _metric(p.distance)) for name, p in held.items()},
+        sparse={name: "idf" if p is not None and p.modifier == models.Modifier.IDF else None
+                for name, p in (params.sparse_vectors or {}).items()},
+        single=single)
+
+
+def _vectors(point: PointIn, target: Target) -> Any:
+    """A point's vectors as qdrant-client takes them: its own (unnamed, or by the target's
+    name) and the others by name."""
+    if not point.named:
+        return {target.vector_name: point.vector} if target.vector_name else point.vector
+    vectors: dict[str, Any] = {name: _vector(v) for name, v in point.named.items()}
+    if point.vector:
+        vectors[target.vector_name or ""] = point.vector
+    return vectors
+
+
+def _vector(vector: Named) -> Any:
+    if isinstance(vector, Sparse):
+        return models.SparseVector(indices=vector.indices, values=vector.values)
+    return vector
+
+
+def _query(query: Nearest | Fusion) -> tuple[Any, str | None]:
+    if isinstance(query, Nearest):
+        return models.NearestQuery(nearest=_vector(query.vector)), query.using
+    if query.method == "dbsf":
+        return models.FusionQuery(fusion=models.Fusion.DBSF), None
+    if query.k is None and query.weights is None:
+        return models.FusionQuery(fusion=models.Fusion.RRF), None
+    return models.RrfQuery(rrf=models.Rrf(k=query.k, weights=query.weights)), None
+
+
+def _prefetch(stage: Stage) -> models.Prefetch:
+    query, using = _query(stage.query)
+    return models.Prefetch(prefetch=[_prefetch(p) for p in stage.prefetch] or None,
+                           query=query, using=using, filter=stage.filter, limit=stage.limit,
+                           score_threshold=stage.score_threshold)

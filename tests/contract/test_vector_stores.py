@@ -14,7 +14,12 @@ from qdrant_client import models
 from proxy.vectors.base import (
     RESERVED,
     UNRECORDED_MODEL,
+    Fusion,
+    Nearest,
     PointIn,
+    Sparse,
+    Stage,
+    VectorsConfig,
     VectorStore,
     mismatches,
     parse_filter,
@@ -273,3 +278,78 @@ async def test_writers_creating_one_collection_at_once_create_it_once(
     await asyncio.gather(*(store.upsert(version.target, [PointIn(i, [0.1 * (i + 1)] * 8)])
                            for i in range(8)))
     assert await store.count(version.target) == 8
+
+
+HYBRID = VectorsConfig(dense={"text-dense": (8, "cosine")},
+                       sparse={"text-sparse": None, "bm25": "idf"})
+
+
+def _hybrid_points(n: int) -> list[PointIn]:
+    rng = np.random.default_rng(7)
+    points = []
+    for i in range(n):
+        words = sorted(int(w) for w in rng.choice(40, size=5, replace=False))
+        weights = [round(float(x), 3) for x in rng.uniform(0.1, 1.0, size=5)]  # no ties
+        points.append(PointIn(i, [], {"n": i % 3}, named={
+            "text-dense": [float(x) for x in rng.normal(size=8)],
+            "text-sparse": Sparse(words, weights),
+            "bm25": Sparse(words[:3], weights[:3])}))
+    return points
+
+
+def _stages(rng: np.random.Generator) -> list[Stage]:
+    dense = Nearest("text-dense", [float(x) for x in rng.normal(size=8)])
+    sparse = Nearest("text-sparse", Sparse([1, 5, 9, 13], [1.0, 1.0, 0.5, 0.5]))
+    idf = Nearest("bm25", Sparse([2, 5, 30], [1.0, 1.0, 1.0]))
+    odd = models.Filter(must_not=[models.FieldCondition(key="n", match=models.MatchValue(
+        value=1))])
+    return [
+        Stage(dense, 5), Stage(sparse, 5), Stage(idf, 5),
+        Stage(Fusion("rrf"), 6, (Stage(dense, 10), Stage(sparse, 10))),
+        Stage(Fusion("rrf", 60, [1.0, 3.0]), 6, (Stage(sparse, 10), Stage(dense, 10))),
+        Stage(Fusion("dbsf"), 6, (Stage(dense, 10), Stage(idf, 10)), filter=odd),
+        Stage(dense, 4, (Stage(Fusion("rrf"), 20, (Stage(dense, 20), Stage(sparse, 20))),)),
+    ]
+
+
+async def test_hybrid_collections_answer_staged_queries_alike_on_both_engines(
+        tmp_path: Path) -> None:
+    target = Target(collection="hybrid")
+    answers = []
+    for adapter in (MemoryStore(), EdgeStore(tmp_path / "qdrant")):
+        await adapter.create(target, HYBRID)
+        await adapter.upsert(target, _hybrid_points(60))
+        info = await adapter.describe(target)
+        assert info is not None and info.config == HYBRID and info.points == 60
+        [back] = await adapter.retrieve(target, [3], vectors=True)
+        assert back.named is not None and set(back.named) == {"text-dense", "text-sparse", "bm25"}
+        written = _hybrid_points(4)[3].named["bm25"]
+        assert isinstance(written, Sparse)
+        assert back.named["bm25"]["indices"] == written.indices
+        assert back.named["bm25"]["values"] == pytest.approx(written.values)
+        answers.append([[(h.id, round(h.score, 4)) for h in await adapter.query(
+            target, stage, with_payload=False)] for stage in _stages(np.random.default_rng(1))])
+        await adapter.close()
+    memory, edge = answers
+    for stage, (ours, theirs) in enumerate(zip(memory, edge, strict=True)):
+        assert ours, stage  # every stage finds something: an empty answer proves nothing
+        assert [s for _, s in ours] == pytest.approx([s for _, s in theirs], abs=1e-3), stage
+        assert _ranked(ours) == _ranked(theirs), (stage, ours, theirs)
+
+
+def _ranked(hits: list[tuple[Any, float]]) -> list[set[Any]]:
+    """The ids score by score, best first: engines order equal scores as they please, and the
+    last score's group may be cut anywhere, so it is left out."""
+    groups: dict[float, set[Any]] = {}
+    for point, score in hits:
+        groups.setdefault(round(score, 3), set()).add(point)
+    return [groups[score] for score in sorted(groups, reverse=True)][:-1]
+
+
+async def test_an_unnamed_vector_stays_unnamed_and_a_map_stays_a_map(store: VectorStore) -> None:
+    single = VectorsConfig(dense={"": (8, "dot")}, single=True)
+    keyed = VectorsConfig(dense={"": (8, "cosine")}, sparse={"langchain-sparse": None})
+    for name, config in (("single", single), ("keyed", keyed)):
+        await store.create(Target(collection=name), config)
+        info = await store.describe(Target(collection=name))
+        assert info is not None and info.config == config and info.dimensions == 8

@@ -25,10 +25,11 @@ from proxy.qdrant_api.shapes import (
     read_recommend,
     read_search,
     read_selector,
+    read_stage,
     record,
     scored_points,
 )
-from proxy.vectors.base import Hit
+from proxy.vectors.base import Fusion, Hit, Nearest, Sparse, Stage
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Target, Version
 
@@ -63,10 +64,7 @@ def test_a_list_of_numbers_is_a_vector_under_query_or_legacy_search() -> None:
     ({"query": {"discover": {"target": 1}}}, "query", "discover"),
     ({"query": {"nearest": [1, True]}}, "query", "list of numbers"),
     ({"query": {"text": 5, "model": "m"}}, "query.text", "string"),
-    ({"query": [1.0], "prefetch": [{"query": [1.0]}]}, "query", "only a fusion"),
-    ({"prefetch": [{"query": [1.0]}, {"query": [2.0]}]}, "prefetch", "one prefetch"),
     ({"prefetch": {"query": [1.0], "prefetch": {}}}, "prefetch.prefetch", "not served"),
-    ({"query": [1.0], "using": "dense"}, "using", "unnamed"),
     ({"query": [1.0], "with_vector": ["dense"]}, "with_vector", "unnamed"),
     ({"query": [1.0], "limit": 990, "offset": 20}, "limit", "at most 1000"),
     ({"query": [1.0], "with_payload": ["_embedshift.text"]}, "with_payload",
@@ -80,6 +78,71 @@ def test_what_is_not_served_is_a_400_naming_the_field(body: dict[str, Any], fiel
     with pytest.raises(RuleError) as refused:
         read_query(_query(**body))
     assert refused.value.field == field and says in str(refused.value)
+
+
+@pytest.mark.parametrize(("body", "field", "says"), [
+    ({"query": [1.0], "prefetch": [{"query": [1.0]}]}, "query", "only a fusion"),
+    ({"prefetch": [{"query": [1.0]}, {"query": [2.0]}], "query": {"fusion": "rrf"}},
+     "prefetch", "one prefetch"),
+    ({"query": [1.0], "using": "dense"}, "using", "unnamed"),
+    ({"query": {"nearest": {"indices": [1], "values": [0.5]}}, "using": "s"}, "using",
+     "unnamed"),
+])
+def test_a_staged_query_is_read_and_an_alias_refuses_it_naming_the_field(
+        body: dict[str, Any], field: str, says: str) -> None:
+    ask = read_query(_query(**body))
+    assert ask.stage is not None and ask.unserved is not None
+    assert ask.unserved.field == field and says in str(ask.unserved)
+
+
+def test_prefetches_nest_and_fuse_as_the_frameworks_send_them() -> None:
+    dense, sparse = [0.1, 0.2], {"indices": [3, 9], "values": [0.5, 0.25]}
+    langchain = read_stage(_query(
+        prefetch=[{"query": dense, "using": "", "limit": 4},
+                  {"query": sparse, "using": "langchain-sparse", "limit": 4}],
+        query={"fusion": "rrf"}, limit=4, offset=2))
+    assert langchain.query == Fusion("rrf") and langchain.limit == 6
+    assert [p.query for p in langchain.prefetch] == [
+        Nearest("", dense), Nearest("langchain-sparse", Sparse([3, 9], [0.5, 0.25]))]
+    haystack = read_stage(_query(  # no prefetch limits: Qdrant's 10; RRF with k and weights
+        prefetch=[{"query": sparse, "using": "text-sparse"},
+                  {"query": dense, "using": "text-dense"}],
+        query={"rrf": {"k": 60, "weights": [1.0, 2.0]}}, limit=3))
+    assert haystack.query == Fusion("rrf", 60, [1.0, 2.0])
+    assert [p.limit for p in haystack.prefetch] == [10, 10]
+    nested = read_stage(_query(prefetch={"prefetch": [
+        {"query": dense, "using": "d"}, {"query": {"nearest": sparse}, "using": "s"}],
+        "query": {"fusion": "dbsf"}, "limit": 20}, query={"nearest": dense}, using="d"))
+    assert nested.query == Nearest("d", dense) and nested.prefetch[0].query == Fusion("dbsf")
+    assert len(nested.prefetch[0].prefetch) == 2
+
+
+def test_the_legacy_search_names_a_dense_or_sparse_vector() -> None:
+    for vector, read in (([0.5, 0.25], [0.5, 0.25]),
+                         ({"indices": [4], "values": [0.5]}, Sparse([4], [0.5]))):
+        body = msgspec.convert({"vector": {"name": "v", "vector": vector}, "limit": 3},
+                               SearchBody)
+        ask = read_search(body)
+        assert ask.stage == Stage(Nearest("v", read), 3)
+        assert ask.unserved is not None and ask.unserved.field == "vector.name"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"query": {"fusion": "max"}, "prefetch": [{"query": [1.0]}]}, "query.fusion"),
+    ({"query": {"fusion": "rrf"}}, "query"),
+    ({"query": {"rrf": {"k": 0}}, "prefetch": [{"query": [1.0]}]}, "query.rrf.k"),
+    ({"query": {"fusion": "rrf"}, "prefetch": [{"query": {"indices": [1, 1],
+                                                          "values": [1, 2]}}]},
+     "prefetch[0].query.indices"),
+    ({"query": {"fusion": "rrf"}, "prefetch": [{"query": [1.0], "limit": 5000}]},
+     "prefetch[0].limit"),
+    ({"query": {"fusion": "rrf"}, "prefetch": [{"query": [1.0], "formula": {}}]},
+     "prefetch[0].formula"),
+])
+def test_what_a_staged_query_cannot_hold_is_named(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(RuleError) as refused:
+        read_stage(_query(**body))
+    assert refused.value.field == field
 
 
 def test_payload_selectors_read_as_qdrant_reads_them() -> None:
@@ -124,7 +187,7 @@ def test_upserts_read_documents_and_vectors_in_either_form() -> None:
 @pytest.mark.parametrize(("body", "field"), [
     ({"points": [{"id": -1, "vector": [1.0]}]}, "points[0].id"),
     ({"points": [{"id": True, "vector": [1.0]}]}, "points[0].id"),
-    ({"points": [{"id": 1, "vector": {"dense": [1.0]}}]}, "points[0].vector"),
+    ({"points": [{"id": 1, "vector": {"dense": "x"}}]}, "points[0].vector.dense"),
     ({"points": [{"id": 1, "vector": [1.0], "payload": {"_embedshift": {}}}]},
      "points[0].payload"),
     ({"points": [{"id": 1, "vector": "text"}]}, "points[0].vector"),

@@ -1,0 +1,197 @@
+"""Hybrid applications (a dense and a sparse vector, fused) run unchanged through the Qdrant port.
+
+LangChain (`HYBRID` and `SPARSE`), LlamaIndex (`enable_hybrid=True`) and Haystack
+(`use_sparse_embeddings=True`) each create a collection of their own through embedshift, write
+a corpus with their own ids, dense vectors from the L3 model and sparse vectors from a small
+local encoder written here, and query it as they do. Each answer equals the answer the same
+framework gets from qdrant-client's local mode holding the same corpus: the engine fused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import warnings
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qdrant_client import QdrantClient
+
+from proxy.models.builtin import L3_ID
+from proxy.vectors.edge import EdgeStore
+from tests.integration.conftest import ProxyFactory
+from tests.integration.qdrant_api.clients import qdrant_api, version_checked
+
+os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"  # before haystack is imported: no posthog
+pytestmark = pytest.mark.integration
+WRITE_KEY = "qdrant-write-key-for-tests"
+TOPICS = ["a glacier lake frozen in winter", "a harbour crane unloading ships at night",
+          "a lighthouse on a stormy coast", "a desert road at noon", "a night market stall",
+          "a mountain hut above the clouds", "a canal boat in spring", "a library reading room"]
+FILLER = ["seen", "from", "afar", "in", "old", "photographs", "kept", "by", "a", "family", "of",
+          "sailors", "who", "wrote", "down", "every", "passing", "season", "with", "care"]
+TEXTS = [" ".join([topic, *FILLER[:n]]) for n, topic in enumerate(TOPICS * 3)]
+"""Each text of its own length: no two hold a query word with the same weight, so no two tie
+in a prefetch (engines order equal scores as they please, and a fusion reads the order)."""
+QUERY = "a stormy night at the harbour"
+
+
+STOPWORDS = frozenset(["a", "an", "at", "by", "down", "from", "in", "of", "on", "the", "who",
+                       "with"])
+
+
+def sparse(text: str) -> tuple[list[int], list[float]]:
+    """A word-hash sparse vector with BM25's saturation and length norm, stop words left out:
+    what an application's BM25 would send, computed here so nothing is downloaded."""
+    words = Counter(w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOPWORDS)
+    total = sum(words.values())
+    by_index = {zlib.crc32(word.encode()) % (1 << 20):
+                count * 2.2 / (count + 1.2 * (0.25 + 0.75 * total / 8))
+                for word, count in words.items()}
+    indices = sorted(by_index)
+    return indices, [by_index[i] for i in indices]
+
+
+class Served:
+    def __init__(self, url: str, dense: Any) -> None:
+        self.url, self.dense = url, dense
+
+    def client(self) -> QdrantClient:
+        with warnings.catch_warnings():  # "api key over an insecure connection": loopback
+            warnings.filterwarnings("ignore", message="Api key is used with an insecure")
+            client = QdrantClient(url=self.url, api_key=WRITE_KEY, https=False)
+            version_checked()
+        return client
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return [[float(x) for x in v] for v in self.dense.embed(texts)]
+
+
+@pytest.fixture
+async def served(proxies: ProxyFactory, tmp_path: Path) -> Any:
+    proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"),
+                                qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
+    server, url = await qdrant_api(proxy)
+    yield Served(url, proxies.engine.models[(L3_ID, "none")])
+    await server.close()
+
+
+def _answer(found: list[tuple[str, float]]) -> list[tuple[float, str]]:
+    """An answer as (score, text), ordered so engines' orders of equal scores agree."""
+    return sorted(((round(score, 4), text) for text, score in found), reverse=True)
+
+
+async def test_langchain_hybrid_and_sparse_answer_as_the_engine_does(served: Served) -> None:
+    from langchain_core.embeddings import Embeddings
+    from langchain_qdrant import QdrantVectorStore, RetrievalMode, SparseEmbeddings, SparseVector
+
+    class Dense(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return served.embed(texts)
+
+        def embed_query(self, text: str) -> list[float]:
+            return served.embed([text])[0]
+
+    class WordHash(SparseEmbeddings):
+        def embed_documents(self, texts: list[str]) -> list[SparseVector]:
+            return [self.embed_query(text) for text in texts]
+
+        def embed_query(self, text: str) -> SparseVector:
+            indices, values = sparse(text)
+            return SparseVector(indices=indices, values=values)
+
+    def run(mode: RetrievalMode, **where: Any) -> list[tuple[float, str]]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Api key is used with an insecure")
+            store = QdrantVectorStore.from_texts(
+                TEXTS, Dense(), sparse_embedding=WordHash(), retrieval_mode=mode,
+                collection_name=f"lc_{mode.value}", metadatas=[{"n": n} for n in range(
+                    len(TEXTS))], **where)
+            version_checked()
+        found = store.similarity_search_with_score(QUERY, k=len(TEXTS))
+        return _answer([(doc.page_content, score) for doc, score in found])
+
+    for mode in (RetrievalMode.HYBRID, RetrievalMode.SPARSE):
+        ours = await asyncio.to_thread(run, mode, url=served.url, api_key=WRITE_KEY,
+                                       https=False)
+        engines = await asyncio.to_thread(run, mode, location=":memory:")
+        assert ours == engines and len(ours) >= 8, mode
+    client = await asyncio.to_thread(served.client)
+    info = await asyncio.to_thread(client.get_collection, "lc_hybrid")
+    vectors = info.config.params.vectors
+    assert isinstance(vectors, dict) and set(vectors) == {""}  # a map keyed "", as it was made
+    assert set(info.config.params.sparse_vectors or {}) == {"langchain-sparse"}
+
+
+async def test_llamaindex_hybrid_answers_as_the_engine_does(served: Served) -> None:
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+    def encode(texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
+        pairs = [sparse(text) for text in texts]
+        return [i for i, _ in pairs], [v for _, v in pairs]
+
+    vectors = await asyncio.to_thread(served.embed, [*TEXTS, QUERY])
+
+    def run(client: QdrantClient) -> list[tuple[float, str]]:
+        store = QdrantVectorStore(collection_name="li_hybrid", client=client,
+                                  enable_hybrid=True, sparse_doc_fn=encode,
+                                  sparse_query_fn=encode)
+        store.add([TextNode(id_=f"00000000-0000-4000-8000-{n:012d}", text=text,
+                            embedding=vector, metadata={"n": n})
+                   for n, (text, vector) in enumerate(zip(TEXTS, vectors[:-1], strict=True))])
+        found = store.query(VectorStoreQuery(
+            query_embedding=vectors[-1], query_str=QUERY, similarity_top_k=8, sparse_top_k=8,
+            hybrid_top_k=8, mode=VectorStoreQueryMode.HYBRID))
+        return _answer([(node.get_content(), score) for node, score in zip(
+            found.nodes or [], found.similarities or [], strict=True)])
+
+    def local() -> list[tuple[float, str]]:
+        with warnings.catch_warnings():  # its payload index "has no effect in the local Qdrant"
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+            return run(QdrantClient(location=":memory:"))
+
+    ours = await asyncio.to_thread(lambda: run(served.client()))
+    engines = await asyncio.to_thread(local)
+    assert ours == engines and len(ours) == 8
+
+
+async def test_haystack_hybrid_answers_as_the_engine_does(served: Served) -> None:
+    from haystack import Document
+    from haystack.dataclasses import SparseEmbedding
+    from haystack.utils import Secret
+    from haystack_integrations.components.retrievers.qdrant import QdrantHybridRetriever
+    from haystack_integrations.document_stores.qdrant import QdrantDocumentStore
+
+    vectors = await asyncio.to_thread(served.embed, [*TEXTS, QUERY])
+    documents = [Document(id=f"doc-{n}", content=text, meta={"n": n}, embedding=vector,
+                          sparse_embedding=SparseEmbedding(*sparse(text)))
+                 for n, (text, vector) in enumerate(zip(TEXTS, vectors[:-1], strict=True))]
+
+    def run(**where: Any) -> list[tuple[float, str]]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Api key is used with an insecure")
+            store = QdrantDocumentStore(index="hs_hybrid", embedding_dim=384,
+                                        use_sparse_embeddings=True, progress_bar=False,
+                                        **where)
+            store.write_documents(documents)  # the duplicate check first, by 32-hex ids
+            version_checked()
+        retriever = QdrantHybridRetriever(store, top_k=20)
+        answers = []
+        for weights in (None, [1.0, 2.0]):
+            found = retriever.run(query_embedding=vectors[-1],
+                                  query_sparse_embedding=SparseEmbedding(*sparse(QUERY)),
+                                  rrf_k=None if weights is None else 60, rrf_weights=weights)
+            answers.extend(_answer([(d.content or "", d.score or 0.0)
+                                    for d in found["documents"]]))
+        return answers
+
+    ours = await asyncio.to_thread(run, url=served.url, api_key=Secret.from_token(WRITE_KEY),
+                                   https=False)
+    engines = await asyncio.to_thread(run, location=":memory:")
+    assert ours == engines and len(ours) >= 20
