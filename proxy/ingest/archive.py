@@ -100,6 +100,11 @@ async def archive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Path,
     if version.target.payload_match:  # a shared collection: only this version's points go
         for start in range(0, len(ids), BATCH):
             await store.delete(version.target, ids[start:start + BATCH])
+        if version.target.vector_name and not any(
+                (v.target.collection, v.target.vector_name) ==
+                (version.target.collection, version.target.vector_name)
+                for v in rollout.versions if v.name != name):
+            await store.drop_vector(version.target)  # and its vector, which nobody else uses
     else:
         await store.drop(version.target)
         ingestor.forget(version)

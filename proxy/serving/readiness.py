@@ -86,7 +86,8 @@ class Versions:
         problems = await self.encoders.load(rollout)
         for version in rollout.versions:
             if version.name not in problems:
-                found = await collection_problems(version, self.store)
+                found = await collection_problems(version, self.store,
+                                                  serving=version.name == rollout.stable)
                 if found:
                     problems[version.name] = found
         for name, reason in problems.items():
@@ -114,9 +115,12 @@ def version_detail(rollouts: Mapping[str, Rollout], loaded: Container[EncoderKey
     return named, missing
 
 
-async def collection_problems(version: Version, store: VectorStore) -> str | None:
+async def collection_problems(version: Version, store: VectorStore, serving: bool = True
+                              ) -> str | None:
     """Why a version must not serve from its collection (encoded differently), if it must not.
-    A missing collection, or a store that cannot say, is logged, not held against it."""
+    A missing collection, or a store that cannot say, is logged, not held against it; nor is
+    a candidate's named vector not yet added to a shared collection (its first write adds it,
+    and until then its coverage is nothing, so nobody is sent to it); stable's is."""
     try:
         info = await store.describe(version.target)
     except BackendError as exc:
@@ -125,6 +129,10 @@ async def collection_problems(version: Version, store: VectorStore) -> str | Non
         return None
     if info is None:
         log.warning("collection_missing", version=version.name,
+                    collection=version.target.collection)
+        return None
+    if info.missing is not None and not serving:
+        log.warning("collection_vector_missing", version=version.name,
                     collection=version.target.collection)
         return None
     problems = mismatches(version, info)

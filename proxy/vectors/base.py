@@ -138,8 +138,9 @@ class VectorStore(Protocol):
         """Create the version's collection unless it exists, declaring the vectors of the
         ``siblings`` that share it too, with the settings of ``like``'s collection (stable's:
         shards, replicas, write consistency, on-disk storage, HNSW, quantization) where the
-        engine has such settings; BackendError when it exists without the version's vector
-        (``no_vector``)."""
+        engine has such settings. One that exists without the version's named vector has it
+        added in place (a version declared after the collection was written); BackendError
+        when it holds a vector of that name of another size or metric."""
         ...
 
     async def creation(self, target: Target, version: Version, siblings: Sequence[Version] = (),
@@ -204,6 +205,11 @@ class VectorStore(Protocol):
                              ids: Sequence[PointId] | None = None,
                              query_filter: models.Filter | None = None) -> None:
         """Remove ``keys`` from the payload of the version's points ``ids`` (or matching)."""
+        ...
+
+    async def drop_vector(self, target: Target) -> None:
+        """Remove the target's named vector from its collection (a retired version's, in a
+        collection other versions share); nothing if it has none."""
         ...
 
     async def collections(self) -> list[str]:
@@ -435,8 +441,8 @@ def collection_vectors(version: Version, siblings: Sequence[Version] = ()
                        ) -> dict[str, dict[str, Any]]:
     """The vectors a new collection declares: one per vector name that ``version`` and the
     versions sharing its collection (``siblings``) use ("" for the unnamed one), each with its
-    size, metric and the model of the first version naming it. Qdrant cannot add a named
-    vector to a collection that exists, so they are all declared when it is created."""
+    size, metric and the model of the first version naming it. A version declared later adds
+    its vector to the collection in place (``vector_to_add``)."""
     vectors: dict[str, dict[str, Any]] = {}
     for v in (version, *siblings):
         if v.target.collection == version.target.collection:
@@ -446,25 +452,31 @@ def collection_vectors(version: Version, siblings: Sequence[Version] = ()
 
 
 def no_vector(target: Target, vectors: Mapping[str, object]) -> str:
-    """Why a version cannot use a collection that exists without its vector, and the way out."""
+    """Why a version cannot yet use a collection that exists without its vector."""
     held = ", ".join(repr(n) if n else "the unnamed vector" for n in vectors) or "no vector"
     wanted = repr(target.vector_name) if target.vector_name else "the unnamed vector"
-    return (f"collection {target.collection} has no vector {wanted} (it holds {held}): a "
-            "collection's vectors are fixed when it is created, so give this version a "
-            "collection of its own, or declare every version sharing the collection before "
-            "the first write")
+    return (f"collection {target.collection} has no vector {wanted} yet (it holds {held}): "
+            "the version's first write (its backfill, or ingestion) adds it")
 
 
-def check_vector(target: Target, version: Version, vectors: Mapping[str, Any]) -> None:
-    """BackendError when an existing collection cannot hold the version's vectors."""
+def vector_to_add(target: Target, version: Version, vectors: Mapping[str, Any]) -> bool:
+    """Whether a collection that exists must have the version's vector added in place (a
+    version declared after the collection was written); BackendError when it holds a vector
+    of that name the version cannot use, or lacks the unnamed one (only named vectors are
+    added)."""
     spec = vectors.get(target.vector_name or "")
     if spec is None:
-        raise BackendError(no_vector(target, vectors))
+        if not target.vector_name:
+            raise BackendError(no_vector(target, vectors) + ", but an unnamed vector cannot "
+                               "be added: give the version a vector name, or a collection "
+                               "of its own")
+        return True
     if spec["dimensions"] != version.dimensions or spec["metric"] != version.metric:
         raise BackendError(f"collection {target.collection}'s vector "
                            f"{target.vector_name or '(unnamed)'} holds {spec['dimensions']}-d "
                            f"{spec['metric']} vectors; version {version.name} makes "
                            f"{version.dimensions}-d {version.metric} ones")
+    return False
 
 
 INDEX_SCHEMAS = ("keyword", "integer", "float", "bool", "geo", "datetime", "text", "uuid")

@@ -39,12 +39,12 @@ from proxy.vectors.base import (
     VectorLike,
     VectorsConfig,
     backend_errors,
-    check_vector,
     collection_vectors,
     floats,
     hit,
     no_vector,
     stored,
+    vector_to_add,
     with_target,
 )
 from rollout_rules.errors import BackendError, RuleError
@@ -185,7 +185,8 @@ class EdgeStore:
         path = self.root / target.collection
         existing = self._sidecar(target.collection)
         if existing is not None:
-            check_vector(target, version, existing["vectors"])
+            if vector_to_add(target, version, existing["vectors"]):
+                self._add_vector(target, version, existing)
             return
         vectors = collection_vectors(version, siblings)
         path.mkdir(parents=True, exist_ok=True)
@@ -196,6 +197,32 @@ class EdgeStore:
             shard.update(edge.UpdateOperation.create_field_index(
                 key, edge.PayloadSchemaType.Keyword))
         _write_sidecar(path, {"vectors": vectors})
+
+    def _add_vector(self, target: Target, version: Version, meta: dict[str, Any]) -> None:
+        """The version's named vector, added to the shard in place (its points get one as
+        they are written), then recorded; under the lock, as creation is."""
+        name = target.vector_name or ""
+        shard = self._load_locked(target.collection)
+        shard.update(edge.UpdateOperation.create_dense_vector(
+            name, version.dimensions, getattr(edge.Distance, DISTANCES[version.metric])))
+        meta["vectors"][name] = {"dimensions": version.dimensions, "metric": version.metric,
+                                 "model_id": version.model}
+        _write_sidecar(self.root / target.collection, meta)
+
+    async def drop_vector(self, target: Target) -> None:
+        with backend_errors(target.collection, "removing a vector"):
+            await self._call(self._drop_vector, target)
+
+    def _drop_vector(self, target: Target) -> None:
+        with self._opening:
+            meta = self._sidecar(target.collection)
+            name = target.vector_name or ""
+            if meta is None or name not in meta["vectors"] or not name:
+                return
+            shard = self._load_locked(target.collection)
+            shard.update(edge.UpdateOperation.delete_vector_name(name))
+            del meta["vectors"][name]
+            _write_sidecar(self.root / target.collection, meta)
 
     async def upsert(self, target: Target, points: Sequence[PointIn]) -> None:
         name = target.vector_name or ""

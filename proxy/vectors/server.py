@@ -30,12 +30,12 @@ from proxy.vectors.base import (
     VectorLike,
     VectorsConfig,
     backend_errors,
-    check_vector,
     collection_vectors,
     floats,
     hit,
     no_vector,
     stored,
+    vector_to_add,
     with_target,
 )
 from rollout_rules.errors import RuleError
@@ -99,12 +99,27 @@ class ServerStore:
         return creation_request(version, siblings, source, like.vector_name if like else None)
 
     async def _check_vector(self, target: Target, version: Version) -> None:
+        """A collection that exists: the version's named vector is added in place if it has
+        none (Qdrant 1.18's ``PUT /collections/{c}/vectors/{name}``)."""
         info = await self.client.get_collection(target.collection)
-        vectors = info.config.params.vectors
-        held = vectors if isinstance(vectors, dict) else {"": vectors}
-        check_vector(target, version, {
-            name: {"dimensions": p.size, "metric": _metric(p.distance)}
-            for name, p in (held or {}).items() if p is not None})
+        config = _config(info.config.params)
+        if vector_to_add(target, version, {
+                name: {"dimensions": size, "metric": metric}
+                for name, (size, metric) in config.dense.items()}):
+            await self.client.create_vector_name(
+                target.collection, target.vector_name or "", models.DenseVectorNameConfig(
+                    dense=models.DenseVectorConfig(
+                        size=version.dimensions,
+                        distance=models.Distance(DISTANCES[version.metric]))))
+
+    async def drop_vector(self, target: Target) -> None:
+        with backend_errors(target.collection, "removing a vector"):
+            if not target.vector_name or not await self.client.collection_exists(
+                    target.collection):
+                return
+            info = await self.client.get_collection(target.collection)
+            if target.vector_name in _config(info.config.params).dense:
+                await self.client.delete_vector_name(target.collection, target.vector_name)
 
     async def create(self, target: Target, config: VectorsConfig) -> None:
         dense = {name: models.VectorParams(size=size, distance=models.Distance(DISTANCES[metric]))

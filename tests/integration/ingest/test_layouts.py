@@ -22,6 +22,7 @@ from proxy.config import Settings
 from proxy.state.client import connect
 from proxy.state.rulestore import RedisRuleStore
 from proxy.vectors.edge import EdgeStore
+from proxy.vectors.memory import MemoryStore
 from proxy.web.keys import WATCHER
 from rollout_rules.model import Rollout, parse_rollout
 from tests.eventually import eventually, eventually_async
@@ -48,8 +49,7 @@ def _documents() -> list[dict[str, Any]]:
 
 
 def _rule(layout: str) -> Rollout:
-    """Both versions declared from the start (v2 not yet the candidate): a collection's named
-    vectors are fixed when it is created, so a shared one must know both."""
+    """Both versions declared from the start (v2 not yet the candidate)."""
     return parse_rollout({"alias": "docs", "stable": "v1", **LAYOUTS[layout]})
 
 
@@ -145,28 +145,62 @@ async def _serves(proxy: Proxy, version: str) -> bool:
     return bool((await _search(proxy, "anything"))["model_version"] == version)
 
 
-async def test_a_named_vector_added_to_a_collection_that_exists_fails_loudly(
-        proxies: ProxyFactory, tmp_path: Path) -> None:
-    """v1 alone writes the shared collection, then v2 names a vector it lacks: the backfill
-    ends failed with the reason (not retried for ever), and /readyz names it for v2."""
+@pytest.mark.parametrize("engine_kind", ["embedded", "server"])
+async def test_versions_declared_later_add_their_vector_in_place_and_retiring_removes_it(
+        proxies: ProxyFactory, tmp_path: Path, engine_kind: str) -> None:
+    """The order migrations happen in: v1 alone writes the shared collection; v2 is declared
+    later, backfilled (its named vector added in place), verified and promoted; v1 retired and
+    archived takes its vector with it; then a v3 after v2, the same way. On the embedded engine
+    and on a server (qdrant-client's local mode stands in for one)."""
     rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
     layout = _rule("one collection, a named vector each")
-    alone = await rules.create(replace(layout, versions=layout.versions[:1]), "tests", "v1")
-    engine = EdgeStore(tmp_path / "qdrant")
-    proxy = await proxies.start(engine=engine, refresh_interval_s=0.2)
+    v1, v2 = layout.versions
+    alone = await rules.create(replace(layout, versions=(v1,)), "tests", "v1")
+    engine = EdgeStore(tmp_path / "qdrant") if engine_kind == "embedded" else MemoryStore()
+    proxy = await proxies.start(engine=engine, refresh_interval_s=0.2,
+                                data_dir=str(tmp_path / "data"))
     await _call(proxy, "POST", "/v1/aliases/docs/documents", {"documents": _documents()[:20]})
-    await rules.write(replace(layout, candidate="v2"), alone.revision, "tests", "add v2")
+    shared = v1.target.collection
+
+    async def vectors() -> set[str]:
+        info = await engine.describe(v1.target)
+        assert info is not None and info.config is not None
+        return set(info.config.dense)
+
+    assert await vectors() == {"l3"}
+    declared = await rules.write(replace(layout, candidate="v2"), alone.revision, "tests", "v2")
     await eventually(lambda: _rule_here(proxy).candidate == "v2")
-    await _call(proxy, "POST", "/admin/aliases/docs/backfill", {"batch_size": 4})
-    await eventually_async(lambda: _backfill_state(proxy, "failed"), timeout_s=60)
-    progress = await _call(proxy, "GET", "/admin/aliases/docs/backfill")
-    assert "has no vector 'l6'" in progress["job"]["failed"], progress
-    assert progress["job"]["done_docs"] == 0
-    ready = await _call(proxy, "GET", "/readyz")
-    assert "has no vector 'l6'" in ready["unavailable"]["docs/v2"], ready
+    await _migrate(proxy, 20, "v2")
+    assert await vectors() == {"l3", "l6"}
+    await _call(proxy, "POST", "/admin/aliases/docs/retire", {"reason": "v2 held", "force": True})
+    await _call(proxy, "POST", "/admin/aliases/docs/versions/v1/archive")
+    assert await vectors() == {"l6"}  # v1's vector left with it; v2's points are all there
+    assert await engine.count(_rule_here(proxy).version("v2").target) == 20
+
+    v3 = replace(v1, name="v3", target=replace(v1.target, vector_name="l3b",
+                                               payload_match={"model_version": "v3"}))
+    now = _rule_here(proxy)
+    await rules.write(replace(now, versions=(*now.versions, v3), candidate="v3"),
+                      now.revision, "tests", "v3")
+    await eventually(lambda: _rule_here(proxy).candidate == "v3")
+    await _migrate(proxy, 20, "v3")
+    assert await vectors() == {"l6", "l3b"} and shared == v3.target.collection
+    assert declared.revision < _rule_here(proxy).revision
     await rules.aclose()
     await proxy.client.close()
     await engine.close()
+
+
+async def _migrate(proxy: Proxy, documents: int, candidate: str) -> None:
+    """Backfill, verify, ramp to all and promote the candidate."""
+    started = await _call(proxy, "POST", "/admin/aliases/docs/backfill", {"batch_size": 8})
+    assert started["job"]["total_docs"] == documents
+    await eventually_async(lambda: _backfill_done(proxy), timeout_s=120)
+    report = await _call(proxy, "POST", "/admin/aliases/docs/verify")
+    assert report["passed"] and report["missing"] == 0, report
+    await _call(proxy, "POST", "/admin/aliases/docs/percent", {"percent": 100, "reason": "all"})
+    assert await _serves(proxy, candidate)
+    await _call(proxy, "POST", "/admin/aliases/docs/promote", {"reason": "verified"})
 
 
 async def _backfill_state(proxy: Proxy, state: str) -> bool:
