@@ -1,4 +1,4 @@
-"""`embedshift serve --qdrant-port` runs the README's qdrant-client and LangChain programs."""
+"""`embedshift serve --qdrant-port` runs the guide's qdrant-client, LangChain and hybrid programs."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _unscored(output: str) -> list[str]:
     return [re.sub(r" \d\.\d+ ", " ", line) for line in output.splitlines()]
 
 
-@pytest.mark.parametrize("name", ["qdrant-app", "langchain-app", "adopt-app"])
+@pytest.mark.parametrize("name", ["qdrant-app", "langchain-app", "adopt-app", "hybrid-app"])
 async def test_the_readmes_programs_run_as_shown(start_serving: StartServing, name: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     qdrant_port = free_port()
