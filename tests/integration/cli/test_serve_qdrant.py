@@ -1,4 +1,4 @@
-"""`embedshift serve --qdrant-port` runs the guide's qdrant-client, LangChain and hybrid programs."""
+"""`embedshift serve --qdrant-port` runs the guide's qdrant-client, LangChain, hybrid programs."""
 
 from __future__ import annotations
 

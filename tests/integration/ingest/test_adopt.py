@@ -26,14 +26,10 @@ from proxy.web.keys import WATCHER
 from rollout_rules.model import Target, Version
 from tests.eventually import eventually, eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import qdrant_api, version_checked
+from tests.integration.qdrant_api.clients import TOPICS, WRITE_KEY, qdrant_api, version_checked
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-WRITE_KEY = "qdrant-write-key-for-tests"
-TOPICS = ["a glacier lake frozen in winter", "a harbour crane unloading ships",
-          "a lighthouse on a stormy coast", "a desert road at noon", "a night market stall",
-          "a mountain hut above the clouds", "a canal boat in spring", "a library reading room"]
 
 
 def _ids(n: int) -> list[int | str]:

@@ -154,7 +154,7 @@ async def test_versions_declared_later_add_their_vector_in_place_and_retiring_re
     and on a server (qdrant-client's local mode stands in for one)."""
     rules = RedisRuleStore(connect(Settings(), proxies.redis_url), proxies.prefix)
     layout = _rule("one collection, a named vector each")
-    v1, v2 = layout.versions
+    v1 = layout.versions[0]
     alone = await rules.create(replace(layout, versions=(v1,)), "tests", "v1")
     engine = EdgeStore(tmp_path / "qdrant") if engine_kind == "embedded" else MemoryStore()
     proxy = await proxies.start(engine=engine, refresh_interval_s=0.2,

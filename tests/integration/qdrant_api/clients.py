@@ -3,6 +3,7 @@ alias of its own to write into, and waiting for qdrant-client's version check.""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ from proxy.vectors.edge import EdgeStore
 from proxy.web.keys import EMBEDDER, INGESTOR, READY, SEARCHER, SETTINGS, TRACER
 from proxy.web.server import GuardedSite, make_runner
 from tests.integration.conftest import Proxy, ProxyFactory
+
+os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"  # before Haystack is imported: no posthog
+WRITE_KEY = "qdrant-write-key-for-tests"
+TOPICS = ["a glacier lake frozen in winter", "a harbour crane unloading ships",
+          "a lighthouse on a stormy coast", "a desert road at noon", "a night market stall",
+          "a mountain hut above the clouds", "a canal boat in spring", "a library reading room"]
+"""An application's corpus, as the framework tests write it."""
 
 
 async def qdrant_api(proxy: Proxy) -> tuple[TestServer, str]:

@@ -9,7 +9,6 @@ alias, where its retriever's vectors come from the proxy's embeddings and are ro
 from __future__ import annotations
 
 import asyncio
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,9 @@ from proxy.vectors.edge import EdgeStore
 from proxy.web.keys import WATCHER
 from rollout_rules.model import Target
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import qdrant_api, version_checked
+from tests.integration.qdrant_api.clients import TOPICS, WRITE_KEY, qdrant_api, version_checked
 
-os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"  # before haystack is imported: no posthog
 pytestmark = pytest.mark.integration
-WRITE_KEY = "qdrant-write-key-for-tests"
-TOPICS = ["a glacier lake frozen in winter", "a harbour crane unloading ships",
-          "a lighthouse on a stormy coast", "a desert road at noon", "a night market stall",
-          "a mountain hut above the clouds", "a canal boat in spring", "a library reading room"]
 
 
 def _store(url: str, index: str) -> Any:

@@ -10,7 +10,6 @@ framework gets from qdrant-client's local mode holding the same corpus: the engi
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import warnings
 import zlib
@@ -24,14 +23,9 @@ from qdrant_client import QdrantClient
 from proxy.models.builtin import L3_ID
 from proxy.vectors.edge import EdgeStore
 from tests.integration.conftest import ProxyFactory
-from tests.integration.qdrant_api.clients import qdrant_api, version_checked
+from tests.integration.qdrant_api.clients import TOPICS, WRITE_KEY, qdrant_api, version_checked
 
-os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"  # before haystack is imported: no posthog
 pytestmark = pytest.mark.integration
-WRITE_KEY = "qdrant-write-key-for-tests"
-TOPICS = ["a glacier lake frozen in winter", "a harbour crane unloading ships at night",
-          "a lighthouse on a stormy coast", "a desert road at noon", "a night market stall",
-          "a mountain hut above the clouds", "a canal boat in spring", "a library reading room"]
 FILLER = ["seen", "from", "afar", "in", "old", "photographs", "kept", "by", "a", "family", "of",
           "sailors", "who", "wrote", "down", "every", "passing", "season", "with", "care"]
 TEXTS = [" ".join([topic, *FILLER[:n]]) for n, topic in enumerate(TOPICS * 3)]
@@ -45,12 +39,13 @@ STOPWORDS = frozenset(["a", "an", "at", "by", "down", "from", "in", "of", "on", 
 
 
 def sparse(text: str) -> tuple[list[int], list[float]]:
-    """A word-hash sparse vector with BM25's saturation and length norm, stop words left out:
-    what an application's BM25 would send, computed here so nothing is downloaded."""
+    """A word-hash sparse vector with BM25's saturation and length norm, and a weight per word
+    (as IDF gives), stop words left out: what an application's BM25 would send, computed here
+    so nothing is downloaded."""
     words = Counter(w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOPWORDS)
     total = sum(words.values())
-    by_index = {zlib.crc32(word.encode()) % (1 << 20):
-                count * 2.2 / (count + 1.2 * (0.25 + 0.75 * total / 8))
+    by_index = {(crc := zlib.crc32(word.encode())) % (1 << 20):  # a weight of its own a word
+                (1 + crc % 997 / 997) * count * 2.2 / (count + 1.2 * (0.25 + 0.75 * total / 8))
                 for word, count in words.items()}
     indices = sorted(by_index)
     return indices, [by_index[i] for i in indices]
