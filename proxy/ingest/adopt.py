@@ -19,7 +19,7 @@ import numpy as np
 
 from proxy.ingest.documents import TEXT_FIELDS, text_in
 from proxy.ingest.writer import Ingestor, encode
-from proxy.vectors.base import RESERVED
+from proxy.vectors.base import RESERVED, CollectionInfo
 from rollout_rules.errors import NotFoundError, RuleError, TransitionError
 from rollout_rules.model import Rollout, Target, Version, check_rollout
 
@@ -52,6 +52,10 @@ class Adoption(msgspec.Struct, frozen=True, kw_only=True):
     min_cosine: float
     adopted: bool
     revision: int | None = None
+    not_carried: list[str] = msgspec.field(default_factory=list)
+    """The collection's other vectors (a hybrid application's sparse one, say): v1 keeps them,
+    the versions after it are not given them, and through the alias only ``vector`` is
+    searched."""
 
 
 async def adopt(ingestor: Ingestor, alias: str, request: AdoptRequest, actor: str
@@ -94,7 +98,8 @@ async def adopt(ingestor: Ingestor, alias: str, request: AdoptRequest, actor: st
                       model=request.model, dimensions=info.dimensions, metric=info.metric,
                       points=info.points, payload_keys=keys, text_field=field,
                       sampled=len(usable), median_cosine=round(median, 6),
-                      min_cosine=round(lowest, 6), adopted=median >= MIN_MEDIAN_COSINE)
+                      min_cosine=round(lowest, 6), adopted=median >= MIN_MEDIAN_COSINE,
+                      not_carried=_others(info, request.vector))
     if not report.adopted:
         raise RuleError("model", f"{request.collection}'s vectors were not made by "
                                  f"{request.model}: re-encoding {len(usable)} of their texts "
@@ -107,6 +112,15 @@ async def adopt(ingestor: Ingestor, alias: str, request: AdoptRequest, actor: st
                         f"cosine {median:.4f} on {len(usable)} points)")
     await ingestor.accounting.update(created)
     return msgspec.structs.replace(report, revision=created.revision)
+
+
+def _others(info: CollectionInfo, vector: str) -> list[str]:
+    """The collection's vectors besides the adopted one, as ``name (dense|sparse)``."""
+    config = info.config
+    if config is None:
+        return []
+    return [*(f"{name!r} (dense)" for name in config.dense if name != vector),
+            *(f"{name!r} (sparse)" for name in config.sparse)]
 
 
 def _text_field(points: list[Any]) -> str:

@@ -22,7 +22,7 @@ from qdrant_client import QdrantClient
 
 from proxy.models.builtin import L3_ID
 from proxy.vectors.edge import EdgeStore
-from tests.integration.conftest import ProxyFactory
+from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.integration.qdrant_api.clients import TOPICS, WRITE_KEY, qdrant_api, version_checked
 
 pytestmark = pytest.mark.integration
@@ -52,8 +52,8 @@ def sparse(text: str) -> tuple[list[int], list[float]]:
 
 
 class Served:
-    def __init__(self, url: str, dense: Any) -> None:
-        self.url, self.dense = url, dense
+    def __init__(self, proxy: Proxy, url: str, dense: Any) -> None:
+        self.proxy, self.url, self.dense = proxy, url, dense
 
     def client(self) -> QdrantClient:
         with warnings.catch_warnings():  # "api key over an insecure connection": loopback
@@ -71,7 +71,7 @@ async def served(proxies: ProxyFactory, tmp_path: Path) -> Any:
     proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"),
                                 qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
     server, url = await qdrant_api(proxy)
-    yield Served(url, proxies.engine.models[(L3_ID, "none")])
+    yield Served(proxy, url, proxies.engine.models[(L3_ID, "none")])
     await server.close()
 
 
@@ -190,3 +190,11 @@ async def test_haystack_hybrid_answers_as_the_engine_does(served: Served) -> Non
                                    https=False)
     engines = await asyncio.to_thread(run, location=":memory:")
     assert ours == engines and len(ours) >= 20
+
+    # adopted as an alias's v1 by its dense vector: what later versions will not hold is said
+    response = await served.proxy.client.post(
+        "/admin/aliases/notes/adopt", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        json={"collection": "hs_hybrid", "model": L3_ID, "vector": "text-dense"})
+    adopted = await response.json()
+    assert response.status == 200 and adopted["median_cosine"] > 0.999, adopted
+    assert adopted["not_carried"] == ["'text-sparse' (sparse)"]
