@@ -353,3 +353,27 @@ async def test_an_unnamed_vector_stays_unnamed_and_a_map_stays_a_map(store: Vect
         await store.create(Target(collection=name), config)
         info = await store.describe(Target(collection=name))
         assert info is not None and info.config == config and info.dimensions == 8
+
+
+async def test_a_version_declared_later_adds_its_vector_in_place_and_can_drop_it(
+        store: VectorStore) -> None:
+    first = _version("v1", Target(collection="shared", vector_name="a", payload_match={"v": "1"}))
+    later = _version("v2", Target(collection="shared", vector_name="b", payload_match={"v": "2"}))
+    await store.ensure_collection(first.target, first)
+    await store.upsert(first.target, [PointIn(1, [0.1] * 8, {})])
+    missing = await store.describe(later.target)
+    assert missing is not None and missing.missing is not None and "'b' yet" in missing.missing
+    await store.ensure_collection(later.target, later)  # the first write's: added in place
+    await store.upsert(later.target, [PointIn(2, [0.2] * 8, {})])
+    info = await store.describe(later.target)
+    assert info is not None and info.missing is None and info.config is not None
+    assert set(info.config.dense) == {"a", "b"}
+    assert [h.id for h in await store.search(later.target, [0.2] * 8, 5, None, False)] == [2]
+    wrong = _version("v3", Target(collection="shared", vector_name="a",
+                                  payload_match={"v": "3"}), metric="dot")
+    with pytest.raises(BackendError, match="8-d cosine"):
+        await store.ensure_collection(wrong.target, wrong)
+    await store.drop_vector(first.target)
+    info = await store.describe(later.target)
+    assert info is not None and info.config is not None and set(info.config.dense) == {"b"}
+    assert await store.count(later.target) == 1
