@@ -171,6 +171,19 @@ class PromotionPolicy(_Frozen, frozen=True):
     require_online: Literal["off", "no-loss", "win"] = "off"
 
 
+class Carried(_Frozen, frozen=True):
+    """A vector every version holds as the application wrote it, beside the one being migrated:
+    a sparse one (BM25, SPLADE; with Qdrant's IDF modifier or none) or a dense one of another
+    model's (its size and metric). Its meaning does not change with the migrated model, so it
+    is written into every version unchanged, copied by the backfill from stable's points, and
+    searched as given."""
+
+    sparse: bool = True
+    modifier: Literal["idf"] | None = None  # a sparse vector's
+    size: Annotated[int, msgspec.Meta(gt=0, le=65536)] | None = None  # a dense vector's
+    metric: Literal["cosine", "dot", "euclid", "manhattan"] = "cosine"
+
+
 class Rollout(_Frozen, frozen=True):
     """One alias's rule: which version is stable, which is the candidate, and how far it goes."""
 
@@ -187,6 +200,10 @@ class Rollout(_Frozen, frozen=True):
     guard: GuardPolicy = msgspec.field(default_factory=GuardPolicy)
     promotion: PromotionPolicy = msgspec.field(default_factory=PromotionPolicy)
     experiment: Experiment | None = None
+    # the application's name for the vector being migrated ("": the unnamed one; each version
+    # keeps it under its own target's vector_name), and the vectors carried beside it by name
+    vector: Annotated[str, msgspec.Meta(max_length=255)] = ""
+    carried: dict[str, Carried] = msgspec.field(default_factory=dict)
     previous_stable: Name | None = None
     promoted_at: str = ""  # when the stable of a promoted rollout was promoted (ISO 8601)
     # the spec of the rules file last applied (``rollout_rules.spec``): what a re-apply of a
@@ -232,6 +249,7 @@ def parse_rollout(document: bytes | str | Mapping[str, Any]) -> Rollout:
     except msgspec.DecodeError as exc:
         raise RuleError("document", f"not valid JSON ({exc})") from exc
     _check_versions(rollout)
+    _check_carried(rollout)
     _check_references(rollout)
     _check_percent(rollout)
     _check_steps(rollout.coverage_gate)
@@ -278,6 +296,23 @@ def _check_versions(rollout: Rollout) -> None:
                 "and no payload_match tells their points apart: their vectors would mix",
             )
     _check_shared_vectors(rollout)
+
+
+def _check_carried(rollout: Rollout) -> None:
+    """Carried vectors are named apart from the migrated one; a dense one has a size, a sparse
+    one none; none shares a name with a version's own vector."""
+    own = {v.target.vector_name or "" for v in rollout.versions} | {rollout.vector}
+    for name, carried in rollout.carried.items():
+        where = f"carried.{name}" if name else "carried"
+        if name in own:
+            raise RuleError(where, f"{name!r} is the migrated vector (or a version's own): a "
+                                   "carried vector has a name of its own")
+        if carried.sparse and carried.size is not None:
+            raise RuleError(f"{where}.size", "a sparse vector has no size")
+        if not carried.sparse and carried.size is None:
+            raise RuleError(f"{where}.size", "a dense carried vector needs its size")
+        if not carried.sparse and carried.modifier is not None:
+            raise RuleError(f"{where}.modifier", "only a sparse vector has a modifier")
 
 
 def _check_shared_vectors(rollout: Rollout) -> None:

@@ -26,7 +26,7 @@ from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout, State, Version, check_rollout
 
 SPEC_FIELDS = ("versions", "salt", "stickiness", "coverage_gate", "overrides", "guard",
-               "promotion", "experiment")
+               "promotion", "experiment", "vector", "carried")
 STATUS_FIELDS = ("stable", "candidate", "previous_stable", "percent", "state", "promoted_at")
 STAMP_FIELDS = ("revision", "updated_by", "updated_at", "reason", "applied")
 
@@ -93,7 +93,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # overrides' maps: a user's pin is one setting, the map the unit; an experiment is one setting
-_WHOLE = ("users", "tenants", "experiment")
+_WHOLE = ("users", "tenants", "experiment", "carried")
 
 
 def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:

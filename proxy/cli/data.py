@@ -361,9 +361,8 @@ def cmd_adopt(args: argparse.Namespace, settings: Settings, environ: Mapping[str
              f"{a['text_field']!r}",
              f"  model       {a['model']}: {a['sampled']} stored texts re-encoded, median "
              f"cosine {a['median_cosine']:.4f} (lowest {a['min_cosine']:.4f})",
-             *([f"  not carried {', '.join(a['not_carried'])}: v1 keeps them; later "
-                "versions are not given them, and the alias searches the adopted vector only"]
-               if a.get("not_carried") else []),
+             *([f"  carried     {', '.join(a['carried'])}: written into every version as "
+                "given, copied by the backfill"] if a.get("carried") else []),
              f"next: embedshift export {a['alias']} > rules.toml, add a candidate, embedshift "
              f"init {a['alias']} --file rules.toml --force, then embedshift backfill "
              f"{a['alias']}; ids stay yours, no point of {a['collection']} is rewritten"]

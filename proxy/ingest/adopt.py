@@ -21,7 +21,7 @@ from proxy.ingest.documents import TEXT_FIELDS, text_in
 from proxy.ingest.writer import Ingestor, encode
 from proxy.vectors.base import RESERVED, CollectionInfo
 from rollout_rules.errors import NotFoundError, RuleError, TransitionError
-from rollout_rules.model import Rollout, Target, Version, check_rollout
+from rollout_rules.model import Carried, Rollout, Target, Version, check_rollout
 
 MIN_MEDIAN_COSINE = 0.99
 """Vectors the named model made, re-encoded here, agree to about 0.999 (the same graph, other
@@ -52,10 +52,9 @@ class Adoption(msgspec.Struct, frozen=True, kw_only=True):
     min_cosine: float
     adopted: bool
     revision: int | None = None
-    not_carried: list[str] = msgspec.field(default_factory=list)
-    """The collection's other vectors (a hybrid application's sparse one, say): v1 keeps them,
-    the versions after it are not given them, and through the alias only ``vector`` is
-    searched."""
+    carried: list[str] = msgspec.field(default_factory=list)
+    """The collection's other vectors (a hybrid application's sparse one, say), as ``name
+    (dense|sparse)``: the rule carries them, into every version as they are."""
 
 
 async def adopt(ingestor: Ingestor, alias: str, request: AdoptRequest, actor: str
@@ -99,14 +98,16 @@ async def adopt(ingestor: Ingestor, alias: str, request: AdoptRequest, actor: st
                       points=info.points, payload_keys=keys, text_field=field,
                       sampled=len(usable), median_cosine=round(median, 6),
                       min_cosine=round(lowest, 6), adopted=median >= MIN_MEDIAN_COSINE,
-                      not_carried=_others(info, request.vector))
+                      carried=[f"{name!r} ({'sparse' if c.sparse else 'dense'})"
+                               for name, c in _others(info, request.vector).items()])
     if not report.adopted:
         raise RuleError("model", f"{request.collection}'s vectors were not made by "
                                  f"{request.model}: re-encoding {len(usable)} of their texts "
                                  f"gives a median cosine of {median:.4f} (needs "
                                  f">= {MIN_MEDIAN_COSINE}); name the model that made them")
     rollout = check_rollout(Rollout(alias=alias, versions=(version,), stable="v1",
-                                    candidate=None))
+                                    candidate=None, vector=request.vector,
+                                    carried=_others(info, request.vector)))
     created = await ingestor.rules.create(
         rollout, actor, f"adopted collection {request.collection} ({request.model}, median "
                         f"cosine {median:.4f} on {len(usable)} points)")
@@ -114,13 +115,15 @@ async def adopt(ingestor: Ingestor, alias: str, request: AdoptRequest, actor: st
     return msgspec.structs.replace(report, revision=created.revision)
 
 
-def _others(info: CollectionInfo, vector: str) -> list[str]:
-    """The collection's vectors besides the adopted one, as ``name (dense|sparse)``."""
+def _others(info: CollectionInfo, vector: str) -> dict[str, Carried]:
+    """The collection's vectors besides the adopted one: what the rule carries."""
     config = info.config
     if config is None:
-        return []
-    return [*(f"{name!r} (dense)" for name in config.dense if name != vector),
-            *(f"{name!r} (sparse)" for name in config.sparse)]
+        return {}
+    return {**{name: Carried(sparse=False, size=size, metric=metric)  # type: ignore[arg-type]
+               for name, (size, metric) in config.dense.items() if name != vector},
+            **{name: Carried(modifier=modifier)  # type: ignore[arg-type]
+               for name, modifier in config.sparse.items()}}
 
 
 def _text_field(points: list[Any]) -> str:

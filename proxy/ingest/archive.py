@@ -24,7 +24,7 @@ import msgspec
 from proxy.ingest.documents import doc_id_of
 from proxy.ingest.writer import Ingestor
 from proxy.state.base import Rules, now
-from proxy.vectors.base import PointId, PointIn, Stored, VectorStore, scroll_all
+from proxy.vectors.base import PointId, PointIn, Stored, VectorStore, carried_of, scroll_all
 from rollout_rules.errors import BackendError, NotFoundError, RuleError
 from rollout_rules.model import Rollout, Version
 
@@ -54,6 +54,7 @@ class _Point(msgspec.Struct, frozen=True):
     vector: list[float]
     payload: dict[str, Any]
     doc_id: int | str | None = None  # the id the document was written with (absent before)
+    named: dict[str, Any] | None = None  # every vector by name, carried ones too (when several)
 
 
 def references(rollout: Rollout, name: str) -> list[str]:
@@ -156,8 +157,8 @@ def _open(path: Path) -> Path:
 
 def _lines(out: Any, points: list[Stored]) -> None:
     for p in points:
-        out.write(msgspec.json.encode(_Point(p.id, p.vector or [], p.payload, doc_id_of(p)))
-                  + b"\n")
+        out.write(msgspec.json.encode(_Point(p.id, p.vector or [], p.payload, doc_id_of(p),
+                                             p.named)) + b"\n")
 
 
 def _prune(folder: Path, keep: int) -> list[str]:
@@ -195,10 +196,12 @@ async def unarchive(ingestor: Ingestor, rollout: Rollout, name: str, folder: Pat
     if header.alias != rollout.alias or version.name != name:
         raise RuleError("version", f"{path.name} holds {header.alias}/{version.name}, "
                                    f"not {rollout.alias}/{name}")
-    await ingestor.store.ensure_collection(version.target, version)
+    await ingestor.store.ensure_collection(version.target, version, carried=rollout.carried)
     for start in range(0, len(points), BATCH):
         await ingestor.store.upsert(version.target, [
-            PointIn(p.id, p.vector, p.payload) for p in points[start:start + BATCH]])
+            PointIn(p.id, p.vector, p.payload, carried_of(Stored(p.id, {}, named=p.named),
+                                                          rollout.carried))
+            for p in points[start:start + BATCH]])
     await ingestor.store.optimize(version.target)
     return ArchiveInfo(alias=rollout.alias, version=name, collection=version.target.collection,
                        file=str(path), points=len(points),

@@ -34,7 +34,7 @@ from proxy.ingest.writer import Ingestor
 from proxy.models.encoders import RemoteModel
 from proxy.state.jobs import BackfillQueue, Claim, JobStatus
 from proxy.tasks import cancel_and_wait
-from proxy.vectors.base import RESERVED, id_of_key, scroll_all
+from proxy.vectors.base import RESERVED, carried_of, id_of_key, scroll_all
 from rollout_rules.errors import BackendError, ModelError, RuleError, StoreUnavailable
 from rollout_rules.model import Rollout, Version
 
@@ -283,15 +283,20 @@ class Backfill:
     async def run_batch(self, rollout: Rollout, stable: Version, candidate: Version,
                         claim: Claim) -> int:
         """Re-encode one batch from stable's stored text into the candidate; how many."""
-        points = await self.ingestor.store.retrieve(stable.target, claim.ids)
+        points = await self.ingestor.store.retrieve(stable.target, claim.ids,
+                                                    vectors=bool(rollout.carried))
         documents = [d for d in (document_of(p.payload, p.id, stable.text_field)
                                  for p in points) if d is not None]
+        named = {d.id: carried_of(p, rollout.carried) for d, p in zip(
+            (document_of(p.payload, p.id, stable.text_field) for p in points), points,
+            strict=True) if d is not None} if rollout.carried else None
         skipped = len(points) - len(documents)
         if skipped:
             self.skipped[rollout.alias] = self.skipped.get(rollout.alias, 0) + skipped
             log.warning("backfill_no_source_text", alias=rollout.alias, points=skipped)
         await self.ingestor.write_version(candidate, documents, rollout.versions,
-                                          like=stable.target)
+                                          like=stable.target, carried=rollout.carried,
+                                          named=named)
         return len(documents)
 
     async def stop(self, rollout: Rollout) -> Progress:

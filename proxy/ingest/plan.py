@@ -162,7 +162,7 @@ async def plan(ingestor: Ingestor, rollout: Rollout, sample: int = 200, max_work
     if not await store.describe(candidate.target):
         others = [v for v in rollout.versions if v.name != candidate.name]
         creates = _plain(await store.creation(candidate.target, candidate, others,
-                                              stable.target)) or None
+                                              stable.target, rollout.carried)) or None
     if corpus is not None:
         documents, have = corpus, 0
     figures = estimate(documents=documents, to_encode=max(0, documents - have),

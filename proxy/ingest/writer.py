@@ -12,7 +12,7 @@ counted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -33,9 +33,9 @@ from proxy.ingest.documents import (
 )
 from proxy.models.encoders import RemoteModel, TextModel, embed_off_loop
 from proxy.state.base import RuleStore
-from proxy.vectors.base import RESERVED, PointId, PointIn, VectorStore
+from proxy.vectors.base import RESERVED, Named, PointId, PointIn, VectorStore
 from rollout_rules.errors import BackendError, DocumentNotFound, ModelError, RuleError
-from rollout_rules.model import Rollout, Target, Version, active_versions
+from rollout_rules.model import Carried, Rollout, Target, Version, active_versions
 
 log = structlog.get_logger("embedshift.ingest")
 
@@ -116,16 +116,19 @@ class Ingestor:
         self._creating = asyncio.Lock()
 
     async def write(self, rollout: Rollout, documents: Sequence[Document],
-                    versions: Sequence[Version] | None = None, live: bool = False
+                    versions: Sequence[Version] | None = None, live: bool = False,
+                    named: Mapping[DocId, Mapping[str, Named]] | None = None
                     ) -> list[DocumentResult]:
         """Write ``documents`` into every active version (or ``versions``); per document, which
-        versions hold it and why the others do not. ``live``: a caller waits (see ``encode``)."""
+        versions hold it and why the others do not. ``live``: a caller waits (see ``encode``);
+        ``named``: each document's carried vectors, written into every version as given."""
         written: dict[DocId, list[str]] = {d.id: [] for d in documents}
         failed: dict[DocId, dict[str, str]] = {d.id: {} for d in documents}
         for version in versions if versions is not None else active_versions(rollout):
             try:
                 await self.write_version(version, documents, rollout.versions,
-                                         like=stable_target(rollout), live=live)
+                                         like=stable_target(rollout), live=live,
+                                         carried=rollout.carried, named=named)
             except (BackendError, ModelError) as exc:
                 log.warning("ingest_failed", alias=rollout.alias, version=version.name,
                             documents=len(documents), error=str(exc))
@@ -140,7 +143,8 @@ class Ingestor:
         return [DocumentResult(id=d.id, written=written[d.id], failed=failed[d.id])
                 for d in documents]
 
-    async def write_vectors(self, rollout: Rollout, points: Sequence[VectorPoint]) -> str:
+    async def write_vectors(self, rollout: Rollout, points: Sequence[VectorPoint],
+                            named: Mapping[DocId, Mapping[str, Named]] | None = None) -> str:
         """Points whose writer made their vectors, into stable's collection (the space a vector
         with no sign of its model is taken to be in, as for queries); the other versions' copies
         of those documents are removed, so the backfill re-encodes them from the text the
@@ -151,10 +155,11 @@ class Ingestor:
                 raise RuleError(f"points[{n}].vector", f"has {len(point.vector)} numbers; "
                                 f"{rollout.alias}'s stable version {version.name} "
                                 f"({version.model}) has {version.dimensions}")
-        await self.ensure(version, rollout.versions)
+        await self.ensure(version, rollout.versions, carried=rollout.carried)
+        carried = named or {}
         await self.store.upsert(version.target, [
-            PointIn(point_id(p.id, version), p.vector, vector_payload(p, version))
-            for p in points])
+            PointIn(point_id(p.id, version), p.vector, vector_payload(p, version),
+                    dict(carried.get(p.id, {}))) for p in points])
         for other in active_versions(rollout):
             if other.name != version.name and await self.store.describe(other.target):
                 await self.store.delete(other.target, [point_id(p.id, other) for p in points])
@@ -162,22 +167,28 @@ class Ingestor:
         return version.name
 
     async def write_version(self, version: Version, documents: Sequence[Document],
-                            siblings: Sequence[Version] = (), like: Target | None = None,
-                            live: bool = False) -> None:
+                            siblings: Sequence[Version] = (), like: Target | None = None, *,
+                            live: bool = False, carried: Mapping[str, Carried] | None = None,
+                            named: Mapping[DocId, Mapping[str, Named]] | None = None) -> None:
         """Encode and upsert into one version; raises on failure (nothing is counted then).
         ``siblings``: the rule's other versions, whose vectors a collection they share with
-        this one is created with; ``like``: the collection whose settings a new one takes."""
+        this one is created with; ``like``: the collection whose settings a new one takes;
+        ``carried``: the rule's carried vectors, which a new collection declares, and
+        ``named``: each document's values of them."""
         if not documents:
             return
         model = await self.models.get(version)
-        await self.ensure(version, siblings, like)  # first: a failure wastes no encode
+        await self.ensure(version, siblings, like, carried)  # first: a failure wastes no encode
         vectors = await encode(model, [d.text for d in documents], live)
+        given = named or {}
         await self.store.upsert(version.target, [
-            PointIn(point_id(d.id, version), vector.tolist(), point_payload(d, version))
+            PointIn(point_id(d.id, version), vector.tolist(), point_payload(d, version),
+                    dict(given.get(d.id, {})))
             for d, vector in zip(documents, vectors, strict=True)])
 
     async def ensure(self, version: Version, siblings: Sequence[Version] = (),
-                     like: Target | None = None) -> None:
+                     like: Target | None = None,
+                     carried: Mapping[str, Carried] | None = None) -> None:
         """The version's collection, created if need be with ``like``'s settings (stable's
         collection: a candidate must not lose its replicas or quantization)."""
         key = (version.target.collection, version.name)
@@ -186,7 +197,8 @@ class Ingestor:
         async with self._creating:  # concurrent first writes create it once
             if key not in self._ready:
                 others = [v for v in siblings if v.name != version.name]
-                await self.store.ensure_collection(version.target, version, others, like)
+                await self.store.ensure_collection(version.target, version, others, like,
+                                                   carried)
                 self._ready.add(key)
 
     def forget(self, version: Version) -> None:

@@ -55,11 +55,12 @@ from proxy.qdrant_api.shapes import (
 from proxy.serving.embed import Embedder
 from proxy.serving.query import SearchRequest, SearchResponse, asked
 from proxy.serving.readiness import Lifecycle
-from proxy.serving.search import Searcher
+from proxy.serving.search import Searcher, migrated_vectors, split_named
 from proxy.telemetry import Attr
 from proxy.vectors.base import (
     RESERVED,
     Hit,
+    Named,
     VectorStore,
     id_key,
     parse_filter,
@@ -238,7 +239,8 @@ async def get_collection(request: web.Request) -> web.Response:
     points = info.points if info else 0
     if own is not None:
         return _json(own_collection_info(own.config, points), started)
-    return _json(collection_info(version, points), started, version.name)
+    return _json(collection_info(version, points, searcher.rollout(request.match_info["name"])),
+                 started, version.name)
 
 
 class Answered(NamedTuple):
@@ -294,8 +296,13 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
     this proxy handed it out from /v1/embeddings, else stable's); examples to recommend from
     are looked up in the caller's version and searched there."""
     searcher = parts.searcher
-    if ask.unserved is not None:  # named vectors, several prefetches: the application's own
-        raise ask.unserved
+    if ask.stage is not None:  # named and carried vectors, prefetches, a fusion
+        rollout = searcher.rollout(alias)
+        dense = migrated_vectors(ask.stage, rollout)
+        made = (await parts.embedder.space_of(alias, dense[0]) or rollout.stable) if dense \
+            else searcher.route(alias, user, random_key()).name
+        return await searcher.search_stage(alias, ask.stage, made,
+                                           with_payload=ask.payload.wanted, span=span)
     if ask.recommend is not None:
         version = searcher.route(alias, user, random_key())
         vector = await _recommended(searcher.store, version, ask.recommend)
@@ -425,21 +432,29 @@ async def upsert(request: web.Request) -> web.Response:
         await own.upsert(points)
         return _json({"operation_id": 0, "status": "completed"}, started)
     rollout = parts.searcher.rollout(request.match_info["name"])
-    for n, point in enumerate(points):
-        if point.named:
-            raise RuleError(f"points[{n}].vector", "an alias has one vector, the unnamed one: "
-                            f"{sorted(point.named)[0]!r} is not one of its vectors")
+    carried: dict[Any, dict[str, Named]] = {}
+    for n, given in enumerate(points):
+        point = given
+        if point.named:  # the migrated vector by its application's name, the carried ones
+            migrated, carried[point.id] = split_named(rollout, point.named,
+                                                      f"points[{n}].vector")
+            if migrated is not None:
+                points[n] = point = point._replace(vector=migrated)
+        if point.text is None and point.vector is None:
+            raise RuleError(f"points[{n}].vector", f"needs {rollout.alias}'s own vector "
+                            f"({rollout.vector or 'the unnamed one'}), or the text as a "
+                            "Document")
     documents = [_document(n, p) for n, p in enumerate(points) if p.text is not None]
     vectors = [VectorPoint(p.id, p.vector, p.payload) for p in points if p.vector is not None]
     if documents:
-        results = await parts.ingestor.write(rollout, documents, live=True)
+        results = await parts.ingestor.write(rollout, documents, live=True, named=carried)
         unstored = sorted(f"{r.id}" for r in results if rollout.stable in r.failed)
         if unstored:  # a candidate's copy the backfill writes later; stable's nobody does
             raise BackendError(f"stable could not be written: {results}", public=(
                 f"stable ({rollout.stable}) could not be written for ids {unstored[:10]}: "
                 "send them again"))
     if vectors:
-        await parts.ingestor.write_vectors(rollout, vectors)
+        await parts.ingestor.write_vectors(rollout, vectors, named=carried)
     return _json({"operation_id": 0, "status": "completed"}, started)
 
 

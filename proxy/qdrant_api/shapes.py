@@ -32,7 +32,7 @@ from proxy.vectors.base import (
     parse_filter,
 )
 from rollout_rules.errors import RuleError
-from rollout_rules.model import Version
+from rollout_rules.model import Rollout, Version
 
 QDRANT_VERSION = "1.20.0"
 """The Qdrant REST API this edge speaks; clients warn unless within one minor of their own."""
@@ -420,12 +420,23 @@ def error(message: str, took_s: float = 0.0) -> dict[str, Any]:
     return {"status": {"error": message}, "time": took_s}
 
 
-def collection_info(version: Version, points: int) -> dict[str, Any]:
+def collection_info(version: Version, points: int, rollout: Rollout | None = None
+                    ) -> dict[str, Any]:
     """Qdrant's ``CollectionInfo`` for an alias, as the version serving the caller sees it:
-    one unnamed vector of the version's size and distance."""
+    its vector at the version's size and distance (one unnamed vector; or, when the rule names
+    it or carries others, a map of them under the application's names, sparse ones apart)."""
     info = _info(points)
-    info["config"]["params"]["vectors"] = {"size": version.dimensions,
-                                           "distance": DISTANCES[version.metric]}
+    own = {"size": version.dimensions, "distance": DISTANCES[version.metric]}
+    if rollout is None or not (rollout.vector or rollout.carried):
+        info["config"]["params"]["vectors"] = own
+        return info
+    info["config"]["params"]["vectors"] = {rollout.vector: own, **{
+        name: {"size": c.size, "distance": DISTANCES[c.metric]}
+        for name, c in rollout.carried.items() if not c.sparse}}
+    sparse = {name: {"modifier": c.modifier} if c.modifier else {}
+              for name, c in rollout.carried.items() if c.sparse}
+    if sparse:
+        info["config"]["params"]["sparse_vectors"] = sparse
     return info
 
 

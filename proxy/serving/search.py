@@ -36,7 +36,15 @@ from proxy.serving.query import (
 from proxy.serving.resultcache import ResultCache
 from proxy.serving.shadow import Shadow
 from proxy.telemetry import Attr, Metrics
-from proxy.vectors.base import VectorStore, id_key, parse_filter
+from proxy.vectors.base import (
+    Named,
+    Nearest,
+    Sparse,
+    Stage,
+    VectorStore,
+    id_key,
+    parse_filter,
+)
 from rollout_rules.decide import Context, Decision, Reason, decide, stickiness_value
 from rollout_rules.errors import (
     BackendError,
@@ -232,6 +240,29 @@ class Searcher:
         return self._answer(alias, rollout, space, decision, Found(hits, False, False),
                             started=started, span=span, text="", context=context)
 
+    async def search_stage(self, alias: str, stage: Stage, version: str, *, with_payload: bool,
+                           span: trace.Span | None = None, context: Context | None = None
+                           ) -> SearchResponse:
+        """A staged query (prefetches, fusion; the migrated vector and carried ones by the
+        application's names) run by the engine in ``version``'s collection, the one that made
+        its migrated vector (or the caller's routed one when it holds none)."""
+        started = time.perf_counter()
+        rollout = self.rollout(alias)
+        space = rollout.version(version)
+        engine_stage = in_version(stage, rollout, space)
+        blocked = self.unavailable.get((alias, space.name))
+        if blocked is not None:
+            raise ModelError(f"{alias}: version {space.name} is unavailable: {blocked}")
+        searching = time.perf_counter()
+        async with asyncio.timeout(self.deadline_s):
+            hits = await self.store.query(space.target, engine_stage, with_payload)
+        self.metrics.child(self.metrics.search_latency, alias, space.name).observe(
+            time.perf_counter() - searching)
+        decision = Decision(space.name, Reason.VECTOR, None, rollout.revision, 0.0)
+        span = span if span is not None else trace.get_current_span()
+        return self._answer(alias, rollout, space, decision, Found(hits, False, False),
+                            started=started, span=span, text="", context=context)
+
     async def _fallback(self, alias: str, stable: Version, revision: int, query: Query
                         ) -> Found:
         """Stable answers for a failed candidate; a search of stable's like any other, so it
@@ -363,3 +394,72 @@ def _user_key(rollout: Rollout, context: Context | None, trace_id: str) -> str:
     none (a raw vector, a request with no key) is a user of one answer."""
     key = stickiness_value(rollout.stickiness, context) if context is not None else None
     return key or f"trace:{trace_id}"
+
+
+def migrated_vectors(stage: Stage, rollout: Rollout) -> list[list[float]]:
+    """The dense vectors a staged query searches the migrated vector by (its provenance picks
+    the version that answers)."""
+    found = []
+    if isinstance(stage.query, Nearest) and stage.query.using == rollout.vector and \
+            isinstance(stage.query.vector, list):
+        found.append(stage.query.vector)
+    for inner in stage.prefetch:
+        found.extend(migrated_vectors(inner, rollout))
+    return found
+
+
+def in_version(stage: Stage, rollout: Rollout, version: Version) -> Stage:
+    """The staged query as ``version``'s collection names its vectors: the migrated one under
+    the version's own vector name, carried ones as they are; RuleError naming ``using`` for a
+    name the alias does not carry, a kind it does not hold, or a vector of another size."""
+    query = stage.query
+    if isinstance(query, Nearest):
+        name, vector = query.using, query.vector
+        if name == rollout.vector:
+            if isinstance(vector, Sparse):
+                raise RuleError("using", f"{name or 'the unnamed vector'} of {rollout.alias} "
+                                         "is dense: a sparse vector cannot search it")
+            if len(vector) != version.dimensions:
+                raise RuleError("vector", f"has {len(vector)} numbers; {rollout.alias} "
+                                          f"answers vectors from {version.model} "
+                                          f"({version.name}), which has {version.dimensions}")
+            query = Nearest(version.target.vector_name or "", vector)
+        else:
+            carried = rollout.carried.get(name)
+            if carried is None:
+                held = ", ".join(repr(n) for n in (rollout.vector, *rollout.carried))
+                raise RuleError("using", f"{rollout.alias} has no vector {name!r} (it has "
+                                         f"{held})")
+            if carried.sparse != isinstance(vector, Sparse):
+                raise RuleError("using", f"{name!r} of {rollout.alias} is "
+                                         f"{'sparse' if carried.sparse else 'dense'}")
+            if not carried.sparse and len(vector) != carried.size:
+                raise RuleError("vector", f"has {len(vector)} numbers; {name!r} holds "
+                                          f"{carried.size}")
+    return stage._replace(query=query, prefetch=tuple(
+        in_version(inner, rollout, version) for inner in stage.prefetch))
+
+
+def split_named(rollout: Rollout, named: Mapping[str, Named], where: str
+                ) -> tuple[list[float] | None, dict[str, Named]]:
+    """A written point's vectors by the application's names: the migrated one (if given under
+    its name) and the carried ones; RuleError naming ``where.<name>`` for any other name, or a
+    vector of the wrong kind or size."""
+    migrated, carried = None, {}
+    for name, vector in named.items():
+        if name == rollout.vector:
+            if isinstance(vector, Sparse):
+                raise RuleError(f"{where}.{name}", "is the migrated vector: a dense one")
+            migrated = vector
+            continue
+        spec = rollout.carried.get(name)
+        if spec is None:
+            held = ", ".join(repr(n) for n in (rollout.vector, *rollout.carried))
+            raise RuleError(f"{where}.{name}", f"{rollout.alias} has no vector {name!r} (it "
+                                               f"has {held})")
+        if spec.sparse != isinstance(vector, Sparse) or (
+                not spec.sparse and len(vector) != spec.size):
+            raise RuleError(f"{where}.{name}", "must be a sparse vector" if spec.sparse else
+                            f"must be a dense vector of {spec.size} numbers")
+        carried[name] = vector
+    return migrated, carried

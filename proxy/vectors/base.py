@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from qdrant_client import models
 
 from rollout_rules.errors import BackendError, EmbedshiftError, RuleError
-from rollout_rules.model import Target, Version
+from rollout_rules.model import Carried, Target, Version
 
 PointId = int | str
 VectorLike = Sequence[float] | NDArray[np.float32]
@@ -61,8 +61,8 @@ class PointIn(msgspec.Struct, frozen=True):
 
 class Stored(msgspec.Struct, frozen=True):
     """A stored point as read back: its id and (the asked-for part of) its payload; its vector
-    under the target's name, and in a collection of several vectors read whole (no target
-    name: the application's own) all of them by name, sparse ones as ``{indices, values}``."""
+    under the target's name, and when it has several, all of them by name (sparse ones as
+    ``{indices, values}``)."""
 
     id: PointId
     payload: dict[str, Any]
@@ -133,18 +133,20 @@ class VectorStore(Protocol):
                      query_filter: models.Filter | None, with_payload: bool) -> list[Hit]: ...
 
     async def ensure_collection(self, target: Target, version: Version,
-                                siblings: Sequence[Version] = (), like: Target | None = None
-                                ) -> None:
+                                siblings: Sequence[Version] = (), like: Target | None = None,
+                                carried: Mapping[str, Carried] | None = None) -> None:
         """Create the version's collection unless it exists, declaring the vectors of the
         ``siblings`` that share it too, with the settings of ``like``'s collection (stable's:
         shards, replicas, write consistency, on-disk storage, HNSW, quantization) where the
         engine has such settings. One that exists without the version's named vector has it
         added in place (a version declared after the collection was written); BackendError
-        when it holds a vector of that name of another size or metric."""
+        when it holds a vector of that name of another size or metric. A new one declares the
+        rule's ``carried`` vectors too."""
         ...
 
     async def creation(self, target: Target, version: Version, siblings: Sequence[Version] = (),
-                       like: Target | None = None) -> dict[str, Any]:
+                       like: Target | None = None,
+                       carried: Mapping[str, Carried] | None = None) -> dict[str, Any]:
         """What ``ensure_collection`` would ask the engine for (``plan`` shows it)."""
         ...
 
@@ -274,11 +276,23 @@ def stored(point: Any, vector_name: str | None = None) -> Stored:
     several vectors read without a name has them all, by name."""
     vector, named = point.vector, None
     if isinstance(vector, dict):
-        if vector_name is None and set(vector) != {""}:
+        if set(vector) != {vector_name or ""}:
             named = {name: _named(v) for name, v in vector.items()}
         vector = vector.get(vector_name or "")
     return Stored(point.id if isinstance(point.id, int) else str(point.id), point.payload or {},
-                  None if vector is None or named is not None else list(vector), named)
+                  None if vector is None else list(vector), named)
+
+
+def carried_of(point: Stored, carried: Mapping[str, Carried]) -> dict[str, Named]:
+    """A stored point's carried vectors (those it holds), to be written beside a new one."""
+    found: dict[str, Named] = {}
+    for name in carried:
+        value = (point.named or {}).get(name)
+        if isinstance(value, dict):
+            found[name] = Sparse(list(value["indices"]), list(value["values"]))
+        elif value is not None:
+            found[name] = list(value)
+    return found
 
 
 def _named(vector: Any) -> Any:

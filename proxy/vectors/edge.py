@@ -15,7 +15,7 @@ import json
 import queue
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,7 +48,7 @@ from proxy.vectors.base import (
     with_target,
 )
 from rollout_rules.errors import BackendError, RuleError
-from rollout_rules.model import Target, Version
+from rollout_rules.model import Carried, Target, Version
 
 SIDECAR = "embedshift-collection.json"
 ANSWER_PAYLOAD = edge.PayloadSelector.Exclude(ANSWER_EXCLUDES)
@@ -162,26 +162,28 @@ class EdgeStore:
         return [hit(p, with_payload) for p in points]
 
     async def ensure_collection(self, target: Target, version: Version,
-                                siblings: Sequence[Version] = (), like: Target | None = None
-                                ) -> None:
+                                siblings: Sequence[Version] = (), like: Target | None = None,
+                                carried: Mapping[str, Carried] | None = None) -> None:
         """``like`` has nothing to give here: an embedded shard has no shards, replicas or
         write consistency of its own, and its index settings are embedshift's."""
         with backend_errors(target.collection, "creating the collection"):
-            await self._call(self._create, target, version, siblings)
+            await self._call(self._create, target, version, siblings, carried or {})
 
     async def creation(self, target: Target, version: Version, siblings: Sequence[Version] = (),
-                       like: Target | None = None) -> dict[str, Any]:
+                       like: Target | None = None,
+                       carried: Mapping[str, Carried] | None = None) -> dict[str, Any]:
         """Nothing to choose: one shard in this process, embedshift's own index settings."""
         return {}
 
-    def _create(self, target: Target, version: Version, siblings: Sequence[Version]) -> None:
+    def _create(self, target: Target, version: Version, siblings: Sequence[Version],
+                carried: Mapping[str, Carried]) -> None:
         """Two writers creating one collection at once (two backfill workers' first batches)
         must not open two shards on one folder: the lock makes the second see the first's."""
         with self._opening:
-            self._create_locked(target, version, siblings)
+            self._create_locked(target, version, siblings, carried)
 
     def _create_locked(self, target: Target, version: Version,
-                       siblings: Sequence[Version]) -> None:
+                       siblings: Sequence[Version], carried: Mapping[str, Carried]) -> None:
         path = self.root / target.collection
         existing = self._sidecar(target.collection)
         if existing is not None:
@@ -189,14 +191,18 @@ class EdgeStore:
                 self._add_vector(target, version, existing)
             return
         vectors = collection_vectors(version, siblings)
+        vectors.update({name: {"dimensions": c.size, "metric": c.metric, "model_id": None}
+                        for name, c in carried.items() if not c.sparse})
+        sparse: dict[str, str | None] = {name: c.modifier for name, c in carried.items()
+                                         if c.sparse}
         path.mkdir(parents=True, exist_ok=True)
         shard = self._shards[target.collection] = edge.EdgeShard.create(
-            str(path), self._config(vectors))
+            str(path), self._config(vectors, sparse))
         for key in {k for v in (version, *siblings) for k in v.target.payload_match}:
             # versions sharing a collection filter on these
             shard.update(edge.UpdateOperation.create_field_index(
                 key, edge.PayloadSchemaType.Keyword))
-        _write_sidecar(path, {"vectors": vectors})
+        _write_sidecar(path, {"vectors": vectors, **({"sparse": sparse} if sparse else {})})
 
     def _add_vector(self, target: Target, version: Version, meta: dict[str, Any]) -> None:
         """The version's named vector, added to the shard in place (its points get one as

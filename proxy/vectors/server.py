@@ -7,7 +7,7 @@ BackendError naming the collection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -39,7 +39,7 @@ from proxy.vectors.base import (
     with_target,
 )
 from rollout_rules.errors import RuleError
-from rollout_rules.model import Target, Version
+from rollout_rules.model import Carried, Target, Version
 
 ANSWER_PAYLOAD = models.PayloadSelectorExclude(exclude=ANSWER_EXCLUDES)
 """A search answer's payload, without our envelope (the source text): the server never sends it;
@@ -74,13 +74,13 @@ class ServerStore:
         return [hit(p, with_payload) for p in response.points]
 
     async def ensure_collection(self, target: Target, version: Version,
-                                siblings: Sequence[Version] = (), like: Target | None = None
-                                ) -> None:
+                                siblings: Sequence[Version] = (), like: Target | None = None,
+                                carried: Mapping[str, Carried] | None = None) -> None:
         with backend_errors(target.collection, "creating the collection"):
             if await self.client.collection_exists(target.collection):
                 await self._check_vector(target, version)
                 return
-            request = await self.creation(target, version, siblings, like)
+            request = await self.creation(target, version, siblings, like, carried)
             await self.client.create_collection(target.collection, **request)
             # versions sharing a collection filter on these keys
             keys = {k for v in (version, *siblings) for k in v.target.payload_match}
@@ -89,14 +89,16 @@ class ServerStore:
                                                        models.PayloadSchemaType.KEYWORD)
 
     async def creation(self, target: Target, version: Version, siblings: Sequence[Version] = (),
-                       like: Target | None = None) -> dict[str, Any]:
+                       like: Target | None = None,
+                       carried: Mapping[str, Carried] | None = None) -> dict[str, Any]:
         """The create-collection request for a version: its vectors, and the settings of
         ``like``'s collection when it is another one that exists (``copied_settings``)."""
         source = None
         if like is not None and like.collection != target.collection and \
                 await self.client.collection_exists(like.collection):
             source = await self.client.get_collection(like.collection)
-        return creation_request(version, siblings, source, like.vector_name if like else None)
+        return creation_request(version, siblings, source, like.vector_name if like else None,
+                                carried or {})
 
     async def _check_vector(self, target: Target, version: Version) -> None:
         """A collection that exists: the version's named vector is added in place if it has
@@ -267,8 +269,8 @@ def read_consistency_of(value: str | None) -> models.ReadConsistency | None:
 
 
 def creation_request(version: Version, siblings: Sequence[Version],
-                     like: models.CollectionInfo | None, like_vector: str | None
-                     ) -> dict[str, Any]:
+                     like: models.CollectionInfo | None, like_vector: str | None,
+                     carried: Mapping[str, Carried] | None = None) -> dict[str, Any]:
     """The create-collection request (pure): the version's vectors (and its siblings' in a
     shared collection) with ``like``'s storage and index settings: shard number, replication
     factor, write consistency factor, on-disk payload, and per vector on-disk storage, HNSW and
@@ -285,7 +287,14 @@ def creation_request(version: Version, siblings: Sequence[Version],
     params = {name: models.VectorParams(size=spec["dimensions"], distance=models.Distance(
         DISTANCES[spec["metric"]]), **per_vector)
         for name, spec in collection_vectors(version, siblings).items()}
+    carried = carried or {}
+    params.update({name: models.VectorParams(size=c.size or 0, distance=models.Distance(
+        DISTANCES[c.metric])) for name, c in carried.items() if not c.sparse})
+    sparse = {name: models.SparseVectorParams(
+        modifier=models.Modifier.IDF if c.modifier == "idf" else None)
+        for name, c in carried.items() if c.sparse}
     return {"vectors_config": params[""] if list(params) == [""] else params,
+            **({"sparse_vectors_config": sparse} if sparse else {}),
             "metadata": {"model_id": version.model}, **copied}
 
 

@@ -17,11 +17,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from msgspec.structs import replace
 from qdrant_client import QdrantClient
 
-from proxy.models.builtin import L3_ID
+from proxy.ingest.documents import point_id
+from proxy.models.builtin import L3_ID, L6_ID
+from proxy.vectors.base import Fusion, Nearest, Sparse, Stage
 from proxy.vectors.edge import EdgeStore
+from proxy.web.keys import INGESTOR, WATCHER
+from rollout_rules.model import Target, Version
+from tests.eventually import eventually, eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.integration.qdrant_api.clients import TOPICS, WRITE_KEY, qdrant_api, version_checked
 
@@ -80,9 +87,11 @@ def _answer(found: list[tuple[str, float]]) -> list[tuple[float, str]]:
     return sorted(((round(score, 4), text) for text, score in found), reverse=True)
 
 
-async def test_langchain_hybrid_and_sparse_answer_as_the_engine_does(served: Served) -> None:
+def _langchain_encoders(served: Served) -> tuple[Any, Any]:
+    """LangChain's dense embeddings by the L3 model in-process, and its sparse ones by
+    ``sparse``."""
     from langchain_core.embeddings import Embeddings
-    from langchain_qdrant import QdrantVectorStore, RetrievalMode, SparseEmbeddings, SparseVector
+    from langchain_qdrant import SparseEmbeddings, SparseVector
 
     class Dense(Embeddings):
         def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -99,11 +108,19 @@ async def test_langchain_hybrid_and_sparse_answer_as_the_engine_does(served: Ser
             indices, values = sparse(text)
             return SparseVector(indices=indices, values=values)
 
+    return Dense(), WordHash()
+
+
+async def test_langchain_hybrid_and_sparse_answer_as_the_engine_does(served: Served) -> None:
+    from langchain_qdrant import QdrantVectorStore, RetrievalMode
+
+    dense, word_hash = _langchain_encoders(served)
+
     def run(mode: RetrievalMode, **where: Any) -> list[tuple[float, str]]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Api key is used with an insecure")
             store = QdrantVectorStore.from_texts(
-                TEXTS, Dense(), sparse_embedding=WordHash(), retrieval_mode=mode,
+                TEXTS, dense, sparse_embedding=word_hash, retrieval_mode=mode,
                 collection_name=f"lc_{mode.value}", metadatas=[{"n": n} for n in range(
                     len(TEXTS))], **where)
             version_checked()
@@ -191,10 +208,118 @@ async def test_haystack_hybrid_answers_as_the_engine_does(served: Served) -> Non
     engines = await asyncio.to_thread(run, location=":memory:")
     assert ours == engines and len(ours) >= 20
 
-    # adopted as an alias's v1 by its dense vector: what later versions will not hold is said
+    # adopted as an alias's v1 by its dense vector: the sparse one is carried
     response = await served.proxy.client.post(
         "/admin/aliases/notes/adopt", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
         json={"collection": "hs_hybrid", "model": L3_ID, "vector": "text-dense"})
     adopted = await response.json()
     assert response.status == 200 and adopted["median_cosine"] > 0.999, adopted
-    assert adopted["not_carried"] == ["'text-sparse' (sparse)"]
+    assert adopted["carried"] == ["'text-sparse' (sparse)"]
+
+
+async def _admin(proxy: Proxy, method: str, path: str, body: Any = None) -> Any:
+    response = await proxy.client.request(method, path, json=body,
+                                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    answer = await response.json()
+    assert response.status == 200, (path, answer)
+    return answer
+
+
+async def _fused_by_user(served: Served, users: int) -> dict[str, tuple[str, str]]:
+    """Per user: the version its query's dense vector came from (``/v1/embeddings``, routed by
+    its affinity key), and the version that answered its fused query through the alias."""
+    seen = {}
+    indices, values = sparse(QUERY)
+    async with aiohttp.ClientSession() as session:
+        for n in range(users):
+            user = {"x-qdrant-route-affinity": f"user-{n}"}
+            async with session.post(
+                    f"http://127.0.0.1:{served.proxy.client.port}/v1/embeddings",
+                    json={"model": "notes", "input": QUERY}, headers=user) as embedded:
+                made_by = embedded.headers["X-Embedshift-Model-Version"]
+                dense = (await embedded.json())["data"][0]["embedding"]
+            async with session.post(f"{served.url}/collections/notes/points/query", headers={
+                    **user, "api-key": WRITE_KEY}, json={
+                    "prefetch": [{"query": dense, "using": "", "limit": 10},
+                                 {"query": {"indices": indices, "values": values},
+                                  "using": "langchain-sparse", "limit": 10}],
+                    "query": {"fusion": "rrf"}, "limit": 5}) as answered:
+                assert answered.status == 200, await answered.text()
+                seen[f"user-{n}"] = (made_by, answered.headers["X-Embedshift-Model-Version"])
+    return seen
+
+
+async def test_a_hybrid_collection_is_adopted_migrated_and_answered_by_one_version(
+        served: Served) -> None:
+    """LangChain's hybrid collection becomes an alias's v1 with its sparse vector carried; an
+    L6 v2 is backfilled with v1's sparse vectors; at 50% each user's fused answer comes from
+    the version that made its dense vector; at 100% LangChain's own hybrid search through the
+    alias equals the engine's fused answer computed on v2's collection."""
+    from langchain_openai import OpenAIEmbeddings
+    from langchain_qdrant import QdrantVectorStore, RetrievalMode
+    from pydantic import SecretStr
+
+    dense, word_hash = _langchain_encoders(served)
+
+    def write() -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Api key is used with an insecure")
+            QdrantVectorStore.from_texts(
+                TEXTS, dense, sparse_embedding=word_hash, retrieval_mode=RetrievalMode.HYBRID,
+                collection_name="lc", url=served.url, api_key=WRITE_KEY, https=False)
+            version_checked()
+
+    await asyncio.to_thread(write)
+    proxy = served.proxy
+    adopted = await _admin(proxy, "POST", "/admin/aliases/notes/adopt",
+                           {"collection": "lc", "model": L3_ID})
+    assert adopted["carried"] == ["'langchain-sparse' (sparse)"]
+    rollout = proxy.app[WATCHER].rollouts["notes"]
+    v2 = Version(name="v2", model=L6_ID, dimensions=384, target=Target(collection="notes_v2"))
+    await proxy.rules.write(replace(rollout, versions=(*rollout.versions, v2), candidate="v2"),
+                            rollout.revision, "tests", "add the candidate")
+    await eventually(lambda: proxy.app[WATCHER].rollouts["notes"].candidate == "v2")
+    await _admin(proxy, "POST", "/admin/aliases/notes/backfill", {"batch_size": 8})
+
+    async def done() -> bool:
+        progress = await _admin(proxy, "GET", "/admin/aliases/notes/backfill")
+        assert progress["state"] != "failed", progress
+        return bool(progress["state"] == "done")
+
+    await eventually_async(done, timeout_s=120)
+    store = proxy.store.inner
+    [original], _ = await store.scroll(Target(collection="lc"), None, 1, vectors=True)
+    [copied] = await store.retrieve(v2.target, [point_id(original.id, v2)], vectors=True)
+    assert copied.named is not None and original.named is not None
+    assert copied.named["langchain-sparse"] == original.named["langchain-sparse"]
+
+    await _admin(proxy, "POST", "/admin/aliases/notes/percent", {"percent": 50, "reason": "half"})
+    seen = await _fused_by_user(served, 12)
+    assert all(made == answered for made, answered in seen.values()), seen
+    assert {made for made, _ in seen.values()} == {"v1", "v2"}  # both halves answered
+
+    await _admin(proxy, "POST", "/admin/aliases/notes/percent", {"percent": 100, "reason": "all"})
+
+    def langchain() -> list[tuple[float, str]]:
+        embeddings = OpenAIEmbeddings(
+            model="notes", base_url=f"http://127.0.0.1:{proxy.client.port}/v1",
+            api_key=SecretStr("unused"), check_embedding_ctx_length=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Api key is used with an insecure")
+            store = QdrantVectorStore.from_existing_collection(
+                "notes", embeddings, sparse_embedding=word_hash,
+                retrieval_mode=RetrievalMode.HYBRID, url=served.url, api_key=WRITE_KEY,
+                https=False)
+        return _answer([(doc.page_content, score) for doc, score in
+                        store.similarity_search_with_score(QUERY, k=len(TEXTS))])
+
+    ours = await asyncio.to_thread(langchain)
+    l6 = await served.proxy.app[INGESTOR].models.get(v2)
+    query = [float(x) for x in (await asyncio.to_thread(l6.embed, [QUERY]))[0]]
+    size = len(TEXTS)
+    engines = await store.query(v2.target, Stage(Fusion("rrf"), size, (
+        Stage(Nearest("", query), size),
+        Stage(Nearest("langchain-sparse", Sparse(*sparse(QUERY))), size))), True)
+    assert ours == _answer([(h.payload["page_content"], h.score) for h in engines
+                            if h.payload is not None])
+    assert len(ours) == len(TEXTS)
