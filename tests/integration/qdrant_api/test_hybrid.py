@@ -216,6 +216,64 @@ async def test_haystack_hybrid_answers_as_the_engine_does(served: Served) -> Non
     assert response.status == 200 and adopted["median_cosine"] > 0.999, adopted
     assert adopted["carried"] == ["'text-sparse' (sparse)"]
 
+    # migrated to L6 in a collection of its own (its vector unnamed there): Haystack's hybrid
+    # search through the alias, by its own name text-dense, is the engine's fusion on v2
+    v2 = await _backfilled_l6(served.proxy)
+    await _admin(served.proxy, "POST", "/admin/aliases/notes/percent",
+                 {"percent": 100, "reason": "all"})
+    routed = await asyncio.to_thread(_handed_out, served.proxy, QUERY)
+
+    def through_the_alias() -> list[tuple[float, str]]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Api key is used with an insecure")
+            store = QdrantDocumentStore(index="notes", embedding_dim=384, url=served.url,
+                                        api_key=Secret.from_token(WRITE_KEY), https=False,
+                                        use_sparse_embeddings=True, progress_bar=False)
+            found = QdrantHybridRetriever(store, top_k=20).run(
+                query_embedding=routed, query_sparse_embedding=SparseEmbedding(*sparse(QUERY)))
+            version_checked()
+        return _answer([(d.content or "", d.score or 0.0) for d in found["documents"]])
+
+    through = await asyncio.to_thread(through_the_alias)
+    fused = await served.proxy.store.inner.query(v2.target, Stage(Fusion("rrf"), 20, (
+        Stage(Nearest("text-sparse", Sparse(*sparse(QUERY))), 10),
+        Stage(Nearest("", await _l6(served, v2, QUERY)), 10))), True)
+    assert through == _answer([(h.payload["content"], h.score) for h in fused
+                               if h.payload is not None]) and len(through) >= 10
+
+
+def _handed_out(proxy: Proxy, text: str) -> list[float]:
+    """``text``'s vector from the proxy's embeddings (so it is searched where it was made)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{proxy.client.port}/v1", api_key="unused")
+    return list(client.embeddings.create(model="notes", input=text,
+                                         encoding_format="float").data[0].embedding)
+
+
+async def _backfilled_l6(proxy: Proxy) -> Version:
+    """An L6 v2 in a collection of its own, declared the candidate of ``notes`` and
+    backfilled."""
+    rollout = proxy.app[WATCHER].rollouts["notes"]
+    v2 = Version(name="v2", model=L6_ID, dimensions=384, target=Target(collection="notes_v2"))
+    await proxy.rules.write(replace(rollout, versions=(*rollout.versions, v2), candidate="v2"),
+                            rollout.revision, "tests", "add the candidate")
+    await eventually(lambda: proxy.app[WATCHER].rollouts["notes"].candidate == "v2")
+    await _admin(proxy, "POST", "/admin/aliases/notes/backfill", {"batch_size": 8})
+
+    async def done() -> bool:
+        progress = await _admin(proxy, "GET", "/admin/aliases/notes/backfill")
+        assert progress["state"] != "failed", progress
+        return bool(progress["state"] == "done")
+
+    await eventually_async(done, timeout_s=120)
+    return v2
+
+
+async def _l6(served: Served, v2: Version, text: str) -> list[float]:
+    model = await served.proxy.app[INGESTOR].models.get(v2)
+    return [float(x) for x in (await asyncio.to_thread(model.embed, [text]))[0]]
+
 
 async def _admin(proxy: Proxy, method: str, path: str, body: Any = None) -> Any:
     response = await proxy.client.request(method, path, json=body,
@@ -274,19 +332,7 @@ async def test_a_hybrid_collection_is_adopted_migrated_and_answered_by_one_versi
     adopted = await _admin(proxy, "POST", "/admin/aliases/notes/adopt",
                            {"collection": "lc", "model": L3_ID})
     assert adopted["carried"] == ["'langchain-sparse' (sparse)"]
-    rollout = proxy.app[WATCHER].rollouts["notes"]
-    v2 = Version(name="v2", model=L6_ID, dimensions=384, target=Target(collection="notes_v2"))
-    await proxy.rules.write(replace(rollout, versions=(*rollout.versions, v2), candidate="v2"),
-                            rollout.revision, "tests", "add the candidate")
-    await eventually(lambda: proxy.app[WATCHER].rollouts["notes"].candidate == "v2")
-    await _admin(proxy, "POST", "/admin/aliases/notes/backfill", {"batch_size": 8})
-
-    async def done() -> bool:
-        progress = await _admin(proxy, "GET", "/admin/aliases/notes/backfill")
-        assert progress["state"] != "failed", progress
-        return bool(progress["state"] == "done")
-
-    await eventually_async(done, timeout_s=120)
+    v2 = await _backfilled_l6(proxy)
     store = proxy.store.inner
     [original], _ = await store.scroll(Target(collection="lc"), None, 1, vectors=True)
     [copied] = await store.retrieve(v2.target, [point_id(original.id, v2)], vectors=True)
@@ -314,8 +360,7 @@ async def test_a_hybrid_collection_is_adopted_migrated_and_answered_by_one_versi
                         store.similarity_search_with_score(QUERY, k=len(TEXTS))])
 
     ours = await asyncio.to_thread(langchain)
-    l6 = await served.proxy.app[INGESTOR].models.get(v2)
-    query = [float(x) for x in (await asyncio.to_thread(l6.embed, [QUERY]))[0]]
+    query = await _l6(served, v2, QUERY)
     size = len(TEXTS)
     engines = await store.query(v2.target, Stage(Fusion("rrf"), size, (
         Stage(Nearest("", query), size),
