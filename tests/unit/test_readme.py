@@ -30,6 +30,12 @@ def test_the_readme_rule_documents_are_valid() -> None:
     shown = msgspec.convert(tomllib.loads(experiments[0])["experiment"], type=Experiment)
     assert (shown.mode, shown.share) == ("interleave", 0.1)
     assert by_alias["products"].experiment == shown  # the reference's rule declares one too
+    hybrid = [b for b in blocks if "[[versions]]" not in b and "[carried." in b]
+    carried = parse_rollout({**tomllib.loads(hybrid[0]), "alias": "kb", "stable": "v1",
+                             "versions": [{"name": "v1", "model": "org/m", "dimensions": 384,
+                                           "target": {"collection": "kb"}}]})
+    assert carried.vector == "text-dense" and carried.carried["text-sparse"].modifier == "idf"
+    assert carried.carried["title-dense"].size == 384
 
 
 def test_the_readme_shows_three_layouts_that_parse() -> None:
