@@ -3,7 +3,8 @@
 Three checks, all read from the store: the document ids of stable and candidate are compared both
 ways; every candidate point's envelope (model, version, dimensions, metric, normalisation) must be
 the candidate's own; and a random sample of candidate points is re-encoded from its stored text
-with the candidate's model, each stored vector agreeing with the fresh one to cosine >= 0.999.
+with the candidate's model, each stored vector agreeing with the fresh one to cosine >= 0.999,
+and its carried vectors (a hybrid collection's sparse one) equal to stable's.
 Ids in the report are the documents' own. ``verify`` only reads and reports: the route that runs
 it keeps the report in the rule store, where ``promote`` looks for a pass. It reads page by page,
 keeping the two sets of ids and nothing else of the points (the sample is drawn as they go by).
@@ -18,10 +19,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from proxy.ingest.documents import DOC_ID_FIELD, PointId, doc_id_of, document_of
+from proxy.ingest.documents import DOC_ID_FIELD, PointId, doc_id_of, document_of, point_id
 from proxy.ingest.writer import Ingestor, encode
 from proxy.state.base import now
-from proxy.vectors.base import ENVELOPE, RESERVED, Stored, scroll_all
+from proxy.vectors.base import ENVELOPE, RESERVED, Stored, carried_of, scroll_all
 from rollout_rules.errors import RuleError
 from rollout_rules.model import Rollout, Version
 
@@ -47,6 +48,8 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     min_cosine: float | None
     vector_mismatch_ids: list[Any]
     passed: bool
+    carried_mismatch_ids: list[Any] = msgspec.field(default_factory=list)
+    """Sampled documents whose carried vectors (the rule's ``carried``) differ from stable's."""
 
 
 def envelope_problems(version: Version, points: list[Stored]) -> Iterator[str]:
@@ -96,7 +99,9 @@ async def verify(ingestor: Ingestor, rollout: Rollout, sample: int = 50,
                 chosen[slot] = point.id
     missing, extra = stable_ids - candidate_ids, candidate_ids - stable_ids
     cosines, bad = await _resample(ingestor, candidate, chosen)
-    passed = not missing and not extra and not mismatches and not bad and bool(stable_ids)
+    unequal = await _carried_differ(ingestor, rollout, stable, candidate, chosen)
+    passed = not missing and not extra and not mismatches and not bad and not unequal and \
+        bool(stable_ids)
     return Report(alias=rollout.alias, stable=stable.name, candidate=candidate.name,
                   revision=rollout.revision, at=now(), stable_documents=len(stable_ids),
                   candidate_documents=len(candidate_ids), missing=len(missing),
@@ -104,7 +109,23 @@ async def verify(ingestor: Ingestor, rollout: Rollout, sample: int = 50,
                   extra_ids=sorted(extra, key=str)[:SHOWN], envelope_mismatches=mismatches,
                   envelope_examples=problems, sampled=len(cosines),
                   min_cosine=round(min(cosines), 6) if cosines else None,
-                  vector_mismatch_ids=bad[:SHOWN], passed=passed)
+                  vector_mismatch_ids=bad[:SHOWN], passed=passed,
+                  carried_mismatch_ids=unequal[:SHOWN])
+
+
+async def _carried_differ(ingestor: Ingestor, rollout: Rollout, stable: Version,
+                          candidate: Version, ids: list[PointId]) -> list[Any]:
+    """The sampled documents whose carried vectors are not stable's, exactly (they are copied,
+    never computed)."""
+    if not rollout.carried or not ids:
+        return []
+    store = ingestor.store
+    ours = await store.retrieve(candidate.target, ids, vectors=True)
+    theirs = {doc_id_of(p): p for p in await store.retrieve(
+        stable.target, [point_id(doc_id_of(p), stable) for p in ours], vectors=True)}
+    return [doc_id_of(p) for p in ours
+            if (source := theirs.get(doc_id_of(p))) is None
+            or carried_of(p, rollout.carried) != carried_of(source, rollout.carried)]
 
 
 async def _resample(ingestor: Ingestor, version: Version, ids: list[PointId]

@@ -24,10 +24,10 @@ from qdrant_client import QdrantClient
 
 from proxy.ingest.documents import point_id
 from proxy.models.builtin import L3_ID, L6_ID
-from proxy.vectors.base import Fusion, Nearest, Sparse, Stage
+from proxy.vectors.base import Fusion, Nearest, PointIn, Sparse, Stage, carried_of
 from proxy.vectors.edge import EdgeStore
 from proxy.web.keys import INGESTOR, WATCHER
-from rollout_rules.model import Target, Version
+from rollout_rules.model import Carried, Target, Version
 from tests.eventually import eventually, eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.integration.qdrant_api.clients import TOPICS, WRITE_KEY, qdrant_api, version_checked
@@ -338,6 +338,15 @@ async def test_a_hybrid_collection_is_adopted_migrated_and_answered_by_one_versi
     [copied] = await store.retrieve(v2.target, [point_id(original.id, v2)], vectors=True)
     assert copied.named is not None and original.named is not None
     assert copied.named["langchain-sparse"] == original.named["langchain-sparse"]
+    report = await _admin(proxy, "POST", "/admin/aliases/notes/verify")
+    assert report["passed"] and report["carried_mismatch_ids"] == [], report
+    altered = PointIn(copied.id, copied.vector or [], copied.payload,
+                      {"langchain-sparse": Sparse([7], [0.5])})
+    await store.upsert(v2.target, [altered])  # a sparse vector that is not v1's
+    report = await _admin(proxy, "POST", "/admin/aliases/notes/verify")
+    assert not report["passed"] and report["carried_mismatch_ids"] == [original.id], report
+    await store.upsert(v2.target, [replace(altered, named=carried_of(
+        original, {"langchain-sparse": Carried()}))])
 
     await _admin(proxy, "POST", "/admin/aliases/notes/percent", {"percent": 50, "reason": "half"})
     seen = await _fused_by_user(served, 12)
