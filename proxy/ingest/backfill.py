@@ -201,7 +201,8 @@ class Backfill:
         if not wanted:
             return
         try:
-            await self.ingestor.ensure(candidate, rollout.versions, stable.target)
+            await self.ingestor.ensure(candidate, rollout.versions, stable.target,
+                                       rollout.carried)
         except BackendError as exc:  # the workers meet it too, and fail the job saying so
             log.warning("indexes_not_copied", alias=rollout.alias, version=candidate.name,
                         error=str(exc))

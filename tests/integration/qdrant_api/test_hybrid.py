@@ -20,11 +20,19 @@ from typing import Any
 import aiohttp
 import pytest
 from msgspec.structs import replace
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 
-from proxy.ingest.documents import point_id
+from proxy.ingest.documents import doc_id_of, point_id
 from proxy.models.builtin import L3_ID, L6_ID
-from proxy.vectors.base import Fusion, Nearest, PointIn, Sparse, Stage, carried_of
+from proxy.vectors.base import (
+    Fusion,
+    Nearest,
+    PointIn,
+    Sparse,
+    Stage,
+    carried_of,
+    scroll_all,
+)
 from proxy.vectors.edge import EdgeStore
 from proxy.web.keys import INGESTOR, WATCHER
 from rollout_rules.model import Carried, Target, Version
@@ -171,6 +179,40 @@ async def test_llamaindex_hybrid_answers_as_the_engine_does(served: Served) -> N
     ours = await asyncio.to_thread(lambda: run(served.client()))
     engines = await asyncio.to_thread(local)
     assert ours == engines and len(ours) == 8
+
+    # adopted by text-dense and migrated to L6: its batch of a dense and a sparse search
+    # through the alias is answered as the engine answers it from v2's points
+    adopted = await _admin(served.proxy, "POST", "/admin/aliases/notes/adopt",
+                           {"collection": "li_hybrid", "model": L3_ID, "vector": "text-dense"})
+    assert adopted["carried"] == ["'text-sparse-new' (sparse)"]
+    v2 = await _backfilled_l6(served.proxy)
+    await _admin(served.proxy, "POST", "/admin/aliases/notes/percent",
+                 {"percent": 100, "reason": "all"})
+    routed = await asyncio.to_thread(_handed_out, served.proxy, QUERY)
+    copy = QdrantClient(location=":memory:")  # v2's points, as the application would hold them
+    copy.create_collection("notes", vectors_config={"text-dense": models.VectorParams(
+        size=384, distance=models.Distance.COSINE)}, sparse_vectors_config={
+        "text-sparse-new": models.SparseVectorParams()})
+    copy.upsert("notes", [models.PointStruct(
+        id=doc_id_of(p), vector={"text-dense": p.vector or [], "text-sparse-new": (
+            (p.named or {})["text-sparse-new"])},
+        payload={k: v for k, v in p.payload.items() if k != "_embedshift"})
+        async for p in scroll_all(served.proxy.store.inner, v2.target, vectors=True)])
+
+    def query(client: QdrantClient) -> list[tuple[float, str]]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+            store = QdrantVectorStore(collection_name="notes", client=client,
+                                      enable_hybrid=True, sparse_doc_fn=encode,
+                                      sparse_query_fn=encode)
+            found = store.query(VectorStoreQuery(
+                query_embedding=routed, query_str=QUERY, similarity_top_k=8, sparse_top_k=8,
+                hybrid_top_k=8, mode=VectorStoreQueryMode.HYBRID))
+        return _answer([(node.get_content(), score) for node, score in zip(
+            found.nodes or [], found.similarities or [], strict=True)])
+
+    through = await asyncio.to_thread(lambda: query(served.client()))
+    assert through == await asyncio.to_thread(query, copy) and len(through) == 8
 
 
 async def test_haystack_hybrid_answers_as_the_engine_does(served: Served) -> None:
