@@ -6,16 +6,30 @@ the shadow both speak them; both edges (the native API and Qdrant's) build an ``
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NamedTuple, Protocol
+from typing import Annotated, Any, Literal, NamedTuple, Protocol
 
 import msgspec
 from qdrant_client import models
 
 from proxy.config import MAX_LIMIT
 from proxy.models.encoders import clean_text
-from proxy.vectors.base import Hit, parse_filter
+from proxy.vectors.base import Fusion, Hit, Nearest, Sparse, Stage, parse_filter
 from rollout_rules.decide import Context
 from rollout_rules.online import Answer
+
+
+class SparseIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    indices: list[Annotated[int, msgspec.Meta(ge=0, lt=2**32)]]
+    values: list[float]
+
+
+class PrefetchIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A search beside the text's, by a vector the application computed (a sparse BM25 one,
+    say) in a vector the alias carries, ``using`` its name; fused with the text's hits."""
+
+    using: Annotated[str, msgspec.Meta(max_length=255)]
+    vector: list[float] | SparseIn
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = 10
 
 
 class SearchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -30,6 +44,8 @@ class SearchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     filter: dict[str, Any] | None = None
     with_payload: bool = True
     version: str | None = None
+    prefetch: Annotated[list[PrefetchIn], msgspec.Meta(max_length=16)] | None = None
+    fusion: Literal["rrf", "dbsf"] = "rrf"
 
 
 class Asked(NamedTuple):
@@ -42,16 +58,24 @@ class Asked(NamedTuple):
     limit: int
     with_payload: bool
     version: str | None  # a version asked for by name (the override token was checked)
+    fused: Stage | None = None  # searches beside the text's, and their fusion (app's names)
+    fused_key: bytes = b""  # what they are, for the result cache's key
 
 
 def asked(request: SearchRequest, random_key: str) -> Asked:
     """The request's search, checked: RuleError names a bad text or filter (the caller's
     mistake, refused before anything is decided)."""
+    fused = None if not request.prefetch else Stage(Fusion(request.fusion), request.limit, tuple(
+        Stage(Nearest(p.using, p.vector if isinstance(p.vector, list)
+                      else Sparse(p.vector.indices, p.vector.values)), p.limit)
+        for p in request.prefetch))
     return Asked(clean_text(request.query), parse_filter(request.filter), request.filter,
                  Context(user_id=request.user_id, session_id=request.session_id,
                          tenant=request.tenant, properties=request.properties,
                          random_key=random_key),
-                 request.limit, request.with_payload, request.version)
+                 request.limit, request.with_payload, request.version, fused,
+                 b"" if fused is None else msgspec.json.encode([request.prefetch,
+                                                                request.fusion]))
 
 
 class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,7 +24,7 @@ from cachetools import TTLCache
 from proxy.vectors.base import Hit
 from rollout_rules.model import Version
 
-Key = tuple[bytes, str, int, bytes, bool]
+Key = tuple[bytes, str, int, bytes, bool, bytes]
 _encode = msgspec.json.Encoder().encode
 
 
@@ -36,10 +36,11 @@ class ResultCache:
         self._envelopes: dict[tuple[str, str], tuple[Version, bytes]] = {}
 
     def key(self, version: Version, text: str, limit: int, raw_filter: dict[str, Any] | None,
-            with_payload: bool) -> Key:
-        """What decides a version's answer; ``text`` is already whitespace-normalised."""
+            with_payload: bool, *, fused: bytes = b"") -> Key:
+        """What decides a version's answer; ``text`` is already whitespace-normalised;
+        ``fused``: the searches fused with the text's, encoded."""
         return (self._envelope(version), text, limit,
-                b"" if raw_filter is None else _encode(raw_filter), with_payload)
+                b"" if raw_filter is None else _encode(raw_filter), with_payload, fused)
 
     def _envelope(self, version: Version) -> bytes:
         """The version encoded, once per declared version: the rules snapshot keeps the same

@@ -103,6 +103,8 @@ class Searcher:
         children, started only when it records."""
         started = time.perf_counter()
         rollout = self.rollout(alias)
+        if asked.fused is not None:  # names and kinds checked before anything is decided
+            in_version(asked.fused, rollout, rollout.version(rollout.stable))
         coverage = self.rules.coverage.get(alias, {})
         decision = decide(rollout, asked.context, coverage.get(rollout.candidate or ""),
                           asked.version)
@@ -283,7 +285,7 @@ class Searcher:
             raise ModelError(f"{alias}: version {version.name} is unavailable: {blocked}")
         asked = query.asked
         key = self.results.key(version, asked.text, asked.limit, asked.raw_filter,
-                               asked.with_payload)
+                               asked.with_payload, fused=asked.fused_key)
         coverage = query.coverage.get(version.name)
         hits = self.results.get(key, coverage)
         if hits is not None:
@@ -312,8 +314,12 @@ class Searcher:
         if not cache_hit:  # a cached vector costs a dict lookup: no span for that
             self._stage_span(query, version, "encode", started)
         try:
-            hits = await self.store.search(version.target, vector, asked.limit, asked.filter,
-                                           asked.with_payload)
+            if asked.fused is None:
+                hits = await self.store.search(version.target, vector, asked.limit,
+                                               asked.filter, asked.with_payload)
+            else:  # the text's search beside the caller's, fused by the engine
+                hits = await self.store.query(version.target, fused(
+                    asked, vector.tolist(), self.rollout(alias), version), asked.with_payload)
         except BaseException as exc:
             if isinstance(exc, BackendError):
                 metrics.child(metrics.errors, alias, version.name, "search").inc()
@@ -463,3 +469,14 @@ def split_named(rollout: Rollout, named: Mapping[str, Named], where: str
                             f"must be a dense vector of {spec.size} numbers")
         carried[name] = vector
     return migrated, carried
+
+
+def fused(asked: Asked, vector: list[float], rollout: Rollout, version: Version) -> Stage:
+    """A text query with searches beside it (``asked.fused``) as ``version`` runs it: the text's
+    vector searched in the migrated vector and each of the caller's, every one under the
+    request's filter, fused."""
+    assert asked.fused is not None
+    text = Stage(Nearest(rollout.vector, vector), asked.limit, filter=asked.filter)
+    return in_version(asked.fused._replace(filter=asked.filter, prefetch=(
+        text, *(p._replace(filter=asked.filter) for p in asked.fused.prefetch))),
+        rollout, version)

@@ -419,3 +419,22 @@ async def test_a_hybrid_collection_is_adopted_migrated_and_answered_by_one_versi
     assert ours == _answer([(h.payload["page_content"], h.score) for h in engines
                             if h.payload is not None])
     assert len(ours) == len(TEXTS)
+
+    await _native_fused_as(proxy, engines, size)
+
+
+async def _native_fused_as(proxy: Proxy, engines: list[Any], size: int) -> None:
+    """The native API: the text, encoded by the routed version (v2 for all), fused with the
+    caller's sparse search, is the engine's fusion; an uncarried name is a 400 naming it."""
+    indices, values = sparse(QUERY)
+    body = {"query": QUERY, "user_id": "someone", "limit": size, "fusion": "rrf", "prefetch": [
+        {"using": "langchain-sparse", "vector": {"indices": indices, "values": values},
+         "limit": size}]}
+    answered = await proxy.client.post("/v1/aliases/notes/search", json=body)
+    native = await answered.json()
+    assert answered.status == 200 and native["model_version"] == "v2", native
+    assert sorted((round(h["score"], 4), str(h["id"])) for h in native["hits"]) == sorted(
+        (round(h.score, 4), str(h.id)) for h in engines)
+    refused = await proxy.client.post("/v1/aliases/notes/search", json={
+        **body, "prefetch": [{"using": "bm42", "vector": [0.5]}]})
+    assert refused.status == 400 and (await refused.json())["error"]["field"] == "using"
