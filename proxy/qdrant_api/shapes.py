@@ -110,7 +110,6 @@ class Ask(NamedTuple):
     recommend: Recommend | None = None  # examples to recommend from, instead of text or vector
     with_vector: bool = False
     stage: Stage | None = None  # a staged query (prefetches, fusion, named or sparse vectors)
-    unserved: RuleError | None = None  # why the stage is not served through an alias
 
     @property
     def window(self) -> int:
@@ -118,8 +117,9 @@ class Ask(NamedTuple):
 
 
 def read_query(body: QueryBody, max_window: int = MAX_WINDOW) -> Ask:
-    """The query, read for an alias; one that names vectors, prefetches several or fuses them
-    is read as a ``Stage`` too (served in an application's own collection)."""
+    """The query, read: text or one vector; or, when it names vectors, prefetches several or
+    fuses them, a ``Stage`` (the request path checks its names against the collection or the
+    alias's rule)."""
     try:
         return _read_query(body, max_window)
     except RuleError as refused:
@@ -130,7 +130,7 @@ def read_query(body: QueryBody, max_window: int = MAX_WINDOW) -> Ask:
             stage = read_stage(body, max_window)
         except RuleError:
             raise refused from None  # neither: what an alias cannot serve names it best
-        return _ask(None, None, body, max_window)._replace(stage=stage, unserved=refused)
+        return _ask(None, None, body, max_window)._replace(stage=stage)
 
 
 def _read_query(body: QueryBody, max_window: int) -> Ask:
@@ -300,8 +300,7 @@ def read_search(body: SearchBody, max_window: int = MAX_WINDOW) -> Ask:
             ask = _ask(None, None, body, max_window)
             return ask._replace(stage=Stage(
                 Nearest(name, named_vector(vector, "vector.vector")), ask.window,
-                filter=parse_filter(body.filter), score_threshold=body.score_threshold),
-                unserved=RuleError("vector.name", "an alias has one vector, the unnamed one"))
+                filter=parse_filter(body.filter), score_threshold=body.score_threshold))
     return _ask(None, _numbers(vector, "vector"), body, max_window)
 
 
