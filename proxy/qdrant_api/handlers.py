@@ -300,7 +300,7 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
         rollout = searcher.rollout(alias)
         dense = migrated_vectors(ask.stage, rollout)
         made = (await parts.embedder.space_of(alias, dense[0]) or rollout.stable) if dense \
-            else searcher.route(alias, user, random_key()).name
+            else searcher.route(alias, user, random_key()).name  # text, or carried alone
         return await searcher.search_stage(alias, ask.stage, made,
                                            with_payload=ask.payload.wanted, span=span)
     if ask.recommend is not None:

@@ -19,6 +19,7 @@ from proxy.vectors.base import (
     PointIn,
     Sparse,
     Stage,
+    Text,
     VectorsConfig,
     parse_filter,
 )
@@ -56,9 +57,12 @@ class Plain:
                                                     ask.payload.wanted)
         return await self.searcher.store.query(self.target, stage, ask.payload.wanted)
 
-    def _check(self, name: str, vector: Named, field: str, size_field: str = "") -> None:
+    def _check(self, name: str, vector: Named | Text, field: str, size_field: str = "") -> None:
         """RuleError unless the collection has a vector ``name`` of this kind and size."""
         where = repr(name) if name else "unnamed"
+        if isinstance(vector, Text):
+            raise RuleError("query", f"collection {self.target.collection} has no model to "
+                                     "encode text with: send a vector, or declare an alias")
         if isinstance(vector, Sparse):
             if name not in self.config.sparse:
                 raise RuleError(field, f"collection {self.target.collection} has no sparse "

@@ -27,6 +27,7 @@ from proxy.vectors.base import (
     Nearest,
     Sparse,
     Stage,
+    Text,
     VectorsConfig,
     id_key,
     parse_filter,
@@ -242,9 +243,8 @@ def _stage_query(query: Any, using: str, where: str, fused: bool) -> Nearest | F
     if query is None:
         raise RuleError(where, "a query is needed: a vector, or a fusion of prefetches")
     if isinstance(query, dict) and ("text" in query or "object" in query):
-        _query_of(query)  # a malformed one is named as everywhere
-        raise RuleError(where, "a Document in a staged query is not encoded here: send "
-                               "vectors (text is encoded through an alias)")
+        text, _ = _query_of(query)  # a Document: the version that answers encodes it
+        return Nearest(using, Text(text or ""))
     return Nearest(using, named_vector(query, where))
 
 
@@ -278,7 +278,7 @@ def named_vector(value: Any, where: str) -> Named:
     return _numbers(value, where)
 
 
-def stage_vectors(stage: Stage) -> list[tuple[str, Named]]:
+def stage_vectors(stage: Stage) -> list[tuple[str, Named | Text]]:
     """Every (vector name, vector) a staged query searches by."""
     found = [] if not isinstance(stage.query, Nearest) else [(stage.query.using,
                                                               stage.query.vector)]

@@ -20,7 +20,7 @@ from msgspec.structs import replace
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
-from proxy.models.encoders import Encoder
+from proxy.models.encoders import Encoder, clean_text
 from proxy.models.loader import EncoderKey, encoder_key
 from proxy.serving.attributes import answer_attributes, stage_attributes
 from proxy.serving.cohorts import CohortRecorder
@@ -41,6 +41,7 @@ from proxy.vectors.base import (
     Nearest,
     Sparse,
     Stage,
+    Text,
     VectorStore,
     id_key,
     parse_filter,
@@ -251,10 +252,10 @@ class Searcher:
         started = time.perf_counter()
         rollout = self.rollout(alias)
         space = rollout.version(version)
-        engine_stage = in_version(stage, rollout, space)
         blocked = self.unavailable.get((alias, space.name))
         if blocked is not None:
             raise ModelError(f"{alias}: version {space.name} is unavailable: {blocked}")
+        engine_stage = in_version(await self._encoded(stage, rollout, space), rollout, space)
         searching = time.perf_counter()
         async with asyncio.timeout(self.deadline_s):
             hits = await self.store.query(space.target, engine_stage, with_payload)
@@ -264,6 +265,20 @@ class Searcher:
         span = span if span is not None else trace.get_current_span()
         return self._answer(alias, rollout, space, decision, Found(hits, False, False),
                             started=started, span=span, text="", context=context)
+
+    async def _encoded(self, stage: Stage, rollout: Rollout, version: Version) -> Stage:
+        """The stage with the text it searches the migrated vector by encoded by ``version``'s
+        model (a Document in a prefetch, as cloud-inference clients send it)."""
+        query = stage.query
+        if isinstance(query, Nearest) and isinstance(query.vector, Text) and \
+                query.using == rollout.vector:
+            encoder = self.encoders.get(encoder_key(version))
+            if encoder is None:
+                raise ModelError(f"no encoder loaded for {version.name} ({version.model})")
+            vector, _ = await encoder.encode(clean_text(query.vector.text))
+            query = Nearest(query.using, vector.tolist())
+        return stage._replace(query=query, prefetch=tuple(
+            [await self._encoded(inner, rollout, version) for inner in stage.prefetch]))
 
     async def _fallback(self, alias: str, stable: Version, revision: int, query: Query
                         ) -> Found:
@@ -421,6 +436,11 @@ def in_version(stage: Stage, rollout: Rollout, version: Version) -> Stage:
     query = stage.query
     if isinstance(query, Nearest):
         name, vector = query.using, query.vector
+        if name == rollout.vector and isinstance(vector, Text):
+            raise RuleError("query", "the text must be encoded first")  # by search_stage
+        if isinstance(vector, Text):
+            raise RuleError("using", f"{name!r} of {rollout.alias} is carried as the "
+                                     "application wrote it: send its vector, not text")
         if name == rollout.vector:
             if isinstance(vector, Sparse):
                 raise RuleError("using", f"{name or 'the unnamed vector'} of {rollout.alias} "
@@ -480,3 +500,4 @@ def fused(asked: Asked, vector: list[float], rollout: Rollout, version: Version)
     return in_version(asked.fused._replace(filter=asked.filter, prefetch=(
         text, *(p._replace(filter=asked.filter) for p in asked.fused.prefetch))),
         rollout, version)
+

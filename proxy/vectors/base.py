@@ -81,11 +81,26 @@ Named = list[float] | Sparse
 """A named vector of a point or a query: dense or sparse."""
 
 
+class Text(NamedTuple):
+    """Text a query searches by, not yet encoded: the request path encodes it with the model
+    of the version that answers, before the stage reaches a store."""
+
+    text: str
+
+
 class Nearest(NamedTuple):
     """The points nearest a vector, in the collection's vector ``using`` ("": the unnamed)."""
 
     using: str
-    vector: Named
+    vector: Named | Text
+
+
+def searched(vector: Named | Text) -> Named:
+    """A stage's vector as a store searches it; text must have been encoded before."""
+    if isinstance(vector, Text):
+        raise RuleError("query", "text in a staged query is encoded by an alias's version: "
+                                 "this collection has no model")
+    return vector
 
 
 class Fusion(NamedTuple):

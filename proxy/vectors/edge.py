@@ -43,6 +43,7 @@ from proxy.vectors.base import (
     floats,
     hit,
     no_vector,
+    searched,
     stored,
     vector_to_add,
     with_target,
@@ -448,7 +449,7 @@ def _edge_vectors(point: PointIn, name: str) -> dict[str, Any]:
 
 def _edge_query(query: Nearest | Fusion) -> Any:
     if isinstance(query, Nearest):
-        return edge.Query.Nearest(_edge_vector(query.vector), using=query.using)
+        return edge.Query.Nearest(_edge_vector(searched(query.vector)), using=query.using)
     if query.method == "dbsf":
         return edge.Fusion.Dbsf()
     return edge.Fusion.Rrf(k=query.k if query.k is not None else RRF_K, weights=query.weights)

@@ -34,6 +34,7 @@ from proxy.vectors.base import (
     floats,
     hit,
     no_vector,
+    searched,
     stored,
     vector_to_add,
     with_target,
@@ -364,7 +365,7 @@ def _vector(vector: Named) -> Any:
 
 def _query(query: Nearest | Fusion) -> tuple[Any, str | None]:
     if isinstance(query, Nearest):
-        return models.NearestQuery(nearest=_vector(query.vector)), query.using
+        return models.NearestQuery(nearest=_vector(searched(query.vector))), query.using
     if query.method == "dbsf":
         return models.FusionQuery(fusion=models.Fusion.DBSF), None
     if query.k is None and query.weights is None:

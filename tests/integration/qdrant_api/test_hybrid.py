@@ -420,12 +420,14 @@ async def test_a_hybrid_collection_is_adopted_migrated_and_answered_by_one_versi
                             if h.payload is not None])
     assert len(ours) == len(TEXTS)
 
-    await _native_fused_as(proxy, engines, size)
+    await _text_fused_as(served, engines, size)
 
 
-async def _native_fused_as(proxy: Proxy, engines: list[Any], size: int) -> None:
-    """The native API: the text, encoded by the routed version (v2 for all), fused with the
-    caller's sparse search, is the engine's fusion; an uncarried name is a 400 naming it."""
+async def _text_fused_as(served: Served, engines: list[Any], size: int) -> None:
+    """The native API's text, and the Qdrant API's Document in a prefetch, encoded by the
+    routed version (v2 for all) and fused with the caller's sparse search, are the engine's
+    fusion; an uncarried name is a 400 naming it."""
+    proxy = served.proxy
     indices, values = sparse(QUERY)
     body = {"query": QUERY, "user_id": "someone", "limit": size, "fusion": "rrf", "prefetch": [
         {"using": "langchain-sparse", "vector": {"indices": indices, "values": values},
@@ -433,8 +435,19 @@ async def _native_fused_as(proxy: Proxy, engines: list[Any], size: int) -> None:
     answered = await proxy.client.post("/v1/aliases/notes/search", json=body)
     native = await answered.json()
     assert answered.status == 200 and native["model_version"] == "v2", native
-    assert sorted((round(h["score"], 4), str(h["id"])) for h in native["hits"]) == sorted(
-        (round(h.score, 4), str(h.id)) for h in engines)
+    expected = sorted((round(h.score, 4), str(h.id)) for h in engines)
+    assert sorted((round(h["score"], 4), str(h["id"])) for h in native["hits"]) == expected
+    document = {  # the text as a Document in a prefetch, as cloud-inference clients send it
+        "prefetch": [{"query": {"text": QUERY, "model": "any"}, "using": "", "limit": size},
+                     {"query": {"indices": indices, "values": values},
+                      "using": "langchain-sparse", "limit": size}],
+        "query": {"fusion": "rrf"}, "limit": size}
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{served.url}/collections/notes/points/query", json=document,
+            headers={"x-qdrant-route-affinity": "someone", "api-key": WRITE_KEY}) as fused:
+        points = (await fused.json())["result"]["points"]
+        assert fused.headers["X-Embedshift-Model-Version"] == "v2"
+    assert sorted((round(p["score"], 4), str(p["id"])) for p in points) == expected
     refused = await proxy.client.post("/v1/aliases/notes/search", json={
         **body, "prefetch": [{"using": "bm42", "vector": [0.5]}]})
     assert refused.status == 400 and (await refused.json())["error"]["field"] == "using"
