@@ -407,6 +407,7 @@ async def test_a_hybrid_collection_is_adopted_migrated_and_answered_by_one_versi
                 "notes", embeddings, sparse_embedding=word_hash,
                 retrieval_mode=RetrievalMode.HYBRID, url=served.url, api_key=WRITE_KEY,
                 https=False)
+            version_checked()
         return _answer([(doc.page_content, score) for doc, score in
                         store.similarity_search_with_score(QUERY, k=len(TEXTS))])
 
