@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -37,6 +37,7 @@ from proxy.serving.resultcache import ResultCache
 from proxy.serving.shadow import Shadow
 from proxy.telemetry import Attr, Metrics
 from proxy.vectors.base import (
+    Hit,
     Named,
     Nearest,
     Sparse,
@@ -228,20 +229,11 @@ class Searcher:
             raise RuleError("vector", f"has {len(vector)} numbers; {alias} answers vectors "
                                       f"from {space.model} ({space.name}), which has "
                                       f"{space.dimensions}")
-        blocked = self.unavailable.get((alias, space.name))
-        if blocked is not None:
-            raise ModelError(f"{alias}: version {space.name} is unavailable: {blocked}")
+        self._servable(alias, space)
         query_filter = parse_filter(raw_filter)
-        searching = time.perf_counter()
-        async with asyncio.timeout(self.deadline_s):
-            hits = await self.store.search(space.target, vector, limit, query_filter,
-                                           with_payload)
-        self.metrics.child(self.metrics.search_latency, alias, space.name).observe(
-            time.perf_counter() - searching)
-        decision = Decision(space.name, Reason.VECTOR, None, rollout.revision, 0.0)
-        span = span if span is not None else trace.get_current_span()
-        return self._answer(alias, rollout, space, decision, Found(hits, False, False),
-                            started=started, span=span, text="", context=context)
+        return await self._in_space(alias, rollout, space, self.store.search(
+            space.target, vector, limit, query_filter, with_payload),
+            started=started, span=span, context=context)
 
     async def search_stage(self, alias: str, stage: Stage, version: str, *, with_payload: bool,
                            span: trace.Span | None = None, context: Context | None = None
@@ -252,13 +244,25 @@ class Searcher:
         started = time.perf_counter()
         rollout = self.rollout(alias)
         space = rollout.version(version)
-        blocked = self.unavailable.get((alias, space.name))
-        if blocked is not None:
-            raise ModelError(f"{alias}: version {space.name} is unavailable: {blocked}")
+        self._servable(alias, space)
         engine_stage = in_version(await self._encoded(stage, rollout, space), rollout, space)
+        return await self._in_space(alias, rollout, space, self.store.query(
+            space.target, engine_stage, with_payload), started=started, span=span,
+            context=context)
+
+    def _servable(self, alias: str, version: Version) -> None:
+        blocked = self.unavailable.get((alias, version.name))
+        if blocked is not None:
+            raise ModelError(f"{alias}: version {version.name} is unavailable: {blocked}")
+
+    async def _in_space(self, alias: str, rollout: Rollout, space: Version,
+                        search: Awaitable[list[Hit]], *, started: float,
+                        span: trace.Span | None, context: Context | None) -> SearchResponse:
+        """A search the caller's vectors placed in ``space`` (no routing decision), timed
+        against the deadline and answered as every search is."""
         searching = time.perf_counter()
         async with asyncio.timeout(self.deadline_s):
-            hits = await self.store.query(space.target, engine_stage, with_payload)
+            hits = await search
         self.metrics.child(self.metrics.search_latency, alias, space.name).observe(
             time.perf_counter() - searching)
         decision = Decision(space.name, Reason.VECTOR, None, rollout.revision, 0.0)
@@ -295,9 +299,7 @@ class Searcher:
     async def find(self, alias: str, version: Version, query: Query) -> Found:
         """A recent answer of this version to the same query, else encode and search by the
         deadline (TimeoutError past it: the whole request is late, not just this version)."""
-        blocked = self.unavailable.get((alias, version.name))
-        if blocked is not None:
-            raise ModelError(f"{alias}: version {version.name} is unavailable: {blocked}")
+        self._servable(alias, version)
         asked = query.asked
         key = self.results.key(version, asked.text, asked.limit, asked.raw_filter,
                                asked.with_payload, fused=asked.fused_key)

@@ -443,12 +443,19 @@ async def _text_fused_as(served: Served, engines: list[Any], size: int) -> None:
                      {"query": {"indices": indices, "values": values},
                       "using": "langchain-sparse", "limit": size}],
         "query": {"fusion": "rrf"}, "limit": size}
-    async with aiohttp.ClientSession() as session, session.post(
-            f"{served.url}/collections/notes/points/query", json=document,
-            headers={"x-qdrant-route-affinity": "someone", "api-key": WRITE_KEY}) as fused:
-        points = (await fused.json())["result"]["points"]
-        assert fused.headers["X-Embedshift-Model-Version"] == "v2"
+    headers = {"x-qdrant-route-affinity": "someone", "api-key": WRITE_KEY}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{served.url}/collections/notes/points/query",
+                                json=document, headers=headers) as fused:
+            points = (await fused.json())["result"]["points"]
+            assert fused.headers["X-Embedshift-Model-Version"] == "v2"
+        async with session.post(f"{served.url}/collections/notes/points/query/groups",
+                                json={**document, "group_by": "page_content", "limit": 3,
+                                      "group_size": 1}, headers=headers) as grouped:
+            groups = (await grouped.json())["result"]["groups"]
     assert sorted((round(p["score"], 4), str(p["id"])) for p in points) == expected
+    best = sorted(points, key=lambda p: -p["score"])[:3]  # each text its own group
+    assert [g["hits"][0]["score"] for g in groups] == [p["score"] for p in best]
     refused = await proxy.client.post("/v1/aliases/notes/search", json={
         **body, "prefetch": [{"using": "bm42", "vector": [0.5]}]})
     assert refused.status == 400 and (await refused.json())["error"]["field"] == "using"
