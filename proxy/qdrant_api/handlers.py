@@ -61,6 +61,7 @@ from proxy.vectors.base import (
     RESERVED,
     Hit,
     Named,
+    Stored,
     VectorStore,
     id_key,
     parse_filter,
@@ -361,8 +362,24 @@ async def _vectors(request: web.Request, answered: Answered) -> dict[Any, Any]:
     version = answered.version
     stored = await request.app[PARTS].searcher.store.retrieve(
         version.target, [point_id(h.id, version) for h in answered.hits], vectors=True)
-    return {id_key(doc_id_of(p)): p.named or p.vector for p in stored
+    return {id_key(doc_id_of(p)): _shown(request, p, version) for p in stored
             if p.vector is not None or p.named is not None}
+
+
+def _shown(request: web.Request, point: Stored, version: Version) -> Any:
+    """A point's vectors as the application names them: an alias's own vector under the
+    rule's name for it (a map, with the carried ones, when the rule carries any), an
+    application's own collection's as they are."""
+    if point.named is None:
+        return point.vector
+    rollout = request.app[PARTS].searcher.rules.rollouts.get(request.match_info["name"])
+    if rollout is None:
+        return point.named
+    if not (rollout.vector or rollout.carried):
+        return point.vector
+    own = version.target.vector_name or ""
+    return {rollout.vector if name == own else name: value
+            for name, value in point.named.items() if name == own or name in rollout.carried}
 
 
 def _max_limit(request: web.Request) -> int:
@@ -524,7 +541,7 @@ async def _records(request: web.Request, ids: list[int | str], with_payload: Any
         return []
     stored = await store.retrieve(version.target, [point_id(i, version) for i in ids],
                                   vectors=vectors)
-    return [record(doc_id_of(point), point.payload, selector, point.named or point.vector)
+    return [record(doc_id_of(point), point.payload, selector, _shown(request, point, version))
             for point in stored]
 
 
@@ -550,8 +567,8 @@ async def scroll(request: web.Request) -> web.Response:
                                    query_filter=where) \
         if await store.describe(version.target) is not None else ([], None)
     after = doc_id_of(points[limit]) if len(points) > limit else None
-    return _json({"points": [record(doc_id_of(p), p.payload, selector, p.named or p.vector)
-                             for p in points[:limit]],
+    return _json({"points": [record(doc_id_of(p), p.payload, selector,
+                                    _shown(request, p, version)) for p in points[:limit]],
                   "next_page_offset": after}, started, version.name, _max_answer(request))
 
 

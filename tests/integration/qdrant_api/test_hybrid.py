@@ -274,6 +274,9 @@ async def test_haystack_hybrid_answers_as_the_engine_does(served: Served) -> Non
             found = QdrantHybridRetriever(store, top_k=20).run(
                 query_embedding=routed, query_sparse_embedding=SparseEmbedding(*sparse(QUERY)))
             version_checked()
+        stored = store.filter_documents()  # read back with its vectors, by Haystack's names
+        assert len(stored) == len(TEXTS) and all(
+            len(d.embedding or []) == 384 and d.sparse_embedding is not None for d in stored)
         return _answer([(d.content or "", d.score or 0.0) for d in found["documents"]])
 
     through = await asyncio.to_thread(through_the_alias)
