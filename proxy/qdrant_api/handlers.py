@@ -310,7 +310,7 @@ async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
         examples = {id_key(x) for x in (*ask.recommend.positive, *ask.recommend.negative)
                     if not isinstance(x, list)}
         found = await searcher.search_vector(
-            alias, vector, limit=ask.window + len(examples),
+            alias, vector, limit=min(parts.settings.max_limit, ask.window + len(examples)),
             raw_filter=ask.filter, version=version.name, with_payload=ask.payload.wanted,
             span=span)
         return msgspec.structs.replace(found, hits=[
