@@ -9,7 +9,6 @@ it. With ``qdrant_read_key`` set, every route but the version and health checks 
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,25 +18,33 @@ from aiohttp import HttpVersion11, web
 from opentelemetry.trace import Tracer
 
 from proxy.config import Settings
-from proxy.http import ERROR_SHAPE, public_message, status_of
+from proxy.http import ERROR_SHAPE, public_message, read_body, status_of
 from proxy.ingest.writer import Ingestor
 from proxy.qdrant_api import handlers
-from proxy.qdrant_api.handlers import PARTS, Parts
-from proxy.qdrant_api.shapes import check_name, error
+from proxy.qdrant_api.handlers import (
+    MAX_BODY_BYTES,
+    TRACE_HEADER,
+    VERSION_HEADER,
+    Call,
+    Parts,
+    Reply,
+    check_access,
+    given_key,
+    too_large,
+)
+from proxy.qdrant_api.shapes import QDRANT_VERSION, answer, check_name, error
 from proxy.serving.embed import Embedder
 from proxy.serving.readiness import Lifecycle, close_when_draining
 from proxy.serving.search import Searcher
-from rollout_rules.errors import (
-    AccessError,
-    EmbedshiftError,
-    FeatureOff,
-)
+from rollout_rules.errors import EmbedshiftError
 
 log = structlog.get_logger("embedshift.qdrant_api")
 _ENCODER = msgspec.json.Encoder()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Answers = Callable[[Call], Awaitable[Reply]]
+PARTS = web.AppKey("qdrant_parts", Parts)
 
-WRITES: list[tuple[str, str, Handler]] = [
+WRITES: list[tuple[str, str, Answers]] = [
     ("PUT", "/collections/{name}", handlers.create_collection),
     ("DELETE", "/collections/{name}", handlers.delete_collection),
     ("PUT", "/collections/{name}/index", handlers.create_index),
@@ -49,11 +56,7 @@ WRITES: list[tuple[str, str, Handler]] = [
     ("POST", "/collections/{name}/points/payload/clear", handlers.clear_payload),
 ]
 """Routes that change what is stored: the write key, always."""
-ROUTES: list[tuple[str, str, Handler]] = [
-    ("GET", "/", handlers.root),
-    ("GET", "/healthz", handlers.healthz),
-    ("GET", "/livez", handlers.healthz),
-    ("GET", "/readyz", handlers.readyz),
+ROUTES: list[tuple[str, str, Answers]] = [
     ("GET", "/collections", handlers.list_collections),
     ("GET", "/aliases", handlers.list_aliases),
     ("GET", "/collections/{name}", handlers.get_collection),
@@ -106,37 +109,10 @@ WRITE = web.AppKey("qdrant_write_handlers", frozenset)
 
 
 def _check_key(request: web.Request) -> None:
-    """Writes need the write key (off without one); reads the read key when one is set (the
-    write key opens them too)."""
-    settings = request.app[PARTS].settings
-    given = _given_key(request)
-    write = settings.qdrant_write_key
-    writing = request.match_info.handler in request.app[WRITE]
-    if writing and not write:
-        raise FeatureOff("writes through the Qdrant API are off: set "
-                         "EMBEDSHIFT_QDRANT_WRITE_KEY to enable them")
-    if writing:
-        if not _same(given, write):
-            raise AccessError("a valid api-key with write access is required")
+    if request.method == "GET" and request.path in OPEN_PATHS:
         return
-    read = settings.qdrant_read_key
-    if not read or (request.method == "GET" and request.path in OPEN_PATHS):
-        return
-    if not (_same(given, read) or (write and _same(given, write))):
-        raise AccessError("a valid api-key is required")
-
-
-def _given_key(request: web.Request) -> str | None:
-    given = request.headers.get("api-key")
-    if given is None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
-    return given
-
-
-def _same(given: str | None, expected: str | None) -> bool:
-    return given is not None and expected is not None and hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), expected.encode())
+    check_access(request.app[PARTS].settings, given_key(request.headers),
+                 writing=request.match_info.handler in request.app[WRITE])
 
 
 def _shape(status: int, message: str) -> bytes:
@@ -158,6 +134,55 @@ async def _not_served(request: web.Request) -> web.Response:
                                 "embedshift's Qdrant API (see the docs: what is supported)")
 
 
+def _rest(answers: Answers) -> Handler:
+    """An aiohttp handler for ``answers``: the request handed over as a ``Call``, the reply
+    answered in Qdrant's JSON, the version and trace ids in headers."""
+    async def handle(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        parts = request.app[PARTS]
+        body = await read_body(request, MAX_BODY_BYTES, parts.settings.body_timeout_s) \
+            if request.can_read_body else b""
+        call = Call(parts, request.match_info.get("name", ""), request.headers, body or b"",
+                    request.match_info.get("id", ""))
+        reply = await answers(call)
+        encoded = _ENCODER.encode(answer(reply.result, time.perf_counter() - started))
+        refused = too_large(len(encoded), reply.max_bytes)
+        if refused is not None:
+            raise refused
+        response = web.Response(body=encoded, content_type="application/json")
+        if reply.version is not None:
+            response.headers[VERSION_HEADER] = reply.version
+        if call.traces:  # answers routed through embedshift: as POST /v1/feedback takes them
+            response.headers[TRACE_HEADER] = ",".join(call.traces)
+        return response
+
+    handle.__name__ = handle.__qualname__ = answers.__name__
+    return handle
+
+
+async def _root(request: web.Request) -> web.Response:
+    return web.json_response({"title": "qdrant - vector search engine (embedshift)",
+                              "version": QDRANT_VERSION})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    """Liveness (``/healthz``, ``/livez``): the process answers, draining or not (a probe that
+    failed here would have it killed mid-drain)."""
+    return web.Response(text="healthz check passed")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 from the moment a shutdown begins, so load balancers send no more."""
+    if request.app[PARTS].lifecycle.draining:
+        return web.Response(text="draining: shutting down", status=503)
+    return web.Response(text="all shards are ready")
+
+
+PROBES: list[tuple[str, str, Handler]] = [
+    ("GET", "/", _root), ("GET", "/healthz", _healthz), ("GET", "/livez", _healthz),
+    ("GET", "/readyz", _readyz)]
+
+
 def make_qdrant_app(settings: Settings, searcher: Searcher, tracer: Tracer,
                     ingestor: Ingestor, embedder: Embedder, *,
                     lifecycle: Lifecycle | None = None) -> web.Application:
@@ -166,10 +191,11 @@ def make_qdrant_app(settings: Settings, searcher: Searcher, tracer: Tracer,
     app[PARTS] = Parts(settings, searcher, tracer, ingestor, embedder,
                        lifecycle if lifecycle is not None else Lifecycle(started=True))
     app.on_response_prepare.append(close_when_draining(app[PARTS].lifecycle))
-    app.on_response_prepare.append(handlers.trace_header)
-    app[WRITE] = frozenset(handler for _, _, handler in WRITES)
+    writes = [(method, path, _rest(answers)) for method, path, answers in WRITES]
+    app[WRITE] = frozenset(handler for _, _, handler in writes)
     app[ERROR_SHAPE] = _shape
-    for method, path, handler in [*WRITES, *ROUTES]:
+    reads = [(method, path, _rest(answers)) for method, path, answers in ROUTES]
+    for method, path, handler in [*PROBES, *writes, *reads]:
         app.router.add_route(method, path, handler, expect_handler=_expect_continue)
     app.router.add_route("*", "/{path:.*}", _not_served, expect_handler=_expect_continue)
     return app

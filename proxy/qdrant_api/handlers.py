@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
-from dataclasses import dataclass
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
-from aiohttp import web
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.config import Settings
-from proxy.http import decode, random_key, read_body
+from proxy.http import decode, random_key
 from proxy.ingest.documents import Document, VectorPoint, checked, doc_id_of, point_id
 from proxy.ingest.writer import Ingestor, apply_payload_change, held
 from proxy.qdrant_api.plain import (
@@ -23,7 +23,6 @@ from proxy.qdrant_api.plain import (
     version_collections,
 )
 from proxy.qdrant_api.shapes import (
-    QDRANT_VERSION,
     Ask,
     GroupsBody,
     Incoming,
@@ -32,7 +31,6 @@ from proxy.qdrant_api.shapes import (
     Recommend,
     SearchBatch,
     SearchBody,
-    answer,
     average_vector,
     canonical_id,
     collection_info,
@@ -67,6 +65,7 @@ from proxy.vectors.base import (
     parse_filter,
 )
 from rollout_rules.errors import (
+    AccessError,
     BackendError,
     DocumentNotFound,
     FeatureOff,
@@ -76,6 +75,7 @@ from rollout_rules.errors import (
 from rollout_rules.model import Target, Version, rule_error
 
 T = TypeVar("T")
+TRACE_HEADER = "x-embedshift-trace-id"
 MAX_BODY_BYTES = 32 * 1024 * 1024  # Qdrant's own default limit
 VERSION_HEADER = "X-Embedshift-Model-Version"
 _ENCODER = msgspec.json.Encoder()
@@ -91,157 +91,172 @@ class Parts:
     lifecycle: Lifecycle  # the process's, shared with the native edge: draining on both
 
 
-PARTS = web.AppKey("qdrant_parts", Parts)
+@dataclass
+class Call:
+    """One request to Qdrant's API as every edge hands it over (REST, gRPC): the collection it
+    names, the caller's headers (case-insensitive), its body as Qdrant's REST API spells it,
+    and the trace ids of the answers it was given (filled in by the handler)."""
+
+    parts: Parts
+    name: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+    point: str = ""  # a point id from the path (``GET /collections/{name}/points/{id}``)
+    traces: list[str] = field(default_factory=list)
+
+    def decoded(self, kind: type[T]) -> T:
+        """The body decoded as every edge decodes one (``proxy.http``)."""
+        return decode(self.body or b"{}", kind)
 
 
-def _json(result: Any, started: float, version: str | None = None,
-          max_bytes: int | None = None) -> web.Response:
-    """Qdrant's answer; past ``max_bytes`` (a search's), a 400 naming the bound instead."""
-    body = _ENCODER.encode(answer(result, time.perf_counter() - started))
-    if max_bytes is not None and len(body) > max_bytes:
-        raise RuleError("limit", f"the answer would be {len(body)} bytes, more than "
-                                 f"max_answer_bytes ({max_bytes}): ask for fewer points, or "
-                                 "leave payloads and vectors out")
-    response = web.Response(body=body, content_type="application/json")
-    if version is not None:
-        response.headers[VERSION_HEADER] = version
-    return response
+class Reply(NamedTuple):
+    """A handler's answer: Qdrant's ``result``, the version that served it (for the header or
+    trailing metadata), and the bound on its size (a search's: ``max_answer_bytes``)."""
+
+    result: Any
+    version: str | None = None
+    max_bytes: int | None = None
 
 
-async def _body(request: web.Request, kind: type[T]) -> T:
-    """The body read and decoded as every edge reads and decodes one (``proxy.http``)."""
-    raw = await read_body(request, MAX_BODY_BYTES, request.app[PARTS].settings.body_timeout_s)
-    return decode(raw or b"{}", kind)
+def too_large(size: int, max_bytes: int | None) -> RuleError | None:
+    """The refusal of an answer of ``size`` bytes past ``max_bytes``, if it is."""
+    if max_bytes is None or size <= max_bytes:
+        return None
+    return RuleError("limit", f"the answer would be {size} bytes, more than "
+                              f"max_answer_bytes ({max_bytes}): ask for fewer points, or "
+                              "leave payloads and vectors out")
 
 
-def affinity(request: web.Request) -> str | None:
+def given_key(headers: Mapping[str, str]) -> str | None:
+    """The api-key a caller gave: ``api-key``, or ``Authorization: Bearer``."""
+    given = headers.get("api-key")
+    if given is None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else None
+    return given
+
+
+def check_access(settings: Settings, given: str | None, *, writing: bool) -> None:
+    """Writes need the write key (off without one); reads the read key when one is set (the
+    write key opens them too). Keys are compared in constant time."""
+    write = settings.qdrant_write_key
+    if writing and not write:
+        raise FeatureOff("writes through the Qdrant API are off: set "
+                         "EMBEDSHIFT_QDRANT_WRITE_KEY to enable them")
+    if writing:
+        if not _same(given, write):
+            raise AccessError("a valid api-key with write access is required")
+        return
+    read = settings.qdrant_read_key
+    if read and not (_same(given, read) or (write and _same(given, write))):
+        raise AccessError("a valid api-key is required")
+
+
+def _same(given: str | None, expected: str | None) -> bool:
+    return given is not None and expected is not None and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
+def affinity(call: Call) -> str | None:
     """The caller's sticky key: the configured header, else Qdrant's route affinity, else
     (with ``qdrant_affinity_from_key``) an identity of the caller's api-key, never the key."""
-    settings = request.app[PARTS].settings
-    value = (request.headers.get(settings.qdrant_affinity_header)
-             or request.headers.get("x-qdrant-route-affinity"))
+    settings = call.parts.settings
+    value = (call.headers.get(settings.qdrant_affinity_header)
+             or call.headers.get("x-qdrant-route-affinity"))
     if value:
         return value[:256]
-    key = request.headers.get("api-key")
+    key = call.headers.get("api-key")
     if settings.qdrant_affinity_from_key and key:
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=12)
         return f"api-key:{digest.hexdigest()}"
     return None
 
 
-async def root(request: web.Request) -> web.Response:
-    return web.json_response({"title": "qdrant - vector search engine (embedshift)",
-                              "version": QDRANT_VERSION})
+def _aliases(call: Call) -> list[str]:
+    return sorted(call.parts.searcher.rules.rollouts)
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness (``/healthz``, ``/livez``): the process answers, draining or not (a probe that
-    failed here would have it killed mid-drain)."""
-    return web.Response(text="healthz check passed")
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: 503 from the moment a shutdown begins, so load balancers send no more."""
-    if request.app[PARTS].lifecycle.draining:
-        return web.Response(text="draining: shutting down", status=503)
-    return web.Response(text="all shards are ready")
-
-
-def _aliases(request: web.Request) -> list[str]:
-    return sorted(request.app[PARTS].searcher.rules.rollouts)
-
-
-async def list_collections(request: web.Request) -> web.Response:
+async def list_collections(call: Call) -> Reply:
     """The declared aliases, and the application's own collections (never a version's)."""
-    started = time.perf_counter()
-    searcher = request.app[PARTS].searcher
-    hidden = version_collections(searcher) | set(_aliases(request))
+    searcher = call.parts.searcher
+    hidden = version_collections(searcher) | set(_aliases(call))
     own = [name for name in await searcher.store.collections() if name not in hidden]
-    return _json({"collections": [{"name": name} for name in [*_aliases(request), *own]]},
-                 started)
+    return Reply({"collections": [{"name": name} for name in [*_aliases(call), *own]]})
 
 
-async def collection_exists(request: web.Request) -> web.Response:
-    started = time.perf_counter()
+async def collection_exists(call: Call) -> Reply:
     try:
-        await plain(request.app[PARTS].searcher, request.match_info["name"])
+        await plain(call.parts.searcher, call.name)
     except (NotFoundError, FeatureOff):
-        return _json({"exists": False}, started)
-    return _json({"exists": True}, started)
+        return Reply({"exists": False})
+    return Reply({"exists": True})
 
 
-async def create_collection(request: web.Request) -> web.Response:
+async def create_collection(call: Call) -> Reply:
     """A collection of the application's own; an alias's are created by its rule."""
-    started = time.perf_counter()
-    searcher = request.app[PARTS].searcher
-    name = request.match_info["name"]
+    searcher = call.parts.searcher
+    name = call.name
     if name in searcher.rules.rollouts:
         raise FeatureOff(f"{name} is a declared alias: its versions' collections are created "
                          f"by its rule (embedshift init {name} --file rules.toml --force)")
     refuse_version_collection(searcher, name)
     if await searcher.store.describe(Target(collection=name)) is not None:
         raise RuleError("name", f"collection {name} already exists")
-    config = read_vectors_config(await _raw(request))
+    config = read_vectors_config(call.decoded(dict[str, Any]))
     await searcher.store.create(Target(collection=name), config)
-    return _json(True, started)
+    return Reply(True)
 
 
-async def delete_collection(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    name = request.match_info["name"]
-    own = await plain(request.app[PARTS].searcher, name)
+async def delete_collection(call: Call) -> Reply:
+    name = call.name
+    own = await plain(call.parts.searcher, name)
     if own is None:
         raise FeatureOff(f"{name} is a declared alias: retire and archive its versions, or "
                          "`embedshift delete` it, rather than drop a collection")
-    await request.app[PARTS].searcher.store.drop(own.target)
-    return _json(True, started)
+    await call.parts.searcher.store.drop(own.target)
+    return Reply(True)
 
 
-async def create_index(request: web.Request) -> web.Response:
+async def create_index(call: Call) -> Reply:
     """A payload index, built in every version of an alias (or the application's own
     collection); never on embedshift's own keys."""
-    started = time.perf_counter()
-    searcher = request.app[PARTS].searcher
-    field, schema = read_index(await _raw(request))
-    own = await plain(searcher, request.match_info["name"])
+    searcher = call.parts.searcher
+    field, schema = read_index(call.decoded(dict[str, Any]))
+    own = await plain(searcher, call.name)
     versions = [own.version] if own is not None else \
-        searcher.rollout(request.match_info["name"]).versions
+        searcher.rollout(call.name).versions
     for version in versions:
         if await searcher.store.describe(version.target) is not None:
             await searcher.store.index_field(version.target, field, schema)
-    return _json({"operation_id": 0, "status": "completed"}, started)
+    return Reply({"operation_id": 0, "status": "completed"})
 
 
-async def list_aliases(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    searcher = request.app[PARTS].searcher
-    return _json({"aliases": [
+async def list_aliases(call: Call) -> Reply:
+    searcher = call.parts.searcher
+    return Reply({"aliases": [
         {"alias_name": name, "collection_name": rollout.version(rollout.stable).target.collection}
-        for name, rollout in sorted(searcher.rules.rollouts.items())]}, started)
+        for name, rollout in sorted(searcher.rules.rollouts.items())]})
 
 
-async def collection_aliases(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    if await plain(request.app[PARTS].searcher, request.match_info["name"]) is not None:
-        return _json({"aliases": []}, started)
-    rollout = request.app[PARTS].searcher.rollout(request.match_info["name"])
-    return _json({"aliases": [{"alias_name": rollout.alias, "collection_name":
-                               rollout.version(rollout.stable).target.collection}]}, started)
+async def collection_aliases(call: Call) -> Reply:
+    if await plain(call.parts.searcher, call.name) is not None:
+        return Reply({"aliases": []})
+    rollout = call.parts.searcher.rollout(call.name)
+    return Reply({"aliases": [{"alias_name": rollout.alias, "collection_name":
+                               rollout.version(rollout.stable).target.collection}]})
 
 
-async def get_collection(request: web.Request) -> web.Response:
+async def get_collection(call: Call) -> Reply:
     """The collection as the version this caller is routed to holds it."""
-    started = time.perf_counter()
-    searcher = request.app[PARTS].searcher
-    own = await plain(searcher, request.match_info["name"])
+    searcher = call.parts.searcher
+    own = await plain(searcher, call.name)
     version = own.version if own is not None else searcher.route(
-        request.match_info["name"], affinity(request), random_key())
+        call.name, affinity(call), random_key())
     info = await searcher.store.describe(version.target)  # None: not written yet, 0 points
     points = info.points if info else 0
     if own is not None:
-        return _json(own_collection_info(own.config, points), started)
-    return _json(collection_info(version, points, searcher.rollout(request.match_info["name"])),
-                 started, version.name)
+        return Reply(own_collection_info(own.config, points))
+    return Reply(collection_info(version, points, searcher.rollout(call.name)), version.name)
 
 
 class Answered(NamedTuple):
@@ -250,11 +265,11 @@ class Answered(NamedTuple):
     served_by: str  # the version's name; "" for the application's own collection
 
 
-async def _answered(request: web.Request, ask: Ask) -> Answered:
+async def _answered(call: Call, ask: Ask) -> Answered:
     """One query: in the application's own collection, or through the request path in a
     server span like the native API's."""
-    parts = request.app[PARTS]
-    alias = request.match_info["name"]
+    parts = call.parts
+    alias = call.name
     own = await plain(parts.searcher, alias)
     if own is not None:
         vector = ask.vector if ask.recommend is None else await _recommended(
@@ -263,7 +278,7 @@ async def _answered(request: web.Request, ask: Ask) -> Answered:
     span = parts.tracer.start_span("POST /collections/{name}/points/query",
                                    kind=SpanKind.SERVER)
     try:
-        found = await _found(parts, alias, ask, affinity(request), span)
+        found = await _found(parts, alias, ask, affinity(call), span)
     except TimeoutError as exc:
         span.set_status(StatusCode.ERROR, "deadline exceeded")
         raise BackendError(f"no answer within {parts.searcher.deadline_s:g}s") from exc
@@ -274,21 +289,8 @@ async def _answered(request: web.Request, ask: Ask) -> Answered:
     finally:
         span.end()
     version = parts.searcher.rollout(alias).version(found.model_version)
-    request.setdefault(TRACES, []).append(found.trace_id)
+    call.traces.append(found.trace_id)
     return Answered(found.hits, version, found.model_version)
-
-
-TRACES = web.RequestKey("embedshift_traces", list[str])
-"""The trace ids of a request's answers, for the header feedback names them by."""
-TRACE_HEADER = "x-embedshift-trace-id"
-
-
-async def trace_header(request: web.Request, response: web.StreamResponse) -> None:
-    """Each answer's trace id (a batch's, comma-separated), as ``POST /v1/feedback`` takes
-    them; on answers routed through embedshift only."""
-    traces = request.get(TRACES)
-    if traces:
-        response.headers[TRACE_HEADER] = ",".join(traces)
 
 
 async def _found(parts: Parts, alias: str, ask: Ask, user: str | None,
@@ -346,33 +348,33 @@ async def _recommended(store: VectorStore, version: Version, examples: Recommend
                           [vector(x) for x in examples.negative])
 
 
-async def _each(request: web.Request, asks: list[Ask]) -> list[tuple[dict[str, Any], str]]:
+async def _each(call: Call, asks: list[Ask]) -> list[tuple[dict[str, Any], str]]:
     """Every query of a request, as Qdrant's ``{"points": [...]}``, and who served it."""
     results = []
     for ask in asks:
-        a = await _answered(request, ask)
-        vectors = await _vectors(request, a) if ask.with_vector else None
+        a = await _answered(call, ask)
+        vectors = await _vectors(call, a) if ask.with_vector else None
         results.append(({"points": scored_points(a.hits, ask, a.version, vectors)},
                         a.served_by))
     return results
 
 
-async def _vectors(request: web.Request, answered: Answered) -> dict[Any, Any]:
+async def _vectors(call: Call, answered: Answered) -> dict[Any, Any]:
     """The hits' vectors, as the version that answered holds them."""
     version = answered.version
-    stored = await request.app[PARTS].searcher.store.retrieve(
+    stored = await call.parts.searcher.store.retrieve(
         version.target, [point_id(h.id, version) for h in answered.hits], vectors=True)
-    return {id_key(doc_id_of(p)): _shown(request, p, version) for p in stored
+    return {id_key(doc_id_of(p)): _shown(call, p, version) for p in stored
             if p.vector is not None or p.named is not None}
 
 
-def _shown(request: web.Request, point: Stored, version: Version) -> Any:
+def _shown(call: Call, point: Stored, version: Version) -> Any:
     """A point's vectors as the application names them: an alias's own vector under the
     rule's name for it (a map, with the carried ones, when the rule carries any), an
     application's own collection's as they are."""
     if point.named is None:
         return point.vector
-    rollout = request.app[PARTS].searcher.rules.rollouts.get(request.match_info["name"])
+    rollout = call.parts.searcher.rules.rollouts.get(call.name)
     if rollout is None:
         return point.named
     if not (rollout.vector or rollout.carried):
@@ -382,73 +384,72 @@ def _shown(request: web.Request, point: Stored, version: Version) -> Any:
             for name, value in point.named.items() if name == own or name in rollout.carried}
 
 
-def _max_limit(request: web.Request) -> int:
-    return request.app[PARTS].settings.max_limit
+def _max_limit(call: Call) -> int:
+    return call.parts.settings.max_limit
 
 
-def _max_answer(request: web.Request) -> int:
-    return request.app[PARTS].settings.max_answer_bytes
+def _max_answer(call: Call) -> int:
+    return call.parts.settings.max_answer_bytes
 
 
-def _bounded(request: web.Request, searches: list[T]) -> list[T]:
+def _bounded(call: Call, searches: list[T]) -> list[T]:
     """A batch's searches, no more than ``max_batch_searches``."""
-    bound = request.app[PARTS].settings.max_batch_searches
+    bound = call.parts.settings.max_batch_searches
     if len(searches) > bound:
         raise RuleError("searches", f"holds {len(searches)} searches; a batch holds at most "
                                     f"{bound} (max_batch_searches)")
     return searches
 
 
-async def query(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    ask = read_query(await _body(request, QueryBody), _max_limit(request))
-    [(result, version)] = await _each(request, [ask])
-    return _json(result, started, version or None, _max_answer(request))
+def _served(results: list[tuple[dict[str, Any], str]]) -> str | None:
+    """The versions that served a batch, comma-separated; None when none did."""
+    return ",".join(sorted({v for _, v in results if v})) or None
 
 
-async def query_batch(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    batch = await _body(request, QueryBatch)
-    asks = [read_query(body, _max_limit(request))  # all read first
-            for body in _bounded(request, batch.searches)]
-    results = await _each(request, asks)
-    return _json([result for result, _ in results], started,
-                 ",".join(sorted({v for _, v in results if v})) or None, _max_answer(request))
+async def query(call: Call) -> Reply:
+    ask = read_query(call.decoded(QueryBody), _max_limit(call))
+    [(result, version)] = await _each(call, [ask])
+    return Reply(result, version or None, _max_answer(call))
 
 
-async def search(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    ask = read_search(await _body(request, SearchBody), _max_limit(request))
-    [(result, version)] = await _each(request, [ask])
-    return _json(result["points"], started, version or None, _max_answer(request))
+async def query_batch(call: Call) -> Reply:
+    batch = call.decoded(QueryBatch)
+    asks = [read_query(body, _max_limit(call))  # all read first
+            for body in _bounded(call, batch.searches)]
+    results = await _each(call, asks)
+    return Reply([result for result, _ in results], _served(results), _max_answer(call))
 
 
-async def search_batch(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    batch = await _body(request, SearchBatch)
-    asks = [read_search(body, _max_limit(request)) for body in _bounded(request, batch.searches)]
-    results = await _each(request, asks)
-    return _json([result["points"] for result, _ in results], started,
-                 ",".join(sorted({v for _, v in results if v})) or None, _max_answer(request))
+async def search(call: Call) -> Reply:
+    ask = read_search(call.decoded(SearchBody), _max_limit(call))
+    [(result, version)] = await _each(call, [ask])
+    return Reply(result["points"], version or None, _max_answer(call))
+
+
+async def search_batch(call: Call) -> Reply:
+    batch = call.decoded(SearchBatch)
+    asks = [read_search(body, _max_limit(call)) for body in _bounded(call, batch.searches)]
+    results = await _each(call, asks)
+    return Reply([result["points"] for result, _ in results], _served(results),
+                 _max_answer(call))
 
 
 # -- writes (the write key) and reads of stored points (the caller's version) -----------------
 
-async def _raw(request: web.Request) -> Any:
-    return await _body(request, dict[str, Any])
+async def _raw(call: Call) -> Any:
+    return call.decoded(dict[str, Any])
 
 
-async def upsert(request: web.Request) -> web.Response:
+async def upsert(call: Call) -> Reply:
     """Documents are written into every active version, as ingestion writes them; points with
     the writer's own vectors into stable's space, their text kept for the backfill."""
-    started = time.perf_counter()
-    parts = request.app[PARTS]
-    points = read_points(await _raw(request))
-    own = await plain(parts.searcher, request.match_info["name"])
+    parts = call.parts
+    points = read_points(call.decoded(dict[str, Any]))
+    own = await plain(parts.searcher, call.name)
     if own is not None:
         await own.upsert(points)
-        return _json({"operation_id": 0, "status": "completed"}, started)
-    rollout = parts.searcher.rollout(request.match_info["name"])
+        return Reply({"operation_id": 0, "status": "completed"})
+    rollout = parts.searcher.rollout(call.name)
     carried: dict[Any, dict[str, Named]] = {}
     for n, given in enumerate(points):
         point = given
@@ -472,7 +473,7 @@ async def upsert(request: web.Request) -> web.Response:
                 "send them again"))
     if vectors:
         await parts.ingestor.write_vectors(rollout, vectors, named=carried)
-    return _json({"operation_id": 0, "status": "completed"}, started)
+    return Reply({"operation_id": 0, "status": "completed"})
 
 
 def _document(n: int, point: Incoming) -> Document:
@@ -482,84 +483,80 @@ def _document(n: int, point: Incoming) -> Document:
         raise RuleError(f"points[{n}].{exc.field}", exc.message) from None
 
 
-async def delete_points(request: web.Request) -> web.Response:
+async def delete_points(call: Call) -> Reply:
     """Each point leaves every version that holds it; one no version holds is no error (as in
     Qdrant)."""
-    started = time.perf_counter()
-    parts = request.app[PARTS]
-    body = await _raw(request)
+    parts = call.parts
+    body = call.decoded(dict[str, Any])
     where = parse_filter(body.get("filter")) if "filter" in body else None
     ids = [] if where is not None else point_ids(body)
-    own = await plain(parts.searcher, request.match_info["name"])
+    own = await plain(parts.searcher, call.name)
     if own is not None:
         await (parts.searcher.store.delete_where(own.target, where) if where is not None
                else parts.searcher.store.delete(own.target, ids))
-        return _json({"operation_id": 0, "status": "completed"}, started)
-    rollout = parts.searcher.rollout(request.match_info["name"])
+        return Reply({"operation_id": 0, "status": "completed"})
+    rollout = parts.searcher.rollout(call.name)
     if where is not None:
         await parts.ingestor.delete_where(rollout, where)
     for doc_id in ids:
         with contextlib.suppress(DocumentNotFound):  # already gone
             await parts.ingestor.delete(rollout, doc_id)
-    return _json({"operation_id": 0, "status": "completed"}, started)
+    return Reply({"operation_id": 0, "status": "completed"})
 
 
-async def _routed(request: web.Request) -> Version:
+async def _routed(call: Call) -> Version:
     """The version this caller reads: its routed one, or the application's own collection."""
-    searcher = request.app[PARTS].searcher
-    own = await plain(searcher, request.match_info["name"])
+    searcher = call.parts.searcher
+    own = await plain(searcher, call.name)
     if own is not None:
         return own.version
-    return searcher.route(request.match_info["name"], affinity(request), random_key())
+    return searcher.route(call.name, affinity(call), random_key())
 
 
-async def retrieve(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    body = await _raw(request)
-    result = await _records(request, point_ids(body, "ids"), body.get("with_payload"),
+async def retrieve(call: Call) -> Reply:
+    body = call.decoded(dict[str, Any])
+    result = await _records(call, point_ids(body, "ids"), body.get("with_payload"),
                             body.get("with_vector", body.get("with_vectors")))
-    return _json(result, started, (await _routed(request)).name, _max_answer(request))
+    return Reply(result, (await _routed(call)).name, _max_answer(call))
 
 
-async def retrieve_one(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    raw = request.match_info["id"]
+async def retrieve_one(call: Call) -> Reply:
+    raw = call.point
     doc_id = canonical_id(int(raw) if raw.isascii() and raw.isdigit() else raw)
-    found = await _records(request, [doc_id], True, None)
+    found = await _records(call, [doc_id], True, None)
     if not found:
-        raise DocumentNotFound(request.match_info["name"], doc_id)
-    return _json(found[0], started, (await _routed(request)).name)
+        raise DocumentNotFound(call.name, doc_id)
+    return Reply(found[0], (await _routed(call)).name)
 
 
-async def _records(request: web.Request, ids: list[int | str], with_payload: Any,
+async def _records(call: Call, ids: list[int | str], with_payload: Any,
                    with_vector: Any) -> list[dict[str, Any]]:
     vectors = wants_vector(with_vector)
     selector = read_selector(with_payload)
-    version = await _routed(request)
-    store = request.app[PARTS].searcher.store
+    version = await _routed(call)
+    store = call.parts.searcher.store
     if await store.describe(version.target) is None:  # nothing written yet: no point
         return []
     stored = await store.retrieve(version.target, [point_id(i, version) for i in ids],
                                   vectors=vectors)
-    return [record(doc_id_of(point), point.payload, selector, _shown(request, point, version))
+    return [record(doc_id_of(point), point.payload, selector, _shown(call, point, version))
             for point in stored]
 
 
-async def scroll(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    body = await _raw(request)
+async def scroll(call: Call) -> Reply:
+    body = call.decoded(dict[str, Any])
     if body.get("order_by") is not None:
         raise RuleError("order_by", "is not served yet through embedshift")
     vectors = wants_vector(body.get("with_vector", body.get("with_vectors")))
     limit = body.get("limit", 10)
-    bound = max(_max_limit(request), 10_000)
+    bound = max(_max_limit(call), 10_000)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= bound:
         raise RuleError("limit", f"must be an integer from 1 to {bound}")
     selector = read_selector(body.get("with_payload"))
     offset = read_offset(body.get("offset"))
     where = parse_filter(body.get("filter"))
-    version = await _routed(request)
-    store = request.app[PARTS].searcher.store
+    version = await _routed(call)
+    store = call.parts.searcher.store
     # offsets speak the writer's ids, as every answer does: the page after the last is read
     # one point deeper, and that point's id is where the next page starts
     start = None if offset is None else point_id(offset, version)
@@ -567,28 +564,26 @@ async def scroll(request: web.Request) -> web.Response:
                                    query_filter=where) \
         if await store.describe(version.target) is not None else ([], None)
     after = doc_id_of(points[limit]) if len(points) > limit else None
-    return _json({"points": [record(doc_id_of(p), p.payload, selector,
-                                    _shown(request, p, version)) for p in points[:limit]],
-                  "next_page_offset": after}, started, version.name, _max_answer(request))
+    return Reply({"points": [record(doc_id_of(p), p.payload, selector,
+                                    _shown(call, p, version)) for p in points[:limit]],
+                  "next_page_offset": after}, version.name, _max_answer(call))
 
 
-async def count(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    body = await _raw(request)
+async def count(call: Call) -> Reply:
+    body = call.decoded(dict[str, Any])
     where = parse_filter(body.get("filter"))
-    version = await _routed(request)
-    store = request.app[PARTS].searcher.store
+    version = await _routed(call)
+    store = call.parts.searcher.store
     written = await store.describe(version.target) is not None  # else nothing yet: 0
-    return _json({"count": await store.count(version.target, where) if written else 0},
-                 started, version.name)
+    return Reply({"count": await store.count(version.target, where) if written else 0},
+                 version.name)
 
 
-async def _change_payload(request: web.Request, kind: str) -> web.Response:
+async def _change_payload(call: Call, kind: str) -> Reply:
     """A payload change, in every version of an alias or in the application's collection."""
-    started = time.perf_counter()
-    parts = request.app[PARTS]
-    change = read_payload_change(kind, await _raw(request))
-    own = await plain(parts.searcher, request.match_info["name"])
+    parts = call.parts
+    change = read_payload_change(kind, call.decoded(dict[str, Any]))
+    own = await plain(parts.searcher, call.name)
     if own is not None:
         if change.ids is not None:  # a missing point is a 404, as in Qdrant
             present = await held(parts.searcher.store, own.target, list(change.ids))
@@ -600,43 +595,41 @@ async def _change_payload(request: web.Request, kind: str) -> web.Response:
                                    {RESERVED})
     else:
         await parts.ingestor.update_payload(
-            parts.searcher.rollout(request.match_info["name"]), change)
-    return _json({"operation_id": 0, "status": "completed"}, started)
+            parts.searcher.rollout(call.name), change)
+    return Reply({"operation_id": 0, "status": "completed"})
 
 
-async def set_payload(request: web.Request) -> web.Response:
-    return await _change_payload(request, "set")
+async def set_payload(call: Call) -> Reply:
+    return await _change_payload(call, "set")
 
 
-async def overwrite_payload(request: web.Request) -> web.Response:
-    return await _change_payload(request, "overwrite")
+async def overwrite_payload(call: Call) -> Reply:
+    return await _change_payload(call, "overwrite")
 
 
-async def delete_payload(request: web.Request) -> web.Response:
-    return await _change_payload(request, "delete")
+async def delete_payload(call: Call) -> Reply:
+    return await _change_payload(call, "delete")
 
 
-async def clear_payload(request: web.Request) -> web.Response:
-    return await _change_payload(request, "clear")
+async def clear_payload(call: Call) -> Reply:
+    return await _change_payload(call, "clear")
 
 
-async def query_groups(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    grouping = read_groups(await _body(request, GroupsBody), _max_limit(request))
-    answered = await _answered(request, grouping.ask)
-    return _json({"groups": groups_of(answered.hits, grouping, answered.version)}, started,
+async def query_groups(call: Call) -> Reply:
+    grouping = read_groups(call.decoded(GroupsBody), _max_limit(call))
+    answered = await _answered(call, grouping.ask)
+    return Reply({"groups": groups_of(answered.hits, grouping, answered.version)},
                  answered.served_by or None)
 
 
-async def recommend(request: web.Request) -> web.Response:
+async def recommend(call: Call) -> Reply:
     """The legacy ``points/recommend``: examples by id or vector, the average-vector strategy."""
-    started = time.perf_counter()
-    body = await _raw(request)
+    body = call.decoded(dict[str, Any])
     examples = {key: body.pop(key) for key in ("positive", "negative", "strategy")
                 if key in body}
     try:
         query_body = msgspec.convert({**body, "query": {"recommend": examples}}, QueryBody)
     except msgspec.ValidationError as exc:
         raise rule_error(str(exc)) from None
-    [(result, version)] = await _each(request, [read_query(query_body, _max_limit(request))])
-    return _json(result["points"], started, version or None)
+    [(result, version)] = await _each(call, [read_query(query_body, _max_limit(call))])
+    return Reply(result["points"], version or None)

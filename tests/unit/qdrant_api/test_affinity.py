@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 
 from proxy.config import Settings
-from proxy.qdrant_api.handlers import PARTS, Parts, affinity
+from proxy.qdrant_api.handlers import Call, Parts, affinity
 
 
-def _request(headers: dict[str, str], **settings: Any) -> web.Request:
-    app = web.Application()
-    app[PARTS] = Parts(Settings(**settings), None, None, None, None, None)  # type: ignore[arg-type]
-    return make_mocked_request("POST", "/collections/a/points/query", headers=headers, app=app)
+def _request(headers: dict[str, str], **settings: Any) -> Call:
+    parts = Parts(Settings(**settings), None, None, None, None, None)  # type: ignore[arg-type]
+    return Call(parts, "a", CIMultiDict(headers))
 
 
 def test_the_configured_header_then_qdrants_own_is_the_sticky_key() -> None:
