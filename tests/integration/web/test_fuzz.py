@@ -375,10 +375,11 @@ def _qdrant_request(port: int, method: str, path: str, body: bytes,
 
 def test_no_input_on_the_qdrant_port_produces_a_server_error(
         running_qdrant: int, capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.qdrant_api.app import PROBES, WRITES
     from proxy.qdrant_api.app import ROUTES as QDRANT_ROUTES
-    from proxy.qdrant_api.app import WRITES
 
-    routes = st.sampled_from([(method, path) for method, path, _ in [*WRITES, *QDRANT_ROUTES]])
+    routes = st.sampled_from([(method, path) for method, path, _ in
+                              [*WRITES, *PROBES, *QDRANT_ROUTES]])
     seen: Counter[str] = Counter()
 
     @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
