@@ -48,6 +48,7 @@ WRITES: list[tuple[str, str, Answers]] = [
     ("PUT", "/collections/{name}", handlers.create_collection),
     ("DELETE", "/collections/{name}", handlers.delete_collection),
     ("PUT", "/collections/{name}/index", handlers.create_index),
+    ("DELETE", "/collections/{name}/index/{key}", handlers.delete_index),
     ("PUT", "/collections/{name}/points", handlers.upsert),
     ("POST", "/collections/{name}/points/delete", handlers.delete_points),
     ("POST", "/collections/{name}/points/payload", handlers.set_payload),
@@ -69,7 +70,7 @@ ROUTES: list[tuple[str, str, Answers]] = [
     ("POST", "/collections/{name}/points/search", handlers.search),
     ("POST", "/collections/{name}/points/search/batch", handlers.search_batch),
     ("POST", "/collections/{name}/points", handlers.retrieve),
-    ("GET", "/collections/{name}/points/{id}", handlers.retrieve_one),
+    ("GET", "/collections/{name}/points/{key}", handlers.retrieve_one),
     ("POST", "/collections/{name}/points/scroll", handlers.scroll),
     ("POST", "/collections/{name}/points/count", handlers.count),
 ]
@@ -143,7 +144,7 @@ def _rest(answers: Answers) -> Handler:
         body = await read_body(request, MAX_BODY_BYTES, parts.settings.body_timeout_s) \
             if request.can_read_body else b""
         call = Call(parts, request.match_info.get("name", ""), request.headers, body or b"",
-                    request.match_info.get("id", ""))
+                    request.match_info.get("key", ""))
         reply = await answers(call)
         encoded = _ENCODER.encode(answer(reply.result, time.perf_counter() - started))
         refused = too_large(len(encoded), reply.max_bytes)

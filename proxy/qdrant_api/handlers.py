@@ -101,7 +101,7 @@ class Call:
     name: str
     headers: Mapping[str, str]
     body: bytes = b""
-    point: str = ""  # a point id from the path (``GET /collections/{name}/points/{id}``)
+    key: str = ""  # the path's last name: a point's id, an index's field
     traces: list[str] = field(default_factory=list)
 
     def decoded(self, kind: type[T]) -> T:
@@ -228,6 +228,19 @@ async def create_index(call: Call) -> Reply:
     for version in versions:
         if await searcher.store.describe(version.target) is not None:
             await searcher.store.index_field(version.target, field, schema)
+    return Reply({"operation_id": 0, "status": "completed"})
+
+
+async def delete_index(call: Call) -> Reply:
+    """A payload index dropped from every version of an alias (or the application's own
+    collection); never embedshift's own."""
+    searcher = call.parts.searcher
+    field, _ = read_index({"field_name": call.key, "field_schema": "keyword"})
+    own = await plain(searcher, call.name)
+    versions = [own.version] if own is not None else searcher.rollout(call.name).versions
+    for version in versions:
+        if await searcher.store.describe(version.target) is not None:
+            await searcher.store.drop_index(version.target, field)
     return Reply({"operation_id": 0, "status": "completed"})
 
 
@@ -521,7 +534,7 @@ async def retrieve(call: Call) -> Reply:
 
 
 async def retrieve_one(call: Call) -> Reply:
-    raw = call.point
+    raw = call.key
     doc_id = canonical_id(int(raw) if raw.isascii() and raw.isdigit() else raw)
     found = await _records(call, [doc_id], True, None)
     if not found:

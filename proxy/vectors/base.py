@@ -237,6 +237,10 @@ class VectorStore(Protocol):
         """Build a payload index on ``field`` (a schema of ``INDEX_SCHEMAS``)."""
         ...
 
+    async def drop_index(self, target: Target, field: str) -> None:
+        """Drop the payload index on ``field``; none there is no error."""
+        ...
+
     async def indexed_fields(self, target: Target) -> dict[str, str]:
         """The payload indexes of the version's collection: field -> schema."""
         ...

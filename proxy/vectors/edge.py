@@ -354,6 +354,11 @@ class EdgeStore:
         await self._update(target, edge.UpdateOperation.create_field_index(field, kind),
                            "index a payload field")
 
+    async def drop_index(self, target: Target, field: str) -> None:
+        if field in await self.indexed_fields(target):
+            await self._update(target, edge.UpdateOperation.delete_field_index(field),
+                               "drop a payload index")
+
     async def indexed_fields(self, target: Target) -> dict[str, str]:
         shard = await self._shard(target.collection)
         with backend_errors(target.collection, "reading its payload indexes"):

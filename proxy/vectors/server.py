@@ -240,6 +240,12 @@ class ServerStore:
             await self.client.create_payload_index(target.collection, field,
                                                    models.PayloadSchemaType(schema))
 
+    async def drop_index(self, target: Target, field: str) -> None:
+        if not self.payload_indexes or field not in await self.indexed_fields(target):
+            return
+        with backend_errors(target.collection, "drop a payload index"):
+            await self.client.delete_payload_index(target.collection, field)
+
     async def indexed_fields(self, target: Target) -> dict[str, str]:
         with backend_errors(target.collection, "reading its payload indexes"):
             info = await self.client.get_collection(target.collection)

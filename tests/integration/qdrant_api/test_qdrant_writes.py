@@ -216,6 +216,15 @@ async def test_a_payload_index_reaches_every_version_never_on_embedshifts_keys(
     by_n = models.Filter(must=[models.FieldCondition(key="n", match=models.MatchValue(
         value="2"))])
     assert (await asyncio.to_thread(client.count, "notes", by_n)).count == 1
+    versions = served.proxy.app[SEARCHER].rollout("notes").versions
+
+    async def indexed() -> list[dict[str, str]]:
+        return [await served.proxy.store.indexed_fields(v.target) for v in versions]
+
+    assert [fields.get("n") for fields in await indexed()] == ["keyword", "keyword"]
+    await asyncio.to_thread(client.delete_payload_index, "notes", "n")
+    assert [fields.get("n") for fields in await indexed()] == [None, None]
+    await asyncio.to_thread(client.delete_payload_index, "notes", "n")  # none there: no error
 
 
 HEX = "c0a96bbad8b35649b6ea53fd654a23c9"  # as Haystack and LangChain write ids (uuid.hex)

@@ -392,7 +392,7 @@ def test_no_input_on_the_qdrant_port_produces_a_server_error(
         valid = VALID.get(route, st.just({}))
         body = data.draw(st.one_of(valid, valid, qdrant_fields, hostile_bodies, json_values))
         keyed = data.draw(st.sampled_from([True, True, False]))
-        path = path.replace("{name}", name).replace("{id}", point)
+        path = path.replace("{name}", name).replace("{key}", point)
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         if keyed:
             headers = {**headers, "api-key": QDRANT_WRITE_KEY.encode()}
