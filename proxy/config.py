@@ -54,6 +54,7 @@ dict. The environment wins over the file. Names, file key on the left, variable 
     drain_s             EMBEDSHIFT_DRAIN_S         on SIGTERM, /readyz is 503 this long first (5)
     shutdown_timeout_s  EMBEDSHIFT_SHUTDOWN_TIMEOUT_S  then in-flight requests get this long (10)
     qdrant_port         EMBEDSHIFT_QDRANT_PORT     serve Qdrant's REST API here too (unset: off)
+    qdrant_grpc_port    EMBEDSHIFT_QDRANT_GRPC_PORT  and its gRPC API here (unset: off)
     qdrant_read_key     EMBEDSHIFT_QDRANT_READ_KEY  asked by that API as `api-key` (unset: open)
     qdrant_write_key    EMBEDSHIFT_QDRANT_WRITE_KEY  its writes (upserts, deletes; unset: off)
     qdrant_affinity_header  EMBEDSHIFT_QDRANT_AFFINITY_HEADER  a header holding the caller's
@@ -139,6 +140,7 @@ _ENV = {
     "max_connections": "EMBEDSHIFT_MAX_CONNECTIONS",
     "max_connections_per_client": "EMBEDSHIFT_MAX_CONNECTIONS_PER_CLIENT",
     "qdrant_port": "EMBEDSHIFT_QDRANT_PORT",
+    "qdrant_grpc_port": "EMBEDSHIFT_QDRANT_GRPC_PORT",
     "handed_out_ttl_s": "EMBEDSHIFT_HANDED_OUT_TTL_S",
     "handed_out_max": "EMBEDSHIFT_HANDED_OUT_MAX",
     "embeddings_key": "EMBEDSHIFT_EMBEDDINGS_KEY",
@@ -201,6 +203,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1000
     max_connections_per_client: Annotated[int, msgspec.Meta(ge=0)] = 0
     qdrant_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    qdrant_grpc_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     handed_out_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)] = 3600.0
     handed_out_max: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     embeddings_key: str | None = None

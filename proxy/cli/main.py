@@ -38,7 +38,8 @@ EXIT_CODES: dict[type[EmbedshiftError], int] = {
     NotFoundError: 5,
     StoreUnavailable: 6,
 }
-_SETTINGS_FLAGS = ("redis_url", "data_dir", "actor", "host", "port", "qdrant_port")
+_SETTINGS_FLAGS = ("redis_url", "data_dir", "actor", "host", "port", "qdrant_port",
+                   "qdrant_grpc_port")
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -25,6 +25,8 @@ from proxy.ingest.writer import Ingestor
 from proxy.models.catalog import default_rollout
 from proxy.models.loader import ModelCache
 from proxy.qdrant_api.app import make_qdrant_app
+from proxy.qdrant_api.handlers import Parts
+from proxy.qdrant_grpc.server import GrpcEdge
 from proxy.state.answers import RedisAnswerLog
 from proxy.state.base import RuleStore
 from proxy.state.handed import RedisHandedOut
@@ -74,6 +76,8 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
         if settings.qdrant_port:
             print(f"Qdrant's REST API (a collection name is an alias) on "
                   f"http://{settings.host}:{settings.qdrant_port}", flush=True)
+        if settings.qdrant_grpc_port is not None:
+            print(f"Qdrant's gRPC API on {settings.host}:{edges[0].port}", flush=True)
 
     async def close_stores() -> None:
         await vectors.close()
@@ -88,8 +92,11 @@ async def serve(settings: Settings, environ: Mapping[str, str], demo: bool = Tru
     also = [] if settings.qdrant_port is None else [
         (make_qdrant_app(settings, app[SEARCHER], app[TRACER], app[INGESTOR], app[EMBEDDER],
                          lifecycle=app[READY]), replace(settings, port=settings.qdrant_port))]
+    edges = [] if settings.qdrant_grpc_port is None else [GrpcEdge(
+        Parts(settings, app[SEARCHER], app[TRACER], app[INGESTOR], app[EMBEDDER], app[READY]),
+        settings.host, settings.qdrant_grpc_port)]
     await serve_until_signalled(app, settings, on_listening=listening,
-                                after_cleanup=close_stores, also=also)
+                                after_cleanup=close_stores, also=also, edges=edges)
 
 
 async def prepare_demo(rules: RuleStore, ingestor: Ingestor, marker: Path | None = None
@@ -152,6 +159,9 @@ def add_parsers(add: AddCommand) -> None:
     p.add_argument("--qdrant-port", type=int,
                    help="also serve Qdrant's REST API here, a collection name being an alias "
                         "(default: EMBEDSHIFT_QDRANT_PORT, else off; 6333 is Qdrant's own)")
+    p.add_argument("--qdrant-grpc-port", type=int,
+                   help="also serve Qdrant's gRPC API here (default: "
+                        "EMBEDSHIFT_QDRANT_GRPC_PORT, else off; 6334 is Qdrant's own)")
     p.add_argument("--no-demo", action="store_true",
                    help="serve only the aliases the rules declare (no demo catalogue)")
 

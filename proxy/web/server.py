@@ -26,6 +26,7 @@ import resource
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -384,13 +385,24 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
                          shutdown_timeout=settings.shutdown_timeout_s, handle_signals=False)
 
 
+class Edge(Protocol):
+    """A server of another protocol beside the apps (Qdrant's gRPC API): started once the
+    native site listens, its connections in the same budget; stopped first, in-flight calls
+    given ``grace_s`` to finish."""
+
+    async def start(self, connections: Connections) -> None: ...
+
+    async def stop(self, grace_s: float) -> None: ...
+
+
 async def serve_until_signalled(app: web.Application, settings: Settings,
                                 on_listening: Callable[[str], None] | None = None,
                                 after_cleanup: Callable[[], Awaitable[None]] | None = None,
-                                also: Sequence[tuple[web.Application, Settings]] = ()
-                                ) -> None:
+                                also: Sequence[tuple[web.Application, Settings]] = (),
+                                *, edges: Sequence[Edge] = ()) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then drain and stop (see the module); ``also``:
-    more apps on their own host and port (the Qdrant API), stopped first."""
+    more apps on their own host and port (the Qdrant API), stopped first; ``edges``: other
+    protocols' servers, stopped before them."""
     runner = make_runner(app, settings)
     await runner.setup()
     others = [(make_runner(other, where), where) for other, where in also]
@@ -420,6 +432,8 @@ async def serve_until_signalled(app: web.Application, settings: Settings,
             other_site = GuardedSite(other, where, shared_with=site)  # one budget
             await other_site.start()
             log.info("listening", url=f"http://{where.host}:{other_site.port}", api="qdrant")
+        for edge in edges:
+            await edge.start(site.connections)
         settle_heap()  # started: every app's start-up has run
         if on_listening is not None:
             on_listening(f"http://{settings.host}:{site.port}")
@@ -427,6 +441,8 @@ async def serve_until_signalled(app: web.Application, settings: Settings,
         await asyncio.sleep(settings.drain_s)  # still serving: load balancers see 503 first
     finally:
         stopping.set()  # from here on, a signal exits at once
+        for edge in edges:
+            await edge.stop(settings.shutdown_timeout_s)
         for other, _ in others:
             await other.cleanup()
         await runner.cleanup()  # stop listening, finish in-flight, then the app's cleanup

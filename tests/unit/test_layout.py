@@ -22,7 +22,8 @@ LAYERS = {
     "proxy.state": 2, "proxy.vectors": 2, "proxy.models": 2,
     "proxy.serving": 3, "proxy.control": 3, "proxy.ingest": 3, "proxy.online": 3,
     "proxy.web": 4, "proxy.qdrant_api": 4,
-    "proxy.cli": 5,
+    "proxy.qdrant_grpc": 5,  # translates gRPC into the Qdrant REST edge's calls
+    "proxy.cli": 6,
 }
 
 

@@ -8,13 +8,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import grpc
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from msgspec.structs import replace
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from proxy.config import Settings
 from proxy.models.catalog import default_rollout
 from proxy.qdrant_api.app import make_qdrant_app
+from proxy.qdrant_api.handlers import Parts
+from proxy.qdrant_grpc.server import GrpcEdge
 from proxy.state.client import connect
 from proxy.state.rulestore import RedisRuleStore
 from proxy.vectors.edge import EdgeStore
@@ -70,3 +74,41 @@ def version_checked() -> None:
     for thread in threading.enumerate():
         if thread.name.endswith("(_check_compatibility)"):
             thread.join(10)
+
+
+WIRES = ["rest", "grpc"]
+"""How a test's qdrant-client talks to embedshift: REST, or gRPC (``prefer_grpc=True``)."""
+
+
+async def qdrant_grpc(proxy: Proxy) -> GrpcEdge:
+    """Qdrant's gRPC API over ``proxy``'s parts, on a port of its own (``edge.port``), as
+    `serve --qdrant-grpc-port` builds it; stop it with ``edge.stop(0)``."""
+    edge = GrpcEdge(Parts(proxy.app[SETTINGS], proxy.app[SEARCHER], proxy.app[TRACER],
+                          proxy.app[INGESTOR], proxy.app[EMBEDDER], proxy.app[READY]),
+                    "127.0.0.1", 0)
+    await edge.start(None)
+    return edge
+
+
+def wire_args(url: str, grpc_port: int | None) -> dict[str, Any]:
+    """qdrant-client's arguments for ``url`` (its version check stays on REST), over gRPC when
+    ``grpc_port`` is given."""
+    if grpc_port is None:
+        return {"url": url}
+    return {"url": url, "prefer_grpc": True, "grpc_port": grpc_port}
+
+
+HTTP_OF = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
+           grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404,
+           grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503,
+           grpc.StatusCode.INTERNAL: 500}
+"""The REST status each gRPC code stands for, so one assertion reads both wires."""
+
+
+def refusal(exc: BaseException) -> tuple[int, str]:
+    """A refusal as (REST status, message), whichever wire it came over."""
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code or 0, exc.content.decode(errors="replace")
+    if isinstance(exc, grpc.RpcError):
+        return HTTP_OF.get(exc.code(), 0), exc.details() or ""
+    raise exc

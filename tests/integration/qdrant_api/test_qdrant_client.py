@@ -1,8 +1,9 @@
-"""qdrant-client, sync and async, points at embedshift by its URL alone and is routed per user.
+"""qdrant-client, sync and async, REST and gRPC, points at embedshift and is routed per user.
 
 A real proxy (the native app and the Qdrant API beside it, on the real engine and models); the
 client is qdrant-client 1.20 as applications use it, with `cloud_inference=True` so a Document's
-text reaches the server, and the user's sticky key in `x-qdrant-route-affinity`.
+text reaches the server, and the user's sticky key in `x-qdrant-route-affinity`. Each client
+test runs over REST and over gRPC (`prefer_grpc=True`), unchanged.
 """
 
 from __future__ import annotations
@@ -13,43 +14,65 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
+from qdrant_client import grpc as pb
 from qdrant_client.context_headers import async_headers, headers
-from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.grpc import points_service_pb2_grpc, qdrant_pb2_grpc
 
 from proxy.web.keys import SEARCHER
 from tests.integration.conftest import Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import qdrant_api, version_checked
+from tests.integration.qdrant_api.clients import (
+    WIRES,
+    qdrant_api,
+    qdrant_grpc,
+    refusal,
+    version_checked,
+    wire_args,
+)
 
 pytestmark = pytest.mark.integration
 READ_KEY = "qdrant-read-key-for-tests"
 
 
 class Served:
-    def __init__(self, proxy: Proxy, url: str) -> None:
-        self.proxy, self.url = proxy, url
+    def __init__(self, proxy: Proxy, url: str, grpc_port: int | None = None) -> None:
+        self.proxy, self.url, self.grpc_port = proxy, url, grpc_port
 
 
-async def _serve(proxies: ProxyFactory, **settings: Any) -> AsyncIterator[Served]:
+async def _serve(proxies: ProxyFactory, wire: str = "rest", **settings: Any
+                 ) -> AsyncIterator[Served]:
     await proxies.declare(percent=50)
     proxy = await proxies.start(**settings)
     server, url = await qdrant_api(proxy)
-    yield Served(proxy, url)
+    edge = await qdrant_grpc(proxy) if wire == "grpc" else None
+    yield Served(proxy, url, edge.port if edge is not None else None)
+    if edge is not None:
+        await edge.stop(0)
     await server.close()
 
 
+@pytest.fixture(params=WIRES)
+async def served(proxies: ProxyFactory, request: pytest.FixtureRequest
+                 ) -> AsyncIterator[Served]:
+    async for served in _serve(proxies, request.param):
+        yield served
+
+
 @pytest.fixture
-async def served(proxies: ProxyFactory) -> AsyncIterator[Served]:
+async def rest_served(proxies: ProxyFactory) -> AsyncIterator[Served]:
+    """For what only REST carries: raw HTTP bodies and headers."""
     async for served in _serve(proxies):
         yield served
 
 
-def _client(url: str, **kwargs: Any) -> QdrantClient:
+def _client(served: Served, **kwargs: Any) -> QdrantClient:
     """A sync client; any warning its version check gives fails the test."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        client = QdrantClient(url=url, cloud_inference=True, **kwargs)
+        client = QdrantClient(**wire_args(served.url, served.grpc_port), cloud_inference=True,
+                              **kwargs)
         version_checked()
     assert [str(w.message) for w in caught if "insecure" not in str(w.message)] == []
     return client
@@ -60,7 +83,7 @@ def _document(text: str) -> models.Document:
 
 
 async def test_the_sync_client_lists_describes_and_queries_an_alias(served: Served) -> None:
-    client = await asyncio.to_thread(_client, served.url)
+    client = await asyncio.to_thread(_client, served)
     names = [c.name for c in (await asyncio.to_thread(client.get_collections)).collections]
     # the alias first; other tests' collections in this shared engine after it, never a version's
     assert names[0] == "products" and not {"products_v1", "products_v2"} & set(names)
@@ -117,7 +140,8 @@ async def test_the_sync_client_lists_describes_and_queries_an_alias(served: Serv
     assert filtered and all((p.payload or {})["category"] == "clothing" for p in filtered)
 
 
-async def test_a_users_version_is_the_same_through_either_api(served: Served) -> None:
+async def test_a_users_version_is_the_same_through_either_api(rest_served: Served) -> None:
+    served = rest_served
     async with aiohttp.ClientSession() as session:
         for n in range(40):
             user = f"user-{n}"
@@ -133,19 +157,20 @@ async def test_a_users_version_is_the_same_through_either_api(served: Served) ->
             assert through_qdrant == native["model_version"], user
 
 
-async def _async_client(url: str) -> AsyncQdrantClient:
+async def _async_client(served: Served) -> AsyncQdrantClient:
     """The async client checks the server's version in a thread of its own: waited for, and
     any warning it gives fails the test."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        client = AsyncQdrantClient(url=url, cloud_inference=True)
+        client = AsyncQdrantClient(**wire_args(served.url, served.grpc_port),
+                                   cloud_inference=True)
         await asyncio.to_thread(version_checked)
     assert [str(w.message) for w in caught] == []
     return client
 
 
 async def test_the_async_client_queries_in_batches_with_affinity(served: Served) -> None:
-    client = await _async_client(served.url)
+    client = await _async_client(served)
     async with async_headers({"x-qdrant-route-affinity": "bob"}):
         answers = await client.query_batch_points("products", requests=[
             models.QueryRequest(query=_document("warm jacket"), limit=3),
@@ -160,13 +185,13 @@ async def test_the_async_client_queries_in_batches_with_affinity(served: Served)
 
 
 async def test_what_cannot_be_served_is_refused_the_way_qdrant_refuses(served: Served) -> None:
-    client = await asyncio.to_thread(_client, served.url)
+    client = await asyncio.to_thread(_client, served)
 
     def refused(**kwargs: Any) -> tuple[int, str]:
         try:
             client.query_points(**{"collection_name": "products", **kwargs})
-        except UnexpectedResponse as exc:
-            return exc.status_code or 0, str(exc.content)
+        except Exception as exc:  # noqa: BLE001 -- read as either wire refuses
+            return refusal(exc)
         raise AssertionError(f"{kwargs} was answered")
 
     status, says = await asyncio.to_thread(refused, query=[0.1] * 7)
@@ -185,16 +210,21 @@ async def test_what_cannot_be_served_is_refused_the_way_qdrant_refuses(served: S
     assert status == 400 and "cannot be selected" in says
     status, says = await asyncio.to_thread(refused, query=7)
     assert status == 400 and "point id" in says
+
+
+async def test_a_body_nested_too_deep_is_refused_before_it_is_read(rest_served: Served
+                                                                    ) -> None:
     deep = b'{"query": [0.1], "filter": ' + b"[" * 1000 + b"]" * 1000 + b"}"
     async with aiohttp.ClientSession() as session, session.post(
-            f"{served.url}/collections/products/points/query", data=deep) as response:
+            f"{rest_served.url}/collections/products/points/query", data=deep) as response:
         assert response.status == 400  # decoded as the native API decodes: depth first
         assert "deeper" in (await response.json())["status"]["error"]
 
 
-async def test_a_raw_vector_is_searched_in_stables_space(served: Served) -> None:
+async def test_a_raw_vector_is_searched_in_stables_space(rest_served: Served) -> None:
     """A vector says nothing of the model that made it: it is searched in stable's space, the
     one its size fits, whatever the caller's bucket; the legacy search route too."""
+    served = rest_served
     rollout = served.proxy.app[SEARCHER].rollout("products")
     stable = rollout.version(rollout.stable)
     encoder = served.proxy.app[SEARCHER].encoders[
@@ -218,19 +248,20 @@ async def test_a_raw_vector_is_searched_in_stables_space(served: Served) -> None
     assert all(p["version"] == 0 and p["payload"] for p in legacy)
 
 
-async def test_the_read_key_is_asked_for_when_set(proxies: ProxyFactory) -> None:
-    async for served in _serve(proxies, qdrant_read_key=READ_KEY):
-        client = await asyncio.to_thread(_client, served.url)
-        with pytest.raises(UnexpectedResponse) as refused:
+@pytest.mark.parametrize("wire", WIRES)
+async def test_the_read_key_is_asked_for_when_set(proxies: ProxyFactory, wire: str) -> None:
+    async for served in _serve(proxies, wire, qdrant_read_key=READ_KEY):
+        client = await asyncio.to_thread(_client, served)
+        with pytest.raises(Exception) as refused:  # either wire's refusal
             await asyncio.to_thread(client.get_collections)
-        assert refused.value.status_code == 401
-        keyed = await asyncio.to_thread(_client, served.url, api_key=READ_KEY)
+        assert refusal(refused.value)[0] == 401
+        keyed = await asyncio.to_thread(_client, served, api_key=READ_KEY)
         names = await asyncio.to_thread(keyed.get_collections)
         assert names.collections[0].name == "products"
 
 
 async def test_groups_and_recommendations_come_from_the_callers_version(served: Served) -> None:
-    client = await asyncio.to_thread(_client, served.url)
+    client = await asyncio.to_thread(_client, served)
     native = await served.proxy.search(query="warm jacket for winter", user_id="carol", limit=3)
 
     def ask() -> tuple[Any, Any]:
@@ -250,3 +281,50 @@ async def test_groups_and_recommendations_come_from_the_callers_version(served: 
     assert groups.groups[0].hits[0].id == native["hits"][0]["id"]  # the best hit leads
     ids = [p.id for p in similar.points]
     assert len(ids) == 4 and not {native["hits"][0]["id"], native["hits"][1]["id"]} & set(ids)
+
+
+def _text_query(text: str, **fields: Any) -> pb.QueryPoints:
+    return pb.QueryPoints(collection_name="products", query=pb.Query(nearest=pb.VectorInput(
+        document=pb.Document(text=text, model="any"))), **fields)
+
+
+async def test_over_grpc_the_version_that_answered_rides_in_the_trailing_metadata(
+        proxies: ProxyFactory) -> None:
+    """The same user gets the same version as through the native API, named where gRPC puts
+    what is not the message; a raw vector is searched in stable's space; the health check,
+    and what is not served, answer as Qdrant's would."""
+    async for served in _serve(proxies, "grpc"):
+        rollout = served.proxy.app[SEARCHER].rollout("products")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
+            points = points_service_pb2_grpc.PointsStub(channel)
+            seen = set()
+            for n in range(40):
+                user = f"user-{n}"
+                call = points.Query(_text_query("tent", limit=3),
+                                    metadata=[("x-qdrant-route-affinity", user)])
+                answer = await call
+                trailing = dict(await call.trailing_metadata())
+                native = await served.proxy.search(query="tent", user_id=user, limit=3)
+                assert trailing["x-embedshift-model-version"] == native["model_version"]
+                assert [p.id.num for p in answer.result] == [h["id"] for h in native["hits"]]
+                assert trailing["x-embedshift-trace-id"]
+                seen.add(native["model_version"])
+            assert seen == {rollout.stable, rollout.candidate}  # both versions met
+            stable = rollout.version(rollout.stable)
+            call = points.Search(pb.SearchPoints(collection_name="products",
+                                                 vector=[0.1] * stable.dimensions, limit=2),
+                                 metadata=[("x-qdrant-route-affinity", "user-1")])
+            assert len((await call).result) == 2
+            assert dict(await call.trailing_metadata())[
+                "x-embedshift-model-version"] == stable.name
+            health = await qdrant_pb2_grpc.QdrantStub(channel).HealthCheck(
+                pb.HealthCheckRequest())
+            assert health.version and "qdrant" in health.title
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await points.Discover(pb.DiscoverPoints(collection_name="products"))
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "Discover is not served" in (refused.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await points.Query(pb.QueryPoints(collection_name="a/b"))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "name" in (refused.value.details() or "")
