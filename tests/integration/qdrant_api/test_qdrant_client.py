@@ -296,7 +296,7 @@ async def test_over_grpc_the_version_that_answered_rides_in_the_trailing_metadat
     async for served in _serve(proxies, "grpc"):
         rollout = served.proxy.app[SEARCHER].rollout("products")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
-            points = points_service_pb2_grpc.PointsStub(channel)
+            points = points_service_pb2_grpc.PointsStub(channel)  # type: ignore[no-untyped-call]
             seen = set()
             for n in range(40):
                 user = f"user-{n}"
@@ -317,7 +317,7 @@ async def test_over_grpc_the_version_that_answered_rides_in_the_trailing_metadat
             assert len((await call).result) == 2
             assert dict(await call.trailing_metadata())[
                 "x-embedshift-model-version"] == stable.name
-            health = await qdrant_pb2_grpc.QdrantStub(channel).HealthCheck(
+            health = await qdrant_pb2_grpc.QdrantStub(channel).HealthCheck(  # type: ignore[no-untyped-call]
                 pb.HealthCheckRequest())
             assert health.version and "qdrant" in health.title
             with pytest.raises(grpc.aio.AioRpcError) as refused:
