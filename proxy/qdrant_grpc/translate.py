@@ -30,6 +30,8 @@ def _json(model: Any) -> Any:
     """A REST model as the JSON Qdrant's REST API takes: unset (None) fields left out."""
     if isinstance(model, list):
         return [_json(item) for item in model]
+    if isinstance(model, dict):
+        return {key: _json(value) for key, value in model.items()}
     if hasattr(model, "model_dump"):
         return model.model_dump(mode="json", exclude_none=True, by_alias=True)
     return model

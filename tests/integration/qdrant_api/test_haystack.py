@@ -20,18 +20,26 @@ from proxy.vectors.edge import EdgeStore
 from proxy.web.keys import WATCHER
 from rollout_rules.model import Target
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import TOPICS, WRITE_KEY, qdrant_api, version_checked
+from tests.integration.qdrant_api.clients import (
+    TOPICS,
+    WIRES,
+    WRITE_KEY,
+    qdrant_api,
+    qdrant_grpc,
+    version_checked,
+    wire_args,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def _store(url: str, index: str) -> Any:
+def _store(where: dict[str, Any], index: str) -> Any:
     from haystack.utils import Secret
     from haystack_integrations.document_stores.qdrant import QdrantDocumentStore
 
     with warnings.catch_warnings():  # "api key over an insecure connection": loopback here
         warnings.filterwarnings("ignore", message="Api key is used with an insecure")
-        store = QdrantDocumentStore(url=url, api_key=Secret.from_token(WRITE_KEY), https=False,
+        store = QdrantDocumentStore(**where, api_key=Secret.from_token(WRITE_KEY), https=False,
                                     index=index, embedding_dim=384, similarity="cosine",
                                     progress_bar=False)
         store.count_documents()  # the collection is set up (or checked) on first use
@@ -39,8 +47,9 @@ def _store(url: str, index: str) -> Any:
     return store
 
 
+@pytest.mark.parametrize("wire", WIRES)
 async def test_haystacks_hex_ids_write_check_duplicates_find_and_delete_then_migrate(
-        proxies: ProxyFactory, tmp_path: Path) -> None:
+        proxies: ProxyFactory, tmp_path: Path, wire: str) -> None:
     from haystack import Document
     from haystack.document_stores.errors import DuplicateDocumentError
     from haystack.document_stores.types import DuplicatePolicy
@@ -49,6 +58,8 @@ async def test_haystacks_hex_ids_write_check_duplicates_find_and_delete_then_mig
     proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"), refresh_interval_s=0.2,
                                 qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
     server, url = await qdrant_api(proxy)
+    edge = await qdrant_grpc(proxy) if wire == "grpc" else None
+    where = wire_args(url, edge.port if edge is not None else None)
     texts = [f"{topic}, note {n}" for n, topic in enumerate(TOPICS * 4)]
     l3 = proxies.engine.models[(L3_ID, "none")]  # the application's own encoder
     vectors = await asyncio.to_thread(l3.embed, texts)
@@ -57,7 +68,7 @@ async def test_haystacks_hex_ids_write_check_duplicates_find_and_delete_then_mig
                  for n, (text, vector) in enumerate(zip(texts, vectors, strict=True))]
 
     def own_collection() -> tuple[int, int, list[str]]:
-        store = _store(url, "hs")
+        store = _store(where, "hs")
         written = store.write_documents(documents)  # checks the hex ids first, then writes
         with pytest.raises(DuplicateDocumentError):
             store.write_documents(documents[:2])
@@ -79,7 +90,7 @@ async def test_haystacks_hex_ids_write_check_duplicates_find_and_delete_then_mig
     assert "notes" in proxy.app[WATCHER].rollouts
 
     def through_the_alias() -> tuple[list[str], list[str], int]:
-        store = _store(url, "notes")
+        store = _store(where, "notes")
         query = _embedding(proxy, "a lighthouse on a stormy coast")
         first = [d.id for d in QdrantEmbeddingRetriever(store, top_k=2).run(
             query_embedding=query)["documents"]]
@@ -92,6 +103,8 @@ async def test_haystacks_hex_ids_write_check_duplicates_find_and_delete_then_mig
     assert first[0] in ("doc-2", "doc-10", "doc-18", "doc-26") and len(first) == 2
     assert sorted(got) == ["doc-0", "doc-1", "doc-2"]
     assert left == len(texts) - 2
+    if edge is not None:
+        await edge.stop(0)
     await server.close()
 
 

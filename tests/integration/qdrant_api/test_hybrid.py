@@ -5,6 +5,7 @@ LangChain (`HYBRID` and `SPARSE`), LlamaIndex (`enable_hybrid=True`) and Haystac
 a corpus with their own ids, dense vectors from the L3 model and sparse vectors from a small
 local encoder written here, and query it as they do. Each answer equals the answer the same
 framework gets from qdrant-client's local mode holding the same corpus: the engine fused it.
+Each test runs over REST and over gRPC (the frameworks' ``prefer_grpc=True``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,15 @@ from proxy.web.keys import INGESTOR, WATCHER
 from rollout_rules.model import Carried, Target, Version
 from tests.eventually import eventually, eventually_async
 from tests.integration.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import TOPICS, WRITE_KEY, qdrant_api, version_checked
+from tests.integration.qdrant_api.clients import (
+    TOPICS,
+    WIRES,
+    WRITE_KEY,
+    qdrant_api,
+    qdrant_grpc,
+    version_checked,
+    wire_args,
+)
 
 pytestmark = pytest.mark.integration
 FILLER = ["seen", "from", "afar", "in", "old", "photographs", "kept", "by", "a", "family", "of",
@@ -67,13 +76,18 @@ def sparse(text: str) -> tuple[list[int], list[float]]:
 
 
 class Served:
-    def __init__(self, proxy: Proxy, url: str, dense: Any) -> None:
-        self.proxy, self.url, self.dense = proxy, url, dense
+    def __init__(self, proxy: Proxy, url: str, dense: Any, grpc_port: int | None) -> None:
+        self.proxy, self.url, self.dense, self.grpc_port = proxy, url, dense, grpc_port
+
+    def where(self, **key: Any) -> dict[str, Any]:
+        """A framework's connection arguments: the Qdrant port (gRPC's too, on that wire)."""
+        return {**wire_args(self.url, self.grpc_port), "api_key": WRITE_KEY, "https": False,
+                **key}
 
     def client(self) -> QdrantClient:
         with warnings.catch_warnings():  # "api key over an insecure connection": loopback
             warnings.filterwarnings("ignore", message="Api key is used with an insecure")
-            client = QdrantClient(url=self.url, api_key=WRITE_KEY, https=False)
+            client = QdrantClient(**self.where())
             version_checked()
         return client
 
@@ -81,12 +95,16 @@ class Served:
         return [[float(x) for x in v] for v in self.dense.embed(texts)]
 
 
-@pytest.fixture
-async def served(proxies: ProxyFactory, tmp_path: Path) -> Any:
+@pytest.fixture(params=WIRES)
+async def served(proxies: ProxyFactory, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     proxy = await proxies.start(engine=EdgeStore(tmp_path / "qdrant"),
                                 qdrant_write_key=WRITE_KEY, data_dir=str(tmp_path / "data"))
     server, url = await qdrant_api(proxy)
-    yield Served(proxy, url, proxies.engine.models[(L3_ID, "none")])
+    edge = await qdrant_grpc(proxy) if request.param == "grpc" else None
+    yield Served(proxy, url, proxies.engine.models[(L3_ID, "none")],
+                 edge.port if edge is not None else None)
+    if edge is not None:
+        await edge.stop(0)
     await server.close()
 
 
@@ -136,8 +154,7 @@ async def test_langchain_hybrid_and_sparse_answer_as_the_engine_does(served: Ser
         return _answer([(doc.page_content, score) for doc, score in found])
 
     for mode in (RetrievalMode.HYBRID, RetrievalMode.SPARSE):
-        ours = await asyncio.to_thread(run, mode, url=served.url, api_key=WRITE_KEY,
-                                       https=False)
+        ours = await asyncio.to_thread(run, mode, **served.where())
         engines = await asyncio.to_thread(run, mode, location=":memory:")
         assert ours == engines and len(ours) >= 8, mode
     client = await asyncio.to_thread(served.client)
@@ -245,8 +262,7 @@ async def test_haystack_hybrid_answers_as_the_engine_does(served: Served) -> Non
                                     for d in found["documents"]]))
         return answers
 
-    ours = await asyncio.to_thread(run, url=served.url, api_key=Secret.from_token(WRITE_KEY),
-                                   https=False)
+    ours = await asyncio.to_thread(run, **served.where(api_key=Secret.from_token(WRITE_KEY)))
     engines = await asyncio.to_thread(run, location=":memory:")
     assert ours == engines and len(ours) >= 20
 
@@ -268,8 +284,8 @@ async def test_haystack_hybrid_answers_as_the_engine_does(served: Served) -> Non
     def through_the_alias() -> list[tuple[float, str]]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Api key is used with an insecure")
-            store = QdrantDocumentStore(index="notes", embedding_dim=384, url=served.url,
-                                        api_key=Secret.from_token(WRITE_KEY), https=False,
+            store = QdrantDocumentStore(index="notes", embedding_dim=384,
+                                        **served.where(api_key=Secret.from_token(WRITE_KEY)),
                                         use_sparse_embeddings=True, progress_bar=False)
             found = QdrantHybridRetriever(store, top_k=20).run(
                 query_embedding=routed, query_sparse_embedding=SparseEmbedding(*sparse(QUERY)))
@@ -369,7 +385,7 @@ async def test_a_hybrid_collection_is_adopted_migrated_and_answered_by_one_versi
             warnings.filterwarnings("ignore", message="Api key is used with an insecure")
             QdrantVectorStore.from_texts(
                 TEXTS, dense, sparse_embedding=word_hash, retrieval_mode=RetrievalMode.HYBRID,
-                collection_name="lc", url=served.url, api_key=WRITE_KEY, https=False)
+                collection_name="lc", **served.where())
             version_checked()
 
     await asyncio.to_thread(write)
@@ -408,8 +424,7 @@ async def test_a_hybrid_collection_is_adopted_migrated_and_answered_by_one_versi
             warnings.filterwarnings("ignore", message="Api key is used with an insecure")
             store = QdrantVectorStore.from_existing_collection(
                 "notes", embeddings, sparse_embedding=word_hash,
-                retrieval_mode=RetrievalMode.HYBRID, url=served.url, api_key=WRITE_KEY,
-                https=False)
+                retrieval_mode=RetrievalMode.HYBRID, **served.where())
             version_checked()
         return _answer([(doc.page_content, score) for doc, score in
                         store.similarity_search_with_score(QUERY, k=len(TEXTS))])
