@@ -28,7 +28,14 @@ from proxy.state.rulestore import RedisRuleStore
 from proxy.web.keys import SEARCHER, WATCHER
 from tests.eventually import eventually
 from tests.integration.conftest import Proxy, ProxyFactory
-from tests.integration.qdrant_api.clients import notes_proxy, qdrant_api, version_checked
+from tests.integration.qdrant_api.clients import (
+    WIRES,
+    notes_proxy,
+    qdrant_api,
+    qdrant_grpc,
+    version_checked,
+    wire_args,
+)
 
 pytestmark = pytest.mark.integration
 WRITE_KEY = "qdrant-write-key-for-tests"
@@ -83,10 +90,13 @@ async def test_a_vector_handed_out_is_searched_where_it_was_made_anywhere_and_la
     await server.close()
 
 
+@pytest.mark.parametrize("wire", WIRES)
 async def test_langchain_embeds_writes_and_searches_through_the_proxy_alone(
-        proxies: ProxyFactory, tmp_path: Path) -> None:
+        proxies: ProxyFactory, tmp_path: Path, wire: str) -> None:
     proxy = await notes_proxy(proxies, tmp_path, qdrant_write_key=WRITE_KEY)
     server, url = await qdrant_api(proxy)
+    edge = await qdrant_grpc(proxy) if wire == "grpc" else None
+    where = wire_args(url, edge.port if edge is not None else None)
     texts = ["a glacier lake frozen in winter", "a harbour crane unloading ships",
              "a lighthouse on a stormy coast", "a desert road at noon"]
 
@@ -100,7 +110,7 @@ async def test_langchain_embeds_writes_and_searches_through_the_proxy_alone(
             model="notes", base_url=f"http://127.0.0.1:{proxy.client.port}/v1",
             api_key=SecretStr("unused"), check_embedding_ctx_length=False)  # no tokenizer download
         store = QdrantVectorStore.from_texts(
-            texts, embeddings, url=url, api_key=WRITE_KEY, https=False,
+            texts, embeddings, **where, api_key=WRITE_KEY, https=False,
             collection_name="notes", force_recreate=False,
             metadatas=[{"kind": "cold" if n == 0 else "warm"} for n in range(len(texts))])
         version_checked()
@@ -112,11 +122,14 @@ async def test_langchain_embeds_writes_and_searches_through_the_proxy_alone(
     found = await asyncio.to_thread(langchain)
     assert found[0].page_content == "a lighthouse on a stormy coast"
     assert all(d.metadata["kind"] == "warm" for d in found)
+    if edge is not None:
+        await edge.stop(0)
     await server.close()
 
 
+@pytest.mark.parametrize("wire", WIRES)
 async def test_llamaindex_writes_and_queries_its_nodes_through_the_proxy(
-        proxies: ProxyFactory, tmp_path: Path) -> None:
+        proxies: ProxyFactory, tmp_path: Path, wire: str) -> None:
     """LlamaIndex's Qdrant store with vectors from the proxy's embeddings: its nodes (text
     inside `_node_content`) go to stable and come back whole."""
     from llama_index.core.schema import TextNode
@@ -126,6 +139,8 @@ async def test_llamaindex_writes_and_queries_its_nodes_through_the_proxy(
 
     proxy = await notes_proxy(proxies, tmp_path, qdrant_write_key=WRITE_KEY)
     server, url = await qdrant_api(proxy)
+    edge = await qdrant_grpc(proxy) if wire == "grpc" else None
+    where = wire_args(url, edge.port if edge is not None else None)
     texts = ["a glacier lake frozen in winter", "a lighthouse on a stormy coast",
              "a desert road at noon"]
 
@@ -134,7 +149,7 @@ async def test_llamaindex_writes_and_queries_its_nodes_through_the_proxy(
             model="notes", input=texts, encoding_format="float").data]
         with warnings.catch_warnings():  # "api key over an insecure connection": loopback
             warnings.filterwarnings("ignore", message="Api key is used with an insecure")
-            client = QdrantClient(url=url, api_key=WRITE_KEY, https=False)
+            client = QdrantClient(**where, api_key=WRITE_KEY, https=False)
             version_checked()
         store = LlamaQdrant(collection_name="notes", client=client)
         store.add([TextNode(text=text, embedding=vector, metadata={"n": n})
@@ -148,6 +163,8 @@ async def test_llamaindex_writes_and_queries_its_nodes_through_the_proxy(
     assert found[0] == "a lighthouse on a stormy coast" and len(found) == 2
     stable = proxy.app[SEARCHER].rollout("notes").version("v1")
     assert await proxy.store.inner.count(stable.target) == 3
+    if edge is not None:
+        await edge.stop(0)
     await server.close()
 
 
