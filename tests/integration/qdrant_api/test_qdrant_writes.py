@@ -207,7 +207,8 @@ async def test_without_a_write_key_writes_are_off(proxies: ProxyFactory, wire: s
     proxy = await proxies.start()
     server, url = await qdrant_api(proxy)
     edge = await qdrant_grpc(proxy) if wire == "grpc" else None
-    client = await asyncio.to_thread(_client, Served(proxy, url, edge.port if edge is not None else None), None)
+    port = edge.port if edge is not None else None
+    client = await asyncio.to_thread(_client, Served(proxy, url, port), None)
     with pytest.raises(Exception) as refused:  # either wire's refusal
         await asyncio.to_thread(client.upsert, "products",
                                 [models.PointStruct(id=5, vector=_document("a note"))])
