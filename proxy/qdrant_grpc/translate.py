@@ -14,7 +14,12 @@ from typing import Any
 
 from google.protobuf.message import Message
 from qdrant_client import grpc as pb
-from qdrant_client.conversions.conversion import GrpcToRest, RestToGrpc, payload_to_grpc
+from qdrant_client.conversions.conversion import (
+    GrpcToRest,
+    RestToGrpc,
+    grpc_to_payload,
+    payload_to_grpc,
+)
 from qdrant_client.http import models as rest
 
 Body = Callable[[Any], dict[str, Any]]
@@ -75,7 +80,73 @@ def nothing(message: Message) -> dict[str, Any]:
 
 
 def query(message: pb.QueryPoints) -> dict[str, Any]:
+    """A query as REST's body: the shapes applications send read directly, anything else by
+    qdrant-client's converter (the same body either way, tested)."""
+    fast = quick_query(message)
+    return fast if fast is not None else slow_query(message)
+
+
+def slow_query(message: pb.QueryPoints | pb.PrefetchQuery) -> dict[str, Any]:
+    if isinstance(message, pb.PrefetchQuery):
+        return _json(GrpcToRest.convert_prefetch_query(message))  # type: ignore[no-any-return]
     return _json(GrpcToRest.convert_query_points(message))  # type: ignore[no-any-return]
+
+
+_QUICK = frozenset({"collection_name", "prefetch", "query", "using", "filter", "limit",
+                    "offset", "score_threshold", "with_payload", "with_vectors"})
+"""The fields ``quick_query`` reads; a query with any other is read by the converter."""
+
+
+def quick_query(message: pb.QueryPoints | pb.PrefetchQuery) -> dict[str, Any] | None:
+    """The common shapes (a nearest vector or Document, a fusion, prefetches of them, a filter,
+    paging, payload and vector selectors) without building qdrant-client's REST models; None
+    for anything else."""
+    body: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        name = field.name
+        if name not in _QUICK:
+            return None
+        if name == "query":
+            read = _quick_stage(value)
+            if read is None:
+                return None
+            body["query"] = read
+        elif name == "prefetch":
+            stages = [quick_query(each) for each in value]
+            if any(stage is None for stage in stages):
+                return None
+            body["prefetch"] = stages
+        elif name == "filter":
+            body["filter"] = _json(GrpcToRest.convert_filter(value))
+        elif name == "with_payload":
+            body["with_payload"] = _json(GrpcToRest.convert_with_payload_selector(value))
+        elif name == "with_vectors":
+            body["with_vector"] = _json(GrpcToRest.convert_with_vectors_selector(value))
+        elif name != "collection_name":
+            body[name] = value
+    if "using" not in body and message.HasField("using"):
+        body["using"] = ""  # present, and empty: the unnamed vector
+    return body
+
+
+def _quick_stage(query: pb.Query) -> Any:
+    kind = query.WhichOneof("variant")
+    if kind == "fusion":
+        return {"fusion": "rrf" if query.fusion == pb.Fusion.RRF else "dbsf"}
+    if kind != "nearest":
+        return None
+    vector = query.nearest
+    which = vector.WhichOneof("variant")
+    if which == "document":
+        document = vector.document
+        return {"nearest": {"text": document.text, "model": document.model,
+                            "options": grpc_to_payload(document.options)}}
+    if which == "dense":
+        return {"nearest": list(vector.dense.data)}
+    if which == "sparse":
+        return {"nearest": {"indices": list(vector.sparse.indices),
+                            "values": list(vector.sparse.values)}}
+    return None
 
 
 def query_batch(message: pb.QueryBatchPoints) -> dict[str, Any]:
@@ -203,20 +274,24 @@ def _id(value: int | str) -> pb.PointId:
     return pb.PointId(num=value) if isinstance(value, int) else pb.PointId(uuid=value)
 
 
-def scored(point: dict[str, Any]) -> pb.ScoredPoint:
-    """A hit: built directly, and through the REST model only when it carries vectors."""
+def _id_args(value: int | str) -> dict[str, Any]:
+    return {"num": value} if isinstance(value, int) else {"uuid": value}
+
+
+def scored(point: dict[str, Any]) -> Any:
+    """A hit, as the arguments of a ``ScoredPoint`` (protobuf builds it from them faster than
+    from messages); through the REST model only when it carries vectors."""
     if point.get("vector") is not None:
         return RestToGrpc.convert_scored_point(rest.ScoredPoint.model_validate(point))
-    return pb.ScoredPoint(id=_id(point["id"]), score=point["score"],
-                          version=point.get("version", 0),
-                          payload=payload_to_grpc(point.get("payload") or {}))
+    return {"id": _id_args(point["id"]), "score": point["score"],
+            "version": point.get("version", 0),
+            "payload": payload_to_grpc(point.get("payload") or {})}
 
 
-def _record(point: dict[str, Any]) -> pb.RetrievedPoint:
+def _record(point: dict[str, Any]) -> Any:
     if point.get("vector") is not None:
         return RestToGrpc.convert_record(rest.Record.model_validate(point))
-    return pb.RetrievedPoint(id=_id(point["id"]),
-                             payload=payload_to_grpc(point.get("payload") or {}))
+    return {"id": _id_args(point["id"]), "payload": payload_to_grpc(point.get("payload") or {})}
 
 
 def _done() -> pb.UpdateResult:
