@@ -66,6 +66,26 @@ def test_the_probes_and_kinds_are_the_ones_a_deployment_needs() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" in paths
 
 
+def test_the_qdrant_ports_are_served_exposed_and_routed_alike() -> None:
+    """What the proxy is told to serve Qdrant's APIs on is what the image exposes, the pod
+    names and the Service routes (6333 REST, 6334 gRPC, as Qdrant's own)."""
+    config = _documents(DEPLOY / "k8s" / "configmap.yaml")[0]["data"]
+    served = {int(config["EMBEDSHIFT_QDRANT_PORT"]), int(config["EMBEDSHIFT_QDRANT_GRPC_PORT"])}
+    assert served == {6333, 6334}
+    container = _documents(DEPLOY / "k8s" / "deployment.yaml")[0]["spec"]["template"]["spec"][
+        "containers"][0]
+    named = {port["name"]: port["containerPort"] for port in container["ports"]}
+    service = _documents(DEPLOY / "k8s" / "service.yaml")[0]["spec"]["ports"]
+    assert {named[port["targetPort"]] for port in service} == {8080, *served}
+    exposed = re.search(r"^EXPOSE (.+)$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    assert exposed is not None and set(map(int, exposed[1].split())) == {8080, *served}
+    compose = yaml.safe_load((DEPLOY / "compose" / "compose.yaml").read_text())["services"][
+        "embedshift"]
+    assert {int(compose["environment"]["EMBEDSHIFT_QDRANT_PORT"]),
+            int(compose["environment"]["EMBEDSHIFT_QDRANT_GRPC_PORT"])} == served
+    assert set(map(int, compose["ports"])) == {8080, *served}
+
+
 def _check_jsonschema(*args: str) -> subprocess.CompletedProcess[str]:
     tool = Path(sys.executable).parent / "check-jsonschema"
     return subprocess.run([str(tool), *args], capture_output=True, text=True, check=False,
