@@ -76,8 +76,10 @@ class FlakyStore:
         self.exploding: set[str] = set()  # a bug, not a backend failure: nothing catches it
         self.slow: dict[str, float] = {}  # collection -> seconds added to each search
         self.reversed: set[str] = set()  # answers in the worst order: fast, whole, worse
+        self.searches = 0  # searches begun: a test knows one is in flight
 
     async def search(self, target: Target, *args: Any, **kwargs: Any) -> Any:
+        self.searches += 1
         if target.collection in self.broken:
             raise BackendError(f"injected failure in {target.collection}")
         if target.collection in self.hanging:
