@@ -1,4 +1,4 @@
-"""`embedshift serve --qdrant-port` runs the guide's qdrant-client, LangChain, hybrid programs."""
+"""`embedshift serve` with Qdrant's ports runs the guide's Qdrant programs, REST and gRPC."""
 
 from __future__ import annotations
 
@@ -31,11 +31,13 @@ def _unscored(output: str) -> list[str]:
     return [re.sub(r" \d\.\d+ ", " ", line) for line in output.splitlines()]
 
 
-@pytest.mark.parametrize("name", ["qdrant-app", "langchain-app", "adopt-app", "hybrid-app"])
+@pytest.mark.parametrize("name", ["qdrant-app", "langchain-app", "adopt-app", "hybrid-app",
+                                  "grpc-app"])
 async def test_the_readmes_programs_run_as_shown(start_serving: StartServing, name: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    qdrant_port = free_port()
+    qdrant_port, grpc_port = free_port(), free_port()
     serving = start_serving(EMBEDSHIFT_QDRANT_PORT=str(qdrant_port),
+                            EMBEDSHIFT_QDRANT_GRPC_PORT=str(grpc_port),
                             EMBEDSHIFT_QDRANT_WRITE_KEY="write-secret",
                             EMBEDSHIFT_ADMIN_TOKEN="admin-secret")
     port = serving.port
@@ -48,13 +50,15 @@ async def test_the_readmes_programs_run_as_shown(start_serving: StartServing, na
         with warnings.catch_warnings(record=True) as caught, \
                 contextlib.redirect_stdout(printed):
             warnings.simplefilter("always")
-            exec(program.replace("16333", str(qdrant_port)).replace("8080", str(port)), {})
+            exec(program.replace("16333", str(qdrant_port)).replace("16334", str(grpc_port))
+                 .replace("8080", str(port)), {})
             version_checked()
         assert [str(w.message) for w in caught if "compatib" in str(w.message)] == []
         return _unscored(printed.getvalue())
 
     assert await asyncio.to_thread(run) == shown
     assert '"api":"qdrant"' in serving.log.read_text()
+    assert '"api":"qdrant-grpc"' in serving.log.read_text()
     if name == "adopt-app":  # and the README's adopt, refused then done, as it shows
         env = {"EMBEDSHIFT_ADMIN_TOKEN": "admin-secret"}
         for model, code in ((L6_ID, 3), (L3_ID, 0)):
