@@ -6,7 +6,7 @@ queries, refusals and keys are decided in one place, and only the wire differs.
 Keys and the affinity header come from the call's metadata; errors answer with the status
 codes Qdrant uses and its kind of message, never a traceback; the version that served a call
 goes in the trailing metadata (``x-embedshift-model-version``), its trace ids beside it. The
-servicers are qdrant-client's own generated ones, on a ``grpc.aio`` server.
+services are read from qdrant-client's own protos, on a ``grpc.aio`` server.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from typing import Any
 import grpc
 import msgspec
 import structlog
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
 from multidict import CIMultiDict
 from qdrant_client import grpc as pb
-from qdrant_client.grpc import collections_service_pb2_grpc as collections_grpc
-from qdrant_client.grpc import points_service_pb2_grpc as points_grpc
-from qdrant_client.grpc import qdrant_pb2_grpc as qdrant_grpc
+from qdrant_client.grpc import collections_service_pb2, points_service_pb2, qdrant_pb2
 
 from proxy.http import public_message, status_of
 from proxy.qdrant_api import handlers
@@ -161,12 +160,12 @@ class Door:
     def enter(self, peer: str) -> _Peer | None:
         if self.connections is None:
             return None
-        now = time.monotonic()
-        for name, known in list(self.peers.items()):  # closed by now: idle past idle_s
-            if known.idle_since is not None and now - known.idle_since > self.idle_s:
-                self._forget(name)
         held = self.peers.get(peer)
-        if held is None:
+        if held is None:  # a new connection: those closed by now (idle past idle_s) forgotten
+            now = time.monotonic()
+            for name, known in list(self.peers.items()):
+                if known.idle_since is not None and now - known.idle_since >= self.idle_s:
+                    self._forget(name)
             held = _Peer(client=peer.rsplit(":", 1)[0], name=peer)
             admission = self.connections.admit(held.client, now)
             if admission.verdict is Verdict.REFUSE:
@@ -260,18 +259,52 @@ def _read(rpc: Rpc, message: Message) -> bytes:
     return _ENCODER.encode(body) if body else b""
 
 
-def _servicer(base: type, table: dict[str, Rpc], edge: Edge) -> Any:
-    """``base`` (a generated servicer) with ``table``'s methods; the rest UNIMPLEMENTED in
-    Qdrant's words, asynchronously (the generated defaults are synchronous)."""
-    servicer = base()
-    for name in (n for n in dir(base) if not n.startswith("_")):
-        setattr(servicer, name, edge.method(table[name]) if name in table
-                else _unimplemented(f"{base.__name__.removesuffix('Servicer')}/{name}"))
-    return servicer
+Method = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
-def _unimplemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext],
-                                          Awaitable[Message]]:
+@dataclass(frozen=True)
+class Unreadable:
+    """A request whose bytes are not its message: answered INVALID_ARGUMENT, not grpc's own
+    INTERNAL "Exception deserializing request"."""
+
+    kind: str
+
+
+def _reader(kind: type[Message]) -> Callable[[bytes], Any]:
+    def read(data: bytes) -> Any:
+        try:
+            return kind.FromString(data)
+        except DecodeError:
+            return Unreadable(kind.__name__)
+
+    return read
+
+
+def _service(descriptor: Any, methods: dict[str, Method]) -> grpc.GenericRpcHandler:
+    """The service ``descriptor`` names (qdrant-client's own protos) with ``methods``; every
+    other method of it answers UNIMPLEMENTED in Qdrant's words."""
+    handlers = {}
+    for method in descriptor.methods:
+        given = methods.get(method.name) or _unimplemented(
+            f"{descriptor.name}/{method.name}")
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _readable(given),
+            request_deserializer=_reader(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString)
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+def _readable(method: Method) -> Method:
+    async def handle(message: Any, context: grpc.aio.ServicerContext) -> Message:
+        if isinstance(message, Unreadable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a valid {message.kind} message")
+        return await method(message, context)
+
+    return handle
+
+
+def _unimplemented(name: str) -> Method:
     async def handle(message: Any, context: grpc.aio.ServicerContext) -> Message:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                             f"{name} is not served by embedshift's Qdrant API "
@@ -281,11 +314,11 @@ def _unimplemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext],
     return handle
 
 
-class Health(qdrant_grpc.QdrantServicer):
-    async def HealthCheck(self, message: pb.HealthCheckRequest,
-                          context: grpc.aio.ServicerContext) -> pb.HealthCheckReply:
-        return pb.HealthCheckReply(title="qdrant - vector search engine (embedshift)",
-                                   version=QDRANT_VERSION)
+async def health_check(message: pb.HealthCheckRequest, context: grpc.aio.ServicerContext
+                       ) -> pb.HealthCheckReply:
+    """Open whatever the key, as in Qdrant: it tells only that it runs, and which version."""
+    return pb.HealthCheckReply(title="qdrant - vector search engine (embedshift)",
+                               version=QDRANT_VERSION)
 
 
 def make_grpc_server(parts: Parts, connections: Connections | None = None, *,
@@ -298,11 +331,13 @@ def make_grpc_server(parts: Parts, connections: Connections | None = None, *,
         ("grpc.max_connection_idle_ms", int(idle_s * 1000)),
         ("grpc.so_reuseport", 0)])
     edge = Edge(parts, Door(connections, idle_s))
-    points_grpc.add_PointsServicer_to_server(
-        _servicer(points_grpc.PointsServicer, POINTS, edge), server)  # type: ignore[no-untyped-call]
-    collections_grpc.add_CollectionsServicer_to_server(
-        _servicer(collections_grpc.CollectionsServicer, COLLECTIONS, edge), server)  # type: ignore[no-untyped-call]
-    qdrant_grpc.add_QdrantServicer_to_server(Health(), server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers([
+        _service(points_service_pb2.DESCRIPTOR.services_by_name["Points"],
+                 {name: edge.method(rpc) for name, rpc in POINTS.items()}),
+        _service(collections_service_pb2.DESCRIPTOR.services_by_name["Collections"],
+                 {name: edge.method(rpc) for name, rpc in COLLECTIONS.items()}),
+        _service(qdrant_pb2.DESCRIPTOR.services_by_name["Qdrant"],
+                 {"HealthCheck": health_check})])
     return server
 
 

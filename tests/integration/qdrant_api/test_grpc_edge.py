@@ -81,3 +81,18 @@ async def test_a_bug_is_an_internal_error_and_a_message_past_the_limit_is_refuse
             await points.Upsert(huge)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert len((await points.Query(message, metadata=metadata)).result) == 3  # still up
+
+
+async def test_bytes_that_are_not_the_message_are_an_invalid_argument(
+        served: tuple[Proxy, GrpcEdge]) -> None:
+    _, edge = served
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as channel:
+        query = channel.unary_unary("/qdrant.Points/Query")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await query(b"\xff\xff\xff\xff not a message")
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == "the request is not a valid QueryPoints message"
+        discover = channel.unary_unary("/qdrant.Points/Discover")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await discover(b"")
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
