@@ -361,6 +361,37 @@ def running_qdrant(factory: ProxyFactory, tmp_path: Path, loop_run: Run) -> Iter
     run(engine.close())
 
 
+@pytest.fixture
+def running_qdrant_grpc(factory: ProxyFactory, tmp_path: Path, loop_run: Run) -> Iterator[int]:
+    """Qdrant's gRPC API over a proxy on an engine of its own (what it writes disturbs no
+    other test), the demo alias declared."""
+    from proxy.qdrant_api.handlers import Parts
+    from proxy.qdrant_grpc.server import GrpcEdge
+    from proxy.vectors.edge import EdgeStore
+    from proxy.web.keys import EMBEDDER, INGESTOR, READY, SEARCHER, TRACER
+
+    run = loop_run
+    run(factory.declare(percent=50))
+    engine = EdgeStore(tmp_path / "qdrant")
+    app, config, rules, _, _ = factory.app(engine=engine, data_dir=str(tmp_path / "data"),
+                                           qdrant_write_key=QDRANT_WRITE_KEY)
+    native = make_runner(app, config)
+
+    async def serve() -> GrpcEdge:
+        await native.setup()
+        edge = GrpcEdge(Parts(config, app[SEARCHER], app[TRACER], app[INGESTOR], app[EMBEDDER],
+                              app[READY]), "127.0.0.1", 0)
+        await edge.start(None)
+        return edge
+
+    edge = run(serve())
+    yield edge.port
+    run(edge.stop(0))
+    run(native.cleanup())
+    run(rules.aclose())
+    run(engine.close())
+
+
 def _qdrant_request(port: int, method: str, path: str, body: bytes,
                     headers: dict[str, bytes]) -> int:
     response = request(port, method, path, body, headers=headers)
@@ -402,6 +433,114 @@ def test_no_input_on_the_qdrant_port_produces_a_server_error(
     check()
     assert min(seen["POST 2xx"], seen["PUT 2xx"], seen["GET 2xx"], seen["POST 4xx"],
                seen["PUT 4xx"]) > 0, seen  # the fuzz reached reads and writes that succeed
+    logged = capsys.readouterr()
+    for text in (logged.out, logged.err):
+        assert "Traceback" not in text and QDRANT_WRITE_KEY not in text
+
+
+# -- Qdrant's gRPC API: messages of the right kind with hostile values, and bytes that are none
+
+def _grpc_strategies() -> Any:
+    from qdrant_client import grpc as pb
+
+    floats = st.floats(width=32)  # NaN and infinities too
+    names = st.one_of(st.sampled_from(["products", "products", "own", "products_v1", "", "a/b",
+                                       "a" * 300, "\x00"]), st.text(max_size=12))
+    point_ids = st.one_of(st.integers(0, 2**64 - 1).map(lambda n: pb.PointId(num=n)),
+                          caller_text.map(lambda u: pb.PointId(uuid=u)),
+                          st.integers(0, 50).map(lambda n: pb.PointId(num=n)))
+    vectors = st.one_of(
+        caller_text.map(lambda t: pb.VectorInput(document=pb.Document(text=t, model="any"))),
+        st.lists(floats, max_size=400).map(lambda d: pb.VectorInput(dense=pb.DenseVector(
+            data=d))),
+        st.tuples(st.lists(st.integers(0, 2**32 - 1), max_size=4),
+                  st.lists(floats, max_size=4)).map(lambda iv: pb.VectorInput(
+                      sparse=pb.SparseVector(indices=iv[0], values=iv[1]))),
+        point_ids.map(lambda p: pb.VectorInput(id=p)))
+    queries = st.one_of(vectors.map(lambda v: pb.Query(nearest=v)),
+                        st.sampled_from([0, 1, 7]).map(lambda f: pb.Query(fusion=f)),
+                        st.lists(vectors, max_size=2).map(lambda p: pb.Query(
+                            recommend=pb.RecommendInput(positive=p))))
+    filters = st.lists(st.tuples(st.one_of(st.sampled_from(RESERVED_KEYS), caller_text),
+                                 caller_text), max_size=2).map(lambda kv: pb.Filter(must=[
+                                     pb.Condition(field=pb.FieldCondition(
+                                         key=k, match=pb.Match(keyword=v))) for k, v in kv]))
+    payload = st.dictionaries(st.one_of(st.sampled_from(["_embedshift", "k"]), caller_text),
+                              caller_text.map(lambda v: pb.Value(string_value=v)), max_size=2)
+    prefetches = st.recursive(
+        st.builds(pb.PrefetchQuery, query=queries, limit=st.integers(0, 2**64 - 1),
+                  using=st.one_of(st.just(""), caller_text)),
+        lambda inner: st.builds(pb.PrefetchQuery, prefetch=st.lists(inner, max_size=2),
+                                query=queries), max_leaves=4)
+    optional = {"filter": filters, "limit": st.integers(0, 2**64 - 1),
+                "offset": st.integers(0, 2**64 - 1), "using": caller_text,
+                "score_threshold": floats, "prefetch": st.lists(prefetches, max_size=2),
+                "with_payload": st.lists(caller_text, max_size=2).map(
+                    lambda keys: pb.WithPayloadSelector(include=pb.PayloadIncludeSelector(
+                        fields=keys)))}
+
+    def points_message(kind: Any, **fields: Any) -> Any:
+        return st.fixed_dictionaries({"collection_name": names, **fields}).map(
+            lambda given: kind(**given))
+
+    points = st.builds(lambda i, v, p: pb.PointStruct(id=i, vectors=pb.Vectors(
+        vector=pb.Vector(document=pb.Document(text=v, model="any"))), payload=p),
+        point_ids, caller_text, payload)
+    selector = st.lists(point_ids, max_size=3).map(
+        lambda ids: pb.PointsSelector(points=pb.PointsIdsList(ids=ids)))
+    return {
+        "/qdrant.Points/Query": st.fixed_dictionaries(
+            {"collection_name": names}, optional={"query": queries, **optional}).map(
+                lambda given: pb.QueryPoints(**given)),
+        "/qdrant.Points/Upsert": points_message(pb.UpsertPoints,
+                                                points=st.lists(points, max_size=2)),
+        "/qdrant.Points/Get": points_message(pb.GetPoints, ids=st.lists(point_ids, max_size=3)),
+        "/qdrant.Points/Scroll": points_message(pb.ScrollPoints, limit=st.integers(0, 2**32 - 1),
+                                                filter=filters),
+        "/qdrant.Points/Count": points_message(pb.CountPoints, filter=filters),
+        "/qdrant.Points/Delete": points_message(pb.DeletePoints, points=selector),
+        "/qdrant.Points/SetPayload": points_message(pb.SetPayloadPoints, payload=payload,
+                                                    points_selector=selector),
+        "/qdrant.Points/CreateFieldIndex": points_message(
+            pb.CreateFieldIndexCollection, field_name=caller_text,
+            field_type=st.integers(0, 20)),
+        "/qdrant.Points/DeleteFieldIndex": points_message(pb.DeleteFieldIndexCollection,
+                                                          field_name=caller_text),
+        "/qdrant.Collections/Create": points_message(
+            pb.CreateCollection, vectors_config=st.builds(
+                lambda size, distance: pb.VectorsConfig(params=pb.VectorParams(
+                    size=size, distance=distance)),
+                st.integers(0, 2**64 - 1), st.integers(0, 9))),
+        "/qdrant.Collections/Get": points_message(pb.GetCollectionInfoRequest),
+    }
+
+
+def test_no_message_on_the_grpc_port_produces_an_internal_error(
+        running_qdrant_grpc: int, capsys: pytest.CaptureFixture[str]) -> None:
+    import grpc
+
+    messages = _grpc_strategies()
+    seen: Counter[str] = Counter()
+    with grpc.insecure_channel(f"127.0.0.1:{running_qdrant_grpc}") as channel:
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(path=st.sampled_from(sorted(messages)), data=st.data(),
+               keyed=st.sampled_from([True, True, False]), raw=st.booleans())
+        def check(path: str, data: st.DataObject, keyed: bool, raw: bool) -> None:
+            body = data.draw(st.binary(max_size=64)) if raw and path.endswith("Query") else \
+                data.draw(messages[path]).SerializeToString()
+            metadata = [("api-key", QDRANT_WRITE_KEY)] if keyed else []
+            try:
+                channel.unary_unary(path)(body, metadata=metadata, timeout=60)
+                seen["OK"] += 1
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+                assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (
+                    path, details)
+                assert "Traceback" not in details and QDRANT_WRITE_KEY not in details
+                seen[code.name] += 1
+
+        check()
+    assert min(seen["OK"], seen["INVALID_ARGUMENT"]) > 0, seen  # reached work and refusals
     logged = capsys.readouterr()
     for text in (logged.out, logged.err):
         assert "Traceback" not in text and QDRANT_WRITE_KEY not in text
