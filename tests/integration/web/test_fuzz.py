@@ -10,7 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import pytest
@@ -458,7 +458,7 @@ def _grpc_strategies() -> Any:
                       sparse=pb.SparseVector(indices=iv[0], values=iv[1]))),
         point_ids.map(lambda p: pb.VectorInput(id=p)))
     queries = st.one_of(vectors.map(lambda v: pb.Query(nearest=v)),
-                        st.sampled_from([0, 1, 7]).map(lambda f: pb.Query(fusion=f)),
+                        st.sampled_from([0, 1, 7]).map(lambda f: pb.Query(fusion=cast(Any, f))),
                         st.lists(vectors, max_size=2).map(lambda p: pb.Query(
                             recommend=pb.RecommendInput(positive=p))))
     filters = st.lists(st.tuples(st.one_of(st.sampled_from(RESERVED_KEYS), caller_text),
@@ -491,7 +491,7 @@ def _grpc_strategies() -> Any:
     return {
         "/qdrant.Points/Query": st.fixed_dictionaries(
             {"collection_name": names}, optional={"query": queries, **optional}).map(
-                lambda given: pb.QueryPoints(**given)),
+                lambda given: pb.QueryPoints(**cast(dict[str, Any], given))),
         "/qdrant.Points/Upsert": points_message(pb.UpsertPoints,
                                                 points=st.lists(points, max_size=2)),
         "/qdrant.Points/Get": points_message(pb.GetPoints, ids=st.lists(point_ids, max_size=3)),
@@ -533,7 +533,7 @@ def test_no_message_on_the_grpc_port_produces_an_internal_error(
                 channel.unary_unary(path)(body, metadata=metadata, timeout=60)
                 seen["OK"] += 1
             except grpc.RpcError as exc:
-                code, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+                code, details = exc.code(), exc.details() or ""
                 assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (
                     path, details)
                 assert "Traceback" not in details and QDRANT_WRITE_KEY not in details
