@@ -226,6 +226,16 @@ def start(args: list[str], ready_url: str, timeout_s: float = 300,
     raise SystemExit(f"server {args[0]} did not become ready in {timeout_s:.0f}s")
 
 
+def stop_serving(process: subprocess.Popen[bytes], data_dir: str) -> None:
+    """A ``serve-full`` process stopped, the Redis it started with it, its folder removed."""
+    process.terminate()
+    process.wait(timeout=30)
+    from proxy.state.redis_server import EmbeddedRedis
+
+    EmbeddedRedis(Path(data_dir), os.environ).stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
 async def store_phase(data_dir: str, rate: float, seconds: float
                       ) -> tuple[tuple[float, float, float], float]:
     from proxy.models.catalog import default_rollout, resolve

@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.bench_proxy import QUERIES, fixed_rate, start, wrk
+from loadtest.bench_proxy import QUERIES, fixed_rate, start, stop_serving, wrk
 from loadtest.ports import free_port
 
 USERS = 50
@@ -115,12 +115,7 @@ def main() -> None:
                 rows[shape]["rps"].append(throughput(url, shape, args.seconds,
                                                      args.connections))
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        from proxy.state.redis_server import EmbeddedRedis
-
-        EmbeddedRedis(Path(data_dir), os.environ).stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        stop_serving(process, data_dir)
     report(rows, args)
 
 

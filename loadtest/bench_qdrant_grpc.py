@@ -35,7 +35,7 @@ import grpc
 from qdrant_client import grpc as pb
 from qdrant_client.grpc import points_service_pb2_grpc, qdrant_pb2_grpc
 
-from loadtest.bench_proxy import QUERIES, fixed_rate, start
+from loadtest.bench_proxy import QUERIES, fixed_rate, start, stop_serving
 from loadtest.ports import free_port
 
 USERS = 50
@@ -155,12 +155,7 @@ def main() -> None:
             print(f"round {n + 1} of {args.rounds}: " + ", ".join(
                 f"{row} {rows[row]['rps'][-1]:.0f} req/s" for row in ROWS), flush=True)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        from proxy.state.redis_server import EmbeddedRedis
-
-        EmbeddedRedis(Path(data_dir), os.environ).stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        stop_serving(process, data_dir)
     report(rows, args)
 
 

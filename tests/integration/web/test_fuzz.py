@@ -326,45 +326,11 @@ qdrant_names = st.one_of(st.sampled_from(["products", "products", "own", "produc
 
 
 @pytest.fixture
-def running_qdrant(factory: ProxyFactory, tmp_path: Path, loop_run: Run) -> Iterator[int]:
+def qdrant_ports(factory: ProxyFactory, tmp_path: Path, loop_run: Run
+                 ) -> Iterator[tuple[int, int]]:
+    """Qdrant's REST and gRPC APIs over a proxy on an engine of its own (what the fuzz writes
+    disturbs no other test), the demo alias declared and three points written."""
     from proxy.qdrant_api.app import make_qdrant_app
-    from proxy.vectors.edge import EdgeStore
-    from proxy.web.keys import EMBEDDER, INGESTOR, READY, SEARCHER, TRACER
-
-    run = loop_run
-    run(factory.declare(percent=50))
-    engine = EdgeStore(tmp_path / "qdrant")
-    app, config, rules, _, _ = factory.app(engine=engine, data_dir=str(tmp_path / "data"),
-                                           qdrant_write_key=QDRANT_WRITE_KEY)
-    native = make_runner(app, config)
-
-    async def serve() -> tuple[Any, int]:
-        await native.setup()  # the native app's start-up runs (rules read, versions ready)
-        qdrant = make_qdrant_app(config, app[SEARCHER], app[TRACER], app[INGESTOR],
-                                 app[EMBEDDER], lifecycle=app[READY])
-        runner = make_runner(qdrant, config)
-        await runner.setup()
-        site = GuardedSite(runner, replace(config, port=0))
-        await site.start()
-        return runner, site.port
-
-    runner, port = run(serve())
-    written = request(port, "PUT", "/collections/products/points", json.dumps({"points": [
-        {"id": n, "vector": {"text": text, "model": "any"}} for n, text in enumerate(
-            ["a glacier lake", "a harbour crane", "a desert road"])]}).encode(),
-        headers={"api-key": QDRANT_WRITE_KEY.encode()})
-    assert written.status == 200, written.body  # both versions' collections hold points
-    yield port
-    run(runner.cleanup())
-    run(native.cleanup())
-    run(rules.aclose())
-    run(engine.close())
-
-
-@pytest.fixture
-def running_qdrant_grpc(factory: ProxyFactory, tmp_path: Path, loop_run: Run) -> Iterator[int]:
-    """Qdrant's gRPC API over a proxy on an engine of its own (what it writes disturbs no
-    other test), the demo alias declared."""
     from proxy.qdrant_api.handlers import Parts
     from proxy.qdrant_grpc.server import GrpcEdge
     from proxy.vectors.edge import EdgeStore
@@ -377,19 +343,41 @@ def running_qdrant_grpc(factory: ProxyFactory, tmp_path: Path, loop_run: Run) ->
                                            qdrant_write_key=QDRANT_WRITE_KEY)
     native = make_runner(app, config)
 
-    async def serve() -> GrpcEdge:
-        await native.setup()
+    async def serve() -> tuple[Any, int, GrpcEdge]:
+        await native.setup()  # the native app's start-up runs (rules read, versions ready)
+        qdrant = make_qdrant_app(config, app[SEARCHER], app[TRACER], app[INGESTOR],
+                                 app[EMBEDDER], lifecycle=app[READY])
+        runner = make_runner(qdrant, config)
+        await runner.setup()
+        site = GuardedSite(runner, replace(config, port=0))
+        await site.start()
         edge = GrpcEdge(Parts(config, app[SEARCHER], app[TRACER], app[INGESTOR], app[EMBEDDER],
                               app[READY]), "127.0.0.1", 0)
-        await edge.start(None)
-        return edge
+        await edge.start(site.connections)
+        return runner, site.port, edge
 
-    edge = run(serve())
-    yield edge.port
+    runner, port, edge = run(serve())
+    written = request(port, "PUT", "/collections/products/points", json.dumps({"points": [
+        {"id": n, "vector": {"text": text, "model": "any"}} for n, text in enumerate(
+            ["a glacier lake", "a harbour crane", "a desert road"])]}).encode(),
+        headers={"api-key": QDRANT_WRITE_KEY.encode()})
+    assert written.status == 200, written.body  # both versions' collections hold points
+    yield port, edge.port
     run(edge.stop(0))
+    run(runner.cleanup())
     run(native.cleanup())
     run(rules.aclose())
     run(engine.close())
+
+
+@pytest.fixture
+def running_qdrant(qdrant_ports: tuple[int, int]) -> int:
+    return qdrant_ports[0]
+
+
+@pytest.fixture
+def running_qdrant_grpc(qdrant_ports: tuple[int, int]) -> int:
+    return qdrant_ports[1]
 
 
 def _qdrant_request(port: int, method: str, path: str, body: bytes,
