@@ -123,22 +123,30 @@ def report(rows: dict[str, dict[str, list[float]]], args: argparse.Namespace) ->
     print(f"{args.rounds} alternating rounds; latency at {args.rate:g} req/s for "
           f"{args.seconds:g}s, throughput closed loop ({args.connections} connections, "
           f"{args.seconds:g}s); medians of the rounds, warm caches, loopback\n")
-    print(f"{'API':56} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>8}")
-    median = {shape: {k: statistics.median(v) for k, v in row.items()}
-              for shape, row in rows.items()}
-    labels = {"native": "native  POST /v1/aliases/products/search",
-              "qdrant": "Qdrant  POST /collections/products/points/query",
-              "deep": f"Qdrant  the same, limit {DEEP}"}
-    for shape, label in labels.items():
-        m = median[shape]
-        print(f"{label:56} {m['p50']:7.2f} {m['p99']:7.2f} {m['rps']:8.0f}")
+    median = table(rows, {"native": "native  POST /v1/aliases/products/search",
+                          "qdrant": "Qdrant  POST /collections/products/points/query",
+                          "deep": f"Qdrant  the same, limit {DEEP}"})
     n, q, d = median["native"], median["qdrant"], median["deep"]
     print(f"\nQdrant API / native: p50 {q['p50'] / n['p50']:.2f}x, p99 {q['p99'] / n['p99']:.2f}x,"
           f" throughput {q['rps'] / n['rps']:.2f}x (the target: cost at most 10% more)")
     print(f"limit {DEEP} / limit 10: p50 {d['p50'] / q['p50']:.2f}x, throughput "
           f"{d['rps'] / q['rps']:.2f}x")
-    print("rounds, req/s: " + "; ".join(f"{shape} " + " ".join(f"{r:.0f}" for r in row["rps"])
-                                        for shape, row in rows.items()))
+
+
+def table(rows: dict[str, dict[str, list[float]]], labels: dict[str, str]
+          ) -> dict[str, dict[str, float]]:
+    """Each row's medians of its rounds, printed under ``labels``, and every round's
+    throughput after the table; the medians."""
+    width = max(map(len, labels.values())) + 2
+    print(f"{'API':{width}} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>8}")
+    median = {row: {k: statistics.median(v) for k, v in values.items()}
+              for row, values in rows.items()}
+    for row, label in labels.items():
+        m = median[row]
+        print(f"{label:{width}} {m['p50']:7.2f} {m['p99']:7.2f} {m['rps']:8.0f}")
+    print("rounds, req/s: " + "; ".join(f"{row} " + " ".join(f"{r:.0f}" for r in v["rps"])
+                                        for row, v in rows.items()))
+    return median
 
 
 if __name__ == "__main__":

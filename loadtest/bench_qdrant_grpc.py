@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import struct
 import subprocess
 import tempfile
@@ -36,6 +35,7 @@ from qdrant_client import grpc as pb
 from qdrant_client.grpc import points_service_pb2_grpc, qdrant_pb2_grpc
 
 from loadtest.bench_proxy import QUERIES, fixed_rate, start, stop_serving
+from loadtest.bench_qdrant_api import table
 from loadtest.ports import free_port
 
 USERS = 50
@@ -163,22 +163,14 @@ def report(rows: dict[str, dict[str, list[float]]], args: argparse.Namespace) ->
     print(f"\n{args.rounds} alternating rounds; latency at {args.rate:g} req/s for "
           f"{args.seconds:g}s, throughput closed loop (h2load, {args.connections} connections, "
           f"{args.seconds:g}s); medians of the rounds, warm caches, loopback\n")
-    print(f"{'API':52} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>8}")
-    median = {row: {k: statistics.median(v) for k, v in values.items()}
-              for row, values in rows.items()}
-    labels = {"native": "native  POST /v1/aliases/products/search",
-              "rest": "Qdrant REST  POST /collections/products/points/query",
-              "grpc": "Qdrant gRPC  qdrant.Points/Query",
-              "ceiling": "gRPC ceiling  qdrant.Qdrant/HealthCheck (no work)"}
-    for row, label in labels.items():
-        m = median[row]
-        print(f"{label:52} {m['p50']:7.2f} {m['p99']:7.2f} {m['rps']:8.0f}")
+    median = table(rows, {"native": "native  POST /v1/aliases/products/search",
+                          "rest": "Qdrant REST  POST /collections/products/points/query",
+                          "grpc": "Qdrant gRPC  qdrant.Points/Query",
+                          "ceiling": "gRPC ceiling  qdrant.Qdrant/HealthCheck (no work)"})
     r, g = median["rest"], median["grpc"]
     print(f"\ngRPC / REST: p50 {g['p50'] / r['p50']:.2f}x, p99 {g['p99'] / r['p99']:.2f}x, "
           f"throughput {g['rps'] / r['rps']:.2f}x (the target: p50 at most 1x, throughput at "
           "least 1x)")
-    print("rounds, req/s: " + "; ".join(f"{row} " + " ".join(f"{x:.0f}" for x in v["rps"])
-                                        for row, v in rows.items()))
 
 
 if __name__ == "__main__":
