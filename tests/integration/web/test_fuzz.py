@@ -67,6 +67,7 @@ def loop_thread() -> Iterator[Run]:
     yield run
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
+    loop.close()  # its self-pipe closed here, not left for a later test's garbage collection
 
 
 @pytest.fixture
