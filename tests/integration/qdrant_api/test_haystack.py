@@ -111,6 +111,7 @@ async def test_haystacks_hex_ids_write_check_duplicates_find_and_delete_then_mig
 def _embedding(proxy: Proxy, text: str) -> list[float]:
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"http://127.0.0.1:{proxy.client.port}/v1", api_key="unused")
-    return list(client.embeddings.create(model="notes", input=text,
-                                         encoding_format="float").data[0].embedding)
+    with OpenAI(base_url=f"http://127.0.0.1:{proxy.client.port}/v1",
+                api_key="unused") as client:  # closed: no connection left to the collector
+        return list(client.embeddings.create(model="notes", input=text,
+                                             encoding_format="float").data[0].embedding)

@@ -307,9 +307,10 @@ def _handed_out(proxy: Proxy, text: str) -> list[float]:
     """``text``'s vector from the proxy's embeddings (so it is searched where it was made)."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"http://127.0.0.1:{proxy.client.port}/v1", api_key="unused")
-    return list(client.embeddings.create(model="notes", input=text,
-                                         encoding_format="float").data[0].embedding)
+    with OpenAI(base_url=f"http://127.0.0.1:{proxy.client.port}/v1",
+                api_key="unused") as client:  # closed: no connection left to the collector
+        return list(client.embeddings.create(model="notes", input=text,
+                                             encoding_format="float").data[0].embedding)
 
 
 async def _backfilled_l6(proxy: Proxy) -> Version:

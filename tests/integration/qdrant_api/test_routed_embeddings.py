@@ -41,8 +41,11 @@ pytestmark = pytest.mark.integration
 WRITE_KEY = "qdrant-write-key-for-tests"
 
 
-def _openai(proxy: Proxy) -> OpenAI:
-    return OpenAI(base_url=f"http://127.0.0.1:{proxy.client.port}/v1", api_key="unused")
+def _embed(proxy: Proxy, **body: Any) -> Any:
+    """The proxy's embeddings for ``body``, asked by the openai client (closed after: its
+    connections are not left to the garbage collector)."""
+    with OpenAI(base_url=f"http://127.0.0.1:{proxy.client.port}/v1", api_key="unused") as client:
+        return client.embeddings.create(**body)
 
 
 def _users_on(proxy: Proxy, version: str, count: int = 3) -> list[str]:
@@ -68,7 +71,7 @@ async def test_a_vector_handed_out_is_searched_where_it_was_made_anywhere_and_la
     second = await proxies.start(refresh_interval_s=0.1)
     [user] = _users_on(first, "v2", 1)
     answer = await asyncio.to_thread(
-        _openai(first).embeddings.create, model="products", user=user,
+        _embed, first, model="products", user=user,
         input=["warm jacket for winter", "tent for two"])  # base64, the client's default
     assert answer.model == "sentence-transformers/all-MiniLM-L6-v2"
     assert [len(d.embedding) for d in answer.data] == [384, 384]
@@ -145,8 +148,8 @@ async def test_llamaindex_writes_and_queries_its_nodes_through_the_proxy(
              "a desert road at noon"]
 
     def llamaindex() -> list[str]:
-        vectors = [d.embedding for d in _openai(proxy).embeddings.create(
-            model="notes", input=texts, encoding_format="float").data]
+        vectors = [d.embedding for d in _embed(
+            proxy, model="notes", input=texts, encoding_format="float").data]
         with warnings.catch_warnings():  # "api key over an insecure connection": loopback
             warnings.filterwarnings("ignore", message="Api key is used with an insecure")
             client = QdrantClient(**where, api_key=WRITE_KEY, https=False)
@@ -154,7 +157,7 @@ async def test_llamaindex_writes_and_queries_its_nodes_through_the_proxy(
         store = LlamaQdrant(collection_name="notes", client=client)
         store.add([TextNode(text=text, embedding=vector, metadata={"n": n})
                    for n, (text, vector) in enumerate(zip(texts, vectors, strict=True))])
-        query = _openai(proxy).embeddings.create(model="notes", input="storm at sea")
+        query = _embed(proxy, model="notes", input="storm at sea")
         found = store.query(VectorStoreQuery(query_embedding=query.data[0].embedding,
                                              similarity_top_k=2))
         return [node.get_content() for node in found.nodes or []]
@@ -192,3 +195,5 @@ async def test_routed_embeddings_ask_for_their_key_keep_to_a_share_and_a_cap(
     assert len(second.data) == 15
     with pytest.raises(Exception, match="429"):  # 35 of 40 spent: 15 more is past the share
         await asyncio.to_thread(keyed.embeddings.create, model="products", input=texts[:15])
+    anonymous.close()
+    keyed.close()
