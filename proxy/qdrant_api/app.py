@@ -18,7 +18,7 @@ from aiohttp import HttpVersion11, web
 from opentelemetry.trace import Tracer
 
 from proxy.config import Settings
-from proxy.http import ERROR_SHAPE, public_message, read_body, status_of
+from proxy.http import ERROR_SHAPE, read_body
 from proxy.ingest.writer import Ingestor
 from proxy.qdrant_api import handlers
 from proxy.qdrant_api.handlers import (
@@ -30,6 +30,7 @@ from proxy.qdrant_api.handlers import (
     Reply,
     check_access,
     given_key,
+    refusal_of,
     too_large,
 )
 from proxy.qdrant_api.shapes import QDRANT_VERSION, answer, check_name, error
@@ -91,10 +92,7 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
             check_name(request.match_info["name"])
         return await handler(request)
     except EmbedshiftError as exc:
-        status, message = status_of(exc), public_message(exc)
-        field = getattr(exc, "field", None)
-        return _qdrant_error(status, f"{field}: {message}" if field and field not in message
-                             else message, started)
+        return _qdrant_error(*refusal_of(exc), started)
     except web.HTTPException as exc:
         return _qdrant_error(exc.status, exc.text or exc.reason, started)
     except Exception:

@@ -14,7 +14,7 @@ import msgspec
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from proxy.config import Settings
-from proxy.http import decode, random_key
+from proxy.http import decode, public_message, random_key, status_of
 from proxy.ingest.documents import Document, VectorPoint, checked, doc_id_of, point_id
 from proxy.ingest.writer import Ingestor, apply_payload_change, held
 from proxy.qdrant_api.plain import (
@@ -68,6 +68,7 @@ from rollout_rules.errors import (
     AccessError,
     BackendError,
     DocumentNotFound,
+    EmbedshiftError,
     FeatureOff,
     NotFoundError,
     RuleError,
@@ -125,6 +126,14 @@ def too_large(size: int, max_bytes: int | None) -> RuleError | None:
     return RuleError("limit", f"the answer would be {size} bytes, more than "
                               f"max_answer_bytes ({max_bytes}): ask for fewer points, or "
                               "leave payloads and vectors out")
+
+
+def refusal_of(exc: EmbedshiftError) -> tuple[int, str]:
+    """How every edge of this API refuses ``exc``: its HTTP status, and its public message
+    led by the field it names (when the message does not already)."""
+    message = public_message(exc)
+    named = getattr(exc, "field", None)
+    return status_of(exc), f"{named}: {message}" if named and named not in message else message
 
 
 def given_key(headers: Mapping[str, str]) -> str | None:

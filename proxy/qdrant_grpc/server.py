@@ -26,16 +26,17 @@ from multidict import CIMultiDict
 from qdrant_client import grpc as pb
 from qdrant_client.grpc import collections_service_pb2, points_service_pb2, qdrant_pb2
 
-from proxy.http import public_message, status_of
 from proxy.qdrant_api import handlers
 from proxy.qdrant_api.handlers import (
     MAX_BODY_BYTES,
     TRACE_HEADER,
+    VERSION_HEADER,
     Call,
     Parts,
     Reply,
     check_access,
     given_key,
+    refusal_of,
     too_large,
 )
 from proxy.qdrant_api.shapes import QDRANT_VERSION, check_name
@@ -45,7 +46,7 @@ from rollout_rules.errors import EmbedshiftError, RateLimited, RuleError
 
 log = structlog.get_logger("embedshift.qdrant_grpc")
 _ENCODER = msgspec.json.Encoder()
-VERSION_KEY = "x-embedshift-model-version"
+VERSION_KEY = VERSION_HEADER.lower()  # gRPC metadata keys are lower case
 MAX_SEND_BYTES = 256 * 1024 * 1024  # what an answer may hold is bounded by max_answer_bytes
 
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -116,13 +117,10 @@ def refusal(exc: BaseException) -> Refused:
     """How the REST edge's refusal of ``exc`` reads over gRPC; anything unforeseen is an
     INTERNAL "internal error" (logged, never shown)."""
     if isinstance(exc, EmbedshiftError):
-        message = public_message(exc)
-        named = getattr(exc, "field", None)
-        if named and named not in message:
-            message = f"{named}: {message}"
+        status, message = refusal_of(exc)
         trailing = [("retry-after", str(max(1, math.ceil(exc.retry_after_s))))] \
             if isinstance(exc, RateLimited) else []
-        return Refused(CODES.get(status_of(exc), grpc.StatusCode.INTERNAL), message, trailing)
+        return Refused(CODES.get(status, grpc.StatusCode.INTERNAL), message, trailing)
     log.error("qdrant_grpc_error", error=type(exc).__name__, exc_info=exc)
     return Refused(grpc.StatusCode.INTERNAL, "internal error")
 

@@ -270,10 +270,6 @@ def create_collection(message: pb.CreateCollection) -> dict[str, Any]:
 
 # -- answers ----------------------------------------------------------------------------------
 
-def _id(value: int | str) -> pb.PointId:
-    return pb.PointId(num=value) if isinstance(value, int) else pb.PointId(uuid=value)
-
-
 def _id_args(value: int | str) -> dict[str, Any]:
     return {"num": value} if isinstance(value, int) else {"uuid": value}
 
@@ -337,7 +333,8 @@ def get_answer(result: Any, time: float) -> Message:
 def scroll_answer(result: Any, time: float) -> Message:
     after = result.get("next_page_offset")
     return pb.ScrollResponse(result=[_record(p) for p in result["points"]], time=time,
-                             next_page_offset=None if after is None else _id(after))
+                             next_page_offset=None if after is None
+                             else RestToGrpc.convert_extended_point_id(after))
 
 
 def count_answer(result: Any, time: float) -> Message:
