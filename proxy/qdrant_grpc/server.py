@@ -11,6 +11,7 @@ services are read from qdrant-client's own protos, on a ``grpc.aio`` server.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -130,19 +131,21 @@ def _metadata(context: grpc.aio.ServicerContext) -> CIMultiDict[str]:
                        if isinstance(value, str))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Peer:
     """A client connection as the connection budget sees it (``proxy.web.connections``): known
-    by its address and port, idle between calls."""
+    by its address and port, idle between calls. Shed, it is forgotten at once; grpc closes
+    its socket at the idle timeout (a servicer cannot)."""
 
     client: str
     name: str
+    door: Door = field(repr=False)
     calls: int = 0
     idle_since: float | None = None
     waiting_since: float | None = None
 
-    def __hash__(self) -> int:
-        return hash(self.name)
+    def shed(self) -> None:
+        self.door.forget(self.name)
 
 
 @dataclass
@@ -153,6 +156,7 @@ class Door:
 
     connections: Connections | None
     idle_s: float
+    clock: Callable[[], float] = time.monotonic  # the HTTP sites': their event loop's
     peers: dict[str, _Peer] = field(default_factory=dict)
 
     def enter(self, peer: str) -> _Peer | None:
@@ -160,19 +164,18 @@ class Door:
             return None
         held = self.peers.get(peer)
         if held is None:  # a new connection: those closed by now (idle past idle_s) forgotten
-            now = time.monotonic()
+            now = self.clock()
             for name, known in list(self.peers.items()):
                 if known.idle_since is not None and now - known.idle_since >= self.idle_s:
-                    self._forget(name)
-            held = _Peer(client=peer.rsplit(":", 1)[0], name=peer)
+                    self.forget(name)
+            held = _Peer(client=peer.rsplit(":", 1)[0], name=peer, door=self)
             admission = self.connections.admit(held.client, now)
             if admission.verdict is Verdict.REFUSE:
                 reason = admission.reason.value if admission.reason else "max_connections"
                 raise Refused(grpc.StatusCode.UNAVAILABLE,
                               f"too many connections ({reason}): try again later")
-            if admission.shed is not None:
-                self.connections.remove(admission.shed)
-                self.peers.pop(getattr(admission.shed, "name", ""), None)
+            if admission.shed is not None:  # a gRPC connection, or an HTTP one it closes
+                admission.shed.shed()
             self.connections.add(held)
             self.peers[peer] = held
         held.calls += 1
@@ -183,11 +186,11 @@ class Door:
         if held is not None:
             held.calls -= 1
             if held.calls == 0:
-                held.idle_since = time.monotonic()
+                held.idle_since = self.clock()
 
-    def _forget(self, name: str) -> None:
-        held = self.peers.pop(name)
-        if self.connections is not None:
+    def forget(self, name: str) -> None:
+        held = self.peers.pop(name, None)
+        if held is not None and self.connections is not None:
             self.connections.remove(held)
 
 
@@ -321,14 +324,15 @@ async def health_check(message: pb.HealthCheckRequest, context: grpc.aio.Service
 
 def make_grpc_server(parts: Parts, connections: Connections | None = None, *,
                      idle_s: float = 60.0) -> grpc.aio.Server:
-    """A ``grpc.aio`` server with Qdrant's services (a port is the caller's to add):
-    messages up to the REST edge's body limit, connections in ``connections``'s budget."""
+    """A ``grpc.aio`` server with Qdrant's services (a port is the caller's to add), made in
+    the running event loop: messages up to the REST edge's body limit, connections in
+    ``connections``'s budget, timed by that loop's clock as the HTTP sites time theirs."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_BODY_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
         ("grpc.max_connection_idle_ms", int(idle_s * 1000)),
         ("grpc.so_reuseport", 0)])
-    edge = Edge(parts, Door(connections, idle_s))
+    edge = Edge(parts, Door(connections, idle_s, asyncio.get_running_loop().time))
     server.add_generic_rpc_handlers([
         _service(points_service_pb2.DESCRIPTOR.services_by_name["Points"],
                  {name: edge.method(rpc) for name, rpc in POINTS.items()}),

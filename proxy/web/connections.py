@@ -75,6 +75,10 @@ class Held(Hashable, Protocol):
     def waiting_since(self) -> float | None:
         """While its request is still arriving, when its last byte came; else ``None``."""
 
+    def shed(self) -> None:
+        """Give up its place for a new connection: leave the bookkeeping, and close (or, where
+        the server owns the socket, let it close)."""
+
 
 class Verdict(enum.Enum):
     ADMIT = "admit"

@@ -325,7 +325,7 @@ class GuardedSite(web.TCPSite):
         if admission.verdict is Verdict.REFUSE:
             self._refuse(transport, reason, loop.time())
             return
-        if isinstance(admission.shed, GuardedHandler):
+        if admission.shed is not None:  # an HTTP connection of either site, or a gRPC one
             self._shed.add(loop.time(), reason=reason)
             admission.shed.shed()
         server = self._runner.server

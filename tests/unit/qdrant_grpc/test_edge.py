@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 import pytest
 
@@ -68,3 +70,32 @@ def test_a_connection_idle_past_the_servers_idle_close_is_forgotten() -> None:
     door.enter("ipv6:[::1]:4002")
     assert set(door.peers) == {"ipv6:[::1]:4002"} and len(connections) == 1
     assert connections.count("ipv6:[::1]") == 1  # a client is its address, not its port
+
+
+@dataclass(eq=False)
+class HttpConnection:
+    """An HTTP site's connection in the shared budget: shed, it leaves and closes itself."""
+
+    connections: Connections
+    client: str = "127.0.0.9"
+    idle_since: float | None = 1.0
+    waiting_since: float | None = None
+    closed: bool = False
+
+    def shed(self) -> None:
+        self.connections.remove(self)
+        self.closed = True
+
+
+def test_either_wire_sheds_the_others_idle_connection_through_its_own_shed() -> None:
+    connections = Connections(cap=1, per_client=1)
+    door = Door(connections, idle_s=3600, clock=lambda: 5.0)
+    http = HttpConnection(connections)
+    connections.add(http)
+    held = door.enter("ipv4:127.0.0.1:4001")  # over the cap: the idle HTTP one gives way
+    assert http.closed and list(door.peers) == ["ipv4:127.0.0.1:4001"] and len(connections) == 1
+    door.leave(held)
+    admission = connections.admit("127.0.0.9")  # an HTTP site's newcomer, as GuardedSite asks
+    assert admission.shed is held and held is not None
+    held.shed()  # what GuardedSite does with whichever connection it is given
+    assert door.peers == {} and len(connections) == 0

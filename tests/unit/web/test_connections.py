@@ -54,6 +54,9 @@ class Conn:
     idle_since: float | None
     waiting_since: float | None = None
 
+    def shed(self) -> None:
+        """Closing is the site's: admission only names whom to shed."""
+
 
 def test_within_the_cap_and_the_share_a_connection_is_admitted() -> None:
     door = Connections(cap=4, per_client=2)
