@@ -673,6 +673,8 @@ def read_payload_change(kind: str, body: Any) -> PayloadChange:
     keys = body.get("keys", []) if kind == "delete" else []
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise RuleError("keys", "must be a list of payload keys")
+    if not all(PAYLOAD_PATH.fullmatch(k) for k in keys):
+        raise RuleError("keys", PATH_RULE)
     for key in [*payload, *keys]:
         if key.split(".", 1)[0].split("[", 1)[0] == RESERVED:
             raise RuleError("payload", f"{RESERVED} is embedshift's own and cannot be changed")
@@ -766,12 +768,21 @@ def average_vector(positive: list[list[float]], negative: list[list[float]]) -> 
     return [2 * p - n for p, n in zip(mean_pos, mean_neg, strict=True)]
 
 
+PAYLOAD_PATH = re.compile(r'(?:[\w-]+|"[^"]*")(?:\[\d*\])*(?:\.(?:[\w-]+|"[^"]*")(?:\[\d*\])*)*')
+"""A payload key's path as Qdrant reads one: keys (word characters and ``-``, or quoted)
+joined by dots, each with any ``[]`` or ``[n]``."""
+PATH_RULE = ('holds a payload path Qdrant cannot read: keys of letters, digits, _ and - (or '
+             '"quoted"), joined by dots, each with [] or [n]')
+
+
 def read_index(body: Any) -> tuple[str, str]:
     """``PUT /collections/{name}/index``: ``{"field_name", "field_schema"}`` (a kind, or
     ``{"type": kind, ...}``)."""
     field = body.get("field_name") if isinstance(body, dict) else None
     if not isinstance(field, str) or not field:
         raise RuleError("field_name", "must name a payload key")
+    if not PAYLOAD_PATH.fullmatch(field):
+        raise RuleError("field_name", PATH_RULE)
     if field.replace('"', "").split(".", 1)[0].split("[", 1)[0] == RESERVED:
         raise RuleError("field_name", f"{RESERVED} is embedshift's own")
     schema = body.get("field_schema")

@@ -15,7 +15,7 @@ import json
 import queue
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -336,27 +336,27 @@ class EdgeStore:
     async def set_payload(self, target: Target, payload: dict[str, Any], *,
                           ids: Sequence[PointId] | None = None,
                           query_filter: models.Filter | None = None) -> None:
-        operation = (edge.UpdateOperation.set_payload(list(ids), payload) if ids is not None
-                     else edge.UpdateOperation.set_payload_by_filter(
-                         _where(query_filter, target), payload))
-        await self._update(target, operation, "set payload")
+        await self._update(target, lambda: (
+            edge.UpdateOperation.set_payload(list(ids), payload) if ids is not None
+            else edge.UpdateOperation.set_payload_by_filter(_where(query_filter, target),
+                                                            payload)), "set payload")
 
     async def delete_payload(self, target: Target, keys: Sequence[str], *,
                              ids: Sequence[PointId] | None = None,
                              query_filter: models.Filter | None = None) -> None:
-        operation = (edge.UpdateOperation.delete_payload(list(ids), list(keys))
-                     if ids is not None else edge.UpdateOperation.delete_payload_by_filter(
-                         _where(query_filter, target), list(keys)))
-        await self._update(target, operation, "delete payload")
+        await self._update(target, lambda: (
+            edge.UpdateOperation.delete_payload(list(ids), list(keys)) if ids is not None
+            else edge.UpdateOperation.delete_payload_by_filter(_where(query_filter, target),
+                                                               list(keys))), "delete payload")
 
     async def index_field(self, target: Target, field: str, schema: str) -> None:
         kind = getattr(edge.PayloadSchemaType, schema.capitalize())
-        await self._update(target, edge.UpdateOperation.create_field_index(field, kind),
+        await self._update(target, lambda: edge.UpdateOperation.create_field_index(field, kind),
                            "index a payload field")
 
     async def drop_index(self, target: Target, field: str) -> None:
         if field in await self.indexed_fields(target):
-            await self._update(target, edge.UpdateOperation.delete_field_index(field),
+            await self._update(target, lambda: edge.UpdateOperation.delete_field_index(field),
                                "drop a payload index")
 
     async def indexed_fields(self, target: Target) -> dict[str, str]:
@@ -366,10 +366,12 @@ class EdgeStore:
         return {field: str(index.data_type).rsplit(".", 1)[-1].lower()
                 for field, index in info.payload_schema.items()}
 
-    async def _update(self, target: Target, operation: Any, action: str) -> None:
+    async def _update(self, target: Target, operation: Callable[[], Any], action: str) -> None:
+        """``operation`` built and applied inside ``backend_errors``: the engine refuses some
+        arguments (a payload path it cannot parse) as it builds the operation."""
         shard = await self._shard(target.collection)
         with backend_errors(target.collection, action):
-            await self._call(shard.update, operation)
+            await self._call(shard.update, operation())
 
     async def close(self) -> None:
         for shard in self._shards.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -377,3 +378,15 @@ async def test_a_version_declared_later_adds_its_vector_in_place_and_can_drop_it
     info = await store.describe(later.target)
     assert info is not None and info.config is not None and set(info.config.dense) == {"b"}
     assert await store.count(later.target) == 1
+
+
+async def test_a_payload_path_the_engine_cannot_read_is_a_backend_refusal_never_a_crash(
+        store: VectorStore) -> None:
+    """Whatever reaches a store unchecked, the engine's refusal of it is a BackendError (an
+    answer the edges know), not the engine's own exception."""
+    target = Target(collection="paths")
+    await store.create(target, VectorsConfig(dense={"": (4, "cosine")}))
+    for change in (store.index_field(target, "a b", "keyword"),
+                   store.delete_payload(target, ["a b"], ids=[1])):
+        with contextlib.suppress(BackendError):  # the engine refused it (local mode takes it)
+            await change

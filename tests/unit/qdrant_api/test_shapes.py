@@ -18,6 +18,7 @@ from proxy.qdrant_api.shapes import (
     groups_of,
     point_ids,
     read_groups,
+    read_index,
     read_offset,
     read_payload_change,
     read_points,
@@ -260,7 +261,8 @@ def test_payload_changes_read_as_qdrant_sends_them_and_never_touch_the_envelope(
                               ("delete", {"keys": ["_embedshift.text"], "points": [1]},
                                "payload"),
                               ("set", {"payload": {"a": 1}, "key": "a.b", "points": [1]}, "key"),
-                              ("set", {"payload": 3, "points": [1]}, "payload")):
+                              ("set", {"payload": 3, "points": [1]}, "payload"),
+                              ("delete", {"keys": ["a b"], "points": [1]}, "keys")):
         with pytest.raises(RuleError) as refused:
             read_payload_change(kind, body)
         assert refused.value.field == field
@@ -293,3 +295,16 @@ def test_recommendations_average_their_examples_as_qdrant_does() -> None:
         read_groups(msgspec.convert({"query": [1.0], "group_by": "_embedshift.text"},
                                     GroupsBody))
     assert refused.value.field == "group_by"
+
+
+@pytest.mark.parametrize("path", ["k", "meta.n", "a[]", "a[0].b", '"a b".c', "ключ", "x-y_1"])
+def test_an_index_names_a_payload_path_qdrant_reads(path: str) -> None:
+    assert read_index({"field_name": path, "field_schema": "keyword"}) == (path, "keyword")
+
+
+@pytest.mark.parametrize("path", [":", "a b", "a..b", ".a", "a[x]", "\x00", "_embedshift.text"])
+def test_a_path_qdrant_cannot_read_or_embedshifts_own_is_a_400_naming_the_field(
+        path: str) -> None:
+    with pytest.raises(RuleError) as refused:
+        read_index({"field_name": path, "field_schema": "keyword"})
+    assert refused.value.field == "field_name"
